@@ -1,0 +1,402 @@
+#include "userfaultfd.h"
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "errors.h"
+#include "uffd_compat.h"
+
+namespace postcopy {
+
+// Each decoded event takes 4 doubles in the caller's Float64Array:
+//   PAGEFAULT [event, flags, address, thread id]   FORK   [event, new uffd, 0, 0]
+//   REMAP     [event, from, to, length]            REMOVE/UNMAP [event, start, end, 0]
+// User-space addresses are below 2^47, so doubles carry them exactly.
+static constexpr size_t kEventStride = 4;
+static constexpr size_t kMaxBatch = 64;
+
+static std::string Range(uintptr_t start, size_t length) {
+  return Hex(start) + " length " + std::to_string(length);
+}
+
+// Accepts a TypedArray, DataView or ArrayBuffer; returns its bytes without copying.
+static void BufferBytes(const Napi::Value& v, const char* name, uint8_t** data, size_t* length) {
+  napi_env env = v.Env();
+  bool is = false;
+  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
+    napi_typedarray_type type;
+    size_t count, offset;
+    napi_value ab;
+    void* p;
+    napi_get_typedarray_info(env, v, &type, &count, &p, &ab, &offset);
+    static const size_t sizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};
+    *data = static_cast<uint8_t*>(p);
+    *length = count * (type <= napi_biguint64_array ? sizes[type] : 1);
+    return;
+  }
+  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
+    void* p;
+    napi_value ab;
+    size_t offset;
+    napi_get_dataview_info(env, v, length, &p, &ab, &offset);
+    *data = static_cast<uint8_t*>(p);
+    return;
+  }
+  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
+    void* p;
+    napi_get_arraybuffer_info(env, v, &p, length);
+    *data = static_cast<uint8_t*>(p);
+    return;
+  }
+  ThrowTypeError(v.Env(), std::string("The \"") + name + "\" argument must be an ArrayBufferView or ArrayBuffer");
+}
+
+static uint64_t OptionalMode(const Napi::Value& v) {
+  return v.IsUndefined() ? 0 : static_cast<uint64_t>(ToSize(v, "mode"));
+}
+
+Napi::Function Userfaultfd::Init(Napi::Env env) {
+  return DefineClass(env, "Userfaultfd",
+                     {
+                         InstanceMethod<&Userfaultfd::Api>("api"),
+                         InstanceMethod<&Userfaultfd::Register>("register"),
+                         InstanceMethod<&Userfaultfd::Unregister>("unregister"),
+                         InstanceMethod<&Userfaultfd::Close>("close"),
+                         InstanceMethod<&Userfaultfd::Copy>("copy"),
+                         InstanceMethod<&Userfaultfd::Zeropage>("zeropage"),
+                         InstanceMethod<&Userfaultfd::WriteProtect>("writeProtect"),
+                         InstanceMethod<&Userfaultfd::Wake>("wake"),
+                         InstanceMethod<&Userfaultfd::Continue>("continue"),
+                         InstanceMethod<&Userfaultfd::Poison>("poison"),
+                         InstanceMethod<&Userfaultfd::Move>("move"),
+                         InstanceMethod<&Userfaultfd::StartEvents>("startEvents"),
+                         InstanceMethod<&Userfaultfd::StopEvents>("stopEvents"),
+                         InstanceMethod<&Userfaultfd::ReadEvents>("readEvents"),
+                         InstanceAccessor<&Userfaultfd::Fd>("fd"),
+                         InstanceAccessor<&Userfaultfd::Via>("via"),
+                         InstanceAccessor<&Userfaultfd::LastCount>("lastCount"),
+                     });
+}
+
+// new Userfaultfd({ userModeOnly?: boolean, fd?: number })
+// Always non-blocking and close-on-exec. Opens through /dev/userfaultfd (which needs no
+// capability beyond access to the device) and falls back to the userfaultfd(2) syscall.
+// With `fd`, adopts a userfaultfd the kernel handed over (UFFD_EVENT_FORK).
+Userfaultfd::Userfaultfd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Userfaultfd>(info) {
+  Napi::Env env = info.Env();
+  Napi::Object options = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
+  if (options.Has("fd") && options.Get("fd").IsNumber()) {
+    fd_ = options.Get("fd").As<Napi::Number>().Int32Value();
+    return;
+  }
+  int flags = O_CLOEXEC | O_NONBLOCK;
+  if (options.Get("userModeOnly").ToBoolean()) flags |= UFFD_USER_MODE_ONLY;
+  int deviceError = 0;
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev >= 0) {
+    fd_ = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+    if (fd_ < 0) deviceError = errno;
+    close(dev);
+  } else {
+    deviceError = errno;
+  }
+  if (fd_ >= 0) {
+    viaDevice_ = true;
+    return;
+  }
+  fd_ = static_cast<int>(syscall(SYS_userfaultfd, flags));
+  if (fd_ < 0) {
+    int err = errno;
+    ThrowErrno(env, err, "userfaultfd",
+               std::string("(/dev/userfaultfd: ") + uv_err_name(-deviceError) +
+                   (err == EPERM ? "; the syscall needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1)" : ")"));
+  }
+}
+
+Userfaultfd::~Userfaultfd() {
+  if (poll_) {
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+  }
+  if (fd_ >= 0) close(fd_);
+}
+
+int Userfaultfd::LiveFd(Napi::Env env, const char* syscall) {
+  if (fd_ < 0) ThrowErrno(env, EBADF, syscall, "(the userfaultfd is closed)");
+  return fd_;
+}
+
+// api(features: bigint) -> { features: bigint, ioctls: bigint }. Once per fd, as the kernel
+// requires; features = 0n reports everything this kernel offers.
+Napi::Value Userfaultfd::Api(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = LiveFd(env, "ioctl(UFFDIO_API)");
+  uffdio_api api{};
+  api.api = UFFD_API;
+  if (!info[0].IsBigInt()) ThrowTypeError(env, "The \"features\" argument must be a bigint");
+  bool lossless;
+  api.features = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+  if (ioctl(fd, UFFDIO_API, &api) != 0)
+    ThrowErrno(env, errno, "ioctl(UFFDIO_API)", "features " + Hex(info[0].As<Napi::BigInt>().Uint64Value(&lossless)));
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("features", Napi::BigInt::New(env, static_cast<uint64_t>(api.features)));
+  result.Set("ioctls", Napi::BigInt::New(env, static_cast<uint64_t>(api.ioctls)));
+  return result;
+}
+
+// register(start, length, mode) -> bigint mask of the ioctls allowed on the range
+Napi::Value Userfaultfd::Register(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = LiveFd(env, "ioctl(UFFDIO_REGISTER)");
+  uffdio_register reg{};
+  reg.range.start = ToAddress(info[0], "start");
+  reg.range.len = ToSize(info[1], "length");
+  reg.mode = ToSize(info[2], "mode");
+  if (ioctl(fd, UFFDIO_REGISTER, &reg) != 0)
+    ThrowErrno(env, errno, "ioctl(UFFDIO_REGISTER)",
+               Range(reg.range.start, reg.range.len) + " mode " + std::to_string(reg.mode));
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reg.ioctls));
+}
+
+Napi::Value Userfaultfd::Unregister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = LiveFd(env, "ioctl(UFFDIO_UNREGISTER)");
+  uffdio_range range{ToAddress(info[0], "start"), ToSize(info[1], "length")};
+  if (ioctl(fd, UFFDIO_UNREGISTER, &range) != 0)
+    ThrowErrno(env, errno, "ioctl(UFFDIO_UNREGISTER)", Range(range.start, range.len));
+  return env.Undefined();
+}
+
+void Userfaultfd::StopPolling() {
+  if (!poll_) return;
+  uv_poll_stop(poll_);  // also drops the fd from the loop's epoll set
+  uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+  poll_ = nullptr;
+  callback_.Reset();
+  eventsBuffer_.Reset();
+  events_ = nullptr;
+  Unref();
+}
+
+// close(): wakes every blocked thread, which then retries its access. The TypeScript layer
+// makes sure guest threads are stopped first where that retry could read a silent zero page.
+Napi::Value Userfaultfd::Close(const Napi::CallbackInfo& info) {
+  StopPolling();
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+  return info.Env().Undefined();
+}
+
+// copy(dst, src, length, mode = 0, srcOffset = 0) -> bytes placed, or -errno.
+// One UFFDIO_COPY for a whole run; a partial copy (the kernel stops early when the address
+// space is changing) is continued from where it stopped while it makes progress.
+Napi::Value Userfaultfd::Copy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uintptr_t dst = ToAddress(info[0], "dst");
+  uint8_t* src;
+  size_t srcLength;
+  BufferBytes(info[1], "src", &src, &srcLength);
+  size_t length = ToSize(info[2], "length");
+  uint64_t mode = OptionalMode(info[3]);
+  size_t srcOffset = info[4].IsUndefined() ? 0 : ToSize(info[4], "srcOffset");
+  if (srcOffset > srcLength || length > srcLength - srcOffset)
+    ThrowRangeError(env, "copy: source offset " + std::to_string(srcOffset) + " length " + std::to_string(length) +
+                             " is outside a buffer of " + std::to_string(srcLength) + " bytes");
+  size_t done = 0;
+  int result = 0;
+  do {
+    uffdio_copy c{dst + done, reinterpret_cast<uintptr_t>(src + srcOffset + done), length - done, mode, 0};
+    if (ioctl(fd_, UFFDIO_COPY, &c) == 0) {
+      done += static_cast<size_t>(c.copy);
+      continue;
+    }
+    int err = errno;
+    if (c.copy > 0) {
+      done += static_cast<size_t>(c.copy);
+      if (err == EAGAIN) continue;
+    }
+    result = -err;
+    break;
+  } while (done < length);
+  lastCount_ = static_cast<double>(done);
+  return Napi::Number::New(env, result < 0 ? result : static_cast<double>(done));
+}
+
+// zeropage(dst, length, mode = 0) -> bytes placed, or -errno
+Napi::Value Userfaultfd::Zeropage(const Napi::CallbackInfo& info) {
+  uintptr_t dst = ToAddress(info[0], "dst");
+  size_t length = ToSize(info[1], "length");
+  uint64_t mode = OptionalMode(info[2]);
+  size_t done = 0;
+  int result = 0;
+  do {
+    uffdio_zeropage z{{dst + done, length - done}, mode, 0};
+    if (ioctl(fd_, UFFDIO_ZEROPAGE, &z) == 0) {
+      done += static_cast<size_t>(z.zeropage);
+      continue;
+    }
+    int err = errno;
+    if (z.zeropage > 0) {
+      done += static_cast<size_t>(z.zeropage);
+      if (err == EAGAIN) continue;
+    }
+    result = -err;
+    break;
+  } while (done < length);
+  lastCount_ = static_cast<double>(done);
+  return Napi::Number::New(info.Env(), result < 0 ? result : static_cast<double>(done));
+}
+
+// writeProtect(start, length, mode) -> 0 or -errno. mode WP sets protection, 0 clears it
+// (and wakes writers unless DONTWAKE).
+Napi::Value Userfaultfd::WriteProtect(const Napi::CallbackInfo& info) {
+  uffdio_writeprotect w{{ToAddress(info[0], "start"), ToSize(info[1], "length")}, OptionalMode(info[2])};
+  int r = ioctl(fd_, UFFDIO_WRITEPROTECT, &w) == 0 ? 0 : -errno;
+  return Napi::Number::New(info.Env(), r);
+}
+
+// wake(start, length) -> 0 or -errno
+Napi::Value Userfaultfd::Wake(const Napi::CallbackInfo& info) {
+  uffdio_range range{ToAddress(info[0], "start"), ToSize(info[1], "length")};
+  int r = ioctl(fd_, UFFDIO_WAKE, &range) == 0 ? 0 : -errno;
+  return Napi::Number::New(info.Env(), r);
+}
+
+// continue(start, length, mode = 0) -> bytes mapped, or -errno (MINOR faults)
+Napi::Value Userfaultfd::Continue(const Napi::CallbackInfo& info) {
+  uffdio_continue c{{ToAddress(info[0], "start"), ToSize(info[1], "length")}, OptionalMode(info[2]), 0};
+  int r = ioctl(fd_, UFFDIO_CONTINUE, &c);
+  lastCount_ = c.mapped > 0 ? static_cast<double>(c.mapped) : 0;
+  return Napi::Number::New(info.Env(), r == 0 ? static_cast<double>(c.mapped) : -errno);
+}
+
+// poison(start, length, mode = 0) -> bytes poisoned, or -errno
+Napi::Value Userfaultfd::Poison(const Napi::CallbackInfo& info) {
+  uffdio_poison p{{ToAddress(info[0], "start"), ToSize(info[1], "length")}, OptionalMode(info[2]), 0};
+  int r = ioctl(fd_, UFFDIO_POISON, &p);
+  lastCount_ = p.updated > 0 ? static_cast<double>(p.updated) : 0;
+  return Napi::Number::New(info.Env(), r == 0 ? static_cast<double>(p.updated) : -errno);
+}
+
+// move(dst, src, length, mode = 0) -> bytes moved, or -errno
+Napi::Value Userfaultfd::Move(const Napi::CallbackInfo& info) {
+  uffdio_move m{ToAddress(info[0], "dst"), ToAddress(info[1], "src"), ToSize(info[2], "length"), OptionalMode(info[3]),
+                0};
+  int r = ioctl(fd_, UFFDIO_MOVE, &m);
+  lastCount_ = m.move > 0 ? static_cast<double>(m.move) : 0;
+  return Napi::Number::New(info.Env(), r == 0 ? static_cast<double>(m.move) : -errno);
+}
+
+int Userfaultfd::ReadInto(double* out, size_t capacity) {
+  if (capacity > kMaxBatch) capacity = kMaxBatch;
+  ssize_t r = read(fd_, messages_, capacity * sizeof(uffd_msg));
+  if (r < 0) return errno == EAGAIN ? 0 : -errno;
+  size_t count = static_cast<size_t>(r) / sizeof(uffd_msg);
+  for (size_t i = 0; i < count; i++) {
+    const uffd_msg& m = messages_[i];
+    double* e = out + i * kEventStride;
+    e[0] = m.event;
+    switch (m.event) {
+      case UFFD_EVENT_PAGEFAULT:
+        e[1] = static_cast<double>(m.arg.pagefault.flags);
+        e[2] = static_cast<double>(m.arg.pagefault.address);
+        e[3] = m.arg.pagefault.feat.ptid;
+        break;
+      case UFFD_EVENT_FORK:
+        e[1] = m.arg.fork.ufd;
+        e[2] = e[3] = 0;
+        break;
+      case UFFD_EVENT_REMAP:
+        e[1] = static_cast<double>(m.arg.remap.from);
+        e[2] = static_cast<double>(m.arg.remap.to);
+        e[3] = static_cast<double>(m.arg.remap.len);
+        break;
+      default:  // REMOVE, UNMAP
+        e[1] = static_cast<double>(m.arg.remove.start);
+        e[2] = static_cast<double>(m.arg.remove.end);
+        e[3] = 0;
+        break;
+    }
+  }
+  return static_cast<int>(count);
+}
+
+// readEvents(buffer: Float64Array) -> events decoded (0 if none pending), or -errno
+Napi::Value Userfaultfd::ReadEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    ThrowTypeError(env, "The \"buffer\" argument must be a Float64Array");
+  Napi::Float64Array buffer = info[0].As<Napi::Float64Array>();
+  return Napi::Number::New(env, ReadInto(buffer.Data(), buffer.ElementLength() / kEventStride));
+}
+
+// startEvents(buffer: Float64Array, callback(count)): decodes fault events into `buffer` and
+// calls back on this thread's event loop, as many messages per read as fit (up to 64).
+// count < 0 is -errno from read(2).
+Napi::Value Userfaultfd::StartEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = LiveFd(env, "uv_poll_start");
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    ThrowTypeError(env, "The \"buffer\" argument must be a Float64Array");
+  if (!info[1].IsFunction()) ThrowTypeError(env, "The \"callback\" argument must be a function");
+  Napi::Float64Array buffer = info[0].As<Napi::Float64Array>();
+  if (buffer.ElementLength() < kEventStride) ThrowRangeError(env, "startEvents: the buffer holds no event");
+  if (poll_) ThrowErrno(env, EBUSY, "uv_poll_start", "(events are already being delivered)");
+  uv_loop_t* loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) ThrowErrno(env, EINVAL, "napi_get_uv_event_loop", "");
+  poll_ = new uv_poll_t;
+  int r = uv_poll_init(loop, poll_, fd);
+  if (r == 0) {
+    poll_->data = this;
+    r = uv_poll_start(poll_, UV_READABLE, OnReadable);
+  }
+  if (r != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+    ThrowErrno(env, -r, "uv_poll_start", "fd " + std::to_string(fd));
+  }
+  eventsBuffer_ = Napi::Reference<Napi::Float64Array>::New(buffer, 1);
+  events_ = buffer.Data();
+  eventsCapacity_ = std::min(buffer.ElementLength() / kEventStride, kMaxBatch);
+  callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+  Ref();  // stay alive while the loop may call back
+  return env.Undefined();
+}
+
+Napi::Value Userfaultfd::StopEvents(const Napi::CallbackInfo& info) {
+  StopPolling();
+  return info.Env().Undefined();
+}
+
+void Userfaultfd::OnReadable(uv_poll_t* handle, int status, int events) {
+  auto* self = static_cast<Userfaultfd*>(handle->data);
+  Napi::Env env = self->Env();
+  Napi::HandleScope scope(env);
+  // Drain: a full batch means more may be waiting.
+  while (self->poll_ == handle && self->fd_ >= 0) {
+    int count = status < 0 ? status : self->ReadInto(self->events_, self->eventsCapacity_);
+    if (count == 0) break;
+    try {
+      self->callback_.MakeCallback(self->Value(), {Napi::Number::New(env, count)});
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env, e.Value());
+      break;
+    }
+    if (count < 0 || static_cast<size_t>(count) < self->eventsCapacity_) break;
+  }
+}
+
+Napi::Value Userfaultfd::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+Napi::Value Userfaultfd::Via(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), viaDevice_ ? "dev" : "syscall");
+}
+Napi::Value Userfaultfd::LastCount(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), lastCount_);
+}
+
+}  // namespace postcopy

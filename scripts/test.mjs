@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+// `npm test`: builds what is missing, reserves 2 MiB huge pages for the hugetlb tests when
+// running as root (restoring the old reservation afterwards), then runs every test with
+// node:test. Tests that still cannot run (not root, old kernel) skip and say why.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';
+const HUGE_PAGES_WANTED = Number(process.env.POSTCOPY_TEST_HUGEPAGES ?? 96);
+
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+if (!existsSync(join(root, 'build/Release/postcopy.node'))) run('npx', ['node-gyp', 'rebuild']);
+run('npx', ['tsc', '-p', '.']);
+
+let restore;
+try {
+  const old = Number(readFileSync(NR_HUGEPAGES, 'utf8'));
+  const free = Number(/HugePages_Free:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  if (free < HUGE_PAGES_WANTED) {
+    writeFileSync(NR_HUGEPAGES, String(old + HUGE_PAGES_WANTED - free));
+    restore = () => writeFileSync(NR_HUGEPAGES, String(old));
+    console.log(`reserved huge pages: nr_hugepages ${old} -> ${readFileSync(NR_HUGEPAGES, 'utf8').trim()} (restored afterwards)`);
+  }
+} catch (error) {
+  console.log(`huge pages not reserved (${error.code ?? error.message}): hugetlb tests will skip`);
+}
+
+const args = process.argv.slice(2);
+const files = args.length ? args : readdirSync(join(root, 'dist/test')).filter((f) => f.endsWith('.test.js')).map((f) => join('dist/test', f));
+const result = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...files], {
+  cwd: root,
+  stdio: 'inherit',
+});
+restore?.();
+process.exit(result.status ?? 1);
