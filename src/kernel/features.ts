@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { addon } from './addon.js';
-import { FEATURES, IOCTLS, maskToNames, type Feature, type Ioctl } from './constants.js';
+import { FEATURES, IOCTLS, REGISTER_MODES, maskToNames, type Feature, type Ioctl } from './constants.js';
 
 export interface FeatureReport {
   kernel: string;
@@ -12,7 +12,10 @@ export interface FeatureReport {
   reason?: string;
   via?: 'dev' | 'syscall';
   features: Record<Feature, boolean>;
+  /** ioctls on the descriptor itself (API, REGISTER, UNREGISTER). */
   ioctls: Record<Ioctl, boolean>;
+  /** ioctls the kernel allows on an anonymous range registered for MISSING faults. */
+  rangeIoctls: Ioctl[];
 }
 
 let cached: FeatureReport | undefined;
@@ -22,7 +25,7 @@ export function probeFeatures(): FeatureReport {
   if (cached) return cached;
   const none = <K extends string>(table: Record<K, unknown>) =>
     Object.fromEntries(Object.keys(table).map((k) => [k, false])) as Record<K, boolean>;
-  const report: FeatureReport = { kernel: release(), available: false, features: none(FEATURES), ioctls: none(IOCTLS) };
+  const report: FeatureReport = { kernel: release(), available: false, features: none(FEATURES), ioctls: none(IOCTLS), rangeIoctls: [] };
   try {
     const probe = new addon.Userfaultfd({});
     try {
@@ -31,6 +34,12 @@ export function probeFeatures(): FeatureReport {
       report.via = probe.via;
       for (const f of maskToNames(api.features, FEATURES)) report.features[f] = true;
       for (const i of maskToNames(api.ioctls, IOCTLS)) report.ioctls[i] = true;
+      const page = new addon.Mapping('anonymous', addon.pageSize);
+      try {
+        report.rangeIoctls = maskToNames(probe.register(page.address, page.length, REGISTER_MODES.missing), IOCTLS);
+      } finally {
+        page.unmap();
+      }
     } finally {
       probe.close();
     }
