@@ -9,6 +9,8 @@
 
 namespace postcopy {
 
+Napi::Value PagemapScan(const Napi::CallbackInfo& info);
+
 static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
 }
@@ -17,6 +19,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
+  exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }

@@ -42,6 +42,7 @@ export interface Addon {
   };
   Userfaultfd: new (options: { userModeOnly?: boolean; fd?: number }) => NativeUserfaultfd;
   gettid(): number;
+  pagemapScan(fd: number, arg: BigUint64Array, vec: BigUint64Array): number;
   pageSize: number;
 }
 

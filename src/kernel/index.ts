@@ -6,3 +6,4 @@ export * from './features.js';
 export * from './mapping.js';
 export * from './userfaultfd.js';
 export type { Address } from './addon.js';
+export * from './pagemap.js';
