@@ -1,0 +1,437 @@
+// The controller of the reference guest, on the main thread. It never touches guest memory:
+// ledger setup, verification and the workload all run in workers, because on real guest
+// memory an access may block in a userfaultfd fault that only the main thread can serve.
+
+import { EventEmitter } from 'node:events';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import {
+  CMD_PAUSE,
+  CMD_RUN,
+  CMD_STOP,
+  CONTROL_BYTES,
+  C_CMD,
+  C_EPOCH,
+  F_BAD,
+  F_LEDGER_WRITES,
+  F_OPS,
+  F_READS,
+  F_SKIPPED,
+  F_TARGET,
+  F_WRITES,
+  T_PARKED,
+  T_STOPPED,
+  controlViews,
+  parkEpochWord,
+  stateWord,
+  statWord,
+} from './control.js';
+import { LedgerInfo, Pattern } from './layout.js';
+import { GuestMemory, checkGuestMemory } from './memory.js';
+import { BadPage, VerifyOptions, VerifyReport } from './verify.js';
+import type { WorkerMessage, WorkerTask } from './worker.js';
+import { GuestParams, checkParams } from './workload.js';
+
+// CommonJS output: __dirname is the compiled dist/src/guest.
+export const WORKER_PATH = path.join(__dirname, 'worker.js');
+
+export interface RunOptions {
+  /** Per-thread budget: each thread parks after this many operations (default: no limit). */
+  ops?: number;
+  /** Operations per second per thread; 0 = flat out (default). */
+  rate?: number;
+  /** Start with every thread parked (call resume/runOps/runFor to go). */
+  paused?: boolean;
+}
+
+export interface GuestOptions extends RunOptions {
+  memory: GuestMemory;
+  /** 1..64, default 4. */
+  threads?: number;
+  /** Default 'random'. */
+  pattern?: Pattern;
+  /** u32, default 1. */
+  seed?: number;
+  /** Reader threads among `threads` for a write pattern (default from readerFraction, else 0). */
+  readers?: number;
+  /** Fraction of reader threads for a write pattern; at least one writer is kept. */
+  readerFraction?: number;
+  /** Hot set = 1/hotDivisor of a thread's pages (default 16)... */
+  hotDivisor?: number;
+  /** ...and gets hotPercent of its operations (default 90). */
+  hotPercent?: number;
+  /** Write every data page this many times at initialisation (default 0: fresh, zero-page heavy). */
+  fill?: number;
+}
+
+export interface ResumeOptions extends RunOptions {
+  memory: GuestMemory;
+  /**
+   * Every thread reads (over all pages) and nothing at all is written to guest memory, not
+   * even the ledger: checks a copy under load without dirtying it.
+   */
+  readOnly?: boolean;
+}
+
+export interface ThreadStats {
+  thread: number;
+  ops: number;
+  writes: number;
+  reads: number;
+  /** Bad pages seen by this reader (every detection, not distinct pages). */
+  errors: number;
+  /** Reads given up because a writer kept the page busy. */
+  skipped: number;
+  /** This thread's write count in the ledger (absolute, across resumes). */
+  ledgerWrites: number;
+}
+
+export interface GuestStats {
+  threads: number;
+  /** Operations by this Guest instance (since start/resumeFrom). */
+  ops: number;
+  writes: number;
+  reads: number;
+  errors: number;
+  skipped: number;
+  /** Sum of the ledger's write counts: pass it as verify's expectWrites on a copy. */
+  ledgerWrites: number;
+  perThread: ThreadStats[];
+}
+
+export interface BadPageReport extends BadPage {
+  thread: number;
+}
+
+type GuestState = 'running' | 'paused' | 'stopped' | 'failed';
+
+interface Waiter {
+  done: () => boolean;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+function taskError(m: { name: string; message: string }): Error {
+  const E = m.name === 'RangeError' ? RangeError : m.name === 'TypeError' ? TypeError : Error;
+  return new E(m.message);
+}
+
+/** Run one setup/verify task in a fresh worker and return its result. */
+function runTask<T>(task: WorkerTask): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const w = new Worker(WORKER_PATH, { workerData: task });
+    let settled = false;
+    w.on('message', (m: WorkerMessage) => {
+      if (settled) return;
+      if (m.type === 'result') {
+        settled = true;
+        resolve(m.value as T);
+      } else if (m.type === 'error') {
+        settled = true;
+        reject(taskError(m));
+      }
+    });
+    w.on('error', (e) => {
+      if (!settled) {
+        settled = true;
+        reject(e);
+      }
+    });
+    w.on('exit', (code) => {
+      if (!settled) {
+        settled = true;
+        reject(new Error(`guest ${task.mode} worker exited with code ${code} before answering`));
+      }
+    });
+  });
+}
+
+/**
+ * Verify guest memory inside a worker (safe on real guest memory while faults are being
+ * served by the main thread). Only meaningful while the guest is paused or stopped.
+ */
+export function verifyInWorker(memory: GuestMemory, opts: VerifyOptions = {}): Promise<VerifyReport> {
+  checkGuestMemory(memory);
+  return runTask<VerifyReport>({ postcopyGuest: 1, mode: 'verify', memory, opts });
+}
+
+/** Read (and validate) the ledger of a guest memory block, in a worker. Throws if blank. */
+export function readGuestInfo(memory: GuestMemory): Promise<LedgerInfo> {
+  checkGuestMemory(memory);
+  return runTask<LedgerInfo>({ postcopyGuest: 1, mode: 'setup', memory, params: null });
+}
+
+/**
+ * The reference guest: worker threads running a workload whose whole state lives in guest
+ * memory. Events: 'bad' (BadPageReport) when a reader finds a bad page (once per page per
+ * thread), 'threadError' (Error) when a thread dies.
+ */
+export class Guest extends EventEmitter {
+  /** Guests whose workers have not been terminated yet (including ones still starting). */
+  private static readonly live = new Set<Guest>();
+  private readonly control = new SharedArrayBuffer(CONTROL_BYTES);
+  private readonly ctl: Int32Array;
+  private readonly st: Float64Array;
+  private readonly workers: Worker[] = [];
+  private readonly exited: boolean[] = [];
+  private waiters: Waiter[] = [];
+  private state: GuestState = 'running';
+  private stopping = false;
+  private readonly bad: BadPageReport[] = [];
+  /** Errors of threads that died (the guest is 'failed' after the first). */
+  readonly errors: Error[] = [];
+
+  private constructor(
+    readonly memory: GuestMemory,
+    readonly info: LedgerInfo,
+    readonly readOnly: boolean,
+  ) {
+    super();
+    Guest.live.add(this);
+    const v = controlViews(this.control);
+    this.ctl = v.ctl;
+    this.st = v.stats;
+  }
+
+  /**
+   * Start a guest on `memory`: a blank ledger is initialised (after `fill` passes) from the
+   * options, an existing one must match them. Both happen in a worker.
+   */
+  static async start(o: GuestOptions): Promise<Guest> {
+    const dataPages = checkGuestMemory(o.memory) - 1;
+    const threads = o.threads ?? 4;
+    const pattern = o.pattern ?? 'random';
+    let readers = pattern === 'read' ? threads : (o.readers ?? Math.round(threads * (o.readerFraction ?? 0)));
+    if (pattern !== 'read' && o.readers === undefined) readers = Math.min(readers, threads - 1);
+    const params: GuestParams = {
+      pattern,
+      threads,
+      readers,
+      seed: o.seed ?? 1,
+      hotDivisor: o.hotDivisor ?? 16,
+      hotPercent: o.hotPercent ?? 90,
+      fill: o.fill ?? 0,
+    };
+    checkParams(params, dataPages); // fail fast, before any worker
+    const info = await runTask<LedgerInfo>({ postcopyGuest: 1, mode: 'setup', memory: o.memory, params });
+    return Guest.launch(o.memory, info, o, false);
+  }
+
+  /** Continue the workload recorded in `memory` (e.g. a migrated copy) with fresh threads. */
+  static async resumeFrom(o: ResumeOptions): Promise<Guest> {
+    const info = await readGuestInfo(o.memory);
+    return Guest.launch(o.memory, info, o, o.readOnly ?? false);
+  }
+
+  private static async launch(memory: GuestMemory, info: LedgerInfo, o: RunOptions, readOnly: boolean): Promise<Guest> {
+    const ops = o.ops ?? Infinity;
+    const rate = o.rate ?? 0;
+    if (!(ops >= 0)) throw new RangeError(`ops must be >= 0, got ${o.ops}`);
+    if (!(rate >= 0) || !Number.isFinite(rate)) throw new RangeError(`rate must be a finite number >= 0, got ${o.rate}`);
+    const g = new Guest(memory, info, readOnly);
+    for (let t = 0; t < info.threads; t++) g.st[statWord(t, F_TARGET)] = ops;
+    g.ctl[C_CMD] = o.paused ? CMD_PAUSE : CMD_RUN;
+    if (o.paused) g.state = 'paused';
+    let ready = 0;
+    for (let t = 0; t < info.threads; t++) {
+      const task: WorkerTask = { postcopyGuest: 1, mode: 'run', memory, control: g.control, thread: t, readOnly, rate };
+      const w = new Worker(WORKER_PATH, { workerData: task });
+      g.workers.push(w);
+      g.exited.push(false);
+      w.on('message', (m: WorkerMessage) => {
+        if (m.type === 'ready') ready++;
+        else if (m.type === 'bad') g.onBad(m);
+        g.poke();
+      });
+      w.on('error', (e) => g.fail(t, e));
+      w.on('exit', (code) => {
+        g.exited[t] = true;
+        if (!g.stopping && Atomics.load(g.ctl, stateWord(t)) !== T_STOPPED) {
+          g.fail(t, new Error(`guest thread ${t} exited unexpectedly with code ${code}`));
+        }
+        g.poke();
+      });
+    }
+    try {
+      await g.waitFor(() => ready === info.threads && (!o.paused || g.allParked()));
+    } catch (e) {
+      await g.terminate();
+      throw e;
+    }
+    return g;
+  }
+
+  /**
+   * Terminate the workers of every guest of this process, including guests still starting
+   * or stuck (e.g. a thread blocked forever in a fault after a failed migration). For test
+   * harnesses: live workers keep the process alive.
+   */
+  static async terminateAll(): Promise<void> {
+    await Promise.all([...Guest.live].map((g) => g.terminate()));
+  }
+
+  get threads(): number {
+    return this.info.threads;
+  }
+
+  get status(): GuestState {
+    return this.state;
+  }
+
+  /** Park every thread between two operations; resolves when all are parked. */
+  async pause(): Promise<void> {
+    this.command(CMD_PAUSE);
+    await this.waitFor(() => this.allParked());
+  }
+
+  /** Let every thread run without an op limit. */
+  resume(): void {
+    for (let t = 0; t < this.threads; t++) this.st[statWord(t, F_TARGET)] = Infinity;
+    this.command(CMD_RUN);
+  }
+
+  /**
+   * Every thread performs `n` more operations, then parks; resolves when all are parked.
+   * Meant from a paused guest (from a running one, "more" counts from the moment of the call).
+   */
+  async runOps(n: number): Promise<void> {
+    if (!Number.isInteger(n) || n < 0) throw new RangeError(`runOps: n must be an integer >= 0, got ${n}`);
+    for (let t = 0; t < this.threads; t++) this.st[statWord(t, F_TARGET)] = this.st[statWord(t, F_OPS)] + n;
+    this.command(CMD_RUN);
+    await this.waitFor(() => this.allParked());
+  }
+
+  /** Run for about `ms` milliseconds, then pause. */
+  async runFor(ms: number): Promise<void> {
+    this.resume();
+    await new Promise((r) => setTimeout(r, ms));
+    await this.pause();
+  }
+
+  /** Resolves when every thread is parked (e.g. after its `ops` budget), without commanding anything. */
+  async whenParked(): Promise<void> {
+    await this.waitFor(() => this.allParked());
+  }
+
+  /** True when every thread is parked at the current command (safe to verify or copy memory). */
+  allParked(): boolean {
+    const epoch = Atomics.load(this.ctl, C_EPOCH);
+    for (let t = 0; t < this.threads; t++) {
+      const s = Atomics.load(this.ctl, stateWord(t));
+      if ((s !== T_PARKED && s !== T_STOPPED) || Atomics.load(this.ctl, parkEpochWord(t)) !== epoch) return false;
+    }
+    return true;
+  }
+
+  stats(): GuestStats {
+    const perThread: ThreadStats[] = [];
+    const sum: GuestStats = { threads: this.threads, ops: 0, writes: 0, reads: 0, errors: 0, skipped: 0, ledgerWrites: 0, perThread };
+    for (let t = 0; t < this.threads; t++) {
+      const f = (k: number): number => this.st[statWord(t, k)];
+      const s: ThreadStats = {
+        thread: t,
+        ops: f(F_OPS),
+        writes: f(F_WRITES),
+        reads: f(F_READS),
+        errors: f(F_BAD),
+        skipped: f(F_SKIPPED),
+        ledgerWrites: f(F_LEDGER_WRITES),
+      };
+      perThread.push(s);
+      sum.ops += s.ops;
+      sum.writes += s.writes;
+      sum.reads += s.reads;
+      sum.errors += s.errors;
+      sum.skipped += s.skipped;
+      sum.ledgerWrites += s.ledgerWrites;
+    }
+    return sum;
+  }
+
+  /** Bad pages reported by readers (first 1000). */
+  badPages(): BadPageReport[] {
+    return this.bad.slice();
+  }
+
+  /** Verify this guest's memory in a worker. The guest must be parked or stopped. */
+  async verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
+    if (this.state !== 'stopped' && !this.allParked()) {
+      throw new Error('guest.verify: pause or stop the guest first (threads are running)');
+    }
+    return verifyInWorker(this.memory, opts);
+  }
+
+  /** Park every thread, then end the workers. The memory is left consistent. */
+  async stop(): Promise<void> {
+    if (this.state === 'stopped') return;
+    if (this.state === 'failed') return this.terminate(); // the failure is in `errors` already
+    this.command(CMD_STOP);
+    try {
+      await this.waitFor(() => this.workers.every((_, t) => this.exited[t] || Atomics.load(this.ctl, stateWord(t)) === T_STOPPED));
+    } finally {
+      await this.terminate();
+    }
+  }
+
+  /**
+   * End the workers now, without parking: a thread may be mid-write (its page left busy and
+   * the ledger one write behind). For failure tests and cleanup only.
+   */
+  async terminate(): Promise<void> {
+    Guest.live.delete(this);
+    this.stopping = true;
+    this.state = 'stopped';
+    await Promise.all(this.workers.map((w) => w.terminate()));
+    // Threads blocked in a wait will never answer now.
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w.resolve();
+  }
+
+  private command(cmd: number): void {
+    if (this.state === 'stopped') throw new Error('guest is stopped');
+    if (this.state === 'failed') throw this.errors[0];
+    Atomics.store(this.ctl, C_CMD, cmd);
+    Atomics.add(this.ctl, C_EPOCH, 1);
+    Atomics.notify(this.ctl, C_EPOCH);
+    this.state = cmd === CMD_RUN ? 'running' : cmd === CMD_PAUSE ? 'paused' : this.state;
+    // A newer command supersedes older waits: they resolve (not reject, so that an
+    // unawaited pause() followed by stop() cannot raise an unhandled rejection).
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w.resolve();
+  }
+
+  private waitFor(done: () => boolean): Promise<void> {
+    if (this.state === 'failed') return Promise.reject(this.errors[0]);
+    if (done()) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => this.waiters.push({ done, resolve, reject }));
+  }
+
+  private poke(): void {
+    if (this.waiters.length === 0) return;
+    const keep: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (w.done()) w.resolve();
+      else keep.push(w);
+    }
+    this.waiters = keep;
+  }
+
+  private onBad(m: { thread: number; page: number; reason: string }): void {
+    const r: BadPageReport = { thread: m.thread, page: m.page, reason: m.reason };
+    if (this.bad.length < 1000) this.bad.push(r);
+    this.emit('bad', r);
+  }
+
+  private fail(t: number, e: Error): void {
+    if (this.stopping) return;
+    const err = e.message.startsWith('guest thread') ? e : Object.assign(new Error(`guest thread ${t}: ${e.message}`), { cause: e });
+    this.errors.push(err);
+    this.state = 'failed';
+    if (this.listenerCount('threadError') > 0) this.emit('threadError', err);
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w.reject(err);
+  }
+}

@@ -1,0 +1,476 @@
+// Layout of the reference guest's memory, and the pure functions on it that the workers,
+// the controller's setup task and the verifier all share. Everything here works on an
+// Int32Array over the whole block (word index = byte offset / 4), so that hot loops are
+// plain typed-array word loops and the header/ledger words can be used with Atomics.
+//
+// Block: page 0 = ledger, pages 1..N-1 = data pages, 4 KiB each (target page size).
+//
+// Data page, 1024 words:
+//   w0 index     the page's own index (a page found at the wrong offset says so)
+//   w1 version   number of writes to this page (plus the fill passes); 0 = never written
+//   w2 checksum  hash of the body words, seeded with (index, version)
+//   w3 flags     0x5047 << 16 magic | 0x8000 busy | writer thread id (0..63, 0xff = fill)
+//   w4..w1023    body: xorshift32 stream seeded from (index, version), never zero
+// A page that is entirely zero is a valid version-0 page: memory starts zeroed and the guest
+// never runs an initialisation pass over the data pages.
+
+export const PAGE_SIZE = 4096;
+export const PAGE_WORDS = 1024;
+export const HEADER_WORDS = 4;
+export const BODY_WORDS = PAGE_WORDS - HEADER_WORDS;
+export const MAX_THREADS = 64;
+
+export const H_INDEX = 0;
+export const H_VERSION = 1;
+export const H_CHECKSUM = 2;
+export const H_FLAGS = 3;
+
+export const FLAGS_MAGIC = 0x5047 << 16;
+export const FLAGS_MAGIC_MASK = 0xffff0000 | 0;
+export const FLAG_BUSY = 0x8000;
+export const FLAG_WRITER_MASK = 0xff;
+/** Writer id stamped by fill passes when the guest has no writer threads ('read' pattern). */
+export const FILL_WRITER = 0xff;
+
+// Ledger page (page 0), words:
+export const LEDGER_MAGIC = 0x4c474350; // 'PCGL' little-endian
+export const LEDGER_LAYOUT = 1;
+export const L_MAGIC = 0;
+export const L_LAYOUT = 1;
+export const L_PATTERN = 2;
+export const L_THREADS = 3;
+export const L_WRITERS = 4;
+export const L_DATA_PAGES = 5;
+export const L_SEED = 6;
+export const L_HOT_DIV = 7;
+export const L_HOT_PCT = 8;
+export const L_BASE = 9; // fill passes: every data page started at this version
+export const L_CHECK = 10; // hash of words 0..9 (the fixed parameters)
+export const LEDGER_HEADER_WORDS = 16;
+// Per-thread slot: 16 + 64 * 15 = 976 words, fits the 1024-word page.
+export const SLOT_WORDS = 15;
+export const S_WRITES_LO = 0;
+export const S_WRITES_HI = 1;
+export const S_RNG = 2;
+export const S_CURSOR = 3;
+export const S_HOT_BASE = 4;
+export const S_HOT_SIZE = 5;
+export const S_ROLE = 6; // ROLE_WRITER | ROLE_READER
+export const S_PART = 7; // writer index (= thread index) or reader index
+export const S_PART_SIZE = 8; // pages this thread picks among
+export const S_READS_LO = 9;
+export const S_READS_HI = 10;
+export const ROLE_WRITER = 0;
+export const ROLE_READER = 1;
+
+export type Pattern = 'sequential' | 'random' | 'hotset' | 'read';
+export const PATTERNS: readonly Pattern[] = ['sequential', 'random', 'hotset', 'read'];
+export const P_SEQUENTIAL = 1;
+export const P_RANDOM = 2;
+export const P_HOTSET = 3;
+export const P_READ = 4;
+
+export function patternCode(p: Pattern): number {
+  const i = PATTERNS.indexOf(p);
+  if (i < 0) throw new TypeError(`unknown guest pattern ${JSON.stringify(p)}`);
+  return i + 1;
+}
+
+export function patternName(code: number): Pattern | undefined {
+  return PATTERNS[code - 1];
+}
+
+/** Fixed parameters of a guest, as stored in the ledger header. */
+export interface LedgerInfo {
+  pattern: Pattern;
+  threads: number;
+  /** Threads 0..writers-1 write, the rest only read. */
+  writers: number;
+  readers: number;
+  dataPages: number;
+  seed: number;
+  /** Hot set = 1/hotDivisor of a thread's pages... */
+  hotDivisor: number;
+  /** ...and receives this percentage of its operations. */
+  hotPercent: number;
+  /** Version every data page had before the threads' own writes (fill passes at start). */
+  baseVersion: number;
+}
+
+/** Everything one thread needs to resume exactly where it stopped. */
+export interface SlotState {
+  writes: number;
+  rng: number;
+  cursor: number;
+  hotBase: number;
+  hotSize: number;
+  role: number;
+  part: number;
+  partSize: number;
+  reads: number;
+}
+
+export function hex32(x: number): string {
+  return '0x' + (x >>> 0).toString(16).padStart(8, '0');
+}
+
+/** murmur3 finaliser: a cheap bijective 32-bit mixer. Returns int32. */
+export function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h | 0;
+}
+
+/** One xorshift32 step (int32 in, int32 out). Never returns 0 for a non-zero input. */
+export function xs32(x: number): number {
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x | 0;
+}
+
+/** Seed of a page's body stream: distinct for every (index, version). Never 0. */
+export function bodySeed(page: number, version: number): number {
+  const s = fmix32(Math.imul(page, 0x9e3779b1) ^ fmix32(version ^ 0x5bd1e995));
+  return s === 0 ? 0x6d2b79f5 : s;
+}
+
+function checksumSeed(page: number, version: number): number {
+  // Seeded with (index, version) so a header whose version does not belong to the body fails
+  // even when the header is self-consistent.
+  return fmix32(Math.imul(version, 0x27d4eb2f) ^ page ^ 0x165667b1);
+}
+
+/**
+ * Checksum of the body of the page whose first word is at `base`. Four independent
+ * rotate-xor-multiply lanes (word i goes to lane i % 4), for instruction-level parallelism:
+ * a 1 GiB block verifies at memory speed. Each lane step is a bijection of the lane for a
+ * given word and the lanes are combined by xor of rotations, so any single changed word
+ * always changes the result.
+ */
+export function bodyChecksum(i32: Int32Array, base: number, page: number, version: number): number {
+  const s = checksumSeed(page, version);
+  let a = s;
+  let b = s ^ 0x01234567;
+  let c = s ^ 0x3c6ef372;
+  let d = s ^ 0x7f4a7c15;
+  for (let i = base + HEADER_WORDS, e = base + PAGE_WORDS; i < e; i += 4) {
+    a = Math.imul(((a << 5) | (a >>> 27)) ^ i32[i], 0x9e3779b1);
+    b = Math.imul(((b << 5) | (b >>> 27)) ^ i32[i + 1], 0x9e3779b1);
+    c = Math.imul(((c << 5) | (c >>> 27)) ^ i32[i + 2], 0x9e3779b1);
+    d = Math.imul(((d << 5) | (d >>> 27)) ^ i32[i + 3], 0x9e3779b1);
+  }
+  return combineLanes(a, b, c, d);
+}
+
+function combineLanes(a: number, b: number, c: number, d: number): number {
+  return fmix32(a ^ ((b << 8) | (b >>> 24)) ^ ((c << 16) | (c >>> 16)) ^ ((d << 24) | (d >>> 8)));
+}
+
+/**
+ * Write one new version of a page. Order matters for concurrent readers (seqlock): busy
+ * first, then body and checksum, then index/version, then busy cleared. A reader that
+ * sees busy, or a different flags/version word at the end of its read than at the start,
+ * retries instead of reporting.
+ */
+export function writePage(i32: Int32Array, page: number, version: number, writer: number): void {
+  const base = page * PAGE_WORDS;
+  Atomics.store(i32, base + H_FLAGS, FLAGS_MAGIC | FLAG_BUSY | writer);
+  let x = bodySeed(page, version);
+  const s = checksumSeed(page, version);
+  let a = s;
+  let b = s ^ 0x01234567;
+  let c = s ^ 0x3c6ef372;
+  let d = s ^ 0x7f4a7c15;
+  // Generate and checksum in one pass (same lanes as bodyChecksum).
+  for (let i = base + HEADER_WORDS, e = base + PAGE_WORDS; i < e; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    i32[i] = x;
+    a = Math.imul(((a << 5) | (a >>> 27)) ^ x, 0x9e3779b1);
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    i32[i + 1] = x;
+    b = Math.imul(((b << 5) | (b >>> 27)) ^ x, 0x9e3779b1);
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    i32[i + 2] = x;
+    c = Math.imul(((c << 5) | (c >>> 27)) ^ x, 0x9e3779b1);
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    i32[i + 3] = x;
+    d = Math.imul(((d << 5) | (d >>> 27)) ^ x, 0x9e3779b1);
+  }
+  Atomics.store(i32, base + H_CHECKSUM, combineLanes(a, b, c, d));
+  Atomics.store(i32, base + H_INDEX, page);
+  Atomics.store(i32, base + H_VERSION, version);
+  Atomics.store(i32, base + H_FLAGS, FLAGS_MAGIC | writer);
+}
+
+/** Index of the first body word that differs from the content of (page, version), or -1. */
+export function bodyMismatch(i32: Int32Array, page: number, version: number): number {
+  const base = page * PAGE_WORDS;
+  let x = bodySeed(page, version);
+  for (let i = base + HEADER_WORDS, e = base + PAGE_WORDS; i < e; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    if (i32[i] !== x) return i - base;
+  }
+  return -1;
+}
+
+/**
+ * Check one data page. Returns null for a good page (including an all-zero version-0 page)
+ * or a reason naming the page. `owner` is the thread that must have written it, or -1 to
+ * skip that check (unknown ledger). `deep` also regenerates the body and compares it.
+ */
+export function checkPage(i32: Int32Array, page: number, owner: number, deep: boolean): string | null {
+  const base = page * PAGE_WORDS;
+  const idx = i32[base + H_INDEX];
+  const ver = i32[base + H_VERSION];
+  const sum = i32[base + H_CHECKSUM];
+  const flags = i32[base + H_FLAGS];
+  if ((idx | ver | sum | flags) === 0) {
+    // OR-reduce (no branch per word: this runs at memory speed on a zero-page heavy block).
+    let acc = 0;
+    for (let i = base + HEADER_WORDS, e = base + PAGE_WORDS; i < e; i += 4) acc |= i32[i] | i32[i + 1] | i32[i + 2] | i32[i + 3];
+    if (acc === 0) return null;
+    let w = HEADER_WORDS;
+    while (i32[base + w] === 0) w++;
+    return `page ${page}: blank header but body word ${w} is ${hex32(i32[base + w])} (torn page or lost header)`;
+  }
+  if ((flags & FLAGS_MAGIC_MASK) !== FLAGS_MAGIC) return `page ${page}: bad header magic ${hex32(flags)}`;
+  if (idx !== page) return `page ${page}: header says page ${idx >>> 0}`;
+  if (flags & FLAG_BUSY) return `page ${page}: busy flag set (write in progress or interrupted)`;
+  if (ver === 0) return `page ${page}: version 0 with a non-blank header`;
+  const writer = flags & FLAG_WRITER_MASK;
+  if (owner >= 0 && writer !== owner) return `page ${page}: written by thread ${writer}, owner is thread ${owner}`;
+  const c = bodyChecksum(i32, base, page, ver >>> 0);
+  if (c !== sum) return `page ${page}: checksum ${hex32(sum)} in header != ${hex32(c)} of body (version ${ver >>> 0})`;
+  if (deep) {
+    const w = bodyMismatch(i32, page, ver >>> 0);
+    if (w >= 0) return `page ${page}: body word ${w} differs from the content of version ${ver >>> 0}`;
+  }
+  return null;
+}
+
+/** Writer thread that owns data page p (pages are dealt round-robin), or FILL_WRITER. */
+export function ownerOf(page: number, writers: number): number {
+  return writers > 0 ? (page - 1) % writers : FILL_WRITER;
+}
+
+/** Number of data pages writer w owns: pages 1 + w + k * writers. */
+export function partitionSize(dataPages: number, writers: number, w: number): number {
+  return w < dataPages ? Math.floor((dataPages - 1 - w) / writers) + 1 : 0;
+}
+
+/** Page number of a thread's k-th choice. */
+export function pageOf(slot: { role: number; part: number }, k: number, writers: number): number {
+  return slot.role === ROLE_WRITER ? 1 + slot.part + k * writers : 1 + k;
+}
+
+/** Mutable pick state of a thread: the parts of its slot that change on every operation. */
+export interface PickState {
+  rng: number;
+  cursor: number;
+}
+
+/**
+ * The thread's next choice among its `size` pages (0..size-1). Shared by the workers and the
+ * verifier's replay, so the replay consumes the RNG exactly as the thread did.
+ */
+export function pickIndex(
+  pattern: number,
+  st: PickState,
+  size: number,
+  hotBase: number,
+  hotSize: number,
+  hotPercent: number,
+): number {
+  if (pattern === P_SEQUENTIAL) {
+    const k = st.cursor;
+    st.cursor = k + 1 >= size ? 0 : k + 1;
+    return k;
+  }
+  if (pattern === P_HOTSET) {
+    let r = xs32(st.rng);
+    const hot = (r >>> 0) % 100 < hotPercent;
+    r = xs32(r);
+    st.rng = r;
+    if (hot || hotSize >= size) return hotBase + ((r >>> 0) % hotSize);
+    return (hotBase + hotSize + ((r >>> 0) % (size - hotSize))) % size;
+  }
+  // random and read: uniform
+  const r = xs32(st.rng);
+  st.rng = r;
+  return (r >>> 0) % size;
+}
+
+function initialRng(seed: number, thread: number): number {
+  const r = fmix32(seed ^ Math.imul(thread + 1, 0x9e3779b1));
+  return r === 0 ? 1 : r;
+}
+
+/**
+ * Slot of thread t at the start of a guest. Threads 0..writers-1 are writers, each with its
+ * own partition; the others are readers over all data pages. `readerView` builds a reader
+ * slot for any thread (read-only resume).
+ */
+export function initialSlot(info: LedgerInfo, t: number, readerView = false): SlotState {
+  const writer = !readerView && t < info.writers;
+  const part = writer ? t : readerView ? t : t - info.writers;
+  const size = writer ? partitionSize(info.dataPages, info.writers, t) : info.dataPages;
+  const rng = initialRng(info.seed, t);
+  const hotSize = Math.max(1, Math.floor(size / info.hotDivisor));
+  // Derived from the seed without consuming the RNG, so the replay starts from `rng`.
+  const hotBase = (fmix32(rng ^ 0x68e31da4) >>> 0) % (size - hotSize + 1);
+  const nReaders = readerView ? info.threads : info.readers;
+  // Writers start their walk at 0 (the verifier relies on it); readers spread out.
+  const cursor = writer ? 0 : Math.floor((part * size) / Math.max(1, nReaders)) % size;
+  return {
+    writes: 0,
+    rng,
+    cursor,
+    hotBase,
+    hotSize,
+    role: writer ? ROLE_WRITER : ROLE_READER,
+    part,
+    partSize: size,
+    reads: 0,
+  };
+}
+
+function ledgerCheck(i32: Int32Array): number {
+  let h = 0x2545f491;
+  for (let i = 0; i < L_CHECK; i++) h = fmix32(h ^ i32[i]);
+  return h;
+}
+
+export function slotBase(t: number): number {
+  return LEDGER_HEADER_WORDS + t * SLOT_WORDS;
+}
+
+export function isBlankLedger(i32: Int32Array): boolean {
+  for (let i = 0; i < PAGE_WORDS; i++) if (i32[i] !== 0) return false;
+  return true;
+}
+
+export type LedgerRead =
+  | { kind: 'blank' }
+  | { kind: 'bad'; reason: string }
+  | { kind: 'ok'; info: LedgerInfo; slots: SlotState[] };
+
+/** Decode and sanity-check the ledger page (structure only; the verifier does the sums). */
+export function readLedger(i32: Int32Array): LedgerRead {
+  if (isBlankLedger(i32)) return { kind: 'blank' };
+  const magic = i32[L_MAGIC];
+  if (magic !== LEDGER_MAGIC) return { kind: 'bad', reason: `ledger: bad magic ${hex32(magic)}` };
+  if (i32[L_LAYOUT] !== LEDGER_LAYOUT) return { kind: 'bad', reason: `ledger: unknown layout ${i32[L_LAYOUT]}` };
+  const check = ledgerCheck(i32);
+  if (i32[L_CHECK] !== check) {
+    return { kind: 'bad', reason: `ledger: header checksum ${hex32(i32[L_CHECK])} != ${hex32(check)}` };
+  }
+  const pattern = patternName(i32[L_PATTERN]);
+  const threads = i32[L_THREADS];
+  const writers = i32[L_WRITERS];
+  const dataPages = i32[L_DATA_PAGES];
+  const blockPages = i32.length / PAGE_WORDS;
+  if (!pattern) return { kind: 'bad', reason: `ledger: unknown pattern ${i32[L_PATTERN]}` };
+  if (threads < 1 || threads > MAX_THREADS) return { kind: 'bad', reason: `ledger: bad thread count ${threads}` };
+  if (writers < 0 || writers > threads || (pattern === 'read') !== (writers === 0)) {
+    return { kind: 'bad', reason: `ledger: bad writer count ${writers} for ${threads} ${pattern} threads` };
+  }
+  if (dataPages !== blockPages - 1) {
+    return { kind: 'bad', reason: `ledger: ${dataPages} data pages but the block has ${blockPages - 1}` };
+  }
+  const info: LedgerInfo = {
+    pattern,
+    threads,
+    writers,
+    readers: threads - writers,
+    dataPages,
+    seed: i32[L_SEED] >>> 0,
+    hotDivisor: i32[L_HOT_DIV],
+    hotPercent: i32[L_HOT_PCT],
+    baseVersion: i32[L_BASE] >>> 0,
+  };
+  if (info.hotDivisor < 1 || info.hotPercent < 0 || info.hotPercent > 100) {
+    return { kind: 'bad', reason: `ledger: bad hot set 1/${info.hotDivisor} at ${info.hotPercent}%` };
+  }
+  const slots: SlotState[] = [];
+  for (let t = 0; t < threads; t++) {
+    const s = readSlot(i32, t);
+    const want = initialSlot(info, t);
+    // The static part of each slot must be what the parameters imply.
+    for (const k of ['role', 'part', 'partSize', 'hotBase', 'hotSize'] as const) {
+      if (s[k] !== want[k]) {
+        return { kind: 'bad', reason: `ledger: thread ${t} ${k} ${s[k]} != ${want[k]} implied by the parameters` };
+      }
+    }
+    if (s.cursor < 0 || s.cursor >= s.partSize) {
+      return { kind: 'bad', reason: `ledger: thread ${t} cursor ${s.cursor} outside 0..${s.partSize - 1}` };
+    }
+    if (s.role === ROLE_READER && s.writes !== 0) {
+      return { kind: 'bad', reason: `ledger: reader thread ${t} has ${s.writes} writes` };
+    }
+    slots.push(s);
+  }
+  return { kind: 'ok', info, slots };
+}
+
+export function readSlot(i32: Int32Array, t: number): SlotState {
+  const b = slotBase(t);
+  return {
+    writes: (i32[b + S_WRITES_HI] >>> 0) * 0x100000000 + (i32[b + S_WRITES_LO] >>> 0),
+    rng: i32[b + S_RNG],
+    cursor: i32[b + S_CURSOR],
+    hotBase: i32[b + S_HOT_BASE],
+    hotSize: i32[b + S_HOT_SIZE],
+    role: i32[b + S_ROLE],
+    part: i32[b + S_PART],
+    partSize: i32[b + S_PART_SIZE],
+    reads: (i32[b + S_READS_HI] >>> 0) * 0x100000000 + (i32[b + S_READS_LO] >>> 0),
+  };
+}
+
+export function writeSlot(i32: Int32Array, t: number, s: SlotState): void {
+  const b = slotBase(t);
+  Atomics.store(i32, b + S_WRITES_LO, s.writes % 0x100000000);
+  Atomics.store(i32, b + S_WRITES_HI, Math.floor(s.writes / 0x100000000));
+  Atomics.store(i32, b + S_RNG, s.rng);
+  Atomics.store(i32, b + S_CURSOR, s.cursor);
+  Atomics.store(i32, b + S_HOT_BASE, s.hotBase);
+  Atomics.store(i32, b + S_HOT_SIZE, s.hotSize);
+  Atomics.store(i32, b + S_ROLE, s.role);
+  Atomics.store(i32, b + S_PART, s.part);
+  Atomics.store(i32, b + S_PART_SIZE, s.partSize);
+  Atomics.store(i32, b + S_READS_LO, s.reads % 0x100000000);
+  Atomics.store(i32, b + S_READS_HI, Math.floor(s.reads / 0x100000000));
+}
+
+/**
+ * Write a fresh ledger: slots first, then the header, its checksum last, so that an
+ * interrupted initialisation never looks like a valid ledger.
+ */
+export function writeLedger(i32: Int32Array, info: LedgerInfo): void {
+  for (let t = 0; t < info.threads; t++) writeSlot(i32, t, initialSlot(info, t));
+  i32[L_LAYOUT] = LEDGER_LAYOUT;
+  i32[L_PATTERN] = patternCode(info.pattern);
+  i32[L_THREADS] = info.threads;
+  i32[L_WRITERS] = info.writers;
+  i32[L_DATA_PAGES] = info.dataPages;
+  i32[L_SEED] = info.seed | 0;
+  i32[L_HOT_DIV] = info.hotDivisor;
+  i32[L_HOT_PCT] = info.hotPercent;
+  i32[L_BASE] = info.baseVersion;
+  i32[L_MAGIC] = LEDGER_MAGIC;
+  Atomics.store(i32, L_CHECK, ledgerCheck(i32));
+}

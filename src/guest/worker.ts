@@ -1,0 +1,133 @@
+// Worker entry of the reference guest (dist/src/guest/worker.js). One file, several modes:
+// 'run' is a guest thread; 'setup' and 'verify' are one-shot tasks that touch guest memory
+// so that the main thread never has to (on real guest memory any access may block in a
+// userfaultfd fault that only the main thread can serve).
+
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import {
+  CMD_RUN,
+  CMD_STOP,
+  C_CMD,
+  C_EPOCH,
+  F_BAD,
+  F_LEDGER_WRITES,
+  F_OPS,
+  F_READS,
+  F_SKIPPED,
+  F_TARGET,
+  F_WRITES,
+  T_PARKED,
+  T_RUNNING,
+  T_STOPPED,
+  controlViews,
+  parkEpochWord,
+  stateWord,
+  statWord,
+} from './control.js';
+import { readLedger } from './layout.js';
+import { GuestMemory, openGuestMemory } from './memory.js';
+import { verify, VerifyOptions } from './verify.js';
+import { GuestParams, OP_BAD, OP_READ, OP_SKIPPED, OP_WRITE, ThreadRunner, setupLedger } from './workload.js';
+
+export type WorkerTask =
+  | { postcopyGuest: 1; mode: 'setup'; memory: GuestMemory; params: GuestParams | null }
+  | { postcopyGuest: 1; mode: 'verify'; memory: GuestMemory; opts: VerifyOptions }
+  | {
+      postcopyGuest: 1;
+      mode: 'run';
+      memory: GuestMemory;
+      control: SharedArrayBuffer;
+      thread: number;
+      readOnly: boolean;
+      rate: number;
+    };
+
+export type WorkerMessage =
+  | { type: 'result'; value: unknown }
+  | { type: 'error'; name: string; message: string }
+  | { type: 'ready'; thread: number }
+  | { type: 'parked'; thread: number; epoch: number }
+  | { type: 'stopped'; thread: number; epoch: number }
+  | { type: 'bad'; thread: number; page: number; reason: string };
+
+function post(m: WorkerMessage): void {
+  parentPort!.postMessage(m);
+}
+
+function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
+  const i32 = new Int32Array(openGuestMemory(task.memory));
+  const led = readLedger(i32);
+  if (led.kind !== 'ok') throw new Error(led.kind === 'bad' ? led.reason : 'guest ledger is blank');
+  const t = task.thread;
+  const runner = new ThreadRunner(i32, led.info, t, task.readOnly);
+  const { ctl, stats } = controlViews(task.control);
+  const sw = statWord(t, 0);
+  // The ledger's count, also for a read-only thread (whose runner has its own reader slot).
+  stats[sw + F_LEDGER_WRITES] = led.slots[t].writes;
+  post({ type: 'ready', thread: t });
+
+  const reported = new Set<number>(); // report each bad page once per thread; count them all
+  const interval = task.rate > 0 ? 1000 / task.rate : 0;
+  let next = performance.now();
+  let ops = stats[sw + F_OPS];
+  let writes = stats[sw + F_WRITES];
+  let reads = stats[sw + F_READS];
+  for (;;) {
+    // Epoch before command: if the command changes after we read it, the epoch we wait on
+    // has already moved and the wait returns at once, so a wake-up is never lost.
+    const epoch = Atomics.load(ctl, C_EPOCH);
+    const cmd = Atomics.load(ctl, C_CMD);
+    if (cmd === CMD_RUN && ops < stats[sw + F_TARGET]) {
+      const r = runner.step();
+      stats[sw + F_OPS] = ++ops;
+      if (r === OP_WRITE) {
+        stats[sw + F_WRITES] = ++writes;
+        stats[sw + F_LEDGER_WRITES] = runner.writes;
+      } else {
+        stats[sw + F_READS] = ++reads;
+        if (r === OP_SKIPPED) stats[sw + F_SKIPPED]++;
+        else if (r === OP_BAD) {
+          stats[sw + F_BAD]++;
+          if (!reported.has(runner.badPage)) {
+            reported.add(runner.badPage);
+            post({ type: 'bad', thread: t, page: runner.badPage, reason: runner.badReason });
+          }
+        }
+      }
+      if (interval > 0) {
+        next += interval;
+        const now = performance.now();
+        // Sleep on the epoch word so that a pause or stop interrupts the sleep.
+        if (next > now) Atomics.wait(ctl, C_EPOCH, epoch, next - now);
+        else if (now - next > 1000) next = now; // long stall (e.g. a page fault): no burst to catch up
+      }
+      continue;
+    }
+    // Park between operations: nothing is half-written here.
+    runner.save();
+    Atomics.store(ctl, parkEpochWord(t), epoch);
+    Atomics.store(ctl, stateWord(t), cmd === CMD_STOP ? T_STOPPED : T_PARKED);
+    post({ type: cmd === CMD_STOP ? 'stopped' : 'parked', thread: t, epoch });
+    if (cmd === CMD_STOP) return;
+    // No timeout: a parked thread waits as long as it takes.
+    while (Atomics.load(ctl, C_EPOCH) === epoch) Atomics.wait(ctl, C_EPOCH, epoch);
+    Atomics.store(ctl, stateWord(t), T_RUNNING);
+    next = performance.now();
+  }
+}
+
+function main(task: WorkerTask): void {
+  if (task.mode === 'run') return runThread(task);
+  try {
+    let value: unknown;
+    if (task.mode === 'setup') value = setupLedger(new Int32Array(openGuestMemory(task.memory)), task.params);
+    else value = verify(openGuestMemory(task.memory), task.opts);
+    post({ type: 'result', value });
+  } catch (e) {
+    const err = e instanceof Error ? e : new Error(String(e));
+    post({ type: 'error', name: err.name, message: err.message });
+  }
+}
+
+const data = workerData as WorkerTask | undefined;
+if (!isMainThread && parentPort && data && data.postcopyGuest === 1) main(data);
