@@ -1,0 +1,64 @@
+// Command-line options: parsed and validated with messages that name the option and value.
+
+export class UsageError extends Error {}
+
+export function parseSize(text: string, option: string): number {
+  const match = /^(\d+(?:\.\d+)?)([KMGT]i?B?|B)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`${option} '${text}' is not a size (e.g. 256M, 2G)`);
+  const units: Record<string, number> = { '': 1, B: 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+  const bytes = Number(match[1]) * units[(match[2] ?? '').charAt(0).toUpperCase()];
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new UsageError(`${option} '${text}' is not a positive whole number of bytes`);
+  return bytes;
+}
+
+export interface Spec {
+  [name: string]: 'string' | 'boolean';
+}
+
+/** Parses `--name value` / `--name=value` / `--flag` per spec; rejects anything unknown. */
+export function parseOptions(args: string[], spec: Spec): Record<string, string | boolean | undefined> {
+  const out: Record<string, string | boolean | undefined> = {};
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument '${arg}'`);
+    const eq = arg.indexOf('=');
+    const name = eq > 0 ? arg.slice(2, eq) : arg.slice(2);
+    const type = spec[name];
+    if (!type) throw new UsageError(`unknown option --${name}`);
+    if (type === 'boolean') {
+      if (eq > 0) throw new UsageError(`--${name} takes no value`);
+      out[name] = true;
+    } else {
+      const value = eq > 0 ? arg.slice(eq + 1) : args[++i];
+      if (value === undefined || value.startsWith('--')) throw new UsageError(`--${name} needs a value`);
+      out[name] = value;
+    }
+  }
+  return out;
+}
+
+export function intOption(value: string | boolean | undefined, option: string, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (typeof value !== 'string' || !Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(`--${option} '${value}' must be a whole number from ${min} to ${max}`);
+  }
+  return n;
+}
+
+export function numberOption(value: string | boolean | undefined, option: string, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (typeof value !== 'string' || !Number.isFinite(n) || n < min || n > max) {
+    throw new UsageError(`--${option} '${value}' must be a number from ${min} to ${max}`);
+  }
+  return n;
+}
+
+export function choiceOption<T extends string>(value: string | boolean | undefined, option: string, choices: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'string' || !choices.includes(value as T)) {
+    throw new UsageError(`--${option} '${value}' must be one of ${choices.join(', ')}`);
+  }
+  return value as T;
+}

@@ -1,0 +1,2 @@
+export * from './dirty-log.js';
+export * from './outgoing.js';

@@ -1,0 +1,118 @@
+// Fault service: each MISSING fault on a block becomes at most one page request. A page that
+// has arrived meanwhile only needs a wake; a page already requested only records one more
+// waiting thread. Placement ends the wait of every thread behind the host page.
+import { performance } from 'node:perf_hooks';
+import type { EventBatch, Userfaultfd } from '../kernel/index.js';
+import type { GuestBlock } from './placement.js';
+import { Blocktime, LatencyHistogram } from './stats.js';
+
+export type PageRequester = (block: GuestBlock, offset: number, length: number) => void;
+
+interface Pending {
+  since: number;
+  threads: number[];
+}
+
+export class FaultService {
+  readonly latency = new LatencyHistogram();
+  readonly blocktime: Blocktime;
+  faults = 0;
+  requests = 0;
+  private readonly blocks: GuestBlock[];
+  /** Requested host pages, keyed by block index and host page number. */
+  private readonly pending = new Map<number, Pending>();
+
+  constructor(
+    private readonly uffd: Userfaultfd,
+    blocks: GuestBlock[],
+    private readonly request: PageRequester,
+    private readonly onError: (error: Error) => void,
+    guestThreads = 0,
+  ) {
+    this.blocks = [...blocks].sort((a, b) => a.host!.base - b.host!.base);
+    this.blocktime = new Blocktime(guestThreads);
+  }
+
+  start(): void {
+    this.uffd.onEvents((batch) => this.handle(batch), this.onError);
+  }
+
+  stop(): void {
+    this.uffd.stopEvents();
+  }
+
+  get waiting(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Called by the placer once a range's received bits are set: ends the waits behind it.
+   * Returns how many of the range's host pages had been requested.
+   */
+  placed(block: GuestBlock, offset: number, length: number): number {
+    if (this.pending.size === 0) return 0;
+    const index = this.blocks.indexOf(block);
+    const now = performance.now();
+    let requested = 0;
+    for (let at = offset; at < offset + length; at += block.pageSize) {
+      const key = this.key(index, at, block.pageSize);
+      const pending = this.pending.get(key);
+      if (!pending) continue;
+      requested++;
+      this.pending.delete(key);
+      this.latency.add((now - pending.since) * 1000);
+      for (const thread of pending.threads) this.blocktime.resumed(thread, now);
+    }
+    return requested;
+  }
+
+  private key(blockIndex: number, offset: number, pageSize: number): number {
+    return blockIndex * 2 ** 32 + offset / pageSize;
+  }
+
+  private blockAt(address: number): number {
+    let lo = 0;
+    let hi = this.blocks.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const mapping = this.blocks[mid].host!;
+      if (address < mapping.base) hi = mid - 1;
+      else if (address >= mapping.base + mapping.length) lo = mid + 1;
+      else return mid;
+    }
+    return -1;
+  }
+
+  private handle(batch: EventBatch): void {
+    const now = performance.now();
+    for (let i = 0; i < batch.count; i++) {
+      if (!batch.isPagefault(i)) continue;
+      this.faults++;
+      const address = batch.address(i);
+      const index = this.blockAt(address);
+      if (index < 0) {
+        this.onError(new Error(`fault at 0x${address.toString(16)} is outside every block`));
+        continue;
+      }
+      const block = this.blocks[index];
+      const offset = address - block.host!.base;
+      const hostOffset = offset - (offset % block.pageSize);
+      if (block.isHostPageReceived(hostOffset)) {
+        // placed between the fault and this read: the thread may still be asleep
+        this.uffd.tryWake(block.host!.base + hostOffset, block.pageSize);
+        continue;
+      }
+      const thread = batch.threadId(i);
+      this.blocktime.blocked(thread, now);
+      const key = this.key(index, hostOffset, block.pageSize);
+      const pending = this.pending.get(key);
+      if (pending) {
+        pending.threads.push(thread);
+        continue;
+      }
+      this.pending.set(key, { since: now, threads: [thread] });
+      this.requests++;
+      this.request(block, hostOffset, block.pageSize);
+    }
+  }
+}

@@ -1,0 +1,60 @@
+// Atomic placement of whole host pages into registered blocks. EEXIST means the page is
+// already there (placed by another channel, or a request raced the stream): never data loss.
+import { errnoError, type Mapping, type Userfaultfd } from '../kernel/index.js';
+import { TARGET_PAGE_SIZE, type RamBlock } from '../memory/index.js';
+
+const EEXIST = -17;
+const EAGAIN = -11;
+const MAX_EAGAIN_RETRIES = 1000;
+
+export type GuestBlock = RamBlock<Mapping>;
+
+export class PagePlacer {
+  /** Pages the kernel already had when we placed them (EEXIST). */
+  alreadyPresent = 0;
+  private zeroHugePage: Uint8Array | undefined;
+
+  constructor(
+    private readonly uffd: Userfaultfd,
+    /** Called after the received bits are set, to end the waits of the threads behind them. */
+    private readonly onPlaced: (block: GuestBlock, offset: number, length: number) => void,
+  ) {}
+
+  /** Places one host page from `src` (at `srcOffset`), or zeros when `src` is null. */
+  place(block: GuestBlock, hostOffset: number, src: Uint8Array | null, srcOffset = 0): void {
+    const mapping = block.host!;
+    const address = mapping.base + hostOffset;
+    const size = block.pageSize;
+    let status: number;
+    let tries = 0;
+    do {
+      if (src) status = this.uffd.tryCopy(address, src, size, 0, srcOffset);
+      else if (size === TARGET_PAGE_SIZE) status = this.uffd.tryZeropage(address, size);
+      else status = this.uffd.tryCopy(address, (this.zeroHugePage ??= new Uint8Array(size)), size);
+    } while (status === EAGAIN && ++tries < MAX_EAGAIN_RETRIES);
+    if (status === EEXIST) this.alreadyPresent++;
+    else if (status < 0) throw errnoError(status, src || size !== TARGET_PAGE_SIZE ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)', `block '${block.idstr}' offset 0x${hostOffset.toString(16)} length ${size}`);
+    block.markReceived(hostOffset, size);
+    this.onPlaced(block, hostOffset, size);
+  }
+
+  /**
+   * Places a run of contiguous 4 KiB pages with one ioctl. A page in the run that is already
+   * present stops the kernel there; the rest is placed page by page.
+   */
+  placeRun(block: GuestBlock, offset: number, src: Uint8Array, length: number): void {
+    const address = block.host!.base + offset;
+    const status = this.uffd.tryCopy(address, src, length);
+    if (status < 0) {
+      const done = this.uffd.lastCount;
+      if (done > 0) {
+        block.markReceived(offset, done);
+        this.onPlaced(block, offset, done);
+      }
+      for (let at = done; at < length; at += TARGET_PAGE_SIZE) this.place(block, offset + at, src, at);
+      return;
+    }
+    block.markReceived(offset, length);
+    this.onPlaced(block, offset, length);
+  }
+}

@@ -1,0 +1,4 @@
+export * from './channel.js';
+export * from './client.js';
+export * from './endpoint.js';
+export * from './server.js';
