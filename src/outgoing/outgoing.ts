@@ -67,7 +67,6 @@ export class OutgoingMigration {
   private readonly sent = new Map<SourceBlock, Bitmap>();
   private readonly views = new Map<SourceBlock, Uint8Array>();
   private readonly requests: { block: SourceBlock; start: number; length: number }[] = [];
-  private wakeScan: (() => void) | undefined;
   private cursor: Cursor = { block: 0, page: 0 };
   private phase: OutgoingProgress['phase'] = 'precopy';
   private round = 0;
@@ -95,7 +94,8 @@ export class OutgoingMigration {
         if (event.type === 'req-pages') {
           this.counts.requestsReceived++;
           this.requests.push({ block: event.block, start: event.start, length: event.length });
-          this.wakeScan?.();
+          // a request never waits for the stream: it is answered as soon as it is read
+          if (this.phase === 'postcopy') this.serveRequests();
         } else if (event.type === 'shut') {
           resolve(event.status);
         }
@@ -116,7 +116,6 @@ export class OutgoingMigration {
         const error = new Error(`main channel closed by the destination in phase ${this.phase}`);
         this.failure ??= error;
         reject(error);
-        this.wakeScan?.();
       });
       channel.socket.resume();
       pump();
@@ -173,13 +172,16 @@ export class OutgoingMigration {
     this.phase = 'switchover';
     const downtimeStart = performance.now();
     await this.options.pauseGuest();
+    const paused = performance.now();
     log.sync();
     log.stop();
+    const synced = performance.now();
     this.sendDiscards();
     main.channel.send(main.encoder.listen());
     if (this.options.deviceState) main.channel.send(main.encoder.packaged(this.options.deviceState()));
     main.channel.send(main.encoder.run());
     const downtimeMs = performance.now() - downtimeStart;
+    if (process.env.POSTCOPY_DEBUG) process.stderr.write(`switchover: pause ${(paused - downtimeStart).toFixed(1)} ms, sync ${(synced - paused).toFixed(1)} ms, discard+commands ${(performance.now() - synced).toFixed(1)} ms\n`);
     this.progress();
 
     // postcopy: background scan, requests first
@@ -225,20 +227,21 @@ export class OutgoingMigration {
     if (main.encoder.ramOpen) main.channel.send(main.encoder.endRam());
     for (const block of this.blocks) {
       const dirty = this.dirty.get(block)!;
-      const sent = this.sent.get(block)!;
       const perHost = block.pageSize / TARGET_PAGE_SIZE;
       const ranges: [number, number][] = [];
-      for (let page = dirty.findNextSet(0); page < dirty.size; page = dirty.findNextSet(page)) {
-        const host = page - (page % perHost);
-        dirty.setRange(host, perHost);
-        if (!sent.isRangeClear(host, perHost)) {
+      // only pages sent before can be stale there: walk what was sent, find what is dirty
+      for (const [start, length] of this.sent.get(block)!.ranges()) {
+        for (let page = dirty.findNextSet(start); page < start + length; page = dirty.findNextSet(page)) {
+          const host = page - (page % perHost);
+          const offset = host * TARGET_PAGE_SIZE;
           const last = ranges[ranges.length - 1];
-          const start = host * TARGET_PAGE_SIZE;
-          if (last && last[0] + last[1] === start) last[1] += block.pageSize;
-          else ranges.push([start, block.pageSize]);
-          this.counts.discarded += perHost;
+          const end = last ? last[0] + last[1] : -1;
+          if (end < offset) ranges.push([offset, block.pageSize]);
+          else if (end === offset) last[1] += block.pageSize;
+          if (end <= offset) this.counts.discarded += perHost; // else: already in the last range
+          page = host + perHost;
+          if (page >= dirty.size) break;
         }
-        page = host + perHost;
       }
       if (ranges.length) main.channel.send(main.encoder.discard(block, ranges));
     }

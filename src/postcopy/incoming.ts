@@ -80,6 +80,12 @@ export class IncomingMigration extends EventEmitter {
       channel.bytesReceived += chunk.length;
       decoder.push(chunk);
       pump();
+      // libuv reads a busy socket many times per loop turn: after each chunk of the bulk
+      // stream, let faults and the preempt channel in before reading more
+      if (channel.role === 'main' && this.machine.atomicPlacement) {
+        channel.socket.pause();
+        setImmediate(() => channel.socket.resume());
+      }
     });
     channel.socket.on('close', () => {
       if (channel.role !== 'main' || this.state === 'END' || this.state === 'FAILED') return;

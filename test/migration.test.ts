@@ -1,0 +1,120 @@
+// End-to-end migrations between two processes (source and destination), each verified page by
+// page on the destination after the resumed guest has run there.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { featureSkip, hugeSkip } from './support/hugepages.js';
+import { runCli, startReceiver } from './support/cli.js';
+
+const canMigrate = featureSkip('PAGEFAULT_FLAG_WP');
+
+async function demo(args: string[]) {
+  const result = await runCli(['demo', '--json', '--run-seconds', '0.3', ...args]);
+  assert.ok(result.report, `no JSON report (exit ${result.code})\n${result.stderr.slice(-2000)}`);
+  const r = result.report!;
+  assert.equal(r.verified, true, `not verified: ${JSON.stringify(r.verification ?? r.error)}\n${result.stderr.slice(-1500)}`);
+  assert.equal(r.state, 'END');
+  assert.equal(result.code, 0);
+  for (const key of ['bytes_total', 'blocktime_ms', 'downtime_ms', 'total_ms', 'throughput_gb_per_s']) assert.equal(typeof r[key], 'number', key);
+  for (const key of ['precopy', 'streamed', 'requested', 'zero', 'discarded']) assert.equal(typeof r.pages[key], 'number', `pages.${key}`);
+  assert.ok(Array.isArray(r.latency_us.histogram));
+  // every page arrived: a discarded page came again in postcopy; without precopy, each page
+  // came exactly once
+  const pages = r.bytes_total / 4096;
+  const postcopy = r.pages.streamed + r.pages.requested;
+  assert.ok(postcopy >= r.pages.discarded, JSON.stringify(r.pages));
+  assert.ok(r.pages.precopy + postcopy >= pages, JSON.stringify(r.pages));
+  if (r.pages.precopy === 0) assert.equal(postcopy, pages, JSON.stringify(r.pages));
+  return r;
+}
+
+test('TCP, 4 KiB pages, guest writing during precopy: discards happen, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '32M', '--threads', '2', '--pattern', 'random', '--precopy-seconds', '1']);
+  assert.ok(r.pages.precopy > 0);
+  assert.ok(r.pages.discarded > 0, 'the guest wrote during precopy, so pages were discarded');
+  assert.ok(r.source.rounds >= 1);
+});
+
+test('Unix socket, straight to postcopy: every page by request or stream, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '64M', '--threads', '2', '--precopy-seconds', '0', '--transport', 'unix']);
+  assert.equal(r.pages.precopy, 0);
+  assert.equal(r.pages.discarded, 0);
+  assert.ok(r.pages.requested > 0, 'the resumed guest faulted on pages that had not arrived');
+  assert.ok(r.latency_us.count > 0 && r.latency_us.avg > 0);
+});
+
+test('2 MiB hugetlb blocks, verified', { skip: canMigrate || featureSkip('MISSING_HUGETLBFS') || hugeSkip(34), timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '32M', '--huge', '--threads', '2', '--precopy-seconds', '0.5']);
+  assert.equal(r.bytes_total, 32 << 20);
+});
+
+test('several blocks of different sizes, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '48M', '--blocks', '3', '--threads', '3', '--precopy-seconds', '0.5']);
+  assert.equal(r.verification.length, 3);
+  const sizes = new Set(r.verification.map((v: { pages: number }) => v.pages));
+  assert.equal(sizes.size, 3, 'blocks have different sizes');
+});
+
+test('eight guest threads faulting at once, straight to postcopy, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '64M', '--threads', '8', '--precopy-seconds', '0']);
+  assert.ok(r.pages.requested > 0);
+  assert.ok(Object.keys(r.blocktime_per_thread_ms).length >= 2, 'several threads waited on pages');
+});
+
+test('read-only guest: zero-page heavy, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '32M', '--threads', '2', '--pattern', 'read', '--precopy-seconds', '0']);
+  assert.ok(r.pages.zero > r.bytes_total / 4096 / 2, `zero pages ${r.pages.zero}`);
+});
+
+test('a client with a wrong token is refused with a reason before any page is read', { skip: canMigrate, timeout: 60_000 }, async () => {
+  const receiver = await startReceiver(['--listen', '127.0.0.1:0'], { POSTCOPY_TOKEN: 'right-token' });
+  try {
+    const send = await runCli(['send', '--connect', receiver.endpoint, '--size', '8M'], { POSTCOPY_TOKEN: 'wrong-token' });
+    assert.equal(send.code, 1);
+    assert.match(send.stderr, /refused the main channel: authentication failed/);
+    const refused = await receiver.waitFor((e) => e.event === 'refused');
+    assert.match(refused.reason, /authentication failed/);
+    assert.ok(!receiver.events.some((e) => e.event === 'state'), 'the destination changed state for a refused peer');
+  } finally {
+    receiver.child.kill('SIGKILL');
+  }
+});
+
+test('a second migration into a busy destination is refused; the first completes', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const env = { POSTCOPY_TOKEN: 'shared' };
+  const receiver = await startReceiver(['--listen', '127.0.0.1:0', '--run-seconds', '0.2'], env);
+  try {
+    const first = runCli(['send', '--connect', receiver.endpoint, '--size', '32M', '--precopy-seconds', '2', '--json'], env);
+    await receiver.waitFor((e) => e.event === 'state' && e.state === 'ADVISE');
+    const second = await runCli(['send', '--connect', receiver.endpoint, '--size', '8M'], env);
+    assert.equal(second.code, 1);
+    assert.match(second.stderr, /destination is busy with migration/);
+    const done = await first;
+    assert.equal(done.code, 0, done.stderr);
+    const report = await receiver.waitFor((e) => e.event === 'report');
+    assert.equal(report.verified, true);
+  } finally {
+    receiver.child.kill('SIGKILL');
+  }
+});
+
+test('a connection broken during postcopy fails the destination cleanly, naming the state', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const env = { POSTCOPY_TOKEN: 'shared' };
+  const receiver = await startReceiver(['--listen', '127.0.0.1:0'], env);
+  const { spawn } = await import('node:child_process');
+  const { CLI } = await import('./support/cli.js');
+  const source = spawn(process.execPath, [CLI, 'send', '--connect', receiver.endpoint, '--size', '512M', '--precopy-seconds', '0', '--fill', '0'], {
+    env: { ...process.env, ...env }, stdio: 'ignore',
+  });
+  try {
+    await receiver.waitFor((e) => e.event === 'state' && e.state === 'RUNNING');
+    source.kill('SIGKILL');
+    const report = await receiver.waitFor((e) => e.event === 'report');
+    assert.equal(report.state, 'FAILED');
+    assert.equal(report.verified, false);
+    assert.match(report.error, /main channel closed in state RUNNING/);
+    assert.equal(await receiver.exited, 1);
+  } finally {
+    source.kill('SIGKILL');
+    receiver.child.kill('SIGKILL');
+  }
+});
