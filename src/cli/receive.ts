@@ -10,7 +10,7 @@ import { UsageError, numberOption, parseOptions } from './options.js';
 
 export interface DeviceState {
   session: string;
-  blocks: { idstr: string; guest: boolean; writes: number }[];
+  blocks: { idstr: string; guest: boolean; writes: number; threads: number }[];
 }
 
 export function readToken(tokenFile: string | boolean | undefined): string | undefined {
@@ -65,6 +65,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
   migration.on('state', (state) => say({ event: 'state', state }, `state ${state}`));
   migration.on('device-state', (data) => {
     device = JSON.parse(Buffer.from(data).toString('utf8')) as DeviceState;
+    migration.guestThreads = device.blocks.reduce((sum, b) => sum + (b.guest ? b.threads : 0), 0);
   });
 
   const result = await new Promise<{ code: number; report: Record<string, unknown> }>((resolve) => {

@@ -97,7 +97,7 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
         await Promise.all(guests.map((g) => g.pause()));
         device = {
           session,
-          blocks: [...blocks].map((b, i) => ({ idstr: b.idstr, guest: true, writes: guests[i].stats().ledgerWrites })),
+          blocks: [...blocks].map((b, i) => ({ idstr: b.idstr, guest: true, writes: guests[i].stats().ledgerWrites, threads: threadsPerBlock })),
         };
       },
       deviceState: () => Buffer.from(JSON.stringify(device)),

@@ -64,6 +64,12 @@ export class IncomingMigration extends EventEmitter {
     return this.machine.state;
   }
 
+  /** How many guest threads run here: blocktime counts the time during which all are blocked. */
+  set guestThreads(threads: number) {
+    this.options.guestThreads = threads;
+    this.faults?.blocktime.setThreads(threads);
+  }
+
   /** Takes a channel that passed the handshake; the main one also carries the return path. */
   attach({ channel, decoder }: AcceptedChannel<GuestBlock>): void {
     if (channel.role === 'main') this.main = channel;
