@@ -21,7 +21,8 @@ export async function demoCommand(args: string[]): Promise<number> {
   const listen = transport === 'unix' ? `unix:${join(tmpdir(), `postcopy-${process.pid}.sock`)}` : '127.0.0.1:0';
   const status = (line: string) => process.stderr.write(line + '\n');
 
-  const child = spawn(process.execPath, [join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json', '--run-seconds', String(runSeconds)], {
+  // a small young generation: the destination's resident memory is the guest's plus little
+  const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json', '--run-seconds', String(runSeconds)], {
     env: { ...process.env, POSTCOPY_TOKEN: token },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

@@ -35,6 +35,10 @@ import { GuestParams, checkParams } from './workload.js';
 // CommonJS output: __dirname is the compiled dist/src/guest.
 export const WORKER_PATH = path.join(__dirname, 'worker.js');
 
+// Guest threads keep their state in guest memory and allocate almost nothing: a small young
+// generation keeps each worker's own footprint to a few MiB beside the guest's memory.
+const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 64 };
+
 export interface RunOptions {
   /** Per-thread budget: each thread parks after this many operations (default: no limit). */
   ops?: number;
@@ -119,7 +123,7 @@ function taskError(m: { name: string; message: string }): Error {
 /** Run one setup/verify task in a fresh worker and return its result. */
 function runTask<T>(task: WorkerTask): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const w = new Worker(WORKER_PATH, { workerData: task });
+    const w = new Worker(WORKER_PATH, { workerData: task, resourceLimits: WORKER_LIMITS });
     let settled = false;
     w.on('message', (m: WorkerMessage) => {
       if (settled) return;
@@ -235,7 +239,7 @@ export class Guest extends EventEmitter {
     let ready = 0;
     for (let t = 0; t < info.threads; t++) {
       const task: WorkerTask = { postcopyGuest: 1, mode: 'run', memory, control: g.control, thread: t, readOnly, rate };
-      const w = new Worker(WORKER_PATH, { workerData: task });
+      const w = new Worker(WORKER_PATH, { workerData: task, resourceLimits: WORKER_LIMITS });
       g.workers.push(w);
       g.exited.push(false);
       w.on('message', (m: WorkerMessage) => {

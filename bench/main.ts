@@ -1,0 +1,27 @@
+// One scenario of the project's side of the bench, in a fresh process (so that no scenario
+// inherits another's heap, JIT state or mappings):
+//   node dist/bench/main.js <scenario> [--mib N]
+// prints one JSON line (a result, or { scenario, skipped }) on stdout. scripts/bench.mjs runs
+// this once per scenario and run, beside uffd-floor.c, and prints the comparison.
+import { runScenario, SCENARIOS } from './scenarios.js';
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  let mib = 256;
+  let scenario: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--mib') mib = Number(args[++i]);
+    else scenario = args[i];
+  }
+  if (!scenario || !SCENARIOS[scenario] || !(mib > 0)) {
+    process.stderr.write(`usage: node dist/bench/main.js <${Object.keys(SCENARIOS).join('|')}> [--mib N]\n`);
+    process.exit(2);
+  }
+  const result = await runScenario(scenario, mib * 1024 * 1024);
+  process.stdout.write(JSON.stringify(result) + '\n');
+}
+
+main().catch((error: Error) => {
+  process.stderr.write(`${error.stack ?? error.message}\n`);
+  process.exit(1);
+});
