@@ -10,6 +10,7 @@
 namespace postcopy {
 
 Napi::Value PagemapScan(const Napi::CallbackInfo& info);
+void DefinePlacement(napi_env env, napi_value exports);
 
 static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
@@ -18,6 +19,7 @@ static Napi::Value GetTid(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
+  DefinePlacement(env, exports);
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));

@@ -23,42 +23,6 @@ static std::string Range(uintptr_t start, size_t length) {
   return Hex(start) + " length " + std::to_string(length);
 }
 
-// Accepts a TypedArray, DataView or ArrayBuffer; returns its bytes without copying.
-static void BufferBytes(const Napi::Value& v, const char* name, uint8_t** data, size_t* length) {
-  napi_env env = v.Env();
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
-    napi_typedarray_type type;
-    size_t count, offset;
-    napi_value ab;
-    void* p;
-    napi_get_typedarray_info(env, v, &type, &count, &p, &ab, &offset);
-    static const size_t sizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};
-    *data = static_cast<uint8_t*>(p);
-    *length = count * (type <= napi_biguint64_array ? sizes[type] : 1);
-    return;
-  }
-  if (napi_is_dataview(env, v, &is) == napi_ok && is) {
-    void* p;
-    napi_value ab;
-    size_t offset;
-    napi_get_dataview_info(env, v, length, &p, &ab, &offset);
-    *data = static_cast<uint8_t*>(p);
-    return;
-  }
-  if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
-    void* p;
-    napi_get_arraybuffer_info(env, v, &p, length);
-    *data = static_cast<uint8_t*>(p);
-    return;
-  }
-  ThrowTypeError(v.Env(), std::string("The \"") + name + "\" argument must be an ArrayBufferView or ArrayBuffer");
-}
-
-static uint64_t OptionalMode(const Napi::Value& v) {
-  return v.IsUndefined() ? 0 : static_cast<uint64_t>(ToSize(v, "mode"));
-}
-
 Napi::Function Userfaultfd::Init(Napi::Env env) {
   return DefineClass(env, "Userfaultfd",
                      {
@@ -66,19 +30,11 @@ Napi::Function Userfaultfd::Init(Napi::Env env) {
                          InstanceMethod<&Userfaultfd::Register>("register"),
                          InstanceMethod<&Userfaultfd::Unregister>("unregister"),
                          InstanceMethod<&Userfaultfd::Close>("close"),
-                         InstanceMethod<&Userfaultfd::Copy>("copy"),
-                         InstanceMethod<&Userfaultfd::Zeropage>("zeropage"),
-                         InstanceMethod<&Userfaultfd::WriteProtect>("writeProtect"),
-                         InstanceMethod<&Userfaultfd::Wake>("wake"),
-                         InstanceMethod<&Userfaultfd::Continue>("continue"),
-                         InstanceMethod<&Userfaultfd::Poison>("poison"),
-                         InstanceMethod<&Userfaultfd::Move>("move"),
                          InstanceMethod<&Userfaultfd::StartEvents>("startEvents"),
                          InstanceMethod<&Userfaultfd::StopEvents>("stopEvents"),
                          InstanceMethod<&Userfaultfd::ReadEvents>("readEvents"),
                          InstanceAccessor<&Userfaultfd::Fd>("fd"),
                          InstanceAccessor<&Userfaultfd::Via>("via"),
-                         InstanceAccessor<&Userfaultfd::LastCount>("lastCount"),
                      });
 }
 
@@ -192,106 +148,6 @@ Napi::Value Userfaultfd::Close(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// copy(dst, src, length, mode = 0, srcOffset = 0) -> bytes placed, or -errno.
-// One UFFDIO_COPY for a whole run; a partial copy (the kernel stops early when the address
-// space is changing) is continued from where it stopped while it makes progress.
-Napi::Value Userfaultfd::Copy(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uintptr_t dst = ToAddress(info[0], "dst");
-  uint8_t* src;
-  size_t srcLength;
-  BufferBytes(info[1], "src", &src, &srcLength);
-  size_t length = ToSize(info[2], "length");
-  uint64_t mode = OptionalMode(info[3]);
-  size_t srcOffset = info[4].IsUndefined() ? 0 : ToSize(info[4], "srcOffset");
-  if (srcOffset > srcLength || length > srcLength - srcOffset)
-    ThrowRangeError(env, "copy: source offset " + std::to_string(srcOffset) + " length " + std::to_string(length) +
-                             " is outside a buffer of " + std::to_string(srcLength) + " bytes");
-  size_t done = 0;
-  int result = 0;
-  do {
-    uffdio_copy c{dst + done, reinterpret_cast<uintptr_t>(src + srcOffset + done), length - done, mode, 0};
-    if (ioctl(fd_, UFFDIO_COPY, &c) == 0) {
-      done += static_cast<size_t>(c.copy);
-      continue;
-    }
-    int err = errno;
-    if (c.copy > 0) {
-      done += static_cast<size_t>(c.copy);
-      if (err == EAGAIN) continue;
-    }
-    result = -err;
-    break;
-  } while (done < length);
-  lastCount_ = static_cast<double>(done);
-  return Napi::Number::New(env, result < 0 ? result : static_cast<double>(done));
-}
-
-// zeropage(dst, length, mode = 0) -> bytes placed, or -errno
-Napi::Value Userfaultfd::Zeropage(const Napi::CallbackInfo& info) {
-  uintptr_t dst = ToAddress(info[0], "dst");
-  size_t length = ToSize(info[1], "length");
-  uint64_t mode = OptionalMode(info[2]);
-  size_t done = 0;
-  int result = 0;
-  do {
-    uffdio_zeropage z{{dst + done, length - done}, mode, 0};
-    if (ioctl(fd_, UFFDIO_ZEROPAGE, &z) == 0) {
-      done += static_cast<size_t>(z.zeropage);
-      continue;
-    }
-    int err = errno;
-    if (z.zeropage > 0) {
-      done += static_cast<size_t>(z.zeropage);
-      if (err == EAGAIN) continue;
-    }
-    result = -err;
-    break;
-  } while (done < length);
-  lastCount_ = static_cast<double>(done);
-  return Napi::Number::New(info.Env(), result < 0 ? result : static_cast<double>(done));
-}
-
-// writeProtect(start, length, mode) -> 0 or -errno. mode WP sets protection, 0 clears it
-// (and wakes writers unless DONTWAKE).
-Napi::Value Userfaultfd::WriteProtect(const Napi::CallbackInfo& info) {
-  uffdio_writeprotect w{{ToAddress(info[0], "start"), ToSize(info[1], "length")}, OptionalMode(info[2])};
-  int r = ioctl(fd_, UFFDIO_WRITEPROTECT, &w) == 0 ? 0 : -errno;
-  return Napi::Number::New(info.Env(), r);
-}
-
-// wake(start, length) -> 0 or -errno
-Napi::Value Userfaultfd::Wake(const Napi::CallbackInfo& info) {
-  uffdio_range range{ToAddress(info[0], "start"), ToSize(info[1], "length")};
-  int r = ioctl(fd_, UFFDIO_WAKE, &range) == 0 ? 0 : -errno;
-  return Napi::Number::New(info.Env(), r);
-}
-
-// continue(start, length, mode = 0) -> bytes mapped, or -errno (MINOR faults)
-Napi::Value Userfaultfd::Continue(const Napi::CallbackInfo& info) {
-  uffdio_continue c{{ToAddress(info[0], "start"), ToSize(info[1], "length")}, OptionalMode(info[2]), 0};
-  int r = ioctl(fd_, UFFDIO_CONTINUE, &c);
-  lastCount_ = c.mapped > 0 ? static_cast<double>(c.mapped) : 0;
-  return Napi::Number::New(info.Env(), r == 0 ? static_cast<double>(c.mapped) : -errno);
-}
-
-// poison(start, length, mode = 0) -> bytes poisoned, or -errno
-Napi::Value Userfaultfd::Poison(const Napi::CallbackInfo& info) {
-  uffdio_poison p{{ToAddress(info[0], "start"), ToSize(info[1], "length")}, OptionalMode(info[2]), 0};
-  int r = ioctl(fd_, UFFDIO_POISON, &p);
-  lastCount_ = p.updated > 0 ? static_cast<double>(p.updated) : 0;
-  return Napi::Number::New(info.Env(), r == 0 ? static_cast<double>(p.updated) : -errno);
-}
-
-// move(dst, src, length, mode = 0) -> bytes moved, or -errno
-Napi::Value Userfaultfd::Move(const Napi::CallbackInfo& info) {
-  uffdio_move m{ToAddress(info[0], "dst"), ToAddress(info[1], "src"), ToSize(info[2], "length"), OptionalMode(info[3]),
-                0};
-  int r = ioctl(fd_, UFFDIO_MOVE, &m);
-  lastCount_ = m.move > 0 ? static_cast<double>(m.move) : 0;
-  return Napi::Number::New(info.Env(), r == 0 ? static_cast<double>(m.move) : -errno);
-}
-
 int Userfaultfd::ReadInto(double* out, size_t capacity) {
   if (capacity > kMaxBatch) capacity = kMaxBatch;
   ssize_t r = read(fd_, messages_, capacity * sizeof(uffd_msg));
@@ -394,9 +250,6 @@ void Userfaultfd::OnReadable(uv_poll_t* handle, int status, int events) {
 Napi::Value Userfaultfd::Fd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 Napi::Value Userfaultfd::Via(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), viaDevice_ ? "dev" : "syscall");
-}
-Napi::Value Userfaultfd::LastCount(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), lastCount_);
 }
 
 }  // namespace postcopy

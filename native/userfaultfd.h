@@ -1,4 +1,5 @@
-// A userfaultfd: open, UFFDIO_API handshake, register, the placement ioctls, fault events.
+// A userfaultfd: open, UFFDIO_API handshake, register, fault events. The placement ioctls
+// are plain functions taking the descriptor (placement.cc): the hot path skips the unwrap.
 #pragma once
 #include <napi.h>
 #include <uv.h>
@@ -19,14 +20,6 @@ class Userfaultfd : public Napi::ObjectWrap<Userfaultfd> {
   Napi::Value Register(const Napi::CallbackInfo& info);
   Napi::Value Unregister(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
-  // hot path: return bytes done (>= 0) or -errno; `lastCount` has the bytes done before an error
-  Napi::Value Copy(const Napi::CallbackInfo& info);
-  Napi::Value Zeropage(const Napi::CallbackInfo& info);
-  Napi::Value WriteProtect(const Napi::CallbackInfo& info);
-  Napi::Value Wake(const Napi::CallbackInfo& info);
-  Napi::Value Continue(const Napi::CallbackInfo& info);
-  Napi::Value Poison(const Napi::CallbackInfo& info);
-  Napi::Value Move(const Napi::CallbackInfo& info);
   // events
   Napi::Value StartEvents(const Napi::CallbackInfo& info);
   Napi::Value StopEvents(const Napi::CallbackInfo& info);
@@ -34,7 +27,6 @@ class Userfaultfd : public Napi::ObjectWrap<Userfaultfd> {
 
   Napi::Value Fd(const Napi::CallbackInfo& info);
   Napi::Value Via(const Napi::CallbackInfo& info);
-  Napi::Value LastCount(const Napi::CallbackInfo& info);
 
   int LiveFd(Napi::Env env, const char* syscall);
   int ReadInto(double* out, size_t capacity);  // messages decoded, 0 if none, -errno
@@ -43,7 +35,6 @@ class Userfaultfd : public Napi::ObjectWrap<Userfaultfd> {
 
   int fd_ = -1;
   bool viaDevice_ = false;
-  double lastCount_ = 0;
 
   // event delivery (libuv poll on the fd, in the loop of the thread that started it)
   uv_poll_t* poll_ = nullptr;

@@ -18,24 +18,30 @@ export interface NativeMapping {
 export interface NativeUserfaultfd {
   readonly fd: number;
   readonly via: 'dev' | 'syscall';
-  readonly lastCount: number;
   api(features: bigint): { features: bigint; ioctls: bigint };
   register(start: Address, length: number, mode: number): bigint;
   unregister(start: Address, length: number): void;
   close(): void;
-  copy(dst: Address, src: ArrayBufferView | ArrayBuffer, length: number, mode?: number, srcOffset?: number): number;
-  zeropage(dst: Address, length: number, mode?: number): number;
-  writeProtect(start: Address, length: number, mode: number): number;
-  wake(start: Address, length: number): number;
-  continue(start: Address, length: number, mode?: number): number;
-  poison(start: Address, length: number, mode?: number): number;
-  move(dst: Address, src: Address, length: number, mode?: number): number;
   startEvents(buffer: Float64Array, callback: (count: number) => void): void;
   stopEvents(): void;
   readEvents(buffer: Float64Array): number;
 }
 
+/** The placement ioctls: bytes done (>= 0) or -errno; they take the descriptor, not the object. */
+export interface NativePlacement {
+  copy(fd: number, dst: Address, src: ArrayBufferView | ArrayBuffer, length: number, mode?: number, srcOffset?: number): number;
+  zeropage(fd: number, dst: Address, length: number, mode?: number): number;
+  writeProtect(fd: number, start: Address, length: number, mode: number): number;
+  wake(fd: number, start: Address, length: number): number;
+  continue(fd: number, start: Address, length: number, mode?: number): number;
+  poison(fd: number, start: Address, length: number, mode?: number): number;
+  move(fd: number, dst: Address, src: Address, length: number, mode?: number): number;
+  /** Bytes the last call completed before it returned an error. */
+  lastCount(): number;
+}
+
 export interface Addon {
+  placement: NativePlacement;
   Mapping: {
     new (kind: MappingKind, length: number, name?: string): NativeMapping;
     attach(address: Address, length: number): ArrayBuffer;

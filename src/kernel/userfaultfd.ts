@@ -1,6 +1,8 @@
 // A userfaultfd with named features, modes and flags. Cold-path calls throw Node-shaped
 // errors; the `try*` calls are the hot path and return a status (bytes or 0, or -errno).
 import { addon, type Address, type NativeUserfaultfd } from './addon.js';
+
+const placement = addon.placement;
 import {
   CONTINUE_MODE_DONTWAKE,
   CONTINUE_MODE_WP,
@@ -53,6 +55,8 @@ export class Userfaultfd {
   readonly ioctls: ReadonlySet<Ioctl>;
   private readonly native: NativeUserfaultfd;
   private batch: EventBatch | undefined;
+  /** The descriptor for the placement calls; -1 once closed (a reused number is never hit). */
+  private descriptor: number;
 
   /**
    * Opens a userfaultfd and does the UFFDIO_API handshake. The kernel allows the handshake
@@ -82,15 +86,16 @@ export class Userfaultfd {
 
   private constructor(native: NativeUserfaultfd, features: Feature[], ioctls: Ioctl[]) {
     this.native = native;
+    this.descriptor = native.fd;
     this.features = new Set(features);
     this.ioctls = new Set(ioctls);
   }
 
   get fd(): number {
-    return this.native.fd;
+    return this.descriptor;
   }
   get closed(): boolean {
-    return this.native.fd < 0;
+    return this.descriptor < 0;
   }
   /** How the descriptor was opened: the /dev/userfaultfd device or the userfaultfd(2) syscall. */
   get via(): 'dev' | 'syscall' {
@@ -98,7 +103,7 @@ export class Userfaultfd {
   }
   /** Bytes a hot-path call completed before it returned an error. */
   get lastCount(): number {
-    return this.native.lastCount;
+    return placement.lastCount();
   }
 
   /** Registers a range; returns the ioctls the kernel allows on it. */
@@ -117,63 +122,63 @@ export class Userfaultfd {
   copy(dst: Address, src: ArrayBufferView | ArrayBuffer, length: number,
        options: WakeOption & { writeProtect?: boolean; srcOffset?: number } = {}): number {
     const mode = (options.dontWake ? COPY_MODE_DONTWAKE : 0) | (options.writeProtect ? COPY_MODE_WP : 0);
-    return this.check(this.native.copy(dst, src, length, mode, options.srcOffset ?? 0), 'ioctl(UFFDIO_COPY)', dst, length);
+    return this.check(placement.copy(this.descriptor, dst, src, length, mode, options.srcOffset ?? 0), 'ioctl(UFFDIO_COPY)', dst, length);
   }
 
   /** Maps the zero page over a missing range (not for hugetlb: EINVAL there). */
   zeropage(dst: Address, length: number, options: WakeOption = {}): number {
     const mode = options.dontWake ? ZEROPAGE_MODE_DONTWAKE : 0;
-    return this.check(this.native.zeropage(dst, length, mode), 'ioctl(UFFDIO_ZEROPAGE)', dst, length);
+    return this.check(placement.zeropage(this.descriptor, dst, length, mode), 'ioctl(UFFDIO_ZEROPAGE)', dst, length);
   }
 
   writeProtect(start: Address, length: number, options: WakeOption = {}): void {
     const mode = WRITEPROTECT_MODE_WP | (options.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0);
-    this.check(this.native.writeProtect(start, length, mode), 'ioctl(UFFDIO_WRITEPROTECT)', start, length);
+    this.check(placement.writeProtect(this.descriptor, start, length, mode), 'ioctl(UFFDIO_WRITEPROTECT)', start, length);
   }
 
   /** Removes write protection and (unless dontWake) wakes the writers waiting on it. */
   unprotect(start: Address, length: number, options: WakeOption = {}): void {
     const mode = options.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0;
-    this.check(this.native.writeProtect(start, length, mode), 'ioctl(UFFDIO_WRITEPROTECT)', start, length);
+    this.check(placement.writeProtect(this.descriptor, start, length, mode), 'ioctl(UFFDIO_WRITEPROTECT)', start, length);
   }
 
   wake(start: Address, length: number): void {
-    this.check(this.native.wake(start, length), 'ioctl(UFFDIO_WAKE)', start, length);
+    this.check(placement.wake(this.descriptor, start, length), 'ioctl(UFFDIO_WAKE)', start, length);
   }
 
   /** Resolves MINOR faults: maps the page already in the page cache. */
   continue(start: Address, length: number, options: WakeOption & { writeProtect?: boolean } = {}): number {
     const mode = (options.dontWake ? CONTINUE_MODE_DONTWAKE : 0) | (options.writeProtect ? CONTINUE_MODE_WP : 0);
-    return this.check(this.native.continue(start, length, mode), 'ioctl(UFFDIO_CONTINUE)', start, length);
+    return this.check(placement.continue(this.descriptor, start, length, mode), 'ioctl(UFFDIO_CONTINUE)', start, length);
   }
 
   /** Marks a missing range poisoned: accesses get SIGBUS (a page that can never arrive). */
   poison(start: Address, length: number, options: WakeOption = {}): number {
     const mode = options.dontWake ? POISON_MODE_DONTWAKE : 0;
-    return this.check(this.native.poison(start, length, mode), 'ioctl(UFFDIO_POISON)', start, length);
+    return this.check(placement.poison(this.descriptor, start, length, mode), 'ioctl(UFFDIO_POISON)', start, length);
   }
 
   /** Moves pages from `src` (anonymous private memory) to the missing range at `dst`, no copy. */
   move(dst: Address, src: Address, length: number, options: WakeOption & { allowSrcHoles?: boolean } = {}): number {
     const mode = (options.dontWake ? MOVE_MODE_DONTWAKE : 0) | (options.allowSrcHoles ? MOVE_MODE_ALLOW_SRC_HOLES : 0);
-    return this.check(this.native.move(dst, src, length, mode), 'ioctl(UFFDIO_MOVE)', dst, length);
+    return this.check(placement.move(this.descriptor, dst, src, length, mode), 'ioctl(UFFDIO_MOVE)', dst, length);
   }
 
   // ---- placement: hot path, statuses ----------------------------------------------------
 
   /** Bytes placed, or -errno (-EEXIST: already placed; -EAGAIN: retry after reading events). */
   tryCopy(dst: Address, src: ArrayBufferView | ArrayBuffer, length: number, mode = 0, srcOffset = 0): number {
-    return this.native.copy(dst, src, length, mode, srcOffset);
+    return placement.copy(this.descriptor, dst, src, length, mode, srcOffset);
   }
   tryZeropage(dst: Address, length: number, mode = 0): number {
-    return this.native.zeropage(dst, length, mode);
+    return placement.zeropage(this.descriptor, dst, length, mode);
   }
   /** mode: WRITEPROTECT_MODE_WP to protect, 0 to unprotect (and wake). */
   tryWriteProtect(start: Address, length: number, mode: number): number {
-    return this.native.writeProtect(start, length, mode);
+    return placement.writeProtect(this.descriptor, start, length, mode);
   }
   tryWake(start: Address, length: number): number {
-    return this.native.wake(start, length);
+    return placement.wake(this.descriptor, start, length);
   }
 
   // ---- events ---------------------------------------------------------------------------
@@ -215,6 +220,7 @@ export class Userfaultfd {
    */
   close(): void {
     this.native.close();
+    this.descriptor = -1;
   }
 
   private check(status: number, syscall: string, start: Address, length: number): number {
