@@ -55,9 +55,11 @@ export async function demoCommand(args: string[]): Promise<number> {
   try {
     source = await runSource(config, endpoint, token, (p) => status(formatProgress(p)));
   } catch (error) {
+    // the destination's own account of a failure is the more useful one
+    const code = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(-1), 2000))]);
     child.kill('SIGTERM');
-    await exited;
-    throw error;
+    const reason = destinationReport?.error;
+    throw new Error(`${(error as Error).message}${reason ? `; destination: ${reason}` : code >= 0 ? `; destination exited ${code}` : ''}`);
   }
   const code = await exited;
   if (!destinationReport) throw new Error(`the destination exited (${code}) without a report`);

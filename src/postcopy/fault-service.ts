@@ -66,6 +66,12 @@ export class FaultService {
     return requested;
   }
 
+  /** Whether a thread waits for the host page holding `offset`. */
+  isWaiting(block: GuestBlock, offset: number): boolean {
+    if (this.pending.size === 0) return false;
+    return this.pending.has(this.key(this.blocks.indexOf(block), offset - (offset % block.pageSize), block.pageSize));
+  }
+
   private key(blockIndex: number, offset: number, pageSize: number): number {
     return blockIndex * 2 ** 32 + offset / pageSize;
   }

@@ -14,6 +14,9 @@ import { IncomingStateMachine, type IncomingState, type IncomingTransition } fro
 import type { PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
 
+/** Most 4 KiB pages placed by one UFFDIO_COPY. */
+const RUN_PAGES = 16;
+
 export interface IncomingOptions {
   /** The destination's memory. Empty: blocks are allocated as the source's MEM_SIZE describes. */
   blocks?: RamList<Mapping>;
@@ -44,6 +47,7 @@ export class IncomingMigration extends EventEmitter {
   private faults: FaultService | undefined;
   private readonly tempPages = new Map<Channel, TempPage>();
   private readonly views = new Map<GuestBlock, Uint8Array>();
+  private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
   private main: Channel | undefined;
   private readonly requests = new ReturnPathEncoder();
   private sourceComplete = false;
@@ -76,6 +80,7 @@ export class IncomingMigration extends EventEmitter {
     const pump = () => {
       try {
         for (let event = decoder.next(); event; event = decoder.next()) this.handle(event, channel);
+        this.flushRun();
       } catch (error) {
         this.fail(error as Error);
         channel.destroy();
@@ -111,9 +116,14 @@ export class IncomingMigration extends EventEmitter {
       case 'mem-size':
         return this.checkLayout(event.blocks);
       case 'command':
+        this.flushRun(); // commands are ordering points: pages before them are placed first
         return this.command(event, channel);
       case 'eof':
-        if (channel.role === 'main' && this.state !== 'END') throw new ProtocolError(`EOF in state ${this.state} before the migration completed`);
+        this.flushRun();
+        // after COMPLETE, pages may still be in flight on the preempt channel
+        if (channel.role === 'main' && this.state !== 'END' && !this.sourceComplete) {
+          throw new ProtocolError(`EOF in state ${this.state} before COMPLETE`);
+        }
         return;
       default:
         return; // header, ram-eos, multifd-flush: framing only
@@ -234,7 +244,9 @@ export class IncomingMigration extends EventEmitter {
         return;
       }
       this.pages.streamed++;
-      this.placer!.place(block, offset, data);
+      if (data) return this.addToRun(block, offset, data);
+      this.flushRun();
+      this.placer!.place(block, offset, null);
     } else {
       let temp = this.tempPages.get(channel);
       if (!temp) this.tempPages.set(channel, (temp = new TempPage(channel.role, block.pageSize)));
@@ -248,6 +260,31 @@ export class IncomingMigration extends EventEmitter {
       }
       temp.reset();
     }
+    this.maybeEnd();
+  }
+
+  /**
+   * Contiguous 4 KiB pages of one read are placed with one UFFDIO_COPY. A page a thread is
+   * waiting for is never held back: the run is placed as soon as it holds one.
+   */
+  private addToRun(block: GuestBlock, offset: number, data: Uint8Array): void {
+    const run = this.run;
+    if (run.length && (run.block !== block || run.offset + run.length !== offset || run.length === run.buffer.length)) this.flushRun();
+    if (!run.length) {
+      run.block = block;
+      run.offset = offset;
+    }
+    run.buffer.set(data, run.length);
+    run.length += TARGET_PAGE_SIZE;
+    if (this.faults?.isWaiting(block, offset)) this.flushRun();
+  }
+
+  private flushRun(): void {
+    const run = this.run;
+    if (!run.length) return;
+    const length = run.length;
+    run.length = 0;
+    this.placer!.placeRun(run.block!, run.offset, run.buffer, length);
     this.maybeEnd();
   }
 
