@@ -35,7 +35,7 @@ test('TCP, 4 KiB pages, guest writing during precopy: discards happen, verified'
 });
 
 test('Unix socket, straight to postcopy: every page by request or stream, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '64M', '--threads', '2', '--precopy-seconds', '0', '--transport', 'unix']);
+  const r = await demo(['--size', '256M', '--threads', '2', '--precopy-seconds', '0', '--transport', 'unix']);
   assert.equal(r.pages.precopy, 0);
   assert.equal(r.pages.discarded, 0);
   assert.ok(r.pages.requested > 0, 'the resumed guest faulted on pages that had not arrived');
@@ -55,7 +55,7 @@ test('several blocks of different sizes, verified', { skip: canMigrate, timeout:
 });
 
 test('eight guest threads faulting at once, straight to postcopy, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '64M', '--threads', '8', '--precopy-seconds', '0']);
+  const r = await demo(['--size', '256M', '--threads', '8', '--precopy-seconds', '0']);
   assert.ok(r.pages.requested > 0);
   assert.ok(Object.keys(r.blocktime_per_thread_ms).length >= 2, 'several threads waited on pages');
 });
