@@ -1,6 +1,16 @@
 // Command-line options: parsed and validated with messages that name the option and value.
 
+import { parseEndpoint, type Endpoint } from '../transport/index.js';
+
 export class UsageError extends Error {}
+
+export function endpointOption(value: string, option: string): Endpoint {
+  try {
+    return parseEndpoint(value, option);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
 
 export function parseSize(text: string, option: string): number {
   const match = /^(\d+(?:\.\d+)?)([KMGT]i?B?|B)?$/i.exec(text.trim());

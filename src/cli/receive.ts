@@ -4,9 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../postcopy/index.js';
-import { IncomingListener, formatEndpoint, parseEndpoint } from '../transport/index.js';
+import { IncomingListener, formatEndpoint } from '../transport/index.js';
 import type { GuestBlock } from '../postcopy/index.js';
-import { UsageError, numberOption, parseOptions } from './options.js';
+import { UsageError, endpointOption, numberOption, parseOptions } from './options.js';
 
 export interface DeviceState {
   session: string;
@@ -25,7 +25,7 @@ export function readToken(tokenFile: string | boolean | undefined): string | und
 export async function receiveCommand(args: string[]): Promise<number> {
   const o = parseOptions(args, { listen: 'string', 'token-file': 'string', 'run-seconds': 'string', json: 'boolean' });
   if (typeof o.listen !== 'string') throw new UsageError('receive needs --listen HOST:PORT or --listen unix:PATH');
-  const endpoint = parseEndpoint(o.listen, '--listen');
+  const endpoint = endpointOption(o.listen, '--listen');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw new UsageError('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);

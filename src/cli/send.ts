@@ -3,8 +3,8 @@
 import { randomUUID } from 'node:crypto';
 import { Guest, GUEST_PATTERNS, Mapping, RamBlock, RamList, freeHugePages, type Pattern } from '../index.js';
 import { OutgoingMigration, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
-import { connectChannel, parseEndpoint, type Endpoint } from '../transport/index.js';
-import { UsageError, choiceOption, intOption, numberOption, parseOptions, parseSize, type Spec } from './options.js';
+import { connectChannel, type Endpoint } from '../transport/index.js';
+import { UsageError, choiceOption, endpointOption, intOption, numberOption, parseOptions, parseSize, type Spec } from './options.js';
 import { readToken, type DeviceState } from './receive.js';
 
 export const SOURCE_OPTIONS: Spec = {
@@ -120,7 +120,7 @@ export function formatProgress(p: OutgoingProgress | { phase: 'setup'; message: 
 export async function sendCommand(args: string[]): Promise<number> {
   const o = parseOptions(args, SOURCE_OPTIONS);
   if (typeof o.connect !== 'string') throw new UsageError('send needs --connect HOST:PORT or --connect unix:PATH');
-  const endpoint = parseEndpoint(o.connect, '--connect');
+  const endpoint = endpointOption(o.connect, '--connect');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw new UsageError('send over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const config = sourceConfig(o);

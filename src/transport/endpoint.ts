@@ -1,4 +1,4 @@
-// Where a channel listens or connects: HOST:PORT over TCP, or unix:PATH.
+// Where a channel listens or connects: HOST:PORT (or a bare PORT on loopback) over TCP, or unix:PATH.
 import { isIP } from 'node:net';
 
 export type Endpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
@@ -9,6 +9,8 @@ export function parseEndpoint(text: string, what = 'address'): Endpoint {
     if (!path) throw new Error(`${what} '${text}': unix: needs a socket path`);
     return { kind: 'unix', path };
   }
+  // a bare port means loopback: listening wider is always an explicit choice
+  if (/^\d+$/.test(text)) text = `127.0.0.1:${text}`;
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
   if (!match) throw new Error(`${what} '${text}' is not HOST:PORT or unix:PATH`);
   const host = match[1] ?? match[2];
