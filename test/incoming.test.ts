@@ -7,13 +7,14 @@ import { IncomingMigration, IncomingStateMachine, type GuestBlock } from '../src
 import { IncomingListener, connectChannel } from '../src/transport/index.js';
 import { FrameKind, RamFlag } from '../src/wire/index.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
+import { sleep, startToucher, waitFor } from './support/threads.js';
 
 const PAGE = 4096;
 
-async function destination(pageSize = PAGE, length = 1 << 21) {
+async function destination(pageSize = PAGE, length = 1 << 21, stopGuest?: () => Promise<void>) {
   const mapping = new Mapping(length, { huge: pageSize > PAGE });
   const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: 'ram0', usedLength: length, pageSize, host: mapping })]);
-  const migration = new IncomingMigration({ blocks });
+  const migration = new IncomingMigration({ blocks, stopGuest });
   const listener = new IncomingListener<GuestBlock>({ endpoint: { kind: 'tcp', host: '127.0.0.1', port: 0 }, token: 'secret', blocks });
   listener.on('channel', (accepted) => migration.attach(accepted));
   const endpoint = await listener.listen();
@@ -112,4 +113,38 @@ test('state machine: the full path, and every illegal command names state and co
   n.fail(new Error('x'));
   assert.equal(n.state, 'FAILED');
   assert.throws(() => n.apply('POSTCOPY_RESUME'), /not allowed in state FAILED/);
+});
+
+test('a broken connection in postcopy: the blocked guest thread is stopped before the userfaultfd closes', { skip: featureSkip() }, async () => {
+  let stopRequested = false;
+  let release = () => {};
+  const stopped = new Promise<void>((r) => (release = r));
+  const d = await destination(PAGE, 1 << 21, () => {
+    stopRequested = true;
+    return stopped;
+  });
+  try {
+    const requests: number[] = [];
+    d.source.channel.socket.on('data', () => requests.push(1));
+    d.source.channel.socket.resume();
+    const e = d.source.encoder;
+    d.source.channel.send(e.advise(PAGE));
+    d.source.channel.send(e.listen());
+    d.source.channel.send(e.run());
+    await waitFor(() => d.migration.state === 'RUNNING', 5000, 'RUNNING');
+    const guest = startToucher(d.mapping, [5]);
+    await waitFor(() => requests.length > 0, 5000, 'the page request');
+    d.source.channel.destroy();
+    assert.match((await d.failed).message, /main channel closed in state RUNNING/);
+    assert.equal(stopRequested, true, 'the engine asked for the guest to be stopped');
+    await sleep(200);
+    assert.equal(guest.settled(), false, 'the guest thread went on while its page could not arrive');
+    // only once the guest is stopped may the descriptor close (which would hand the thread a zero page)
+    release();
+    const { words } = await guest.done;
+    assert.deepEqual(words, [0]);
+    await guest.worker.terminate();
+  } finally {
+    d.cleanup();
+  }
 });
