@@ -3,10 +3,18 @@
 //   node dist/bench/main.js <scenario> [--mib N]
 // prints one JSON line (a result, or { scenario, skipped }) on stdout. scripts/bench.mjs runs
 // this once per scenario and run, beside uffd-floor.c, and prints the comparison.
+// The postcopy scenarios spawn their source as `node dist/bench/main.js postcopy-source ...`
+// (bench/source.ts), which also prints one JSON line.
 import { runScenario, SCENARIOS } from './scenarios.js';
+import { sourceMain } from './source.js';
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
+  if (args[0] === 'postcopy-source') {
+    const output = await sourceMain(args.slice(1));
+    process.stdout.write(JSON.stringify(output) + '\n');
+    process.exit(0); // stdin is still open (it watches for the parent's end)
+  }
   let mib = 256;
   let scenario: string | undefined;
   for (let i = 0; i < args.length; i++) {

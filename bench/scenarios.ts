@@ -10,6 +10,7 @@ import {
   type EventBatch,
   type Feature,
 } from '../src/kernel/index.js';
+import { postcopyScenario, type PostcopyMode } from './postcopy.js';
 import { floorOrder, round3, summarize } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 
@@ -64,8 +65,13 @@ interface PlaceSpec {
   run: number;
   zero: boolean;
 }
+/** A migration over loopback TCP, source in a child process (bench/postcopy.ts). */
+interface PostcopySpec {
+  kind: 'postcopy';
+  mode: PostcopyMode;
+}
 
-export const SCENARIOS: Record<string, FaultSpec | PlaceSpec> = {
+export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec> = {
   'missing-4k': { kind: 'fault', pageSize: PAGE, huge: false, wp: false, threads: 1 },
   'missing-4k-2t': { kind: 'fault', pageSize: PAGE, huge: false, wp: false, threads: 2 },
   'wp-4k': { kind: 'fault', pageSize: PAGE, huge: false, wp: true, threads: 1 },
@@ -74,11 +80,15 @@ export const SCENARIOS: Record<string, FaultSpec | PlaceSpec> = {
   'copy-64k': { kind: 'place', run: 64 << 10, zero: false },
   'copy-1m': { kind: 'place', run: 1 << 20, zero: false },
   'zeropage-4k': { kind: 'place', run: PAGE, zero: true },
+  'postcopy-fault': { kind: 'postcopy', mode: 'fault' },
+  'postcopy-fault-loaded': { kind: 'postcopy', mode: 'loaded' },
+  'postcopy-throughput': { kind: 'postcopy', mode: 'throughput' },
 };
 
 export async function runScenario(name: string, length: number): Promise<Result> {
   const spec = SCENARIOS[name];
   if (!spec) throw new Error(`unknown scenario '${name}' (${Object.keys(SCENARIOS).join(', ')})`);
+  if (spec.kind === 'postcopy') return postcopyScenario(name, length, spec.mode);
   return spec.kind === 'fault' ? faultScenario(name, length, spec) : placeScenario(name, length, spec);
 }
 

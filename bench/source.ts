@@ -1,0 +1,211 @@
+// The source side of the postcopy scenarios, in its own process (spawned by bench/postcopy.ts
+// as `node dist/bench/main.js postcopy-source ...`), so that the source's and the
+// destination's event loops never share a thread, as the floor's remote-4k has a server thread.
+//
+//   --mode requests   a bench-only source speaking the wire protocol: header/HELLO on main and
+//                     preempt (connectChannel), MEM_SIZE, ADVISE, LISTEN, RUN, then nothing but
+//                     answers: each REQ_PAGES(_ID) from the return path is answered with its page
+//                     on the preempt channel (one corked write per request, as the project's
+//                     OutgoingMigration.serveRequests does). No background stream. Once every
+//                     page of the block has been sent: EOS/EOF on preempt, COMPLETE/EOF on main.
+//   --mode outgoing   the project's OutgoingMigration with precopySeconds 0 and a preempt
+//                     channel: straight to postcopy, the background scan streams every page
+//                     while page requests jump the queue on the preempt channel.
+//
+// The token comes in $POSTCOPY_BENCH_TOKEN. The process prints one JSON line (what it did, and
+// its main thread's CPU time while it served) and exits; it also exits when its stdin closes,
+// so that it never outlives the scenario process that spawned it, however that one ends.
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Mapping } from '../src/kernel/index.js';
+import { Bitmap, RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
+import { OutgoingMigration, type SourceBlock } from '../src/outgoing/index.js';
+import { connectChannel, type ConnectedChannel } from '../src/transport/index.js';
+import type { ReturnPathEvent } from '../src/wire/index.js';
+
+export const BLOCK_ID = 'bench.ram';
+export const PAGE_FILL = 0x5a;
+
+export interface SourceOutput {
+  mode: 'requests' | 'outgoing';
+  /** Main-thread CPU time (ms) and wall time (ms) from RUN sent to SHUT received. */
+  cpu_ms: number;
+  wall_ms: number;
+  /** Voluntary context switches of the main thread over the same span (times it went idle). */
+  sleeps: number;
+  requests: number;
+  pages_sent: number;
+  /** OutgoingMigration's report (--mode outgoing). */
+  report?: unknown;
+}
+
+/** This process's main thread: CPU ns and voluntary context switches so far. */
+export function threadStats(): { cpuNs: number; sleeps: number } {
+  const dir = `/proc/self/task/${process.pid}`;
+  try {
+    const status = readFileSync(`${dir}/status`, 'utf8');
+    return {
+      sleeps: Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? NaN),
+      cpuNs: Number(readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]),
+    };
+  } catch {
+    return { cpuNs: NaN, sleeps: NaN };
+  }
+}
+
+export async function sourceMain(args: string[]): Promise<SourceOutput> {
+  let mode: string | undefined;
+  let port = NaN;
+  let host = '127.0.0.1';
+  let length = NaN;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--mode') mode = args[++i];
+    else if (a === '--port') port = Number(args[++i]);
+    else if (a === '--host') host = args[++i];
+    else if (a === '--bytes') length = Number(args[++i]);
+    else throw new Error(`postcopy-source: unknown argument '${a}'`);
+  }
+  if ((mode !== 'requests' && mode !== 'outgoing') || !(port > 0) || !(length > 0) || length % TARGET_PAGE_SIZE) {
+    throw new Error('usage: node dist/bench/main.js postcopy-source --mode requests|outgoing --port N --bytes N [--host H]');
+  }
+  // never outlive the scenario process: it holds our stdin open until it is done with us
+  process.stdin.on('end', () => process.exit(3));
+  process.stdin.on('error', () => process.exit(3));
+  process.stdin.resume();
+
+  const token = process.env.POSTCOPY_BENCH_TOKEN;
+  const endpoint = { kind: 'tcp' as const, host, port };
+  const sessionId = `bench-${randomUUID()}`;
+  return mode === 'requests'
+    ? requestsOnly(endpoint, token, sessionId, length)
+    : outgoing(endpoint, token, sessionId, length);
+}
+
+async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number }, token: string | undefined,
+                            sessionId: string, length: number): Promise<SourceOutput> {
+  const block = new RamBlock<undefined>({ idstr: BLOCK_ID, usedLength: length });
+  const blocks = new RamList([block]);
+  const main = await connectChannel({ endpoint, sessionId, role: 'main', token, blocks });
+  const preempt = await connectChannel({ endpoint, sessionId, role: 'preempt', token, blocks });
+  const page = new Uint8Array(TARGET_PAGE_SIZE).fill(PAGE_FILL);
+  const sent = new Bitmap(block.targetPages);
+  let pagesSent = 0;
+  let requests = 0;
+
+  const m = main.encoder;
+  main.channel.send(m.openReturnPath());
+  main.channel.send(m.memSize([{ idstr: BLOCK_ID, usedLength: length, pageSize: TARGET_PAGE_SIZE }]));
+  main.channel.send(m.endRam());
+  main.channel.send(m.advise(blocks.pageSizeSummary));
+  main.channel.send(m.listen());
+  main.channel.send(m.run());
+  const before = threadStats();
+  const t0 = performance.now();
+
+  const finish = () => {
+    const p = preempt.encoder;
+    if (p.ramOpen) preempt.channel.send(p.endRam());
+    preempt.channel.send(p.eof());
+    main.channel.send(m.complete());
+    main.channel.send(m.eof());
+  };
+
+  // one corked write per request: the page record's header and the page, as serveRequests does
+  const serve = (event: Extract<ReturnPathEvent<typeof block>, { type: 'req-pages' }>) => {
+    requests++;
+    const socket = preempt.channel.socket;
+    socket.cork();
+    for (let offset = event.start; offset < event.start + event.length; offset += TARGET_PAGE_SIZE) {
+      if (sent.testAndSet(offset / TARGET_PAGE_SIZE)) continue;
+      const [head, body] = preempt.encoder.ramPageParts(block, offset, page);
+      preempt.channel.send(head);
+      preempt.channel.send(body);
+      pagesSent++;
+    }
+    socket.uncork();
+    if (pagesSent === block.targetPages) finish();
+  };
+
+  const status = await returnPath(main, (event) => {
+    if (event.type === 'req-pages') serve(event);
+  });
+  const after = threadStats();
+  const wall = performance.now() - t0;
+  main.channel.close();
+  preempt.channel.close();
+  if (status !== 0) throw new Error(`postcopy-source: the destination ended with status ${status}`);
+  return {
+    mode: 'requests',
+    cpu_ms: (after.cpuNs - before.cpuNs) / 1e6,
+    wall_ms: wall,
+    sleeps: after.sleeps - before.sleeps,
+    requests,
+    pages_sent: pagesSent,
+  };
+}
+
+/** Feeds the main channel's return path to `handle` until SHUT; resolves to its status. */
+function returnPath<B extends RamBlock<unknown>>(main: ConnectedChannel<B>, handle: (event: ReturnPathEvent<B>) => void): Promise<number> {
+  const { channel, returnPath: decoder } = main;
+  return new Promise<number>((resolve, reject) => {
+    const pump = () => {
+      try {
+        for (let event = decoder.next(); event; event = decoder.next()) {
+          if (event.type === 'shut') return resolve(event.status);
+          handle(event);
+        }
+      } catch (error) {
+        reject(error);
+      }
+    };
+    channel.socket.on('data', (chunk: Buffer) => {
+      decoder.push(chunk);
+      pump();
+    });
+    channel.socket.on('close', () => reject(new Error('postcopy-source: the destination closed the main channel before SHUT')));
+    channel.socket.resume();
+    pump();
+  });
+}
+
+async function outgoing(endpoint: { kind: 'tcp'; host: string; port: number }, token: string | undefined,
+                        sessionId: string, length: number): Promise<SourceOutput> {
+  const mapping = new Mapping(length, { name: BLOCK_ID });
+  try {
+    // every page non-zero: each goes as a 4 KiB PAGE record and is placed with UFFDIO_COPY
+    mapping.bytes().fill(PAGE_FILL);
+    const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: BLOCK_ID, usedLength: length, host: mapping })]);
+    const main = await connectChannel<SourceBlock>({ endpoint, sessionId, role: 'main', token, blocks });
+    const preempt = await connectChannel<SourceBlock>({ endpoint, sessionId, role: 'preempt', token, blocks });
+    let before = threadStats();
+    let t0 = performance.now();
+    const migration = new OutgoingMigration({
+      blocks,
+      main,
+      preempt,
+      precopySeconds: 0,
+      pauseGuest: async () => undefined,
+      onProgress: (p) => {
+        // reported once, right after RUN has been sent: start the clocks there
+        if (p.phase === 'switchover') {
+          before = threadStats();
+          t0 = performance.now();
+        }
+      },
+    });
+    const report = await migration.run();
+    const after = threadStats();
+    return {
+      mode: 'outgoing',
+      cpu_ms: (after.cpuNs - before.cpuNs) / 1e6,
+      wall_ms: performance.now() - t0,
+      sleeps: after.sleeps - before.sleeps,
+      requests: report.requests.received,
+      pages_sent: report.pages_sent.postcopy + report.pages_sent.requested,
+      report,
+    };
+  } finally {
+    mapping.unmap();
+  }
+}
