@@ -53,6 +53,7 @@ export interface OutgoingReport {
 }
 
 const BATCH_PAGES = 64;
+const POSTCOPY_BATCH_PAGES = 16;
 
 interface Cursor {
   block: number;
@@ -303,7 +304,9 @@ export class OutgoingMigration {
       if (kind === 'postcopy') this.serveRequests();
       socket.cork();
       let sent = 0;
-      while (sent < BATCH_PAGES) {
+      // small batches in postcopy: a request waits for at most one batch here
+      const batch = kind === 'postcopy' ? POSTCOPY_BATCH_PAGES : BATCH_PAGES;
+      while (sent < batch) {
         const next = this.nextDirty();
         if (!next) break;
         const block = this.blocks[next.block];
@@ -319,9 +322,10 @@ export class OutgoingMigration {
         lastProgress = performance.now();
       }
       if (sent === 0 || !more()) break;
-      // let the return path in between batches; wait when the socket is full
+      // always let the return path in between batches (a write the kernel took at once still
+      // leaves needDrain set until the next tick), then wait if the socket is really full
+      await yieldToLoop();
       if (socket.writableNeedDrain) await channel.channel.drained();
-      else await yieldToLoop();
     }
   }
 

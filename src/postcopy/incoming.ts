@@ -14,6 +14,9 @@ import { IncomingStateMachine, type IncomingState, type IncomingTransition } fro
 import type { PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
 
+/** Longest the bulk stream is held back for waiting threads before it is read again. */
+const BULK_HOLD_MS = 1;
+
 /** Most 4 KiB pages placed by one UFFDIO_COPY. */
 const RUN_PAGES = 16;
 
@@ -49,6 +52,8 @@ export class IncomingMigration extends EventEmitter {
   private readonly views = new Map<GuestBlock, Uint8Array>();
   private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
   private main: Channel | undefined;
+  private preemptChannel: Channel | undefined;
+  private bulkHeld: { channel: Channel; timer: NodeJS.Timeout } | undefined;
   private readonly requests = new ReturnPathEncoder();
   private sourceComplete = false;
   private readonly started = performance.now();
@@ -77,6 +82,7 @@ export class IncomingMigration extends EventEmitter {
   /** Takes a channel that passed the handshake; the main one also carries the return path. */
   attach({ channel, decoder }: AcceptedChannel<GuestBlock>): void {
     if (channel.role === 'main') this.main = channel;
+    else this.preemptChannel = channel;
     const pump = () => {
       try {
         for (let event = decoder.next(); event; event = decoder.next()) this.handle(event, channel);
@@ -91,11 +97,11 @@ export class IncomingMigration extends EventEmitter {
       channel.bytesReceived += chunk.length;
       decoder.push(chunk);
       pump();
-      // libuv reads a busy socket many times per loop turn: after each chunk of the bulk
-      // stream, let faults and the preempt channel in before reading more
-      if (channel.role === 'main' && this.machine.atomicPlacement) {
-        channel.socket.pause();
-        setImmediate(() => channel.socket.resume());
+      // While a guest thread waits for a page, the bulk stream steps aside: reading stops until
+      // the waits are over (or a millisecond has passed), which leaves this thread to the
+      // preempt channel and, through TCP backpressure, slows the source's stream too.
+      if (channel.role === 'main' && channel !== this.preemptChannel && this.preemptChannel && (this.faults?.waiting ?? 0) > 0) {
+        this.holdBulk(channel);
       }
     });
     channel.socket.on('close', () => {
@@ -209,6 +215,7 @@ export class IncomingMigration extends EventEmitter {
     this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
       const requested = this.faults?.placed(block, offset, length) ?? 0;
       this.pages.requested += requested * (block.pageSize / TARGET_PAGE_SIZE);
+      if (this.bulkHeld && this.faults!.waiting === 0) this.releaseBulk();
     });
   }
 
@@ -261,6 +268,20 @@ export class IncomingMigration extends EventEmitter {
       temp.reset();
     }
     this.maybeEnd();
+  }
+
+  private holdBulk(channel: Channel): void {
+    if (this.bulkHeld) return;
+    channel.socket.pause();
+    this.bulkHeld = { channel, timer: setTimeout(() => this.releaseBulk(), BULK_HOLD_MS) };
+  }
+
+  private releaseBulk(): void {
+    const held = this.bulkHeld;
+    if (!held) return;
+    this.bulkHeld = undefined;
+    clearTimeout(held.timer);
+    held.channel.socket.resume();
   }
 
   /**
