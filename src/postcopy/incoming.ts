@@ -54,6 +54,7 @@ export class IncomingMigration extends EventEmitter {
   private main: Channel | undefined;
   private preemptChannel: Channel | undefined;
   private bulkHeld: { channel: Channel; timer: NodeJS.Timeout } | undefined;
+  private lastRequestAt = -Infinity;
   private readonly requests = new ReturnPathEncoder();
   private sourceComplete = false;
   private readonly started = performance.now();
@@ -100,7 +101,9 @@ export class IncomingMigration extends EventEmitter {
       // While a guest thread waits for a page, the bulk stream steps aside: reading stops until
       // the waits are over (or a millisecond has passed), which leaves this thread to the
       // preempt channel and, through TCP backpressure, slows the source's stream too.
-      if (channel.role === 'main' && channel !== this.preemptChannel && this.preemptChannel && (this.faults?.waiting ?? 0) > 0) {
+      // Only for a fresh request: a page the source had already sent is in this very stream,
+      // and holding it back would only delay it.
+      if (channel.role === 'main' && this.preemptChannel && (this.faults?.waiting ?? 0) > 0 && performance.now() - this.lastRequestAt < BULK_HOLD_MS) {
         this.holdBulk(channel);
       }
     });
@@ -239,6 +242,7 @@ export class IncomingMigration extends EventEmitter {
 
   private requestPage(block: GuestBlock, offset: number, length: number): void {
     if (!this.main || this.main.closed) return; // the failure path handles it
+    this.lastRequestAt = performance.now();
     this.main.send(this.requests.requestPages(block.idstr, offset, length));
   }
 
