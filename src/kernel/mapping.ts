@@ -3,8 +3,6 @@
 import { addon, type MappingKind, type NativeMapping } from './addon.js';
 import { MADVISE, type Advice } from './constants.js';
 
-export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
-
 export interface MappingOptions {
   /** Shared memfd memory (MAP_SHARED) instead of private anonymous memory. */
   shared?: boolean;

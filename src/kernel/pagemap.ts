@@ -7,9 +7,7 @@ import { errnoError, hex } from './errors.js';
 
 export const PM_SCAN_WP_MATCHING = 1n;
 export const PM_SCAN_CHECK_WPASYNC = 2n;
-export const PAGE_IS_WPALLOWED = 1n;
 export const PAGE_IS_WRITTEN = 2n;
-export const PAGE_IS_PRESENT = 8n;
 
 // struct pm_scan_arg field indices
 const FLAGS = 1, START = 2, END = 3, WALK_END = 4, MAX_PAGES = 7, CAT_INVERTED = 8, CAT_MASK = 9, CAT_ANYOF = 10, RETURN_MASK = 11;

@@ -38,11 +38,6 @@ export interface WakeOption {
   dontWake?: boolean;
 }
 
-export interface Range {
-  start: Address;
-  length: number;
-}
-
 export class UnsupportedFeatureError extends Error {
   readonly code = 'ERR_POSTCOPY_UNSUPPORTED';
   constructor(readonly missing: string[], what: string) {
