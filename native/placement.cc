@@ -131,7 +131,8 @@ static double Progressing(uint64_t length, Call call) {
 static napi_value Copy(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   Args(env, info, argv);
-  int fd; uint64_t dst, length, mode, srcOffset;
+  int fd;
+  uint64_t dst, length, mode, srcOffset;
   uint8_t* src;
   size_t srcLength;
   if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "dst", &dst) || !ReadBytes(env, argv[2], &src, &srcLength) ||
@@ -155,7 +156,8 @@ static napi_value Copy(napi_env env, napi_callback_info info) {
 static napi_value Zeropage(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   Args(env, info, argv);
-  int fd; uint64_t dst, length, mode;
+  int fd;
+  uint64_t dst, length, mode;
   if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "dst", &dst) || !ReadU64(env, argv[2], "length", &length) ||
       !ReadOptional(env, argv[3], "mode", &mode))
     return nullptr;
@@ -171,7 +173,8 @@ static napi_value Zeropage(napi_env env, napi_callback_info info) {
 static napi_value WriteProtect(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   Args(env, info, argv);
-  int fd; uint64_t start, length, mode;
+  int fd;
+  uint64_t start, length, mode;
   if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "start", &start) ||
       !ReadU64(env, argv[2], "length", &length) || !ReadOptional(env, argv[3], "mode", &mode))
     return nullptr;
@@ -183,46 +186,38 @@ static napi_value WriteProtect(napi_env env, napi_callback_info info) {
 static napi_value Wake(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   Args(env, info, argv);
-  int fd; uint64_t start, length;
+  int fd;
+  uint64_t start, length;
   if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "start", &start) || !ReadU64(env, argv[2], "length", &length))
     return nullptr;
   uffdio_range range{start, length};
   return Result(env, ioctl(fd, UFFDIO_WAKE, &range) == 0 ? 0 : -errno);
 }
 
-// continue(fd, start, length, mode = 0): MINOR faults
-static napi_value Continue(napi_env env, napi_callback_info info) {
+// (fd, start, length, mode = 0) ioctls whose struct is { range, mode, count }:
+// UFFDIO_CONTINUE (MINOR faults) and UFFDIO_POISON.
+template <typename Struct, unsigned long Request, __s64 Struct::*Count>
+static napi_value RangeIoctl(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   Args(env, info, argv);
-  int fd; uint64_t start, length, mode;
+  int fd;
+  uint64_t start, length, mode;
   if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "start", &start) ||
       !ReadU64(env, argv[2], "length", &length) || !ReadOptional(env, argv[3], "mode", &mode))
     return nullptr;
-  uffdio_continue c{{start, length}, mode, 0};
-  int r = ioctl(fd, UFFDIO_CONTINUE, &c);
-  g_lastCount = c.mapped > 0 ? static_cast<double>(c.mapped) : 0;
-  return Result(env, r == 0 ? static_cast<double>(c.mapped) : -errno);
-}
-
-// poison(fd, start, length, mode = 0)
-static napi_value Poison(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
-  Args(env, info, argv);
-  int fd; uint64_t start, length, mode;
-  if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "start", &start) ||
-      !ReadU64(env, argv[2], "length", &length) || !ReadOptional(env, argv[3], "mode", &mode))
-    return nullptr;
-  uffdio_poison p{{start, length}, mode, 0};
-  int r = ioctl(fd, UFFDIO_POISON, &p);
-  g_lastCount = p.updated > 0 ? static_cast<double>(p.updated) : 0;
-  return Result(env, r == 0 ? static_cast<double>(p.updated) : -errno);
+  Struct op{{start, length}, mode, 0};
+  int r = ioctl(fd, Request, &op);
+  const double count = op.*Count > 0 ? static_cast<double>(op.*Count) : 0;
+  g_lastCount = count;
+  return Result(env, r == 0 ? count : -errno);
 }
 
 // move(fd, dst, src, length, mode = 0)
 static napi_value Move(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   Args(env, info, argv);
-  int fd; uint64_t dst, src, length, mode;
+  int fd;
+  uint64_t dst, src, length, mode;
   if (!ReadFd(env, argv[0], &fd) || !ReadU64(env, argv[1], "dst", &dst) || !ReadU64(env, argv[2], "src", &src) ||
       !ReadU64(env, argv[3], "length", &length) || !ReadOptional(env, argv[4], "mode", &mode))
     return nullptr;
@@ -240,8 +235,8 @@ void DefinePlacement(napi_env env, napi_value exports) {
       {"zeropage", nullptr, Zeropage, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"writeProtect", nullptr, WriteProtect, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"wake", nullptr, Wake, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
-      {"continue", nullptr, Continue, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
-      {"poison", nullptr, Poison, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"continue", nullptr, RangeIoctl<uffdio_continue, UFFDIO_CONTINUE, &uffdio_continue::mapped>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"poison", nullptr, RangeIoctl<uffdio_poison, UFFDIO_POISON, &uffdio_poison::updated>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"move", nullptr, Move, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lastCount", nullptr, LastCount, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
