@@ -52,8 +52,9 @@ export interface OutgoingReport {
   bytes_sent: number;
 }
 
-const BATCH_PAGES = 64;
-const POSTCOPY_BATCH_PAGES = 16;
+/** A batch of the stream ends at this many pages or this much time, whichever comes first. */
+const BATCH_PAGES = 256;
+const BATCH_MS = 0.2;
 
 interface Cursor {
   block: number;
@@ -304,9 +305,9 @@ export class OutgoingMigration {
       if (kind === 'postcopy') this.serveRequests();
       socket.cork();
       let sent = 0;
-      // small batches in postcopy: a request waits for at most one batch here
-      const batch = kind === 'postcopy' ? POSTCOPY_BATCH_PAGES : BATCH_PAGES;
-      while (sent < batch) {
+      // a request read meanwhile waits for at most one batch: keep them short in time
+      const until = performance.now() + BATCH_MS;
+      while (sent < BATCH_PAGES && (sent & 15 || performance.now() < until)) {
         const next = this.nextDirty();
         if (!next) break;
         const block = this.blocks[next.block];
