@@ -34,6 +34,12 @@ test('TCP, 4 KiB pages, guest writing during precopy: discards happen, verified'
   assert.ok(r.source.rounds >= 1);
 });
 
+test('older kernels: the synchronous write-protect dirty log catches every write, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '32M', '--threads', '2', '--precopy-seconds', '1', '--dirty-log', 'uffd-wp']);
+  assert.equal(r.source.dirty_log, 'uffd-wp');
+  assert.ok(r.pages.discarded > 0);
+});
+
 test('Unix socket, straight to postcopy: every page by request or stream, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
   const r = await demo(['--size', '256M', '--threads', '2', '--precopy-seconds', '0', '--transport', 'unix']);
   assert.equal(r.pages.precopy, 0);
