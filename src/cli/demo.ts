@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseEndpoint } from '../transport/index.js';
 import { UsageError, choiceOption, numberOption, parseOptions } from './options.js';
-import { SOURCE_OPTIONS, formatProgress, runSource, sourceConfig } from './send.js';
+import { SOURCE_OPTIONS, progressPrinter, runSource, sourceConfig } from './send.js';
 
 export async function demoCommand(args: string[]): Promise<number> {
   const o = parseOptions(args, SOURCE_OPTIONS);
@@ -19,7 +19,8 @@ export async function demoCommand(args: string[]): Promise<number> {
   const json = o.json === true;
   const token = randomBytes(24).toString('hex');
   const listen = transport === 'unix' ? `unix:${join(tmpdir(), `postcopy-${process.pid}.sock`)}` : '127.0.0.1:0';
-  const status = (line: string) => process.stderr.write(line + '\n');
+  const printer = progressPrinter();
+  const status = printer.note;
 
   // a small young generation: the destination's resident memory is the guest's plus little
   const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json', '--run-seconds', String(runSeconds)], {
@@ -53,7 +54,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   status(`destination listening on ${await listening}`);
   let source;
   try {
-    source = await runSource(config, endpoint, token, (p) => status(formatProgress(p)));
+    source = await runSource(config, endpoint, token, printer.progress);
   } catch (error) {
     // the destination's own account of a failure is the more useful one
     const code = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(-1), 2000))]);

@@ -110,6 +110,26 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
   }
 }
 
+/**
+ * Progress on stderr: on a terminal one line rewritten in place while the phase lasts, else one
+ * line per report (logs and CI keep the whole history). `note` prints any other line.
+ */
+export function progressPrinter() {
+  const tty = process.stderr.isTTY;
+  let open = ''; // the phase whose line is being rewritten
+  const note = (line: string) => {
+    process.stderr.write((open ? '\n' : '') + line + '\n');
+    open = '';
+  };
+  const progress = (p: OutgoingProgress | { phase: 'setup'; message: string }) => {
+    const line = formatProgress(p);
+    if (!tty || p.phase === 'setup' || p.phase === 'complete') return note(line);
+    process.stderr.write((open === p.phase ? '\r\x1b[K' : open ? '\n' : '') + line);
+    open = p.phase;
+  };
+  return { progress, note };
+}
+
 export function formatProgress(p: OutgoingProgress | { phase: 'setup'; message: string }): string {
   if (p.phase === 'setup') return p.message;
   const mb = p.bytesSent / 2 ** 20;
@@ -125,7 +145,7 @@ export async function sendCommand(args: string[]): Promise<number> {
   if (endpoint.kind === 'tcp' && !token) throw new UsageError('send over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const config = sourceConfig(o);
   const json = o.json === true;
-  const { report, sourceWrites } = await runSource(config, endpoint, token, (p) => process.stderr.write(formatProgress(p) + '\n'));
+  const { report, sourceWrites } = await runSource(config, endpoint, token, progressPrinter().progress);
   console.log(json ? JSON.stringify({ ...report, source_writes: sourceWrites }) : JSON.stringify({ ...report, source_writes: sourceWrites }, null, 2));
   return 0;
 }

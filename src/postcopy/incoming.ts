@@ -67,7 +67,7 @@ export class IncomingMigration extends EventEmitter {
   constructor(private readonly options: IncomingOptions = {}) {
     super();
     this.blocks = options.blocks ?? new RamList<Mapping>();
-    this.machine.onChange((from, to) => this.emit('state', to, from));
+    this.machine.onChange((from, to) => from !== to && this.emit('state', to, from));
   }
 
   get state(): IncomingState {
