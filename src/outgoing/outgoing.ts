@@ -46,6 +46,8 @@ export interface OutgoingReport {
   requests: { received: number; skipped: number };
   discarded_pages: number;
   downtime_ms: number;
+  /** Where the downtime went: parking the guest, the final dirty sync, discards and commands. */
+  downtime_parts_ms: { pause: number; sync: number; commands: number };
   precopy_ms: number;
   postcopy_ms: number;
   total_ms: number;
@@ -183,7 +185,7 @@ export class OutgoingMigration {
     if (this.options.deviceState) main.channel.send(main.encoder.packaged(this.options.deviceState()));
     main.channel.send(main.encoder.run());
     const downtimeMs = performance.now() - downtimeStart;
-    if (process.env.POSTCOPY_DEBUG) process.stderr.write(`switchover: pause ${(paused - downtimeStart).toFixed(1)} ms, sync ${(synced - paused).toFixed(1)} ms, discard+commands ${(performance.now() - synced).toFixed(1)} ms\n`);
+    const downtimeParts = { pause: paused - downtimeStart, sync: synced - paused, commands: performance.now() - synced };
     this.progress();
 
     // postcopy: background scan, requests first
@@ -213,6 +215,11 @@ export class OutgoingMigration {
       requests: { received: this.counts.requestsReceived, skipped: this.counts.requestsSkipped },
       discarded_pages: this.counts.discarded,
       downtime_ms: Math.round(downtimeMs * 100) / 100,
+      downtime_parts_ms: {
+        pause: Math.round(downtimeParts.pause * 100) / 100,
+        sync: Math.round(downtimeParts.sync * 100) / 100,
+        commands: Math.round(downtimeParts.commands * 100) / 100,
+      },
       precopy_ms: Math.round(precopyMs),
       postcopy_ms: Math.round(postcopyMs),
       total_ms: Math.round(performance.now() - this.started),
