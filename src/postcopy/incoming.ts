@@ -50,7 +50,7 @@ export class IncomingMigration extends EventEmitter {
   private faults: FaultService | undefined;
   private readonly tempPages = new Map<Channel, TempPage>();
   private readonly views = new Map<GuestBlock, Uint8Array>();
-  private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
+  private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, zero: false, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
   private main: Channel | undefined;
   private preemptChannel: Channel | undefined;
   private bulkHeld: { channel: Channel; timer: NodeJS.Timeout } | undefined;
@@ -255,9 +255,7 @@ export class IncomingMigration extends EventEmitter {
         return;
       }
       this.pages.streamed++;
-      if (data) return this.addToRun(block, offset, data);
-      this.flushRun();
-      this.placer!.place(block, offset, null);
+      return this.addToRun(block, offset, data);
     } else {
       let temp = this.tempPages.get(channel);
       if (!temp) this.tempPages.set(channel, (temp = new TempPage(channel.role, block.pageSize)));
@@ -289,17 +287,22 @@ export class IncomingMigration extends EventEmitter {
   }
 
   /**
-   * Contiguous 4 KiB pages of one read are placed with one UFFDIO_COPY. A page a thread is
-   * waiting for is never held back: the run is placed as soon as it holds one.
+   * Contiguous 4 KiB pages of one read are placed with one ioctl: UFFDIO_COPY for data,
+   * UFFDIO_ZEROPAGE for zero pages. A page a thread is waiting for is never held back: the run
+   * is placed as soon as it holds one.
    */
-  private addToRun(block: GuestBlock, offset: number, data: Uint8Array): void {
+  private addToRun(block: GuestBlock, offset: number, data: Uint8Array | null): void {
     const run = this.run;
-    if (run.length && (run.block !== block || run.offset + run.length !== offset || run.length === run.buffer.length)) this.flushRun();
+    const zero = data === null;
+    if (run.length && (run.block !== block || run.offset + run.length !== offset || run.zero !== zero || run.length === run.buffer.length)) {
+      this.flushRun();
+    }
     if (!run.length) {
       run.block = block;
       run.offset = offset;
+      run.zero = zero;
     }
-    run.buffer.set(data, run.length);
+    if (data) run.buffer.set(data, run.length);
     run.length += TARGET_PAGE_SIZE;
     if (this.faults?.isWaiting(block, offset)) this.flushRun();
   }
@@ -309,7 +312,7 @@ export class IncomingMigration extends EventEmitter {
     if (!run.length) return;
     const length = run.length;
     run.length = 0;
-    this.placer!.placeRun(run.block!, run.offset, run.buffer, length);
+    this.placer!.placeRun(run.block!, run.offset, run.zero ? null : run.buffer, length);
     this.maybeEnd();
   }
 

@@ -39,22 +39,18 @@ export class PagePlacer {
   }
 
   /**
-   * Places a run of contiguous 4 KiB pages with one ioctl. A page in the run that is already
-   * present stops the kernel there; the rest is placed page by page.
+   * Places a run of contiguous 4 KiB pages with one ioctl: copied from `src`, or zeros when
+   * `src` is null. A page in the run that is already present stops the kernel there; the rest
+   * is placed page by page.
    */
-  placeRun(block: GuestBlock, offset: number, src: Uint8Array, length: number): void {
+  placeRun(block: GuestBlock, offset: number, src: Uint8Array | null, length: number): void {
     const address = block.host!.base + offset;
-    const status = this.uffd.tryCopy(address, src, length);
-    if (status < 0) {
-      const done = this.uffd.lastCount;
-      if (done > 0) {
-        block.markReceived(offset, done);
-        this.onPlaced(block, offset, done);
-      }
-      for (let at = done; at < length; at += TARGET_PAGE_SIZE) this.place(block, offset + at, src, at);
-      return;
+    const status = src ? this.uffd.tryCopy(address, src, length) : this.uffd.tryZeropage(address, length);
+    const done = status < 0 ? this.uffd.lastCount : length;
+    if (done > 0) {
+      block.markReceived(offset, done);
+      this.onPlaced(block, offset, done);
     }
-    block.markReceived(offset, length);
-    this.onPlaced(block, offset, length);
+    for (let at = done; at < length; at += TARGET_PAGE_SIZE) this.place(block, offset + at, src, at);
   }
 }
