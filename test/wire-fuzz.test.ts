@@ -160,14 +160,20 @@ function checkReturnPathEvent(e: ReturnPathEvent<RamBlock>): void {
   }
 }
 
-function runStream(chunks: Iterable<Uint8Array>, maxEvents: number): Outcome<StreamEvent<RamBlock>> {
-  const decoder = new StreamDecoder({ blocks });
-  const events: StreamEvent<RamBlock>[] = [];
+interface Decoder<E> {
+  push(chunk: Uint8Array): void;
+  next(): E | undefined;
+  finish(): void;
+}
+
+/** Feeds chunks to a decoder, checking each event; a failure must be a sticky ProtocolError. */
+function runDecoder<E>(decoder: Decoder<E>, check: (e: E) => void, chunks: Iterable<Uint8Array>, maxEvents: number): Outcome<E> {
+  const events: E[] = [];
   try {
     for (const chunk of chunks) {
       decoder.push(chunk);
       for (let e = decoder.next(); e !== undefined; e = decoder.next()) {
-        checkStreamEvent(e);
+        check(e);
         events.push(e);
         if (events.length > maxEvents) assert.fail('runaway decoder');
       }
@@ -182,25 +188,12 @@ function runStream(chunks: Iterable<Uint8Array>, maxEvents: number): Outcome<Str
   }
 }
 
+function runStream(chunks: Iterable<Uint8Array>, maxEvents: number): Outcome<StreamEvent<RamBlock>> {
+  return runDecoder(new StreamDecoder({ blocks }), checkStreamEvent, chunks, maxEvents);
+}
+
 function runReturnPath(chunks: Iterable<Uint8Array>, maxEvents: number): Outcome<ReturnPathEvent<RamBlock>> {
-  const decoder = new ReturnPathDecoder({ blocks });
-  const events: ReturnPathEvent<RamBlock>[] = [];
-  try {
-    for (const chunk of chunks) {
-      decoder.push(chunk);
-      for (let e = decoder.next(); e !== undefined; e = decoder.next()) {
-        checkReturnPathEvent(e);
-        events.push(e);
-        if (events.length > maxEvents) assert.fail('runaway decoder');
-      }
-    }
-    decoder.finish();
-    return { events, complete: true };
-  } catch (error) {
-    if (error instanceof assert.AssertionError) throw error;
-    assert.ok(error instanceof ProtocolError, `not a ProtocolError: ${(error as Error)?.stack ?? String(error)}`);
-    return { events, error, complete: false };
-  }
+  return runDecoder(new ReturnPathDecoder({ blocks }), checkReturnPathEvent, chunks, maxEvents);
 }
 
 /** A cheap signature of an event; its byte arrays are collected to compare with memcmp. */
