@@ -96,10 +96,9 @@ static napi_value Result(napi_env env, double value) {
 }
 
 template <size_t N>
-static bool Args(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
+static void Args(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
   size_t argc = N;
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
-  return true;
 }
 
 // Runs a range ioctl while it makes progress: the kernel stops early (EAGAIN, with a partial
