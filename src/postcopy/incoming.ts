@@ -62,7 +62,6 @@ export class IncomingMigration extends EventEmitter {
   private runAt = 0;
   private endAt = 0;
   readonly pages = { precopy: 0, streamed: 0, requested: 0, zero: 0, discarded: 0, duplicate: 0 };
-  bytesReceived = 0;
 
   constructor(private readonly options: IncomingOptions = {}) {
     super();
@@ -118,7 +117,6 @@ export class IncomingMigration extends EventEmitter {
   private handle(event: StreamEvent<GuestBlock>, channel: Channel): void {
     switch (event.type) {
       case 'ram-page':
-        this.bytesReceived += TARGET_PAGE_SIZE;
         return this.receivePage(channel, event.block, event.offset, event.data);
       case 'ram-zero':
         return this.receivePage(channel, event.block, event.offset, null);
@@ -371,8 +369,16 @@ export class IncomingMigration extends EventEmitter {
     const postcopyBytes = (this.pages.streamed + this.pages.requested) * TARGET_PAGE_SIZE;
     return {
       state: this.state,
-      pages: { precopy: this.pages.precopy, streamed: this.pages.streamed - this.pages.requested, requested: this.pages.requested, zero: this.pages.zero, discarded: this.pages.discarded },
+      pages: {
+        precopy: this.pages.precopy,
+        streamed: this.pages.streamed - this.pages.requested,
+        requested: this.pages.requested,
+        zero: this.pages.zero,
+        discarded: this.pages.discarded,
+        duplicate: this.pages.duplicate,
+      },
       bytes_total: bytesTotal,
+      bytes_received: (this.main?.bytesReceived ?? 0) + (this.preemptChannel?.bytesReceived ?? 0),
       blocktime_ms: round(blocktime?.totalMs ?? 0),
       blocktime_per_thread_ms: Object.fromEntries([...(blocktime?.perThreadMs ?? [])].map(([t, ms]) => [String(t), round(ms)])),
       latency_us: {

@@ -6,8 +6,12 @@ export const LATENCY_BUCKETS = 24; // bucket i holds latencies in [2^(i-1), 2^i)
 
 export interface PostcopyReport {
   state: string;
-  pages: { precopy: number; streamed: number; requested: number; zero: number; discarded: number };
+  /** duplicate: arrived again after placement (a request raced the stream); placed once. */
+  pages: { precopy: number; streamed: number; requested: number; zero: number; discarded: number; duplicate: number };
+  /** Guest memory size. */
   bytes_total: number;
+  /** Bytes read from the source on every channel, framing included. */
+  bytes_received: number;
   blocktime_ms: number;
   blocktime_per_thread_ms: Record<string, number>;
   latency_us: { avg: number; p50: number; p99: number; histogram: number[]; count: number };
