@@ -48,7 +48,14 @@ static bool ReadFd(napi_env env, napi_value v, int* out) {
   return false;
 }
 
+// An optional integer: undefined reads as 0 (checked only when the number read fails, so the
+// common call pays one N-API call per argument).
 static bool ReadOptional(napi_env env, napi_value v, const char* name, uint64_t* out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) == napi_ok && d >= 0 && d <= kMaxSafe && std::floor(d) == d) {
+    *out = static_cast<uint64_t>(d);
+    return true;
+  }
   napi_valuetype type;
   napi_typeof(env, v, &type);
   if (type == napi_undefined) {
@@ -60,27 +67,23 @@ static bool ReadOptional(napi_env env, napi_value v, const char* name, uint64_t*
 
 static bool ReadBytes(napi_env env, napi_value v, uint8_t** data, size_t* length) {
   bool is = false;
-  if (napi_is_typedarray(env, v, &is) == napi_ok && is) {
-    napi_typedarray_type type;
-    size_t count, offset;
-    napi_value ab;
-    void* p;
-    napi_get_typedarray_info(env, v, &type, &count, &p, &ab, &offset);
+  napi_typedarray_type type;
+  size_t count, offset;
+  napi_value ab;
+  void* p;
+  // a typed array is the common case: one call, which fails for anything else
+  if (napi_get_typedarray_info(env, v, &type, &count, &p, &ab, &offset) == napi_ok) {
     static const size_t sizes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};
     *data = static_cast<uint8_t*>(p);
     *length = count * (type <= napi_biguint64_array ? sizes[type] : 1);
     return true;
   }
   if (napi_is_dataview(env, v, &is) == napi_ok && is) {
-    void* p;
-    napi_value ab;
-    size_t offset;
     napi_get_dataview_info(env, v, length, &p, &ab, &offset);
     *data = static_cast<uint8_t*>(p);
     return true;
   }
   if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
-    void* p;
     napi_get_arraybuffer_info(env, v, &p, length);
     *data = static_cast<uint8_t*>(p);
     return true;
