@@ -19,6 +19,8 @@ export class FaultService {
   faults = 0;
   requests = 0;
   private readonly blocks: GuestBlock[];
+  /** Each block's position in `blocks` (sorted by address): part of a pending page's key. */
+  private readonly indexOf = new Map<GuestBlock, number>();
   /** Requested host pages, keyed by block index and host page number. */
   private readonly pending = new Map<number, Pending>();
 
@@ -30,6 +32,7 @@ export class FaultService {
     guestThreads = 0,
   ) {
     this.blocks = [...blocks].sort((a, b) => a.host!.base - b.host!.base);
+    this.blocks.forEach((block, i) => this.indexOf.set(block, i));
     this.blocktime = new Blocktime(guestThreads);
   }
 
@@ -51,7 +54,7 @@ export class FaultService {
    */
   placed(block: GuestBlock, offset: number, length: number): number {
     if (this.pending.size === 0) return 0;
-    const index = this.blocks.indexOf(block);
+    const index = this.indexOf.get(block)!;
     const now = performance.now();
     let requested = 0;
     for (let at = offset; at < offset + length; at += block.pageSize) {
@@ -69,7 +72,7 @@ export class FaultService {
   /** Whether a thread waits for the host page holding `offset`. */
   isWaiting(block: GuestBlock, offset: number): boolean {
     if (this.pending.size === 0) return false;
-    return this.pending.has(this.key(this.blocks.indexOf(block), offset - (offset % block.pageSize), block.pageSize));
+    return this.pending.has(this.key(this.indexOf.get(block)!, offset - (offset % block.pageSize), block.pageSize));
   }
 
   private key(blockIndex: number, offset: number, pageSize: number): number {
