@@ -16,11 +16,20 @@ static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
 }
 
+// _exit(2): the whole process ends at once (exit_group), threads blocked in a userfaultfd fault
+// included, and nothing is joined. Node's own exit joins worker threads first, which never
+// returns while one of them sits in a fault that nobody will serve.
+static Napi::Value ExitNow(const Napi::CallbackInfo& info) {
+  int code = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 1;
+  _exit(code);
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
   DefinePlacement(env, exports);
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
+  exports.Set("exitNow", Napi::Function::New<ExitNow>(env, "exitNow"));
   exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;

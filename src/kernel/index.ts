@@ -7,3 +7,4 @@ export * from './mapping.js';
 export * from './userfaultfd.js';
 export type { Address } from './addon.js';
 export * from './pagemap.js';
+export * from './process.js';
