@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { exitNow } from '../kernel/index.js';
 import { parseEndpoint } from '../transport/index.js';
 import { UsageError, choiceOption, numberOption, parseOptions } from './options.js';
 import { SOURCE_OPTIONS, progressPrinter, runSource, sourceConfig } from './send.js';
@@ -23,15 +24,19 @@ export async function demoCommand(args: string[]): Promise<number> {
   const status = printer.note;
 
   // a small young generation: the destination's resident memory is the guest's plus little
-  const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json', '--run-seconds', String(runSeconds)], {
+  // the destination ends when this process does, however it ends: it watches its stdin
+  const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json',
+    '--run-seconds', String(runSeconds), '--recover-seconds', String(config.recoverSeconds), '--stall-seconds', String(config.stallSeconds), '--exit-on-stdin-eof'], {
     env: { ...process.env, POSTCOPY_TOKEN: token },
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
+  child.stdin!.on('error', () => undefined);
   const onSignal = () => {
     child.kill('SIGTERM');
-    process.exit(130);
+    exitNow(130, 'postcopy demo: interrupted');
   };
   process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   const lines = createInterface({ input: child.stdout! });
   const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
   let destinationReport: Record<string, unknown> | undefined;
@@ -45,6 +50,8 @@ export async function demoCommand(args: string[]): Promise<number> {
       }
       if (event.event === 'listening') resolve(event.endpoint as string);
       else if (event.event === 'state') status(`destination: state ${event.state}`);
+      else if (event.event === 'paused') status(`destination: paused: ${event.reason}`);
+      else if (event.event === 'resumed') status(`destination: resumed (recovery ${event.recoveries})`);
       else if (event.event === 'refused') status(`destination refused a connection: ${event.reason}`);
       else if (event.event === 'report') destinationReport = event;
     });
@@ -57,10 +64,10 @@ export async function demoCommand(args: string[]): Promise<number> {
     source = await runSource(config, endpoint, token, printer.progress);
   } catch (error) {
     // the destination's own account of a failure is the more useful one
-    const code = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(-1), 2000))]);
-    child.kill('SIGTERM');
+    const code = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(-1), 5000))]);
+    child.kill('SIGKILL');
     const reason = destinationReport?.error;
-    throw new Error(`${(error as Error).message}${reason ? `; destination: ${reason}` : code >= 0 ? `; destination exited ${code}` : ''}`);
+    throw new Error(`${(error as Error).message}${reason ? `; destination: ${reason}` : code >= 0 ? `; destination exited ${code}` : '; the destination did not exit within 5 s'}`);
   }
   const code = await exited;
   if (!destinationReport) throw new Error(`the destination exited (${code}) without a report`);
@@ -69,7 +76,10 @@ export async function demoCommand(args: string[]): Promise<number> {
     ...dest,
     downtime_ms: source.report.downtime_ms,
     source: source.report,
-    config: { size: config.size, blocks: config.blocks, huge: config.huge, threads: config.threads, pattern: config.pattern, precopy_seconds: config.precopySeconds, transport, preempt: config.preempt },
+    config: {
+      size: config.size, blocks: config.blocks, huge: config.huge, threads: config.threads, pattern: config.pattern, precopy_seconds: config.precopySeconds,
+      transport, preempt: config.preempt, recover_seconds: config.recoverSeconds,
+    },
   };
   if (json) console.log(JSON.stringify(report));
   else console.log(humanReport(report as never));

@@ -1,9 +1,11 @@
 // `postcopy features`: what this kernel's userfaultfd grants, and what each feature is for.
 import { FEATURE_USES, probeFeatures, freeHugePages, type Feature } from '../kernel/index.js';
+import { parseOptions } from './options.js';
 
 export function featuresCommand(args: string[]): number {
+  const o = parseOptions(args, { json: 'boolean' });
   const report = probeFeatures();
-  if (args.includes('--json')) {
+  if (o.json) {
     console.log(JSON.stringify({ ...report, hugePagesFree: freeHugePages() }));
     return report.available ? 0 : 1;
   }

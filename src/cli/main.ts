@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // postcopy command line: thin front ends over the library.
+import { exitNow } from '../kernel/index.js';
 import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
 import { UsageError } from './options.js';
@@ -27,7 +28,22 @@ demo/send options:
   --no-preempt              no preempt channel: requested pages queue behind the stream
   --run-seconds S           how long the destination runs the guest after the last page (default 1)
   --dirty-log KIND          pagemap-scan | uffd-wp (default: the best the kernel offers)
+  --chaos SEED              (demo) both channels go through a fault-injecting proxy that cuts
+                            them at points chosen from SEED during postcopy; the migration must
+                            recover and verify (the report counts the recoveries)
   --json                    print the report as one JSON object (last line)
+
+liveness options (demo, send, receive):
+  --recover-seconds S       how long a connection broken in postcopy may take to come back
+                            (default 30; 0 = a break fails the migration)
+  --stall-seconds S         a connection with no bytes for this long is broken (default 5)
+
+receive options:
+  --listen ADDR             where to listen
+  --token-file FILE         the shared token (or POSTCOPY_TOKEN)
+  --run-seconds S           how long to run the guest after the last page (default 1)
+  --exit-on-stdin-eof       fail and exit when stdin closes (for a supervising process)
+  --json                    one JSON object per event, the report last
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -53,12 +69,17 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A parent that went away closes our stdout/stderr: what we write is lost, and that is no error.
+process.stdout.on('error', () => undefined);
+process.stderr.on('error', () => undefined);
+
+// Every exit is exitNow: Node's own exit joins worker threads, and a guest thread blocked on a
+// page that will never arrive never joins. exitNow ends every thread at once (no zero page read).
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => exitNow(code),
   (error: Error) => {
-    process.stderr.write(`postcopy: ${error.message}\n`);
-    if (error instanceof UsageError) process.stderr.write(`(postcopy --help lists the options)\n`);
-    // exiting ends every thread at once: a guest thread blocked on a page never resumes on zeros
-    process.exit(error instanceof UsageError ? 2 : 1);
+    const hint = error instanceof UsageError ? '\n(postcopy --help lists the options)' : '';
+    exitNow(error instanceof UsageError ? 2 : 1, `postcopy: ${error.message}${hint}`);
   },
 );
+process.on('uncaughtException', (error) => exitNow(1, `postcopy: internal error: ${error.stack ?? error.message}`));

@@ -1,12 +1,16 @@
 // `postcopy receive`: the destination. Listens, takes one migration, resumes the reference
 // guest on RUN (its threads fault on pages that have not arrived), and when every page is
-// here lets it run a while, stops it and verifies every page.
+// here lets it run a while, stops it and verifies every page. On any failure it prints the
+// report and the process ends at once (main.ts: exitNow), taking any guest thread still
+// blocked in a fault with it.
 import { readFileSync } from 'node:fs';
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../postcopy/index.js';
 import { IncomingListener, formatEndpoint } from '../transport/index.js';
+import { MigrationError } from '../wire/index.js';
 import type { GuestBlock } from '../postcopy/index.js';
 import { UsageError, endpointOption, numberOption, parseOptions } from './options.js';
+import { livenessConfig } from './send.js';
 
 export interface DeviceState {
   session: string;
@@ -22,37 +26,43 @@ export function readToken(tokenFile: string | boolean | undefined): string | und
   return process.env.POSTCOPY_TOKEN || undefined;
 }
 
+export const RECEIVE_OPTIONS = {
+  listen: 'string', 'token-file': 'string', 'run-seconds': 'string', json: 'boolean',
+  'recover-seconds': 'string', 'stall-seconds': 'string', 'exit-on-stdin-eof': 'boolean',
+} as const;
+
+interface Outcome {
+  code: number;
+  report: Record<string, unknown>;
+}
+
 export async function receiveCommand(args: string[]): Promise<number> {
-  const o = parseOptions(args, { listen: 'string', 'token-file': 'string', 'run-seconds': 'string', json: 'boolean' });
+  const o = parseOptions(args, RECEIVE_OPTIONS);
   if (typeof o.listen !== 'string') throw new UsageError('receive needs --listen HOST:PORT or --listen unix:PATH');
   const endpoint = endpointOption(o.listen, '--listen');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw new UsageError('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
+  const { recoverSeconds, stallSeconds } = livenessConfig(o);
   const json = o.json === true;
   const say = (event: Record<string, unknown>, text: string) => console.log(json ? JSON.stringify(event) : text);
 
   const guests = new Map<string, Guest>();
+  /** Each resumed guest, or why it could not resume. */
+  const resuming: Promise<Guest | Error>[] = [];
   let device: DeviceState | undefined;
-  const stopGuests = async () => {
-    await Promise.all([...guests.values()].map((g) => g.terminate()));
-  };
   const migration = new IncomingMigration({
     blocks: new RamList<Mapping>(),
     allocate: (b) => new Mapping(b.usedLength, { huge: b.pageSize > 4096, name: b.idstr }),
-    stopGuest: stopGuests,
+    // a thread blocked in a fault cannot be terminated: the CLI ends the process instead
+    stopGuest: async () => {
+      await Promise.all([...guests.values()].map((g) => g.terminate()));
+    },
+    recoverSeconds,
+    stallSeconds,
   });
   const listener = new IncomingListener<GuestBlock>({ endpoint, token, allowNoToken: endpoint.kind === 'unix', blocks: migration.blocks });
-  let session: string | undefined;
-  let mainBound = false;
-  listener.admit = (hello) => {
-    if (session && hello.sessionId !== session) return `destination is busy with migration '${session}'`;
-    if (hello.role === 0 && mainBound) return `migration '${hello.sessionId}' already has a main channel`;
-    if (hello.role !== 0 && !mainBound) return 'the main channel must connect first';
-    session = hello.sessionId;
-    if (hello.role === 0) mainBound = true;
-    return undefined;
-  };
+  listener.admit = (hello) => migration.admit(hello);
   listener.on('channel', (accepted) => migration.attach(accepted));
   listener.on('refused', (reason) => say({ event: 'refused', reason }, `refused a connection: ${reason}`));
   const bound = await listener.listen();
@@ -63,50 +73,84 @@ export async function receiveCommand(args: string[]): Promise<number> {
     return { kind: 'mapping', ...block.host!.descriptor };
   };
   migration.on('state', (state) => say({ event: 'state', state }, `state ${state}`));
+  migration.on('paused', (error) => say({ event: 'paused', reason: error.message }, `paused: ${error.message}; waiting up to ${recoverSeconds} s for the source`));
+  migration.on('resumed', () => say({ event: 'resumed', recoveries: migration.recovery.count }, `resumed (recovery ${migration.recovery.count})`));
   migration.on('device-state', (data) => {
     device = JSON.parse(Buffer.from(data).toString('utf8')) as DeviceState;
     migration.guestThreads = device.blocks.reduce((sum, b) => sum + (b.guest ? b.threads : 0), 0);
   });
 
-  const result = await new Promise<{ code: number; report: Record<string, unknown> }>((resolve) => {
-    const onSignal = () => migration.fail(new Error('interrupted'));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+  const result = await new Promise<Outcome>((resolve) => {
+    const interrupt = (why: string) => {
+      migration.fail(new MigrationError('ERR_POSTCOPY_INTERRUPTED', why));
+      resolve({ code: 1, report: { ...migration.report(), verified: false, error: why } });
+    };
+    process.once('SIGINT', () => interrupt('interrupted (SIGINT)'));
+    process.once('SIGTERM', () => interrupt('interrupted (SIGTERM)'));
+    if (o['exit-on-stdin-eof']) {
+      process.stdin.on('end', () => interrupt('the supervising process went away (stdin closed)'));
+      process.stdin.on('error', () => interrupt('the supervising process went away (stdin error)'));
+      process.stdin.resume();
+    }
     migration.on('run', () => {
       // fresh guest threads resume the workload from memory alone: they fault on missing pages
       for (const b of device?.blocks ?? []) {
-        if (!b.guest) continue;
-        Guest.resumeFrom({ memory: guestMemory(b.idstr) }).then((g) => guests.set(b.idstr, g), (error) => migration.fail(error));
+        if (!b.guest || guests.has(b.idstr)) continue;
+        resuming.push(Guest.resumeFrom({ memory: guestMemory(b.idstr) }).then((g) => {
+          guests.set(b.idstr, g);
+          return g;
+        }, (error: Error) => {
+          const failure = new Error(`resuming the guest on block '${b.idstr}' failed: ${error.message}`);
+          migration.fail(failure);
+          return failure;
+        }));
       }
     });
-    migration.on('failed', (error) => {
-      resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message } });
-    });
-    migration.on('end', async (report) => {
-      try {
-        await new Promise((r) => setTimeout(r, runSeconds * 1000));
-        await Promise.all([...guests.values()].map((g) => g.stop()));
-        const verification = [];
-        let verified = true;
-        for (const b of device?.blocks ?? []) {
-          const guest = guests.get(b.idstr);
-          const writes = guest?.stats().ledgerWrites;
-          const v = guest ? await guest.verify({ expectWrites: writes }) : undefined;
-          const ok = !!v?.ok && (writes ?? 0) >= b.writes;
-          verified &&= ok;
-          verification.push({ block: b.idstr, ok, pages: v?.pages, bad: v?.bad, first_bad: v?.firstBad?.reason, source_writes: b.writes, writes });
-        }
-        if (!device) verified = false;
-        resolve({ code: verified ? 0 : 1, report: { ...report, verified, verification } });
-      } catch (error) {
-        resolve({ code: 1, report: { ...report, verified: false, error: (error as Error).message } });
-      }
+    migration.on('failed', (error) => resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message, error_code: (error as MigrationError).code } }));
+    migration.on('end', (report) => {
+      verifyGuests(device, guests, resuming, runSeconds).then(
+        (verification) => resolve({ code: verification.verified ? 0 : 1, report: { ...report, ...verification } }),
+        (error: Error) => resolve({ code: 1, report: { ...report, verified: false, error: error.message } }),
+      );
     });
   });
   listener.close();
   result.report.peak_rss_mb = peakRssMiB();
   say({ event: 'report', ...result.report }, JSON.stringify(result.report, null, 2));
   return result.code;
+}
+
+/**
+ * After the last page: every resumed guest must have started, run `runSeconds`, stop cleanly,
+ * and verify page by page with no thread failure and no bad page seen by a reader; its write
+ * count must have gone on from the source's. `verified: false` always comes with a reason.
+ */
+async function verifyGuests(device: DeviceState | undefined, guests: Map<string, Guest>, resuming: Promise<Guest | Error>[], runSeconds: number) {
+  if (!device) return { verified: false, reason: 'no device state arrived, so no guest was resumed' };
+  const notStarted = (await Promise.all(resuming)).find((g): g is Error => g instanceof Error);
+  if (notStarted) return { verified: false, reason: notStarted.message };
+  await new Promise((r) => setTimeout(r, runSeconds * 1000));
+  await Promise.all([...guests.values()].map((g) => g.stop()));
+  const verification = [];
+  const reasons: string[] = [];
+  for (const b of device.blocks.filter((b) => b.guest)) {
+    const guest = guests.get(b.idstr);
+    if (!guest) {
+      reasons.push(`block '${b.idstr}': no guest was resumed`);
+      continue;
+    }
+    const stats = guest.stats();
+    const v = await guest.verify({ expectWrites: stats.ledgerWrites });
+    const problems = [
+      ...guest.errors.map((e) => e.message),
+      ...guest.badPages().slice(0, 3).map((p) => `reader thread ${p.thread} saw ${p.reason}`),
+      ...(v.ok ? [] : [v.firstBad?.reason ?? 'verification failed']),
+      ...(stats.ledgerWrites < b.writes ? [`${stats.ledgerWrites} writes in the ledger, fewer than the source's ${b.writes}`] : []),
+    ];
+    reasons.push(...problems.map((p) => `block '${b.idstr}': ${p}`));
+    verification.push({ block: b.idstr, ok: problems.length === 0, pages: v.pages, bad: v.bad, first_bad: v.firstBad?.reason, source_writes: b.writes, writes: stats.ledgerWrites });
+  }
+  return reasons.length ? { verified: false, reason: reasons.join('; '), verification } : { verified: true, verification };
 }
 
 /** The process's peak resident memory (VmHWM), in MiB. */

@@ -3,7 +3,8 @@
 import { randomUUID } from 'node:crypto';
 import { Guest, GUEST_PATTERNS, Mapping, RamBlock, RamList, freeHugePages, type Pattern } from '../index.js';
 import { OutgoingMigration, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
-import { connectChannel, type Endpoint } from '../transport/index.js';
+import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
+import { Capability } from '../wire/index.js';
 import { UsageError, choiceOption, endpointOption, intOption, numberOption, parseOptions, parseSize, type Spec } from './options.js';
 import { readToken, type DeviceState } from './receive.js';
 
@@ -11,6 +12,7 @@ export const SOURCE_OPTIONS: Spec = {
   size: 'string', blocks: 'string', huge: 'boolean', threads: 'string', pattern: 'string',
   'precopy-seconds': 'string', 'no-preempt': 'boolean', fill: 'string', json: 'boolean',
   'dirty-log': 'string', transport: 'string', 'run-seconds': 'string', 'token-file': 'string', connect: 'string',
+  'recover-seconds': 'string', 'stall-seconds': 'string',
 };
 
 export interface SourceConfig {
@@ -23,6 +25,10 @@ export interface SourceConfig {
   preempt: boolean;
   fill: number;
   dirtyLog?: 'pagemap-scan' | 'uffd-wp';
+  /** How long a connection broken in postcopy may take to come back (0: fail at once). */
+  recoverSeconds: number;
+  /** A silent connection is broken after this long. */
+  stallSeconds: number;
 }
 
 export function sourceConfig(o: Record<string, string | boolean | undefined>): SourceConfig {
@@ -43,6 +49,15 @@ export function sourceConfig(o: Record<string, string | boolean | undefined>): S
     preempt: o['no-preempt'] !== true,
     fill: intOption(o.fill, 'fill', pattern === 'read' ? 0 : 1, 0, 1000),
     dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', ['pagemap-scan', 'uffd-wp'] as const, 'pagemap-scan'),
+    ...livenessConfig(o),
+  };
+}
+
+/** --recover-seconds and --stall-seconds, shared by demo, send and receive. */
+export function livenessConfig(o: Record<string, string | boolean | undefined>): { recoverSeconds: number; stallSeconds: number } {
+  return {
+    recoverSeconds: numberOption(o['recover-seconds'], 'recover-seconds', 30, 0, 3600),
+    stallSeconds: numberOption(o['stall-seconds'], 'stall-seconds', 5, 0.5, 3600),
   };
 }
 
@@ -83,13 +98,19 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
   })));
   const session = randomUUID();
   try {
-    const main = await connectChannel<SourceBlock>({ endpoint, sessionId: session, role: 'main', token, blocks });
-    const preempt = config.preempt ? await connectChannel<SourceBlock>({ endpoint, sessionId: session, role: 'preempt', token, blocks }) : undefined;
+    const connect = (role: ChannelRole, timeout = 10) => connectChannel<SourceBlock>({
+      endpoint, sessionId: session, role, token, blocks, timeout, capabilities: role === 'main' && config.preempt ? Capability.PREEMPT : 0,
+    });
+    const main = await connect('main');
+    const preempt = config.preempt ? await connect('preempt') : undefined;
     let device: DeviceState | undefined;
     const migration = new OutgoingMigration({
       blocks,
       main,
       preempt,
+      reconnect: connect,
+      recoverSeconds: config.recoverSeconds,
+      stallSeconds: config.stallSeconds,
       precopySeconds: config.precopySeconds,
       dirtyLog: config.dirtyLog,
       onProgress,
@@ -123,7 +144,7 @@ export function progressPrinter() {
   };
   const progress = (p: OutgoingProgress | { phase: 'setup'; message: string }) => {
     const line = formatProgress(p);
-    if (!tty || p.phase === 'setup' || p.phase === 'complete') return note(line);
+    if (!tty || p.phase === 'setup' || p.phase === 'complete' || p.phase === 'paused') return note(line);
     process.stderr.write((open === p.phase ? '\r\x1b[K' : open ? '\n' : '') + line);
     open = p.phase;
   };
@@ -134,7 +155,9 @@ export function formatProgress(p: OutgoingProgress | { phase: 'setup'; message: 
   if (p.phase === 'setup') return p.message;
   const mb = p.bytesSent / 2 ** 20;
   const rate = p.elapsedMs > 0 ? mb / (p.elapsedMs / 1000) : 0;
-  return `[${p.phase}${p.phase === 'precopy' ? ` round ${p.round}` : ''}] sent ${p.pagesSent} pages (${mb.toFixed(0)} MiB, ${rate.toFixed(0)} MiB/s), ${p.pagesLeft} left`;
+  const recoveries = p.recoveries ? `, ${p.recoveries} recover${p.recoveries === 1 ? 'y' : 'ies'}` : '';
+  const reason = p.phase === 'paused' && p.reason ? `: ${p.reason}; reconnecting` : '';
+  return `[${p.phase}${p.phase === 'precopy' ? ` round ${p.round}` : ''}] sent ${p.pagesSent} pages (${mb.toFixed(0)} MiB, ${rate.toFixed(0)} MiB/s), ${p.pagesLeft} left${recoveries}${reason}`;
 }
 
 export async function sendCommand(args: string[]): Promise<number> {

@@ -2,3 +2,4 @@
 export * from './bitmap.js';
 export * from './ramblock.js';
 export * from './ramlist.js';
+export * from './zero.js';

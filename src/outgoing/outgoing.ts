@@ -2,13 +2,18 @@
 // guest, final sync, discard what changed since it was sent, LISTEN, device state, RUN), then
 // the postcopy phase, where a background scan streams what is left and a page request jumps
 // the queue (on the preempt channel when there is one) and the scan resumes right after it.
+//
+// "Done" is a fact of the dirty bitmap: COMPLETE goes only once no page is left to send. A
+// connection that breaks in postcopy is recovered: reconnect, learn from the destination's
+// received bitmaps what it has, mark every other page dirty again, go on.
 import { performance } from 'node:perf_hooks';
-import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
 import type { Mapping } from '../kernel/index.js';
-import { Bitmap, TARGET_PAGE_SIZE, type RamBlock, type RamList } from '../memory/index.js';
-import type { ReturnPathEvent } from '../wire/index.js';
-import type { ConnectedChannel } from '../transport/index.js';
+import { Bitmap, TARGET_PAGE_SIZE, isZeroPage, type RamBlock, type RamList } from '../memory/index.js';
+import { MigrationError, ResumeState, isConnectionError, type ReturnPathEvent } from '../wire/index.js';
+import type { ChannelRole, ConnectedChannel } from '../transport/index.js';
 import { createDirtyLog, type DirtyLog } from './dirty-log.js';
+import { SourceChannels } from './source-channels.js';
 
 export type SourceBlock = RamBlock<Mapping>;
 
@@ -17,6 +22,15 @@ export interface OutgoingOptions {
   main: ConnectedChannel<SourceBlock>;
   /** Carries only requested pages, so a request never waits behind the background stream. */
   preempt?: ConnectedChannel<SourceBlock>;
+  /**
+   * Opens a channel of this migration again (same session, same token) after a connection
+   * broke in postcopy. Without it a broken connection fails the migration.
+   */
+  reconnect?: (role: ChannelRole, timeoutSeconds: number) => Promise<ConnectedChannel<SourceBlock>>;
+  /** How long recovery may try to reconnect (default 30 s; 0: a break fails the migration). */
+  recoverSeconds?: number;
+  /** The return path silent this long means a broken connection (default 5 s). */
+  stallSeconds?: number;
   /** Seconds of precopy before switching to postcopy; 0 = straight to postcopy. */
   precopySeconds: number;
   /** Stop precopy early once fewer pages than this are dirty after a round. */
@@ -31,20 +45,28 @@ export interface OutgoingOptions {
 }
 
 export interface OutgoingProgress {
-  phase: 'precopy' | 'switchover' | 'postcopy' | 'complete';
+  phase: 'precopy' | 'switchover' | 'postcopy' | 'paused' | 'complete';
   round: number;
   pagesSent: number;
   pagesLeft: number;
   bytesSent: number;
   elapsedMs: number;
+  recoveries: number;
+  /** Why the connection is paused (phase 'paused'). */
+  reason?: string;
 }
 
 export interface OutgoingReport {
   dirty_log: DirtyLog['kind'];
   rounds: number;
   pages_sent: { precopy: number; postcopy: number; requested: number; zero: number };
-  requests: { received: number; skipped: number };
+  /** skipped: already sent (in flight); resent: asked for again after a skip, sent again. */
+  requests: { received: number; skipped: number; resent: number };
   discarded_pages: number;
+  /** Connections recovered, pages sent again because they had not arrived, time PAUSED. */
+  recoveries: number;
+  pages_resent: number;
+  paused_ms: number;
   downtime_ms: number;
   /** Where the downtime went: parking the guest, the final dirty sync, discards and commands. */
   downtime_parts_ms: { pause: number; sync: number; commands: number };
@@ -57,6 +79,9 @@ export interface OutgoingReport {
 /** A batch of the stream ends at this many pages or this much time, whichever comes first. */
 const BATCH_PAGES = 256;
 const BATCH_MS = 0.2;
+const HEARTBEAT_MS = 1000;
+/** Reconnection attempts back off from the first delay to the last. */
+const RECONNECT_DELAYS_MS = [50, 100, 200, 500, 1000, 2000];
 
 interface Cursor {
   block: number;
@@ -70,14 +95,26 @@ export class OutgoingMigration {
   /** Target pages sent at least once: a page dirtied after it was sent must be discarded. */
   private readonly sent = new Map<SourceBlock, Bitmap>();
   private readonly views = new Map<SourceBlock, Uint8Array>();
-  private readonly requests: { block: SourceBlock; start: number; length: number }[] = [];
+  private requests: { block: SourceBlock; start: number; length: number }[] = [];
+  /** Requested host pages skipped as already sent: asked for again, they go again. */
+  private skippedRequests = new Set<number>();
   private cursor: Cursor = { block: 0, page: 0 };
   private phase: OutgoingProgress['phase'] = 'precopy';
   private round = 0;
   private readonly started = performance.now();
-  private shut: Promise<number>;
-  private failure: Error | undefined;
-  readonly counts = { precopy: 0, postcopy: 0, requested: 0, zero: 0, requestsReceived: 0, requestsSkipped: 0, discarded: 0 };
+  private readonly channels: SourceChannels;
+  private shut: { status: number } | undefined;
+  private onShut: (() => void) | undefined;
+  /** A failure no recovery can heal (a malformed return path, the destination failed). */
+  private fatal: Error | undefined;
+  private recovering: { bitmaps: Map<SourceBlock, Bitmap>; ack: number | undefined; wake: () => void } | undefined;
+  /** The destination had every page already when a recovery asked (RESUME_ACK said END). */
+  private destinationEnded = false;
+  private readonly recoverSeconds: number;
+  readonly counts = {
+    precopy: 0, postcopy: 0, requested: 0, zero: 0, requestsReceived: 0, requestsSkipped: 0, requestsResent: 0, discarded: 0,
+    recoveries: 0, pagesResent: 0, pausedMs: 0,
+  };
 
   constructor(private readonly options: OutgoingOptions) {
     this.blocks = [...options.blocks];
@@ -88,42 +125,48 @@ export class OutgoingMigration {
       this.sent.set(block, new Bitmap(block.targetPages));
       this.views.set(block, block.host!.bytes());
     }
-    this.shut = this.listenReturnPath();
+    this.recoverSeconds = options.reconnect ? options.recoverSeconds ?? 30 : 0;
+    this.channels = new SourceChannels({
+      main: options.main,
+      preempt: options.preempt,
+      stallMs: (options.stallSeconds ?? 5) * 1000,
+      heartbeatMs: HEARTBEAT_MS,
+      onReturnPath: (event) => this.onReturnPath(event),
+      onProtocolError: (error) => this.failFatally(error),
+      phase: () => (this.phase === 'precopy' ? `precopy round ${this.round}` : this.phase),
+    });
   }
 
-  private listenReturnPath(): Promise<number> {
-    const { channel, returnPath } = this.options.main;
-    return new Promise<number>((resolve, reject) => {
-      const handle = (event: ReturnPathEvent<SourceBlock>) => {
-        if (event.type === 'req-pages') {
-          this.counts.requestsReceived++;
-          this.requests.push({ block: event.block, start: event.start, length: event.length });
-          // a request never waits for the stream: it is answered as soon as it is read
-          if (this.phase === 'postcopy') this.serveRequests();
-        } else if (event.type === 'shut') {
-          resolve(event.status);
-        }
-      };
-      const pump = () => {
-        try {
-          for (let event = returnPath.next(); event; event = returnPath.next()) handle(event);
-        } catch (error) {
-          this.failure = error as Error;
-          reject(error);
-        }
-      };
-      channel.socket.on('data', (chunk: Buffer) => {
-        returnPath.push(chunk);
-        pump();
-      });
-      channel.socket.on('close', () => {
-        const error = new Error(`main channel closed by the destination in phase ${this.phase}`);
-        this.failure ??= error;
-        reject(error);
-      });
-      channel.socket.resume();
-      pump();
-    });
+  private onReturnPath(event: ReturnPathEvent<SourceBlock>): void {
+    switch (event.type) {
+      case 'req-pages':
+        this.counts.requestsReceived++;
+        this.requests.push({ block: event.block, start: event.start, length: event.length });
+        // a request never waits for the stream: it is answered as soon as it is read
+        if (this.phase === 'postcopy') this.serveRequests();
+        return;
+      case 'shut':
+        this.shut = { status: event.status };
+        if (event.status !== 0) this.failFatally(new MigrationError('ERR_POSTCOPY_PEER_FAILED', `the destination failed (status ${event.status}) during ${this.phase}`));
+        this.onShut?.();
+        return;
+      case 'recv-bitmap':
+        this.recovering?.bitmaps.set(event.block, event.bitmap);
+        this.recovering?.wake();
+        return;
+      case 'resume-ack':
+        if (this.recovering) this.recovering.ack = event.value;
+        this.recovering?.wake();
+        return;
+      default:
+        return; // pong: the stall watch has seen the bytes already
+    }
+  }
+
+  /** Fails for good: the current connection is dropped and every wait ends. */
+  private failFatally(error: Error): void {
+    this.fatal ??= error;
+    this.channels.markBroken(this.channels.main.channel, error);
   }
 
   private get totalDirty(): number {
@@ -132,99 +175,244 @@ export class OutgoingMigration {
     return n;
   }
 
-  private progress(): void {
-    const bytesSent = this.options.main.channel.bytesSent + (this.options.preempt?.channel.bytesSent ?? 0);
+  private progress(reason?: string): void {
     this.options.onProgress?.({
       phase: this.phase,
       round: this.round,
       pagesSent: this.counts.precopy + this.counts.postcopy + this.counts.requested,
       pagesLeft: this.totalDirty,
-      bytesSent,
+      bytesSent: this.channels.bytesSent,
       elapsedMs: performance.now() - this.started,
+      recoveries: this.counts.recoveries,
+      reason,
     });
   }
 
   async run(): Promise<OutgoingReport> {
-    const { main } = this.options;
-    this.shut.catch(() => undefined); // observed below
     const log = createDirtyLog(this.blocks.map((block) => ({
       mapping: block.host!,
       onDirty: (offset, length) => this.dirty.get(block)!.setRange(offset / TARGET_PAGE_SIZE, length / TARGET_PAGE_SIZE),
     })), this.options.dirtyLog);
-    main.channel.send(main.encoder.openReturnPath());
-    main.channel.send(main.encoder.memSize(this.blocks.map((b) => ({ idstr: b.idstr, usedLength: b.usedLength, pageSize: b.pageSize }))));
-    main.channel.send(main.encoder.endRam());
-    main.channel.send(main.encoder.advise(this.options.blocks.pageSizeSummary));
-
-    // precopy: every page once, then what the guest dirtied, until converged or out of time
-    log.start();
-    const precopyStart = performance.now();
-    if (this.options.precopySeconds > 0) {
-      const deadline = precopyStart + this.options.precopySeconds * 1000;
-      const converged = this.options.convergedPages ?? 256;
-      while (performance.now() < deadline && this.round < (this.options.maxRounds ?? 1000)) {
-        this.round++;
-        await this.stream(main, () => performance.now() < deadline, 'precopy');
-        log.sync();
-        this.progress();
-        if (this.totalDirty <= converged) break;
-      }
+    try {
+      const { main } = this.channels;
+      main.channel.send(main.encoder.openReturnPath());
+      main.channel.send(main.encoder.memSize(this.blocks.map((b) => ({ idstr: b.idstr, usedLength: b.usedLength, pageSize: b.pageSize }))));
+      main.channel.send(main.encoder.endRam());
+      main.channel.send(main.encoder.advise(this.options.blocks.pageSizeSummary));
+      log.start();
+      const precopyMs = await this.precopy(log);
+      const downtime = await this.switchover(log);
+      const postcopyStart = performance.now();
+      await this.postcopy();
+      this.channels.close();
+      return this.report(log.kind, precopyMs, downtime, performance.now() - postcopyStart);
+    } catch (error) {
+      if (this.fatal) throw this.fatal;
+      if (!isConnectionError(error)) throw error;
+      this.channels.markBroken(this.channels.main.channel, error as Error); // names the phase, if not yet
+      throw this.channels.broken ?? error;
+    } finally {
+      log.stop();
+      this.channels.stop();
     }
-    const precopyMs = performance.now() - precopyStart;
+  }
 
-    // switchover
+  /** Every page once, then what the guest dirtied, until converged or out of time. */
+  private async precopy(log: DirtyLog): Promise<number> {
+    const start = performance.now();
+    if (this.options.precopySeconds <= 0) return 0;
+    const deadline = start + this.options.precopySeconds * 1000;
+    const converged = this.options.convergedPages ?? 256;
+    while (performance.now() < deadline && this.round < (this.options.maxRounds ?? 1000)) {
+      this.round++;
+      await this.stream(() => performance.now() < deadline, 'precopy');
+      log.sync();
+      this.progress();
+      if (this.totalDirty <= converged) break;
+    }
+    return performance.now() - start;
+  }
+
+  /** Pause, final sync, discards, LISTEN, device state, RUN: the downtime. */
+  private async switchover(log: DirtyLog): Promise<{ total: number; pause: number; sync: number; commands: number }> {
     this.phase = 'switchover';
-    const downtimeStart = performance.now();
+    const start = performance.now();
     await this.options.pauseGuest();
     const paused = performance.now();
     log.sync();
     log.stop();
     const synced = performance.now();
+    this.throwIfBroken();
+    const { main } = this.channels;
     this.sendDiscards();
     main.channel.send(main.encoder.listen());
+    this.sendRun();
+    const end = performance.now();
+    this.progress();
+    return { total: end - start, pause: paused - start, sync: synced - paused, commands: end - synced };
+  }
+
+  private sendRun(): void {
+    const { main } = this.channels;
     if (this.options.deviceState) main.channel.send(main.encoder.packaged(this.options.deviceState()));
     main.channel.send(main.encoder.run());
-    const downtimeMs = performance.now() - downtimeStart;
-    const downtimeParts = { pause: paused - downtimeStart, sync: synced - paused, commands: performance.now() - synced };
-    this.progress();
+  }
 
-    // postcopy: background scan, requests first
+  /** Background scan with requests first, until the dirty bitmap is empty and COMPLETE is acknowledged. */
+  private async postcopy(): Promise<void> {
     this.phase = 'postcopy';
-    const postcopyStart = performance.now();
     this.cursor = { block: 0, page: 0 };
-    await this.stream(main, () => true, 'postcopy');
-    if (main.encoder.ramOpen) main.channel.send(main.encoder.endRam());
-    const { preempt } = this.options;
+    for (;;) {
+      if (this.channels.broken) await this.recover(); // throws when it cannot
+      if (this.destinationEnded) return;
+      try {
+        this.serveRequests();
+        if (this.nextDirty() === undefined) {
+          if (await this.complete()) return;
+          continue; // the connection broke before SHUT: recover, then finish again
+        }
+        await this.stream(() => true, 'postcopy');
+      } catch (error) {
+        if (this.fatal) throw this.fatal;
+        if (!this.channels.broken && !isConnectionError(error)) throw error;
+        // e.g. a send on a channel that had just closed: note the break; recover above
+        this.channels.markBroken(this.channels.main.channel, error as Error);
+      }
+    }
+  }
+
+  /**
+   * Nothing is dirty: the end of both streams, COMPLETE, and the destination's SHUT. True once
+   * the destination has acknowledged; false if the connection broke first.
+   */
+  private async complete(): Promise<boolean> {
+    const left = this.totalDirty;
+    if (left !== 0) throw new MigrationError('ERR_POSTCOPY_INTERNAL', `internal: COMPLETE with ${left} page(s) still dirty`);
+    const { main, preempt } = this.channels;
     if (preempt) {
       if (preempt.encoder.ramOpen) preempt.channel.send(preempt.encoder.endRam());
       preempt.channel.send(preempt.encoder.eof());
     }
+    if (main.encoder.ramOpen) main.channel.send(main.encoder.endRam());
     main.channel.send(main.encoder.complete());
     main.channel.send(main.encoder.eof());
+    this.channels.ended = true;
     this.phase = 'complete';
     this.progress();
-    const status = await this.shut;
-    if (status !== 0) throw new Error(`the destination ended with status ${status}`);
-    const postcopyMs = performance.now() - postcopyStart;
-    main.channel.close();
-    preempt?.channel.close();
-    return {
-      dirty_log: log.kind,
-      rounds: this.round,
-      pages_sent: { precopy: this.counts.precopy, postcopy: this.counts.postcopy, requested: this.counts.requested, zero: this.counts.zero },
-      requests: { received: this.counts.requestsReceived, skipped: this.counts.requestsSkipped },
-      discarded_pages: this.counts.discarded,
-      downtime_ms: Math.round(downtimeMs * 100) / 100,
-      downtime_parts_ms: {
-        pause: Math.round(downtimeParts.pause * 100) / 100,
-        sync: Math.round(downtimeParts.sync * 100) / 100,
-        commands: Math.round(downtimeParts.commands * 100) / 100,
-      },
-      precopy_ms: Math.round(precopyMs),
-      postcopy_ms: Math.round(postcopyMs),
-      total_ms: Math.round(performance.now() - this.started),
-      bytes_sent: main.channel.bytesSent + (preempt?.channel.bytesSent ?? 0),
-    };
+    if (!this.shut) await Promise.race([this.channels.whenBroken(), new Promise<void>((r) => (this.onShut = r))]);
+    this.onShut = undefined;
+    if (this.fatal) throw this.fatal;
+    if (this.shut) return true;
+    this.phase = 'postcopy';
+    return false;
+  }
+
+  /**
+   * The connection broke in postcopy. Reconnect (backing off, for at most `recoverSeconds`),
+   * ask for each block's received bitmap, mark every page that did not arrive dirty again,
+   * RESUME, then reopen the preempt channel. Pages in flight when it broke are among those
+   * that did not arrive; nothing that arrived is sent again.
+   */
+  private async recover(): Promise<void> {
+    const reason = this.channels.broken!;
+    const reconnect = this.options.reconnect;
+    if (this.fatal) throw this.fatal;
+    if (!reconnect || this.recoverSeconds <= 0) throw reason;
+    const pausedAt = performance.now();
+    const deadline = pausedAt + this.recoverSeconds * 1000;
+    this.phase = 'paused';
+    this.progress(reason.message);
+    this.requests = [];
+    this.skippedRequests.clear();
+    let lastError: Error = reason;
+    for (let attempt = 0; ; attempt++) {
+      const remainingMs = deadline - performance.now();
+      if (remainingMs <= 0) {
+        throw new MigrationError('ERR_POSTCOPY_RECOVERY_TIMEOUT',
+          `${reason.message}; no recovery within ${this.recoverSeconds} s (last attempt: ${lastError.message})`, { cause: lastError });
+      }
+      try {
+        await this.resumeConnection(reconnect, Math.max(1, remainingMs / 1000));
+        break;
+      } catch (error) {
+        if (this.fatal) throw this.fatal;
+        if ((error as MigrationError).code === 'ERR_POSTCOPY_REFUSED') throw error; // the destination said no for good
+        lastError = error as Error;
+        this.channels.drop();
+        await sleep(Math.min(RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)], Math.max(0, deadline - performance.now())));
+      }
+    }
+    this.counts.recoveries++;
+    this.counts.pausedMs += performance.now() - pausedAt;
+    this.phase = this.destinationEnded ? 'complete' : 'postcopy';
+    this.progress();
+  }
+
+  /** One attempt: new channels, the bitmaps, RESUME and its answer. */
+  private async resumeConnection(reconnect: NonNullable<OutgoingOptions['reconnect']>, timeoutSeconds: number): Promise<void> {
+    const main = await reconnect('main', timeoutSeconds);
+    this.channels.use(main);
+    const recovering = { bitmaps: new Map<SourceBlock, Bitmap>(), ack: undefined as number | undefined, wake: () => undefined as void };
+    this.recovering = recovering;
+    try {
+      for (const block of this.blocks) main.channel.send(main.encoder.recvBitmap(block));
+      await this.until(() => recovering.bitmaps.size === this.blocks.length, timeoutSeconds, 'the received bitmaps');
+      for (const [block, received] of recovering.bitmaps) this.markUnreceivedDirty(block, received);
+      main.channel.send(main.encoder.resume());
+      await this.until(() => recovering.ack !== undefined, timeoutSeconds, 'RESUME_ACK');
+    } finally {
+      this.recovering = undefined;
+    }
+    if (recovering.ack === ResumeState.END) {
+      this.destinationEnded = true;
+      return;
+    }
+    if (recovering.ack === ResumeState.LISTENING) this.sendRun(); // RUN had not arrived
+    if (this.options.preempt) this.channels.usePreempt(await reconnect('preempt', timeoutSeconds));
+  }
+
+  /** Waits until `done()` (checked on every return-path message), the break of the connection, or the timeout. */
+  private async until(done: () => boolean, timeoutSeconds: number, what: string): Promise<void> {
+    const timeoutMs = timeoutSeconds * 1000;
+    const start = performance.now();
+    while (!done()) {
+      if (this.channels.broken) throw this.channels.broken;
+      const left = timeoutMs - (performance.now() - start);
+      if (left <= 0) throw new MigrationError('ERR_POSTCOPY_CHANNEL_STALLED', `no ${what} within ${timeoutSeconds.toFixed(1)} s`);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.channels.whenBroken(),
+        new Promise<void>((resolve) => {
+          this.recovering!.wake = resolve;
+          timer = setTimeout(resolve, left);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+  }
+
+  /** After a recovery: exactly the pages the destination lacks are dirty. */
+  private markUnreceivedDirty(block: SourceBlock, received: Bitmap): void {
+    const dirty = this.dirty.get(block)!;
+    const sent = this.sent.get(block)!;
+    const pages = dirty.size;
+    for (let page = received.findNextZero(0); page < pages; ) {
+      const end = Math.min(received.findNextSet(page), pages);
+      for (let p = page; p < end; p++) if (sent.get(p) && !dirty.get(p)) this.counts.pagesResent++;
+      page = end < pages ? received.findNextZero(end) : pages;
+    }
+    // dirty = not received (no page arrives that was not sent, so a received page is clean)
+    dirty.fill();
+    for (let page = received.findNextSet(0); page < pages; ) {
+      const end = Math.min(received.findNextZero(page), pages);
+      dirty.clearRange(page, end - page);
+      page = end < pages ? received.findNextSet(end) : pages;
+    }
+  }
+
+  private throwIfBroken(): void {
+    if (this.fatal) throw this.fatal;
+    if (this.channels.broken) throw this.channels.broken;
   }
 
   /**
@@ -232,7 +420,7 @@ export class OutgoingMigration {
    * widened to whole host pages (a huge page is placed whole, so it is re-sent whole).
    */
   private sendDiscards(): void {
-    const { main } = this.options;
+    const { main } = this.channels;
     if (main.encoder.ramOpen) main.channel.send(main.encoder.endRam());
     for (const block of this.blocks) {
       const dirty = this.dirty.get(block)!;
@@ -256,12 +444,15 @@ export class OutgoingMigration {
     }
   }
 
-  /** Sends one host page (all its target pages, on one channel) if any of it is still dirty. */
-  private sendHostPage(target: ConnectedChannel<SourceBlock>, block: SourceBlock, hostPage: number, kind: 'precopy' | 'postcopy' | 'requested'): boolean {
+  /**
+   * Sends one host page (all its target pages, on one channel) if any of it is still dirty,
+   * or whatever its state when `force` (a page asked for again).
+   */
+  private sendHostPage(target: ConnectedChannel<SourceBlock>, block: SourceBlock, hostPage: number, kind: 'precopy' | 'postcopy' | 'requested', force = false): boolean {
     const perHost = block.pageSize / TARGET_PAGE_SIZE;
     const first = hostPage * perHost;
     const dirty = this.dirty.get(block)!;
-    if (dirty.isRangeClear(first, perHost)) return false;
+    if (!force && dirty.isRangeClear(first, perHost)) return false;
     // in postcopy a host page goes whole: the destination places it atomically
     const from = kind === 'precopy' ? dirty.findNextSet(first) : first;
     const view = this.views.get(block)!;
@@ -270,7 +461,7 @@ export class OutgoingMigration {
       if (kind === 'precopy' && !dirty.get(page)) continue;
       const offset = page * TARGET_PAGE_SIZE;
       const data = view.subarray(offset, offset + TARGET_PAGE_SIZE);
-      if (isZero(data)) {
+      if (isZeroPage(data)) {
         channel.send(encoder.ramZero(block, offset));
         this.counts.zero++;
       } else {
@@ -287,54 +478,83 @@ export class OutgoingMigration {
 
   /** Requested pages jump the queue; the scan then continues right after the last of them. */
   private serveRequests(): void {
-    if (!this.requests.length) return;
-    const target = this.options.preempt ?? this.options.main;
+    if (!this.requests.length || this.channels.broken) return;
+    const target = this.channels.forRequests;
     const socket = target.channel.socket;
     socket.cork(); // one write per request
-    while (this.requests.length) {
-      const { block, start, length } = this.requests.shift()!;
-      const firstHost = Math.floor(start / block.pageSize);
-      const lastHost = Math.floor((start + length - 1) / block.pageSize);
-      for (let host = firstHost; host <= lastHost; host++) {
-        if (!this.sendHostPage(target, block, host, 'requested')) this.counts.requestsSkipped++;
+    try {
+      while (this.requests.length) {
+        const { block, start, length } = this.requests.shift()!;
+        const blockIndex = this.blocks.indexOf(block);
+        const firstHost = Math.floor(start / block.pageSize);
+        const lastHost = Math.floor((start + length - 1) / block.pageSize);
+        for (let host = firstHost; host <= lastHost; host++) {
+          const key = blockIndex * 2 ** 32 + host;
+          if (this.sendHostPage(target, block, host, 'requested')) continue;
+          // already sent, so in flight: skip it once; asked again, it did not arrive: send it again
+          if (this.skippedRequests.delete(key)) {
+            this.sendHostPage(target, block, host, 'requested', true);
+            this.counts.requestsResent++;
+          } else {
+            this.skippedRequests.add(key);
+            this.counts.requestsSkipped++;
+          }
+        }
+        this.cursor = { block: blockIndex, page: (lastHost + 1) * (block.pageSize / TARGET_PAGE_SIZE) };
       }
-      this.cursor = { block: this.blocks.indexOf(block), page: (lastHost + 1) * (block.pageSize / TARGET_PAGE_SIZE) };
+    } finally {
+      socket.uncork();
     }
-    socket.uncork();
   }
 
-  /** Streams dirty pages from the cursor until none is left or `more()` says stop. */
-  private async stream(channel: ConnectedChannel<SourceBlock>, more: () => boolean, kind: 'precopy' | 'postcopy'): Promise<void> {
-    const socket = channel.channel.socket;
+  /**
+   * Streams dirty pages from the cursor until the bitmap is empty, `more()` says stop, or the
+   * connection breaks. A batch always sends at least one host page when any is dirty: whether
+   * the stream is done is decided by the bitmap, never by a batch that happened to be empty.
+   */
+  private async stream(more: () => boolean, kind: 'precopy' | 'postcopy'): Promise<void> {
     let lastProgress = performance.now();
     for (;;) {
-      if (this.failure) throw this.failure;
+      this.throwIfBroken();
       if (kind === 'postcopy') this.serveRequests();
-      socket.cork();
-      let sent = 0;
+      const main = this.channels.main;
+      if (!this.sendBatch(main, kind)) return;
+      if (performance.now() - lastProgress > 250) {
+        this.progress();
+        lastProgress = performance.now();
+      }
+      if (!more()) return;
+      // always let the return path in between batches (a write the kernel took at once still
+      // leaves needDrain set until the next tick), then wait if the socket is really full
+      await yieldToLoop();
+      this.throwIfBroken();
+      if (main.channel.socket.writableNeedDrain) await Promise.race([main.channel.drained(), this.channels.whenBroken()]);
+    }
+  }
+
+  /** One batch: up to BATCH_PAGES target pages or BATCH_MS, at least one host page. False when nothing is dirty. */
+  private sendBatch(target: ConnectedChannel<SourceBlock>, kind: 'precopy' | 'postcopy'): boolean {
+    const socket = target.channel.socket;
+    socket.cork();
+    let sent = 0;
+    try {
       // a request read meanwhile waits for at most one batch: keep them short in time
       const until = performance.now() + BATCH_MS;
-      while (sent < BATCH_PAGES && (sent & 15 || performance.now() < until)) {
+      while (sent < BATCH_PAGES) {
+        if (sent > 0 && (sent & 15) === 0 && performance.now() >= until) break;
         const next = this.nextDirty();
         if (!next) break;
         const block = this.blocks[next.block];
         const perHost = block.pageSize / TARGET_PAGE_SIZE;
         const host = Math.floor(next.page / perHost);
-        this.sendHostPage(channel, block, host, kind);
+        this.sendHostPage(target, block, host, kind);
         this.cursor = { block: next.block, page: (host + 1) * perHost };
         sent += perHost;
       }
+    } finally {
       socket.uncork();
-      if (performance.now() - lastProgress > 250) {
-        this.progress();
-        lastProgress = performance.now();
-      }
-      if (sent === 0 || !more()) break;
-      // always let the return path in between batches (a write the kernel took at once still
-      // leaves needDrain set until the next tick), then wait if the socket is really full
-      await yieldToLoop();
-      if (socket.writableNeedDrain) await channel.channel.drained();
     }
+    return sent > 0;
   }
 
   /** The next dirty target page at or after the cursor, wrapping around once. */
@@ -349,10 +569,24 @@ export class OutgoingMigration {
     }
     return undefined;
   }
-}
 
-function isZero(page: Uint8Array): boolean {
-  const words = new Int32Array(page.buffer, page.byteOffset, TARGET_PAGE_SIZE / 4);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
-  return true;
+  private report(dirtyLog: DirtyLog['kind'], precopyMs: number, downtime: { total: number; pause: number; sync: number; commands: number }, postcopyMs: number): OutgoingReport {
+    const r2 = (ms: number) => Math.round(ms * 100) / 100;
+    return {
+      dirty_log: dirtyLog,
+      rounds: this.round,
+      pages_sent: { precopy: this.counts.precopy, postcopy: this.counts.postcopy, requested: this.counts.requested, zero: this.counts.zero },
+      requests: { received: this.counts.requestsReceived, skipped: this.counts.requestsSkipped, resent: this.counts.requestsResent },
+      discarded_pages: this.counts.discarded,
+      recoveries: this.counts.recoveries,
+      pages_resent: this.counts.pagesResent,
+      paused_ms: Math.round(this.counts.pausedMs),
+      downtime_ms: r2(downtime.total),
+      downtime_parts_ms: { pause: r2(downtime.pause), sync: r2(downtime.sync), commands: r2(downtime.commands) },
+      precopy_ms: Math.round(precopyMs),
+      postcopy_ms: Math.round(postcopyMs),
+      total_ms: Math.round(performance.now() - this.started),
+      bytes_sent: this.channels.bytesSent,
+    };
+  }
 }

@@ -1,15 +1,23 @@
 // Fault service: each MISSING fault on a block becomes at most one page request. A page that
 // has arrived meanwhile only needs a wake; a page already requested only records one more
-// waiting thread. Placement ends the wait of every thread behind the host page.
+// waiting thread. Placement ends the wait of every thread behind the host page. A request is
+// never left to chance: one still unanswered after a timeout is sent again (resendOverdue),
+// and after a recovery every pending request is sent again (resendAll).
 import { performance } from 'node:perf_hooks';
 import type { EventBatch, Userfaultfd } from '../kernel/index.js';
 import type { GuestBlock } from './placement.js';
 import { Blocktime, LatencyHistogram } from './stats.js';
 
-export type PageRequester = (block: GuestBlock, offset: number, length: number) => void;
+/** Asks the source for a host page; false when no connection can carry the request now. */
+export type PageRequester = (block: GuestBlock, offset: number, length: number) => boolean;
 
 interface Pending {
+  block: GuestBlock;
+  hostOffset: number;
+  /** When the first thread started to wait. */
   since: number;
+  /** When the page was last asked for (0: not yet sent, e.g. while the connection is down). */
+  requestedAt: number;
   threads: number[];
 }
 
@@ -17,7 +25,10 @@ export class FaultService {
   readonly latency = new LatencyHistogram();
   readonly blocktime: Blocktime;
   faults = 0;
+  /** Requests sent, first times and repeats. */
   requests = 0;
+  /** Requests sent again because the page had not arrived in time or the connection changed. */
+  resent = 0;
   private readonly blocks: GuestBlock[];
   /** Each block's position in `blocks` (sorted by address): part of a pending page's key. */
   private readonly indexOf = new Map<GuestBlock, number>();
@@ -44,8 +55,23 @@ export class FaultService {
     this.uffd.stopEvents();
   }
 
+  /** Host pages some thread waits for. */
   get waiting(): number {
     return this.pending.size;
+  }
+
+  /** When the longest wait still going on began (Infinity: nobody waits). */
+  get oldestWaitSince(): number {
+    let oldest = Infinity;
+    for (const p of this.pending.values()) if (p.since < oldest) oldest = p.since;
+    return oldest;
+  }
+
+  /** The page waited for longest, for messages. */
+  get oldestWait(): { block: GuestBlock; hostOffset: number; since: number } | undefined {
+    let oldest: Pending | undefined;
+    for (const p of this.pending.values()) if (!oldest || p.since < oldest.since) oldest = p;
+    return oldest;
   }
 
   /**
@@ -73,6 +99,27 @@ export class FaultService {
   isWaiting(block: GuestBlock, offset: number): boolean {
     if (this.pending.size === 0) return false;
     return this.pending.has(this.key(this.indexOf.get(block)!, offset - (offset % block.pageSize), block.pageSize));
+  }
+
+  /** Asks again for every page requested more than `timeoutMs` ago (or never sent). */
+  resendOverdue(timeoutMs: number): void {
+    const now = performance.now();
+    for (const p of this.pending.values()) {
+      if (now - p.requestedAt >= timeoutMs) this.send(p, now, true);
+    }
+  }
+
+  /** Asks again for every page a thread waits for: a new connection knows of no request. */
+  resendAll(): void {
+    const now = performance.now();
+    for (const p of this.pending.values()) this.send(p, now, true);
+  }
+
+  private send(p: Pending, now: number, again: boolean): void {
+    if (!this.request(p.block, p.hostOffset, p.block.pageSize)) return;
+    p.requestedAt = now;
+    this.requests++;
+    if (again) this.resent++;
   }
 
   private key(blockIndex: number, offset: number, pageSize: number): number {
@@ -119,9 +166,9 @@ export class FaultService {
         pending.threads.push(thread);
         continue;
       }
-      this.pending.set(key, { since: now, threads: [thread] });
-      this.requests++;
-      this.request(block, hostOffset, block.pageSize);
+      const fresh: Pending = { block, hostOffset, since: now, requestedAt: 0, threads: [thread] };
+      this.pending.set(key, fresh);
+      this.send(fresh, now, false);
     }
   }
 }

@@ -1,17 +1,39 @@
 // The destination of a postcopy migration: decodes each channel's stream, drives the state
 // machine, writes precopy pages, places postcopy pages atomically, turns faults into page
-// requests on the return path, and reports. Guest threads are stopped before the
-// userfaultfd is closed on failure, so no guest thread can ever read a silent zero page.
+// requests on the return path, survives a broken connection (PAUSED until the source comes
+// back), and reports.
+//
+// Liveness rules enforced here: END only when every received bit is set (COMPLETE with pages
+// missing fails, naming them); a request unanswered for `requestRetryMs` is sent again;
+// silence on a channel or no progress for a bound breaks the connection; a pause lasts at
+// most `recoverSeconds`; after a failure the guest is stopped before the userfaultfd closes,
+// and a guest that cannot be stopped ends the process (see docs/architecture.md).
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { Mapping, Userfaultfd, hasFeatures, type Feature } from '../kernel/index.js';
-import { RamBlock, RamList, TARGET_PAGE_SIZE } from '../memory/index.js';
-import { Command, ProtocolError, ReturnPathEncoder, commandName, encodePong, encodeShut, type MemSizeBlock, type StreamEvent } from '../wire/index.js';
-import type { AcceptedChannel, Channel } from '../transport/index.js';
+import { Mapping, Userfaultfd, exitNow, hasFeatures, type Feature } from '../kernel/index.js';
+import { RamBlock, RamList, TARGET_PAGE_SIZE, isZeroPage } from '../memory/index.js';
+import {
+  Capability,
+  Command,
+  MigrationError,
+  ProtocolError,
+  ResumeState,
+  ReturnPathEncoder,
+  Role,
+  commandName,
+  encodePong,
+  encodeRecvBitmap,
+  encodeResumeAck,
+  encodeShut,
+  type HelloFields,
+  type MemSizeBlock,
+  type StreamEvent,
+} from '../wire/index.js';
+import { StallWatch, type AcceptedChannel, type Channel } from '../transport/index.js';
 import { FaultService } from './fault-service.js';
 import { PagePlacer, type GuestBlock } from './placement.js';
 import { IncomingStateMachine, type IncomingState, type IncomingTransition } from './state.js';
-import type { PostcopyReport } from './stats.js';
+import { round, type PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
 
 /** Longest the bulk stream is held back for waiting threads before it is read again. */
@@ -19,6 +41,9 @@ const BULK_HOLD_MS = 1;
 
 /** Most 4 KiB pages placed by one UFFDIO_COPY. */
 const RUN_PAGES = 16;
+
+/** How often requests, progress and the pause are checked. */
+const LIVENESS_TICK_MS = 100;
 
 export interface IncomingOptions {
   /** The destination's memory. Empty: blocks are allocated as the source's MEM_SIZE describes. */
@@ -28,16 +53,35 @@ export interface IncomingOptions {
   /** Guest threads that will run here (for blocktime: when all are blocked). */
   guestThreads?: number;
   /**
-   * Stops every guest thread. After a failure it is awaited before the userfaultfd is
-   * closed; a thread blocked on a page that can no longer arrive stays blocked until then.
+   * Stops every guest thread. After a failure it is awaited (at most `guestStopTimeoutMs`)
+   * before the userfaultfd is closed; a thread blocked on a page that can no longer arrive
+   * stays blocked until then.
    */
   stopGuest?: () => Promise<void>;
+  /** How long a broken connection in postcopy may take to come back (default 30 s; 0: fail at once). */
+  recoverSeconds?: number;
+  /** A channel on which nothing arrives for this long is broken (default 5 s; the source pings every second). */
+  stallSeconds?: number;
+  /** A requested page that has not arrived after this long is requested again (default 300 ms). */
+  requestRetryMs?: number;
+  /** Threads waiting and nothing placed for this long: the connection is treated as broken (default 10 s). */
+  noProgressSeconds?: number;
+  /** How long `stopGuest` may take after a failure (default 3000 ms). */
+  guestStopTimeoutMs?: number;
+  /**
+   * Called when guest threads may sit in faults on pages that can no longer arrive and the
+   * guest could not be stopped: it must end them, and must not return. Default: the process
+   * ends at once (exitNow), which ends every thread without waking any onto a zero page.
+   */
+  onGuestStuck?: (message: string) => never;
 }
 
 export interface IncomingMigration {
   on(event: 'state', listener: (state: IncomingState, from: IncomingState) => void): this;
   on(event: 'run', listener: () => void): this;
   on(event: 'device-state', listener: (data: Uint8Array) => void): this;
+  on(event: 'paused', listener: (error: Error) => void): this;
+  on(event: 'resumed', listener: () => void): this;
   on(event: 'end', listener: (report: PostcopyReport) => void): this;
   on(event: 'failed', listener: (error: Error) => void): this;
 }
@@ -51,21 +95,45 @@ export class IncomingMigration extends EventEmitter {
   private readonly tempPages = new Map<Channel, TempPage>();
   private readonly views = new Map<GuestBlock, Uint8Array>();
   private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, zero: false, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
+  private session: string | undefined;
   private main: Channel | undefined;
   private preemptChannel: Channel | undefined;
+  /** The source said a preempt channel joins (HELLO capability): its EOF is awaited too. */
+  private expectPreempt = false;
+  /** Channels of the current connection whose EOF has arrived. */
+  private readonly ended = new Set<Channel>();
+  private sourceComplete = false;
   private bulkHeld: { channel: Channel; timer: NodeJS.Timeout } | undefined;
   private lastRequestAt = -Infinity;
+  private lastPlacedAt = performance.now();
   private readonly requests = new ReturnPathEncoder();
-  private sourceComplete = false;
+  private readonly stallWatch: StallWatch;
+  private livenessTimer: NodeJS.Timeout | undefined;
+  private recoveryDeadline: NodeJS.Timeout | undefined;
+  private pausedAt = 0;
+  /** Bytes received on the channels of earlier connections (before a recovery). */
+  private bytesOfEarlierChannels = 0;
   private readonly started = performance.now();
   private listenAt = 0;
   private runAt = 0;
   private endAt = 0;
-  readonly pages = { precopy: 0, streamed: 0, requested: 0, zero: 0, discarded: 0, duplicate: 0 };
+  private readonly settings: Required<Omit<IncomingOptions, 'blocks' | 'allocate' | 'guestThreads' | 'stopGuest'>>;
+  /** Pages placed in postcopy (by the stream or on request), precopy pages written, and more. */
+  readonly pages = { precopy: 0, postcopyPlaced: 0, requested: 0, zero: 0, discarded: 0, duplicate: 0 };
+  readonly recovery = { count: 0, pausedMs: 0 };
 
   constructor(private readonly options: IncomingOptions = {}) {
     super();
     this.blocks = options.blocks ?? new RamList<Mapping>();
+    this.settings = {
+      recoverSeconds: options.recoverSeconds ?? 30,
+      stallSeconds: options.stallSeconds ?? 5,
+      requestRetryMs: options.requestRetryMs ?? 300,
+      noProgressSeconds: options.noProgressSeconds ?? 10,
+      guestStopTimeoutMs: options.guestStopTimeoutMs ?? 3000,
+      onGuestStuck: options.onGuestStuck ?? ((message) => exitNow(1, `postcopy: ${message}`)),
+    };
+    this.stallWatch = new StallWatch(this.settings.stallSeconds * 1000, (channel, error) => this.channelLost(channel, error));
     this.machine.onChange((from, to) => from !== to && this.emit('state', to, from));
   }
 
@@ -79,10 +147,44 @@ export class IncomingMigration extends EventEmitter {
     this.faults?.blocktime.setThreads(threads);
   }
 
+  /**
+   * Whether a channel that passed authentication may join: a refusal reason, or undefined.
+   * One migration per destination; a main channel again only to recover (PAUSED), or to
+   * replace one that is presumed dead in postcopy; a preempt channel after its main one.
+   */
+  admit(hello: HelloFields): string | undefined {
+    if (this.session !== undefined && hello.sessionId !== this.session) return `destination is busy with migration '${this.session}'`;
+    const state = this.state;
+    if (state === 'FAILED') return `migration '${hello.sessionId}' has failed: ${this.machine.failure?.message}`;
+    if (hello.role === Role.MAIN) {
+      // a live main channel may be replaced only where the source can recover (it saw it die)
+      const live = this.main !== undefined && !this.main.closed;
+      if (live && !(state === 'LISTENING' || state === 'RUNNING' || state === 'END')) return `migration '${hello.sessionId}' already has a main channel (state ${state})`;
+    } else {
+      if (!this.main || this.main.closed) return 'the main channel must connect first';
+      if (this.preemptChannel && !this.preemptChannel.closed) return `migration '${hello.sessionId}' already has a preempt channel`;
+    }
+    this.session = hello.sessionId;
+    return undefined;
+  }
+
   /** Takes a channel that passed the handshake; the main one also carries the return path. */
-  attach({ channel, decoder }: AcceptedChannel<GuestBlock>): void {
-    if (channel.role === 'main') this.main = channel;
-    else this.preemptChannel = channel;
+  attach({ channel, decoder, hello }: AcceptedChannel<GuestBlock>): void {
+    this.session ??= hello.sessionId;
+    if (channel.role === 'main') {
+      // a new main channel means the source saw the old one die: pause (or, after END, just drop it)
+      if (this.main && !this.main.closed) {
+        if (this.machine.atomicPlacement) this.channelLost(this.main, new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', 'the source opened a new main channel'));
+        else this.dropChannels();
+      }
+      if (this.state === 'FAILED') return channel.destroy();
+      this.main = channel;
+      this.expectPreempt = (hello.capabilities & Capability.PREEMPT) !== 0;
+      this.requests.resetBlock(); // the new connection has not heard of any block yet
+    } else {
+      this.preemptChannel = channel;
+    }
+    this.stallWatch.watch(channel);
     const pump = () => {
       try {
         for (let event = decoder.next(); event; event = decoder.next()) this.handle(event, channel);
@@ -93,8 +195,8 @@ export class IncomingMigration extends EventEmitter {
       }
     };
     channel.socket.on('data', (chunk: Buffer) => {
-      if (this.machine.state === 'FAILED') return;
-      channel.bytesReceived += chunk.length;
+      if (!this.isCurrent(channel) || this.state === 'FAILED') return;
+      channel.received(chunk.length);
       decoder.push(chunk);
       pump();
       // While a guest thread waits for a page, the bulk stream steps aside: reading stops until
@@ -107,11 +209,14 @@ export class IncomingMigration extends EventEmitter {
       }
     });
     channel.socket.on('close', () => {
-      if (channel.role !== 'main' || this.state === 'END' || this.state === 'FAILED') return;
-      this.fail(new Error(`main channel closed in state ${this.state}${this.machine.atomicPlacement ? ' (postcopy: pages still missing)' : ''}`));
+      if (this.isCurrent(channel)) this.channelLost(channel, channel.error!);
     });
     channel.socket.resume();
     pump();
+  }
+
+  private isCurrent(channel: Channel): boolean {
+    return channel === this.main || channel === this.preemptChannel;
   }
 
   private handle(event: StreamEvent<GuestBlock>, channel: Channel): void {
@@ -128,10 +233,12 @@ export class IncomingMigration extends EventEmitter {
       case 'eof':
         this.flushRun();
         // after COMPLETE, pages may still be in flight on the preempt channel
-        if (channel.role === 'main' && this.state !== 'END' && !this.sourceComplete) {
+        if (channel.role === 'main' && !this.sourceComplete && this.state !== 'END') {
           throw new ProtocolError(`EOF in state ${this.state} before COMPLETE`);
         }
-        return;
+        this.ended.add(channel);
+        this.stallWatch.unwatch(channel); // nothing more comes on it: silence is expected now
+        return this.checkComplete();
       default:
         return; // header, ram-eos, multifd-flush: framing only
     }
@@ -158,12 +265,14 @@ export class IncomingMigration extends EventEmitter {
   }
 
   private command(event: Extract<StreamEvent<GuestBlock>, { type: 'command' }>, channel: Channel): void {
+    if (event.cmd === Command.PING) {
+      // a heartbeat on any channel; the main one answers on the return path
+      if (channel.role === 'main') channel.send(encodePong(event.value));
+      return;
+    }
     if (channel.role !== 'main') throw new ProtocolError(`command ${commandName(event.cmd)} on the ${channel.role} channel`);
     switch (event.cmd) {
       case Command.OPEN_RETURN_PATH:
-        return;
-      case Command.PING:
-        this.main?.send(encodePong(event.value));
         return;
       case Command.POSTCOPY_ADVISE:
         this.transition('POSTCOPY_ADVISE');
@@ -189,14 +298,17 @@ export class IncomingMigration extends EventEmitter {
         this.transition('POSTCOPY_RUN');
         this.runAt = performance.now();
         this.emit('run');
-        return this.maybeEnd();
+        return this.checkComplete();
       case Command.COMPLETE:
         if (this.state !== 'RUNNING') throw new ProtocolError(`COMPLETE is not allowed in state ${this.state}`);
         this.sourceComplete = true;
-        return this.maybeEnd();
-      case Command.POSTCOPY_RESUME:
+        return this.checkComplete();
       case Command.RECV_BITMAP:
-        throw new ProtocolError(`${commandName(event.cmd)}: recovery is not supported by this destination`);
+        if (this.state !== 'PAUSED' && this.state !== 'END') throw new ProtocolError(`RECV_BITMAP is not allowed in state ${this.state} (only while PAUSED)`);
+        channel.send(encodeRecvBitmap(event.idstr, event.block.receivedMap));
+        return;
+      case Command.POSTCOPY_RESUME:
+        return this.resume(channel);
       case Command.HELLO:
         throw new ProtocolError('HELLO after the handshake');
     }
@@ -212,8 +324,10 @@ export class IncomingMigration extends EventEmitter {
       else if (block.host!.shared) needs.add('MISSING_SHMEM');
     }
     if (hasFeatures('THREAD_ID')) needs.add('THREAD_ID');
+    if (hasFeatures('POISON')) needs.add('POISON'); // after a failure, see stopGuestSurely
     this.uffd = Userfaultfd.open({ features: [...needs] });
     this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
+      this.lastPlacedAt = performance.now();
       const requested = this.faults?.placed(block, offset, length) ?? 0;
       this.pages.requested += requested * (block.pageSize / TARGET_PAGE_SIZE);
       if (this.bulkHeld && this.faults!.waiting === 0) this.releaseBulk();
@@ -236,12 +350,37 @@ export class IncomingMigration extends EventEmitter {
       (error) => this.fail(error), this.options.guestThreads ?? 0);
     this.faults.start();
     this.listenAt = performance.now();
+    this.lastPlacedAt = this.listenAt;
+    this.livenessTimer = setInterval(() => this.checkLiveness(), LIVENESS_TICK_MS);
   }
 
-  private requestPage(block: GuestBlock, offset: number, length: number): void {
-    if (!this.main || this.main.closed) return; // the failure path handles it
+  private requestPage(block: GuestBlock, offset: number, length: number): boolean {
+    if (this.state === 'FAILED') {
+      this.guestStuck(`a guest thread faulted on block '${block.idstr}' offset 0x${offset.toString(16)} after the migration failed (${this.machine.failure?.message})`);
+    }
+    if (!this.main || this.main.closed || this.state === 'PAUSED') return false; // sent again on resume
     this.lastRequestAt = performance.now();
     this.main.send(this.requests.requestPages(block.idstr, offset, length));
+    return true;
+  }
+
+  /**
+   * Every tick: requests unanswered for `requestRetryMs` go again; threads waiting with nothing
+   * placed for `noProgressSeconds` mean the source is not serving us: the connection is
+   * treated as broken (recovery asks for every missing page again).
+   */
+  private checkLiveness(): void {
+    const faults = this.faults;
+    if (!faults || this.state === 'PAUSED' || this.state === 'END' || this.state === 'FAILED') return;
+    faults.resendOverdue(this.settings.requestRetryMs);
+    const now = performance.now();
+    const boundMs = this.settings.noProgressSeconds * 1000;
+    const oldest = faults.oldestWait;
+    if (oldest && now - oldest.since > boundMs && now - this.lastPlacedAt > boundMs && this.main) {
+      const error = new MigrationError('ERR_POSTCOPY_NO_PROGRESS',
+        `no progress: block '${oldest.block.idstr}' offset 0x${oldest.hostOffset.toString(16)} requested ${((now - oldest.since) / 1000).toFixed(1)} s ago, nothing placed for ${((now - this.lastPlacedAt) / 1000).toFixed(1)} s`);
+      this.channelLost(this.main, error);
+    }
   }
 
   private receivePage(channel: Channel, block: GuestBlock, offset: number, data: Uint8Array | null): void {
@@ -252,22 +391,21 @@ export class IncomingMigration extends EventEmitter {
         this.pages.duplicate++;
         return;
       }
-      this.pages.streamed++;
+      this.pages.postcopyPlaced++;
       return this.addToRun(block, offset, data);
-    } else {
-      let temp = this.tempPages.get(channel);
-      if (!temp) this.tempPages.set(channel, (temp = new TempPage(channel.role, block.pageSize)));
-      if (!temp.add(block, offset, data)) return;
-      const hostOffset = temp.hostOffset;
-      const perHost = block.pageSize / TARGET_PAGE_SIZE;
-      if (block.isHostPageReceived(hostOffset)) this.pages.duplicate += perHost;
-      else {
-        this.pages.streamed += perHost;
-        this.placer!.place(block, hostOffset, temp.allZero ? null : temp.buffer);
-      }
-      temp.reset();
     }
-    this.maybeEnd();
+    let temp = this.tempPages.get(channel);
+    if (!temp) this.tempPages.set(channel, (temp = new TempPage(channel.role, block.pageSize)));
+    if (!temp.add(block, offset, data)) return;
+    const hostOffset = temp.hostOffset;
+    const perHost = block.pageSize / TARGET_PAGE_SIZE;
+    if (block.isHostPageReceived(hostOffset)) this.pages.duplicate += perHost;
+    else {
+      this.pages.postcopyPlaced += perHost;
+      this.placer!.place(block, hostOffset, temp.allZero ? null : temp.buffer);
+    }
+    temp.reset();
+    this.checkComplete();
   }
 
   private holdBulk(channel: Channel): void {
@@ -311,7 +449,7 @@ export class IncomingMigration extends EventEmitter {
     const length = run.length;
     run.length = 0;
     this.placer!.placeRun(run.block!, run.offset, run.zero ? null : run.buffer, length);
-    this.maybeEnd();
+    this.checkComplete();
   }
 
   /** Before LISTEN nothing is registered: pages are plain writes. */
@@ -319,20 +457,43 @@ export class IncomingMigration extends EventEmitter {
     let view = this.views.get(block);
     if (!view) this.views.set(block, (view = block.host!.bytes()));
     if (data) view.set(data, offset);
-    else if (!isZero(view, offset)) view.fill(0, offset, offset + TARGET_PAGE_SIZE); // untouched memory stays unallocated
+    else if (!isZeroPage(view, offset)) view.fill(0, offset, offset + TARGET_PAGE_SIZE); // untouched memory stays unallocated
     block.markReceived(offset, TARGET_PAGE_SIZE);
     this.pages.precopy++;
   }
 
-  private allReceived(): boolean {
-    for (const block of this.blocks) if (!block.receivedMap.isFull()) return false;
-    return true;
+  /** The first block with pages missing: its name, how many, the first missing offset. */
+  private missingPages(): { block: GuestBlock; count: number; first: number } | undefined {
+    for (const block of this.blocks) {
+      const map = block.receivedMap;
+      if (map.isFull()) continue;
+      return { block, count: map.size - map.count(), first: map.findNextZero(0) * TARGET_PAGE_SIZE };
+    }
+    return undefined;
   }
 
-  private maybeEnd(): void {
-    if (this.state !== 'RUNNING' || !this.sourceComplete || !this.allReceived()) return;
+  /**
+   * END is a fact of the bitmaps: COMPLETE arrived and every received bit is set. Once the
+   * source has said COMPLETE and every channel has ended, a page still missing can only be
+   * lost: that fails the migration, naming it, instead of waiting for ever.
+   */
+  private checkComplete(): void {
+    if (this.state !== 'RUNNING' || !this.sourceComplete) return;
+    const missing = this.missingPages();
+    if (!missing) return this.end();
+    const main = this.main;
+    const preemptEnded = !this.expectPreempt || (this.preemptChannel !== undefined && this.ended.has(this.preemptChannel));
+    if (main && this.ended.has(main) && preemptEnded) {
+      const { block, count, first } = missing;
+      this.fail(new MigrationError('ERR_POSTCOPY_MISSING_PAGES',
+        `the source completed with pages missing: block '${block.idstr}' lacks ${count} page(s), the first at offset 0x${first.toString(16)}`));
+    }
+  }
+
+  private end(): void {
     this.transition('COMPLETE');
     this.endAt = performance.now();
+    this.stopTimers();
     this.faults?.stop();
     // every page is here: no thread can block any more, so closing is safe
     for (const block of this.blocks) this.uffd?.unregister(block.host!.address, block.host!.length);
@@ -341,23 +502,147 @@ export class IncomingMigration extends EventEmitter {
     this.emit('end', this.report());
   }
 
+  /**
+   * A channel broke (closed, reset, stalled, or the source stopped serving). In postcopy this
+   * pauses: every page placed stays, every blocked guest thread stays blocked, and the source
+   * has `recoverSeconds` to come back with the same session. Elsewhere it fails.
+   */
+  private channelLost(channel: Channel, error: Error): void {
+    if (!this.isCurrent(channel) || this.state === 'END' || this.state === 'FAILED') return;
+    if (this.state === 'PAUSED') {
+      // the recovering connection broke too: the bound of the pause still runs
+      this.dropChannels();
+      return;
+    }
+    if (!this.machine.allows('CONNECTION_LOST') || this.settings.recoverSeconds <= 0) {
+      const missing = this.machine.atomicPlacement ? ' (postcopy: pages still missing)' : '';
+      return this.fail(new MigrationError((error as MigrationError).code ?? 'ERR_POSTCOPY_CHANNEL_CLOSED', `${error.message} in state ${this.state}${missing}`, { cause: error }));
+    }
+    this.flushRun(); // whole pages already decoded are good: keep them
+    this.transition('CONNECTION_LOST');
+    this.pausedAt = performance.now();
+    this.dropChannels();
+    this.recoveryDeadline = setTimeout(() => {
+      this.fail(new MigrationError('ERR_POSTCOPY_RECOVERY_TIMEOUT',
+        `connection lost (${error.message}) and the source did not come back within ${this.settings.recoverSeconds} s`, { cause: error }));
+    }, this.settings.recoverSeconds * 1000);
+    this.emit('paused', error);
+  }
+
+  /** Forgets the current connection: its channels, half-gathered huge pages, EOF and COMPLETE. */
+  private dropChannels(): void {
+    this.releaseBulk();
+    for (const channel of [this.main, this.preemptChannel]) {
+      if (!channel) continue;
+      this.bytesOfEarlierChannels += channel.bytesReceived;
+      this.stallWatch.unwatch(channel);
+      channel.destroy();
+    }
+    this.main = undefined;
+    this.preemptChannel = undefined;
+    for (const temp of this.tempPages.values()) temp.reset(); // unplaced: the source sends them again
+    this.tempPages.clear();
+    this.ended.clear();
+    this.sourceComplete = false;
+  }
+
+  /** POSTCOPY_RESUME on a new main channel: back to the paused state, every request again. */
+  private resume(channel: Channel): void {
+    if (this.state === 'END') {
+      channel.send(encodeResumeAck(ResumeState.END));
+      channel.send(encodeShut(0));
+      return;
+    }
+    if (this.state !== 'PAUSED') throw new ProtocolError(`POSTCOPY_RESUME is not allowed in state ${this.state} (only while PAUSED)`);
+    clearTimeout(this.recoveryDeadline);
+    this.recoveryDeadline = undefined;
+    const resumed = this.machine.apply('POSTCOPY_RESUME');
+    this.recovery.count++;
+    this.recovery.pausedMs += performance.now() - this.pausedAt;
+    this.lastPlacedAt = performance.now(); // the no-progress bound restarts with the connection
+    channel.send(encodeResumeAck(resumed === 'LISTENING' ? ResumeState.LISTENING : ResumeState.RUNNING));
+    this.faults?.resendAll();
+    this.emit('resumed');
+  }
+
+  private stopTimers(): void {
+    this.stallWatch.stop();
+    clearInterval(this.livenessTimer);
+    clearTimeout(this.recoveryDeadline);
+    this.livenessTimer = undefined;
+    this.recoveryDeadline = undefined;
+    this.releaseBulk();
+  }
+
   fail(error: Error): void {
     if (this.state === 'FAILED' || this.state === 'END') return;
+    if (this.state === 'PAUSED') this.recovery.pausedMs += performance.now() - this.pausedAt;
     this.machine.fail(error);
-    this.faults?.stop();
-    if (this.main && !this.main.closed) {
+    this.stopTimers();
+    const main = this.main;
+    if (main && !main.closed) {
       try {
-        this.main.send(encodeShut(1));
+        main.send(encodeShut(1));
+        main.close();
       } catch {
         // the connection is what failed
       }
     }
+    this.preemptChannel?.destroy();
     this.emit('failed', error);
+    this.stopGuestSurely(error);
+  }
+
+  /**
+   * After a failure no page will arrive. Closing the userfaultfd would let blocked guest
+   * threads read zero pages, so it closes only once the guest is stopped; a guest that does
+   * not stop within the bound is stuck (the process ends). Meanwhile the fault service keeps
+   * reading: a thread that faults from now on is stuck too.
+   * Without `stopGuest` the engine has no guest to wait for: threads blocked now are stuck;
+   * otherwise the missing pages are poisoned (a later access gets SIGBUS, never zeros) where
+   * the kernel can (UFFDIO_POISON, 6.6+), else the descriptor stays open (a later access
+   * blocks: pass `stopGuest` to get the engine's guarantee).
+   */
+  private stopGuestSurely(error: Error): void {
     const uffd = this.uffd;
     if (!uffd) return;
-    // Closing the userfaultfd would let blocked guest threads read zero pages: only once the
-    // guest is stopped. Without a way to stop it, the descriptor stays open.
-    this.options.stopGuest?.().then(() => uffd.close(), () => undefined);
+    const stopGuest = this.options.stopGuest;
+    const why = `the migration failed (${error.message})`;
+    if (!stopGuest) {
+      if (this.faults?.waiting) this.guestStuck(`${why} while guest threads wait for pages that will never arrive, and no stopGuest was given`);
+      this.faults?.stop();
+      if (this.poisonMissing(uffd)) uffd.close();
+      return;
+    }
+    const bound = this.settings.guestStopTimeoutMs;
+    const timer = setTimeout(() => this.guestStuck(`${why} and the guest did not stop within ${bound} ms`), bound);
+    stopGuest().then(() => {
+      clearTimeout(timer);
+      this.faults?.stop();
+      uffd.close();
+    }, (stopError: Error) => this.guestStuck(`${why} and stopping the guest failed: ${stopError.message}`));
+  }
+
+  /** Marks every page not received as poisoned; false where the kernel cannot. */
+  private poisonMissing(uffd: Userfaultfd): boolean {
+    if (!uffd.features.has('POISON') || !this.machine.failure || this.listenAt === 0) return false;
+    for (const block of this.blocks) {
+      const map = block.receivedMap;
+      const perHost = block.pageSize / TARGET_PAGE_SIZE;
+      for (let page = map.findNextZero(0); page < map.size; page = map.findNextZero(page)) {
+        const host = page - (page % perHost);
+        let end = map.findNextSet(host);
+        end = Math.ceil(end / perHost) * perHost;
+        uffd.poison(block.host!.base + host * TARGET_PAGE_SIZE, (end - host) * TARGET_PAGE_SIZE);
+        page = end;
+        if (page >= map.size) break;
+      }
+    }
+    return true;
+  }
+
+  private guestStuck(message: string): never {
+    return this.settings.onGuestStuck(message);
   }
 
   report(): PostcopyReport {
@@ -366,19 +651,22 @@ export class IncomingMigration extends EventEmitter {
     const blocktime = this.faults?.blocktime;
     const bytesTotal = [...this.blocks].reduce((sum, b) => sum + b.usedLength, 0);
     const postcopyMs = this.runAt ? now - this.runAt : 0;
-    const postcopyBytes = (this.pages.streamed + this.pages.requested) * TARGET_PAGE_SIZE;
+    const postcopyBytes = this.pages.postcopyPlaced * TARGET_PAGE_SIZE;
     return {
       state: this.state,
       pages: {
         precopy: this.pages.precopy,
-        streamed: this.pages.streamed - this.pages.requested,
+        streamed: this.pages.postcopyPlaced - this.pages.requested,
         requested: this.pages.requested,
         zero: this.pages.zero,
         discarded: this.pages.discarded,
         duplicate: this.pages.duplicate,
       },
+      requests: { sent: this.faults?.requests ?? 0, resent: this.faults?.resent ?? 0 },
+      recoveries: this.recovery.count,
+      paused_ms: round(this.recovery.pausedMs + (this.state === 'PAUSED' ? performance.now() - this.pausedAt : 0)),
       bytes_total: bytesTotal,
-      bytes_received: (this.main?.bytesReceived ?? 0) + (this.preemptChannel?.bytesReceived ?? 0),
+      bytes_received: this.bytesOfEarlierChannels + (this.main?.bytesReceived ?? 0) + (this.preemptChannel?.bytesReceived ?? 0),
       blocktime_ms: round(blocktime?.totalMs ?? 0),
       blocktime_per_thread_ms: Object.fromEntries([...(blocktime?.perThreadMs ?? [])].map(([t, ms]) => [String(t), round(ms)])),
       latency_us: {
@@ -394,15 +682,4 @@ export class IncomingMigration extends EventEmitter {
       throughput_gb_per_s: postcopyMs > 0 ? round(postcopyBytes / (postcopyMs / 1000) / 1e9, 3) : 0,
     };
   }
-}
-
-function isZero(view: Uint8Array, offset: number): boolean {
-  const words = new Int32Array(view.buffer, view.byteOffset + offset, TARGET_PAGE_SIZE / 4);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
-  return true;
-}
-
-function round(value: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(value * f) / f;
 }

@@ -22,6 +22,7 @@ const TRANSITIONS: Record<IncomingTransition, { from: IncomingState[]; to: Incom
   POSTCOPY_RUN: { from: ['LISTENING'], to: 'RUNNING' },
   COMPLETE: { from: ['RUNNING'], to: 'END' },
   CONNECTION_LOST: { from: ['LISTENING', 'RUNNING'], to: 'PAUSED' },
+  // back to the state the connection was lost in (see IncomingStateMachine.apply)
   POSTCOPY_RESUME: { from: ['PAUSED'], to: 'RUNNING' },
 };
 
@@ -31,6 +32,8 @@ export class StateError extends Error {
 
 export class IncomingStateMachine {
   private current: IncomingState = 'NONE';
+  /** The state a lost connection paused: RESUME returns there (LISTENING still waits for RUN). */
+  private pausedFrom: IncomingState | undefined;
   private readonly listeners: ((from: IncomingState, to: IncomingState) => void)[] = [];
   failure: Error | undefined;
 
@@ -53,8 +56,11 @@ export class IncomingStateMachine {
     if (!rule.from.includes(this.current)) {
       throw new StateError(`${transition} is not allowed in state ${this.current} (allowed in ${rule.from.join(', ')})`);
     }
-    this.set(rule.to);
-    return rule.to;
+    let to = rule.to;
+    if (transition === 'CONNECTION_LOST') this.pausedFrom = this.current;
+    if (transition === 'POSTCOPY_RESUME') to = this.pausedFrom ?? to;
+    this.set(to);
+    return to;
   }
 
   allows(transition: IncomingTransition): boolean {

@@ -7,7 +7,17 @@ export const LATENCY_BUCKETS = 24; // bucket i holds latencies in [2^(i-1), 2^i)
 export interface PostcopyReport {
   state: string;
   /** duplicate: arrived again after placement (a request raced the stream); placed once. */
+  /**
+   * streamed: placed in postcopy from the background stream; requested: placed in postcopy
+   * after a guest thread faulted on them; duplicate: arrived again after placement (a request
+   * raced the stream), placed once.
+   */
   pages: { precopy: number; streamed: number; requested: number; zero: number; discarded: number; duplicate: number };
+  /** Page requests sent to the source; `resent`: asked again (timeout, or after a recovery). */
+  requests: { sent: number; resent: number };
+  /** Broken connections recovered from, and the time spent PAUSED. */
+  recoveries: number;
+  paused_ms: number;
   /** Guest memory size. */
   bytes_total: number;
   /** Bytes read from the source on every channel, framing included. */
@@ -19,6 +29,11 @@ export interface PostcopyReport {
   total_ms: number;
   postcopy_ms: number;
   throughput_gb_per_s: number;
+}
+
+export function round(value: number, digits = 2): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
 }
 
 export class LatencyHistogram {

@@ -1,27 +1,46 @@
 // One connection of a migration. Writes keep the socket's own buffering and honour
-// backpressure: `send` reports when the caller should wait for `drained()`.
+// backpressure: `send` reports when the caller should wait for `drained()`. A channel knows
+// when it last heard from its peer, so that a silent connection (a network partition: no
+// bytes and no close) is noticed within a bound (see StallWatch).
 import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { MigrationError } from '../wire/index.js';
 
 export type ChannelRole = 'main' | 'preempt';
 
 export class Channel {
   bytesSent = 0;
   bytesReceived = 0;
+  /** performance.now() of the last bytes received (or of the channel's creation). */
+  lastReceivedAt = performance.now();
   private closedError: Error | undefined;
 
   constructor(readonly socket: Socket, readonly role: ChannelRole) {
     socket.setNoDelay?.(true);
-    socket.on('close', () => (this.closedError ??= new Error(`${role} channel closed`)));
-    socket.on('error', (error) => (this.closedError = error));
+    socket.on('close', () => (this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${role} channel closed by the peer`)));
+    socket.on('error', (error) => {
+      this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${role} channel: ${error.message}`, { cause: error });
+    });
   }
 
   get closed(): boolean {
     return this.closedError !== undefined || this.socket.destroyed;
   }
 
+  /** Why the channel is closed (a coded MigrationError), once it is. */
+  get error(): Error | undefined {
+    return this.closedError ?? (this.socket.destroyed ? new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.role} channel closed`) : undefined);
+  }
+
+  /** Counts bytes that arrived: the peer is alive. */
+  received(bytes: number): void {
+    this.bytesReceived += bytes;
+    this.lastReceivedAt = performance.now();
+  }
+
   /** Queues bytes; false means the kernel buffer is full and the caller should await drained(). */
   send(data: Uint8Array): boolean {
-    if (this.closed) throw this.closedError ?? new Error(`${this.role} channel closed`);
+    if (this.closed) throw this.error!;
     this.bytesSent += data.length;
     return this.socket.write(data);
   }
@@ -29,6 +48,7 @@ export class Channel {
   /** Resolves once the socket has drained; rejects if it closes first. */
   drained(): Promise<void> {
     if (!this.socket.writableNeedDrain) return Promise.resolve();
+    if (this.closed) return Promise.reject(this.error);
     return new Promise((resolve, reject) => {
       const done = () => {
         this.socket.off('drain', done);
@@ -37,7 +57,7 @@ export class Channel {
       };
       const closed = () => {
         this.socket.off('drain', done);
-        reject(this.closedError ?? new Error(`${this.role} channel closed`));
+        reject(this.error);
       };
       this.socket.on('drain', done);
       this.socket.once('close', closed);
@@ -48,7 +68,69 @@ export class Channel {
     this.socket.end();
   }
 
-  destroy(): void {
+  /** Ends the connection now; `reason` becomes the channel's error if it had none. */
+  destroy(reason?: Error): void {
+    if (reason) this.closedError ??= reason;
     this.socket.destroy();
+  }
+}
+
+/**
+ * Declares a channel stalled when nothing has arrived on it for `stallMs`: the channel is
+ * destroyed with an ERR_POSTCOPY_CHANNEL_STALLED error, so every wait on it ends, and
+ * `onStall` is told. The peer keeps a silent channel alive with heartbeats (PING / PONG).
+ */
+export class StallWatch {
+  private readonly channels = new Set<Channel>();
+  private timer: NodeJS.Timeout | undefined;
+  private lastCheckAt = 0;
+
+  constructor(
+    readonly stallMs: number,
+    private readonly onStall: (channel: Channel, error: MigrationError) => void,
+  ) {}
+
+  watch(channel: Channel): void {
+    channel.lastReceivedAt = performance.now();
+    this.channels.add(channel);
+    this.lastCheckAt = performance.now();
+    this.timer ??= setInterval(() => this.check(), this.intervalMs);
+  }
+
+  private get intervalMs(): number {
+    return Math.min(250, this.stallMs / 4);
+  }
+
+  unwatch(channel: Channel): void {
+    this.channels.delete(channel);
+    if (this.channels.size === 0) this.stop();
+  }
+
+  stop(): void {
+    this.channels.clear();
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private check(): void {
+    const now = performance.now();
+    const late = now - this.lastCheckAt > 4 * this.intervalMs;
+    this.lastCheckAt = now;
+    // This thread was busy (bytes may be waiting unread in the socket): judge next round.
+    if (late) return;
+    for (const channel of this.channels) {
+      if (channel.closed) {
+        this.channels.delete(channel);
+        continue;
+      }
+      const silentMs = now - channel.lastReceivedAt;
+      if (silentMs < this.stallMs) continue;
+      const error = new MigrationError('ERR_POSTCOPY_CHANNEL_STALLED',
+        `${channel.role} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.stallMs / 1000} s)`);
+      this.channels.delete(channel);
+      channel.destroy(error);
+      this.onStall(channel, error);
+    }
+    if (this.channels.size === 0) this.stop();
   }
 }

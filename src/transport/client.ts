@@ -2,6 +2,7 @@
 // and wait for HELLO_ACK (or a refusal, which is thrown with its reason).
 import { connect as netConnect, type Socket } from 'node:net';
 import {
+  MigrationError,
   ReturnPathDecoder,
   Role,
   StreamEncoder,
@@ -19,6 +20,9 @@ export interface ConnectOptions<B extends BlockShape> {
   token?: string;
   /** Blocks the return path may name in page requests. */
   blocks: BlockLookup<B>;
+  /** HELLO capability bits (Capability.*). */
+  capabilities?: number;
+  /** Seconds the whole handshake may take (default 10). */
   timeout?: number;
 }
 
@@ -36,8 +40,12 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
   const returnPath = new ReturnPathDecoder<B>({ blocks: options.blocks });
   const encoder = new StreamEncoder();
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`${where}: no answer to HELLO in time`)), (options.timeout ?? 10) * 1000);
+    const timer = setTimeout(() => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where}: the ${options.role} channel's handshake did not finish within ${options.timeout ?? 10} s`)),
+      (options.timeout ?? 10) * 1000);
+    let settled = false;
     const fail = (error: Error) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       socket.off('data', onData);
       socket.destroy();
@@ -51,13 +59,14 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
             const role = options.role === 'main' ? Role.MAIN : Role.PREEMPT;
             const auth = helloAuth(options.token, event.nonce, options.sessionId, role, 0);
             socket.write(encoder.header());
-            socket.write(encoder.hello({ sessionId: options.sessionId, role, index: 0, capabilities: 0, auth }));
+            socket.write(encoder.hello({ sessionId: options.sessionId, role, index: 0, capabilities: options.capabilities ?? 0, auth }));
           } else if (event.type === 'refuse') {
-            return fail(new Error(`${where} refused the ${options.role} channel: ${event.reason}`));
+            return fail(new MigrationError('ERR_POSTCOPY_REFUSED', `${where} refused the ${options.role} channel: ${event.reason}`));
           } else if (event.type === 'hello-ack') {
+            settled = true;
             clearTimeout(timer);
             socket.off('data', onData);
-            socket.off('error', fail);
+            socket.off('error', onError);
             socket.off('close', onClose);
             socket.pause();
             // anything after the ACK belongs to the return path proper: keep it queued
@@ -68,9 +77,11 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
         fail(error as Error);
       }
     };
-    const onClose = () => fail(new Error(`${where} closed the ${options.role} channel during the handshake`));
+    const onClose = () => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where} closed the ${options.role} channel during the handshake`));
+    const onError = (error: NodeJS.ErrnoException) => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE',
+      `${options.role} channel to ${where}: ${error.code === 'ENOENT' ? 'no such socket' : error.code === 'ECONNREFUSED' ? 'nobody listens there' : error.message}`, { cause: error }));
     socket.on('data', onData);
-    socket.once('error', fail);
+    socket.on('error', onError);
     socket.once('close', onClose);
   });
   return { channel: new Channel(socket, options.role), encoder, returnPath };

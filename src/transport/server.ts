@@ -1,8 +1,13 @@
 // The destination's listener. Every connection is challenged with a nonce and must answer
 // with a HELLO naming the migration, its role, and (on TCP) proof of the shared token before
 // a single page is read from it. Refusals say why, on the connection, then close it.
+// Connections that have not proven themselves are few and short-lived: at most
+// `maxPending` at once, each closed if it says no HELLO within `helloTimeout` or sends more
+// than a HELLO's worth of bytes first, so a peer without the token cannot exhaust descriptors
+// or memory.
 import { createServer, type Server, type Socket } from 'node:net';
-import { unlinkSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { EventEmitter } from 'node:events';
 import {
   Command,
@@ -28,9 +33,16 @@ export interface ListenOptions<B extends BlockShape> {
   allowNoToken?: boolean;
   /** Blocks that RAM records may name (consulted lazily: may grow on MEM_SIZE). */
   blocks: BlockLookup<B>;
-  /** Seconds a connection may take to say HELLO. */
+  /** Seconds a connection may take to say HELLO (default 5). */
   helloTimeout?: number;
+  /** Connections still in their handshake at once; more are closed at once (default 16). */
+  maxPending?: number;
 }
+
+/** More than a HELLO (header, challenge answer) before the HELLO is complete: not a source. */
+const MAX_BYTES_BEFORE_HELLO = 4096;
+/** How long a refused peer gets to read the reason before its connection is destroyed. */
+const REFUSE_LINGER_MS = 1000;
 
 /** A channel that passed the handshake, with its decoder (which may already hold bytes). */
 export interface AcceptedChannel<B extends BlockShape> {
@@ -52,6 +64,7 @@ export type Admission = (hello: HelloFields) => string | undefined;
 
 export class IncomingListener<B extends BlockShape> extends EventEmitter {
   private server: Server | undefined;
+  private pending = 0;
   admit: Admission = () => undefined;
   readonly token: string | undefined;
 
@@ -67,6 +80,8 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
     const server = (this.server = createServer((socket) => this.accept(socket)));
     const { endpoint } = this.options;
     if (endpoint.kind === 'unix') {
+      const directory = dirname(endpoint.path);
+      if (!existsSync(directory)) throw new Error(`cannot listen on unix:${endpoint.path}: the directory ${directory} does not exist`);
       try {
         unlinkSync(endpoint.path);
       } catch {
@@ -86,34 +101,63 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
     this.server?.close();
   }
 
+  /** Sends the reason, stops reading, and closes: nothing more from this peer is taken. */
   private refuse(socket: Socket, reason: string): void {
     this.emit('refused', reason);
-    socket.end(encodeRefuse(reason));
+    socket.pause();
+    const linger = setTimeout(() => socket.destroy(), REFUSE_LINGER_MS);
+    socket.once('close', () => clearTimeout(linger));
+    socket.end(encodeRefuse(reason), () => socket.destroy());
   }
 
   private accept(socket: Socket): void {
+    socket.on('error', () => undefined); // a peer that vanishes mid-handshake is no error of ours
+    if (this.pending >= (this.options.maxPending ?? 16)) {
+      this.emit('refused', `too many connections in their handshake (${this.pending})`);
+      socket.destroy();
+      return;
+    }
+    this.pending++;
+    let counted = true;
+    const settle = () => {
+      if (counted) this.pending--;
+      counted = false;
+      clearTimeout(timer);
+    };
     const nonce = createNonce();
     const decoder = new StreamDecoder<B>({ blocks: this.options.blocks, header: true, requireHello: true });
-    const timer = setTimeout(() => this.refuse(socket, 'no HELLO in time'), (this.options.helloTimeout ?? 10) * 1000);
-    socket.on('error', () => clearTimeout(timer));
-    socket.on('close', () => clearTimeout(timer));
+    const helloTimeout = this.options.helloTimeout ?? 5;
+    const timer = setTimeout(() => {
+      settle();
+      socket.off('data', onData);
+      this.refuse(socket, `no HELLO within ${helloTimeout} s`);
+    }, helloTimeout * 1000);
+    socket.on('close', settle);
     socket.write(encodeChallenge(nonce));
+    let before = 0;
     const onData = (chunk: Buffer) => {
       let hello: HelloFields | undefined;
       try {
+        before += chunk.length;
         decoder.push(chunk);
         // pull only the header and HELLO: nothing after them is decoded before admission
         for (let event = decoder.next(); event; event = event.type === 'header' ? decoder.next() : undefined) {
           if (event.type === 'command' && event.cmd === Command.HELLO) hello = event;
         }
       } catch (error) {
-        clearTimeout(timer);
+        settle();
         socket.off('data', onData);
         this.refuse(socket, (error as Error).message);
         return;
       }
-      if (!hello) return;
-      clearTimeout(timer);
+      if (!hello) {
+        if (before <= MAX_BYTES_BEFORE_HELLO) return;
+        settle();
+        socket.off('data', onData);
+        this.refuse(socket, `${before} bytes without a complete HELLO`);
+        return;
+      }
+      settle();
       socket.off('data', onData);
       socket.pause();
       if (!verifyHelloAuth(hello, this.token, nonce)) {

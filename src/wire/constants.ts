@@ -108,6 +108,23 @@ export function roleName(role: number): string | undefined {
   return role === 0 ? 'main' : role === 1 ? 'preempt' : role === 2 ? 'bulk' : undefined;
 }
 
+/**
+ * HELLO capability bits of the main channel. PREEMPT: a preempt channel joins this migration,
+ * so the destination waits for its EOF too before it judges whether pages are missing.
+ */
+export const Capability = {
+  PREEMPT: 1,
+} as const;
+
+/** RESUME_ACK value: the state the destination is in after the resume. */
+export const ResumeState = {
+  RUNNING: 0,
+  /** The connection broke before RUN arrived: the source sends the device state and RUN again. */
+  LISTENING: 1,
+  /** Every page had arrived already: nothing more to send. */
+  END: 2,
+} as const;
+
 /** POSTCOPY_RAM_DISCARD payload version (QEMU's postcopy_ram_discard_version). */
 export const DISCARD_VERSION = 0;
 

@@ -1,7 +1,7 @@
 // Pure encoders and decoders of wire format v1: stream, return path, handshake. No I/O.
 export * from './blocks.js';
 export * from './constants.js';
-export { ProtocolError, isProtocolError } from './errors.js';
+export { MigrationError, ProtocolError, isConnectionError, isProtocolError, type MigrationErrorCode } from './errors.js';
 export * from './handshake.js';
 export * from './return-path.js';
 export * from './stream-decoder.js';
