@@ -63,7 +63,7 @@ test('truncations and byte flips of a recorded stream: END or FAILED, never a cr
   async function run(bytes: Buffer): Promise<{ state: string; error?: Error; memory: Uint8Array }> {
     const mapping = new Mapping(PAGES * PAGE);
     const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: 'ram0', usedLength: PAGES * PAGE, host: mapping })]);
-    const migration = new IncomingMigration({ blocks });
+    const migration = new IncomingMigration({ blocks, recoverSeconds: 0 });
     current = { migration, blocks };
     const done = new Promise<{ state: string; error?: Error }>((resolve) => {
       migration.on('end', () => resolve({ state: 'END' }));

@@ -2,31 +2,15 @@
 // message naming the field and value (or the state and command), and the process lives on.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { Mapping, RamBlock, RamList } from '../src/index.js';
-import { IncomingMigration, IncomingStateMachine, type GuestBlock } from '../src/postcopy/index.js';
-import { IncomingListener, connectChannel } from '../src/transport/index.js';
+import { IncomingStateMachine } from '../src/postcopy/index.js';
 import { FrameKind, RamFlag } from '../src/wire/index.js';
+import { PAGE, destination as makeDestination } from './support/destination.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 import { sleep, startToucher, waitFor } from './support/threads.js';
 
-const PAGE = 4096;
-
-async function destination(pageSize = PAGE, length = 1 << 21, stopGuest?: () => Promise<void>) {
-  const mapping = new Mapping(length, { huge: pageSize > PAGE });
-  const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: 'ram0', usedLength: length, pageSize, host: mapping })]);
-  const migration = new IncomingMigration({ blocks, stopGuest });
-  const listener = new IncomingListener<GuestBlock>({ endpoint: { kind: 'tcp', host: '127.0.0.1', port: 0 }, token: 'secret', blocks });
-  listener.on('channel', (accepted) => migration.attach(accepted));
-  const endpoint = await listener.listen();
-  const source = await connectChannel<GuestBlock>({ endpoint, sessionId: 'test', role: 'main', token: 'secret', blocks });
-  const failed = new Promise<Error>((resolve) => migration.on('failed', resolve));
-  const cleanup = () => {
-    source.channel.destroy();
-    listener.close();
-    mapping.unmap();
-  };
-  return { migration, source, failed, cleanup, mapping };
-}
+/** A destination that fails (rather than pauses) when its connection breaks. */
+const destination = (pageSize = PAGE, length = 1 << 21, stopGuest?: () => Promise<void>) =>
+  makeDestination({ pageSize, length, stopGuest, recoverSeconds: 0 });
 
 /** A RAM frame with one raw record: u8 kind, u64 offset|flags, u8 len, idstr, payload. */
 function rawRecord(offset: number, flags: number, idstr: string, payload: Uint8Array): Buffer {
@@ -135,7 +119,7 @@ test('a broken connection in postcopy: the blocked guest thread is stopped befor
     const guest = startToucher(d.mapping, [5]);
     await waitFor(() => requests.length > 0, 5000, 'the page request');
     d.source.channel.destroy();
-    assert.match((await d.failed).message, /main channel closed in state RUNNING/);
+    assert.match((await d.failed).message, /main channel closed by the peer in state RUNNING/);
     assert.equal(stopRequested, true, 'the engine asked for the guest to be stopped');
     await sleep(200);
     assert.equal(guest.settled(), false, 'the guest thread went on while its page could not arrive');

@@ -103,24 +103,36 @@ test('a second migration into a busy destination is refused; the first completes
   }
 });
 
-test('a connection broken during postcopy fails the destination cleanly, naming the state', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const env = { POSTCOPY_TOKEN: 'shared' };
-  const receiver = await startReceiver(['--listen', '127.0.0.1:0'], env);
-  const { spawn } = await import('node:child_process');
-  const { CLI } = await import('./support/cli.js');
-  const source = spawn(process.execPath, [CLI, 'send', '--connect', receiver.endpoint, '--size', '512M', '--precopy-seconds', '0', '--fill', '0'], {
-    env: { ...process.env, ...env }, stdio: 'ignore',
+for (const recover of [0, 1]) {
+  test(`source killed in postcopy (--recover-seconds ${recover}): the destination, threads blocked in faults, fails and exits within seconds`, { skip: canMigrate, timeout: 120_000 }, async () => {
+    const env = { POSTCOPY_TOKEN: 'shared' };
+    const receiver = await startReceiver(['--listen', '127.0.0.1:0', '--recover-seconds', String(recover)], env);
+    const { spawn } = await import('node:child_process');
+    const { CLI } = await import('./support/cli.js');
+    const source = spawn(process.execPath, [CLI, 'send', '--connect', receiver.endpoint, '--size', '512M', '--precopy-seconds', '0', '--fill', '0', '--threads', '4'], {
+      env: { ...process.env, ...env }, stdio: 'ignore',
+    });
+    try {
+      await receiver.waitFor((e) => e.event === 'state' && e.state === 'RUNNING');
+      await new Promise((r) => setTimeout(r, 200)); // the resumed guest is faulting by now
+      source.kill('SIGKILL');
+      const killed = Date.now();
+      const report = await receiver.waitFor((e) => e.event === 'report');
+      assert.equal(report.state, 'FAILED');
+      assert.equal(report.verified, false);
+      if (recover === 0) {
+        assert.equal(report.error_code, 'ERR_POSTCOPY_CHANNEL_CLOSED');
+        assert.match(report.error, /(main|preempt) channel closed by the peer in state RUNNING/);
+      } else {
+        assert.equal(report.error_code, 'ERR_POSTCOPY_RECOVERY_TIMEOUT');
+        assert.match(report.error, /the source did not come back within 1 s/);
+      }
+      assert.equal(await receiver.exited, 1);
+      const ms = Date.now() - killed;
+      assert.ok(ms < recover * 1000 + 4000, `the destination took ${ms} ms to exit`);
+    } finally {
+      source.kill('SIGKILL');
+      receiver.child.kill('SIGKILL');
+    }
   });
-  try {
-    await receiver.waitFor((e) => e.event === 'state' && e.state === 'RUNNING');
-    source.kill('SIGKILL');
-    const report = await receiver.waitFor((e) => e.event === 'report');
-    assert.equal(report.state, 'FAILED');
-    assert.equal(report.verified, false);
-    assert.match(report.error, /main channel closed in state RUNNING/);
-    assert.equal(await receiver.exited, 1);
-  } finally {
-    source.kill('SIGKILL');
-    receiver.child.kill('SIGKILL');
-  }
-});
+}

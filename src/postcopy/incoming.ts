@@ -609,7 +609,7 @@ export class IncomingMigration extends EventEmitter {
     const stopGuest = this.options.stopGuest;
     const why = `the migration failed (${error.message})`;
     if (!stopGuest) {
-      if (this.faults?.waiting) this.guestStuck(`${why} while guest threads wait for pages that will never arrive, and no stopGuest was given`);
+      if (this.faults?.waiting) return this.guestStuck(`${why} while guest threads wait for pages that will never arrive, and no stopGuest was given`);
       this.faults?.stop();
       if (this.poisonMissing(uffd)) uffd.close();
       return;
@@ -625,20 +625,21 @@ export class IncomingMigration extends EventEmitter {
 
   /** Marks every page not received as poisoned; false where the kernel cannot. */
   private poisonMissing(uffd: Userfaultfd): boolean {
-    if (!uffd.features.has('POISON') || !this.machine.failure || this.listenAt === 0) return false;
-    for (const block of this.blocks) {
-      const map = block.receivedMap;
-      const perHost = block.pageSize / TARGET_PAGE_SIZE;
-      for (let page = map.findNextZero(0); page < map.size; page = map.findNextZero(page)) {
-        const host = page - (page % perHost);
-        let end = map.findNextSet(host);
-        end = Math.ceil(end / perHost) * perHost;
-        uffd.poison(block.host!.base + host * TARGET_PAGE_SIZE, (end - host) * TARGET_PAGE_SIZE);
-        page = end;
-        if (page >= map.size) break;
+    if (!uffd.features.has('POISON') || this.listenAt === 0) return false;
+    try {
+      for (const block of this.blocks) {
+        if (!block.host!.mapped) continue; // nothing can fault there any more
+        const map = block.receivedMap;
+        for (let page = map.findNextZero(0); page < map.size; ) {
+          const end = map.findNextSet(page); // bits go by whole host pages: ranges are host-aligned
+          uffd.poison(block.host!.base + page * TARGET_PAGE_SIZE, (end - page) * TARGET_PAGE_SIZE);
+          page = end < map.size ? map.findNextZero(end) : map.size;
+        }
       }
+      return true;
+    } catch {
+      return false; // e.g. the range went away meanwhile: keep the descriptor open instead
     }
-    return true;
   }
 
   private guestStuck(message: string): never {
