@@ -42,6 +42,11 @@ export interface OutgoingOptions {
   deviceState?: () => Uint8Array;
   dirtyLog?: DirtyLog['kind'];
   onProgress?: (progress: OutgoingProgress) => void;
+  /**
+   * A batch of the stream ends after this many milliseconds (default 0.2), so that a request
+   * read meanwhile waits for at most one batch. Even at 0 a batch sends one host page.
+   */
+  batchMs?: number;
 }
 
 export interface OutgoingProgress {
@@ -76,9 +81,8 @@ export interface OutgoingReport {
   bytes_sent: number;
 }
 
-/** A batch of the stream ends at this many pages or this much time, whichever comes first. */
+/** A batch of the stream ends at this many pages or `batchMs`, whichever comes first. */
 const BATCH_PAGES = 256;
-const BATCH_MS = 0.2;
 const HEARTBEAT_MS = 1000;
 /** Reconnection attempts back off from the first delay to the last. */
 const RECONNECT_DELAYS_MS = [50, 100, 200, 500, 1000, 2000];
@@ -207,10 +211,9 @@ export class OutgoingMigration {
       this.channels.close();
       return this.report(log.kind, precopyMs, downtime, performance.now() - postcopyStart);
     } catch (error) {
-      if (this.fatal) throw this.fatal;
-      if (!isConnectionError(error)) throw error;
-      this.channels.markBroken(this.channels.main.channel, error as Error); // names the phase, if not yet
-      throw this.channels.broken ?? error;
+      const failure = this.fatal ?? (isConnectionError(error) ? this.nameBreak(error as Error) : error);
+      this.channels.drop(); // the destination sees the connection end: it fails (or waits to recover)
+      throw failure;
     } finally {
       log.stop();
       this.channels.stop();
@@ -410,6 +413,12 @@ export class OutgoingMigration {
     }
   }
 
+  /** The break as the channels recorded it, naming the channel and phase. */
+  private nameBreak(error: Error): Error {
+    this.channels.markBroken(this.channels.main.channel, error); // no-op if already noted
+    return this.channels.broken ?? error;
+  }
+
   private throwIfBroken(): void {
     if (this.fatal) throw this.fatal;
     if (this.channels.broken) throw this.channels.broken;
@@ -518,7 +527,11 @@ export class OutgoingMigration {
       this.throwIfBroken();
       if (kind === 'postcopy') this.serveRequests();
       const main = this.channels.main;
-      if (!this.sendBatch(main, kind)) return;
+      if (!this.sendBatch(main, kind)) {
+        // the bitmap decides when the stream is done, never an empty batch
+        if (this.nextDirty()) throw new MigrationError('ERR_POSTCOPY_INTERNAL', 'internal: a stream batch sent nothing while pages are dirty');
+        return;
+      }
       if (performance.now() - lastProgress > 250) {
         this.progress();
         lastProgress = performance.now();
@@ -532,14 +545,14 @@ export class OutgoingMigration {
     }
   }
 
-  /** One batch: up to BATCH_PAGES target pages or BATCH_MS, at least one host page. False when nothing is dirty. */
+  /** One batch: up to BATCH_PAGES target pages or `batchMs`, at least one host page. False when nothing is dirty. */
   private sendBatch(target: ConnectedChannel<SourceBlock>, kind: 'precopy' | 'postcopy'): boolean {
     const socket = target.channel.socket;
     socket.cork();
     let sent = 0;
     try {
       // a request read meanwhile waits for at most one batch: keep them short in time
-      const until = performance.now() + BATCH_MS;
+      const until = performance.now() + (this.options.batchMs ?? 0.2);
       while (sent < BATCH_PAGES) {
         if (sent > 0 && (sent & 15) === 0 && performance.now() >= until) break;
         const next = this.nextDirty();

@@ -1,0 +1,126 @@
+// The source against a real destination in this process (nobody touching the memory, so no
+// guest threads): the end of the stream is decided by the dirty bitmap, a silent destination
+// is noticed within the stall bound, and a connection cut in postcopy is recovered with every
+// page arriving exactly once where it was not placed before.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { Mapping, RamBlock, RamList } from '../src/index.js';
+import { IncomingMigration, type GuestBlock } from '../src/postcopy/index.js';
+import { OutgoingMigration, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
+import { IncomingListener, connectChannel, type ChannelRole } from '../src/transport/index.js';
+import { Capability } from '../src/wire/index.js';
+import { patternImage } from './support/serve.js';
+import { featureSkip } from './support/hugepages.js';
+import { waitFor } from './support/threads.js';
+
+const skip = featureSkip('PAGEFAULT_FLAG_WP');
+const SIZE = 8 << 20;
+
+function blockList(fill: boolean): RamList<Mapping> {
+  const mapping = new Mapping(SIZE);
+  if (fill) {
+    const image = patternImage(SIZE, 5);
+    // every 8th page stays zero: zero records travel too
+    for (let page = 0; page < SIZE / 4096; page++) if (page % 8) mapping.bytes(page * 4096, 4096).set(image.subarray(page * 4096, (page + 1) * 4096));
+  }
+  return new RamList<Mapping>([new RamBlock<Mapping>({ idstr: 'ram0', usedLength: SIZE, host: mapping })]);
+}
+
+async function pair(source: Partial<OutgoingOptions>, incoming: { recoverSeconds?: number; stallSeconds?: number } = {}, preempt = true) {
+  const sourceBlocks = blockList(true);
+  const destBlocks = blockList(false);
+  const migration = new IncomingMigration({ blocks: destBlocks, ...incoming });
+  const listener = new IncomingListener<GuestBlock>({ endpoint: { kind: 'tcp', host: '127.0.0.1', port: 0 }, token: 't', blocks: destBlocks });
+  listener.admit = (hello) => migration.admit(hello);
+  listener.on('channel', (accepted) => migration.attach(accepted));
+  const endpoint = await listener.listen();
+  const connect = (role: ChannelRole, timeout = 5) => connectChannel<SourceBlock>({
+    endpoint, sessionId: 's', role, token: 't', blocks: sourceBlocks, timeout, capabilities: role === 'main' && preempt ? Capability.PREEMPT : 0,
+  });
+  const outgoing = new OutgoingMigration({
+    blocks: sourceBlocks,
+    main: await connect('main'),
+    preempt: preempt ? await connect('preempt') : undefined,
+    reconnect: connect,
+    precopySeconds: 0,
+    pauseGuest: async () => undefined,
+    ...source,
+  });
+  const ended = new Promise<string>((resolve) => {
+    migration.on('end', () => resolve('END'));
+    migration.on('failed', (e) => resolve(`FAILED: ${e.message}`));
+  });
+  const cleanup = () => {
+    listener.close();
+    for (const b of [...sourceBlocks, ...destBlocks]) b.host!.unmap();
+  };
+  const same = () => Buffer.compare(Buffer.from(sourceBlocks.byId('ram0')!.host!.bytes()), Buffer.from(destBlocks.byId('ram0')!.host!.bytes())) === 0;
+  return { migration, outgoing, ended, cleanup, same, listener };
+}
+
+test('the stream ends when the dirty bitmap is empty, even when every batch window has passed before its first page', { skip, timeout: 60_000 }, async () => {
+  // batchMs 0: each batch's time is up before it starts (as after a preemption or GC pause);
+  // a stream that ended on an empty batch would send COMPLETE with every page still dirty
+  const p = await pair({ batchMs: 0 }, { recoverSeconds: 0 });
+  try {
+    const report = await p.outgoing.run();
+    assert.equal(await p.ended, 'END');
+    assert.equal(report.pages_sent.postcopy + report.pages_sent.requested, SIZE / 4096);
+    assert.ok(p.same(), 'the destination holds the source memory byte for byte');
+  } finally {
+    p.cleanup();
+  }
+});
+
+test('a destination that goes silent (no bytes, no close) is noticed within the stall bound, naming channel and phase', { skip, timeout: 60_000 }, async () => {
+  const p = await pair({ stallSeconds: 1, recoverSeconds: 0 }, { recoverSeconds: 0, stallSeconds: 60 });
+  try {
+    // the destination stops reading and answering: a partition seen from the source
+    (p.migration as unknown as { main: { socket: { pause(): void } } }).main.socket.pause();
+    p.migration.removeAllListeners('state');
+    const start = Date.now();
+    await assert.rejects(p.outgoing.run(), (error: Error & { code: string }) => {
+      assert.equal(error.code, 'ERR_POSTCOPY_CHANNEL_STALLED');
+      assert.match(error.message, /main channel stalled: nothing received for 1\.\d s .* during (postcopy|switchover)/);
+      return true;
+    });
+    assert.ok(Date.now() - start < 4000);
+  } finally {
+    p.migration.fail(new Error('test over'));
+    p.cleanup();
+  }
+});
+
+for (const preempt of [true, false]) {
+  test(`a connection cut in postcopy is recovered: nothing placed is sent again, nothing unplaced is lost (preempt ${preempt})`, { skip, timeout: 60_000 }, async () => {
+    const p = await pair({ recoverSeconds: 10 }, { recoverSeconds: 10 }, preempt);
+    try {
+      const placedBeforeCut = new Promise<number>((resolve) => {
+        const timer = setInterval(() => {
+          const count = p.migration.blocks.byId('ram0')!.receivedMap.count();
+          if (count < 300) return;
+          clearInterval(timer);
+          // cut the source's side of the main channel in the middle of the stream
+          (p.outgoing as unknown as { channels: { main: { channel: { destroy(): void } } } }).channels.main.channel.destroy();
+          resolve(count);
+        }, 1);
+      });
+      const report = await p.outgoing.run();
+      const before = await placedBeforeCut;
+      assert.equal(await p.ended, 'END');
+      assert.ok(p.same(), 'the destination holds the source memory byte for byte');
+      assert.equal(report.recoveries, 1);
+      const dest = p.migration.report();
+      assert.equal(dest.recoveries, 1);
+      // every page placed exactly once; what was in flight at the cut came again
+      const pages = SIZE / 4096;
+      assert.equal(dest.pages.streamed + dest.pages.requested, pages);
+      assert.ok(before < pages);
+      const sent = report.pages_sent.postcopy + report.pages_sent.requested;
+      assert.equal(sent, pages + report.pages_resent, `sent ${sent}, resent ${report.pages_resent}`);
+      await waitFor(() => p.migration.state === 'END', 1000, 'END');
+    } finally {
+      p.cleanup();
+    }
+  });
+}
