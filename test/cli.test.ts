@@ -1,7 +1,10 @@
 // The command line validates what it is given, naming the option and the value.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { runCli } from './support/cli.js';
+import { spawn } from 'node:child_process';
+import { CLI, runCli } from './support/cli.js';
+import { featureSkip } from './support/hugepages.js';
+import { waitFor } from './support/threads.js';
 import { parseEndpoint } from '../src/transport/index.js';
 
 const cases: [string[], RegExp][] = [
@@ -17,6 +20,9 @@ const cases: [string[], RegExp][] = [
   [['receive', '--listen', '127.0.0.1:4444'], /receive over TCP needs a token/],
   [['send', '--connect', 'host:70000'], /port 70000 is out of range/],
   [['nonsense'], /unknown command 'nonsense'/],
+  [['features', '--bogus'], /unknown option --bogus/],
+  [['demo', '--recover-seconds', '-1'], /--recover-seconds '-1' must be a number from 0 to 3600/],
+  [['receive', '--listen', 'unix:/tmp/x', '--stall-seconds', '0'], /--stall-seconds '0' must be a number from 0.5/],
 ];
 
 for (const [args, message] of cases) {
@@ -26,6 +32,32 @@ for (const [args, message] of cases) {
     assert.match(r.stderr, message);
   });
 }
+
+test('listening on a Unix socket in a directory that does not exist says so', async () => {
+  const r = await runCli(['receive', '--listen', 'unix:/nonexistent-dir/postcopy.sock']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /cannot listen on unix:\/nonexistent-dir\/postcopy.sock: the directory \/nonexistent-dir does not exist/);
+});
+
+test('when the demo is killed, its destination (guest threads blocked in faults) exits within seconds', { skip: featureSkip('PAGEFAULT_FLAG_WP'), timeout: 60_000 }, async () => {
+  const demo = spawn(process.execPath, [CLI, 'demo', '--size', '256M', '--threads', '4', '--precopy-seconds', '0', '--fill', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  demo.stderr!.on('data', (d) => (stderr += d));
+  await waitFor(() => /\[postcopy\]/.test(stderr), 30_000, 'postcopy to start');
+  const pid = Number(/destination \(pid (\d+)\)/.exec(stderr)![1]);
+  demo.kill('SIGKILL');
+  const killed = Date.now();
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  await waitFor(() => !alive(), 10_000, `destination pid ${pid} to exit`);
+  assert.ok(Date.now() - killed < 10_000);
+});
 
 test('addresses: a bare port is loopback; IPv6 in brackets; unix paths', () => {
   assert.deepEqual(parseEndpoint('4444'), { kind: 'tcp', host: '127.0.0.1', port: 4444 });

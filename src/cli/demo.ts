@@ -58,7 +58,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     exited.then((code) => reject(new Error(`the destination exited (${code}) before listening`)));
   });
   const endpoint = parseEndpoint(await listening);
-  status(`destination listening on ${await listening}`);
+  status(`destination (pid ${child.pid}) listening on ${await listening}`);
   let source;
   try {
     source = await runSource(config, endpoint, token, printer.progress);
