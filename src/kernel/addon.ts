@@ -8,7 +8,6 @@ export interface NativeMapping {
   readonly length: number;
   readonly pageSize: number;
   readonly fd: number;
-  readonly mapped: boolean;
   madvise(offset: number, length: number, advice: number): void;
   punchHole(offset: number, length: number): void;
   view(offset?: number, length?: number): ArrayBuffer;
