@@ -56,7 +56,7 @@ static int Adopt(Napi::Env env, const Napi::Value& value) {
   if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat", name);
   // Every anonymous-inode file (eventfd, epoll, ...) shares one inode: only the name tells.
   std::string link = "/proc/self/fd/" + std::to_string(fd);
-  char target[256];
+  char target[PATH_MAX];
   ssize_t n = readlink(link.c_str(), target, sizeof target - 1);
   if (n < 0) ThrowErrno(env, errno, "readlink", link);
   target[n] = 0;
