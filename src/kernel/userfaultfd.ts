@@ -140,18 +140,20 @@ export class Userfaultfd {
   /** Registers a range inside one live Mapping; returns the ioctls the kernel allows on it. */
   register(start: Address, length: number, modes: RegisterMode | RegisterMode[]): Set<Ioctl> {
     const mode = (Array.isArray(modes) ? modes : [modes]).reduce((m, name) => m | REGISTER_MODES[name], 0);
-    const mapping = mappingHolding(position(start), length);
+    const at = position(start);
+    const mapping = mappingHolding(at, length);
     if (!mapping) throw this.refusal('ioctl(UFFDIO_REGISTER)', 'start', start, length);
     const ioctls = this.native.register(start, length, mode);
-    this.record(position(start), position(start) + length, mapping);
+    this.record(at, at + length, mapping);
     return new Set(maskToNames(ioctls, IOCTLS));
   }
 
   /** Unregisters a range inside one live Mapping (threads waiting there wake). */
   unregister(start: Address, length: number): void {
-    if (!mappingHolding(position(start), length)) throw this.refusal('ioctl(UFFDIO_UNREGISTER)', 'start', start, length);
+    const at = position(start);
+    if (!mappingHolding(at, length)) throw this.refusal('ioctl(UFFDIO_UNREGISTER)', 'start', start, length);
     this.native.unregister(start, length);
-    this.record(position(start), position(start) + length);
+    this.record(at, at + length);
   }
 
   // ---- placement: throwing forms --------------------------------------------------------
