@@ -65,8 +65,9 @@ static int Adopt(Napi::Env env, const Napi::Value& value) {
   std::lock_guard<std::mutex> lock(g_ownedMutex);
   if (g_owned.count(fd)) ThrowInvalidValue(env, "The \"fd\" argument is already owned by a Userfaultfd: " + name);
   // Ours from here, under the same contract as a descriptor we opened.
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) != 0)
+    ThrowErrno(env, errno, "fcntl", name);
   g_owned.insert(fd);
   return fd;
 }
