@@ -30,6 +30,12 @@ void ThrowRangeError(Napi::Env env, const std::string& message) {
   throw error;
 }
 
+void ThrowInvalidValue(Napi::Env env, const std::string& message) {
+  Napi::TypeError error = Napi::TypeError::New(env, message);
+  error.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_VALUE"));
+  throw error;
+}
+
 static constexpr double kMaxSafe = 9007199254740991.0;
 
 uintptr_t ToAddress(const Napi::Value& v, const char* name) {

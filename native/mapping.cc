@@ -62,7 +62,6 @@ Napi::Function Mapping::Init(Napi::Env env) {
                          InstanceAccessor<&Mapping::Length>("length"),
                          InstanceAccessor<&Mapping::PageSize>("pageSize"),
                          InstanceAccessor<&Mapping::Fd>("fd"),
-                         InstanceAccessor<&Mapping::Mapped>("mapped"),
                          InstanceMethod<&Mapping::Madvise>("madvise"),
                          InstanceMethod<&Mapping::PunchHole>("punchHole"),
                          InstanceMethod<&Mapping::View>("view"),
@@ -142,9 +141,6 @@ Napi::Value Mapping::PageSize(const Napi::CallbackInfo& info) {
 }
 Napi::Value Mapping::Fd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), region_ ? region_->fd : -1);
-}
-Napi::Value Mapping::Mapped(const Napi::CallbackInfo& info) {
-  return Napi::Boolean::New(info.Env(), static_cast<bool>(region_));
 }
 
 // madvise(offset, length, advice): advice is the raw MADV_* number; the TS layer names them.

@@ -25,7 +25,6 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value Length(const Napi::CallbackInfo& info);
   Napi::Value PageSize(const Napi::CallbackInfo& info);
   Napi::Value Fd(const Napi::CallbackInfo& info);
-  Napi::Value Mapped(const Napi::CallbackInfo& info);
   Napi::Value Madvise(const Napi::CallbackInfo& info);
   Napi::Value PunchHole(const Napi::CallbackInfo& info);
   Napi::Value View(const Napi::CallbackInfo& info);

@@ -1,11 +1,15 @@
 #include "userfaultfd.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
+#include <mutex>
+#include <set>
 
 #include "errors.h"
 #include "uffd_compat.h"
@@ -21,6 +25,51 @@ static constexpr size_t kMaxBatch = 64;
 
 static std::string Range(uintptr_t start, size_t length) {
   return Hex(start) + " length " + std::to_string(length);
+}
+
+// Descriptors owned by a Userfaultfd object, in any thread: adopting one of them a second
+// time would close it twice, the second time under whoever reused the number.
+static std::mutex g_ownedMutex;
+static std::set<int> g_owned;
+
+static void Own(int fd) {
+  std::lock_guard<std::mutex> lock(g_ownedMutex);
+  g_owned.insert(fd);
+}
+
+// Forgets and closes under the lock, so another thread cannot adopt the number in between.
+static void Release(int fd) {
+  std::lock_guard<std::mutex> lock(g_ownedMutex);
+  g_owned.erase(fd);
+  close(fd);
+}
+
+// Takes ownership of `value` (the "fd" option) if it is a userfaultfd that no Userfaultfd
+// object owns yet; anything else is refused and left open, because closing it (on close()
+// or collection) would close a descriptor that belongs to someone else.
+static int Adopt(Napi::Env env, const Napi::Value& value) {
+  size_t number = ToSize(value, "fd");
+  if (number > INT_MAX) ThrowRangeError(env, "The \"fd\" argument must be at most " + std::to_string(INT_MAX));
+  int fd = static_cast<int>(number);
+  std::string name = "fd " + std::to_string(fd);
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat", name);
+  // Every anonymous-inode file (eventfd, epoll, ...) shares one inode: only the name tells.
+  std::string link = "/proc/self/fd/" + std::to_string(fd);
+  char target[PATH_MAX];
+  ssize_t n = readlink(link.c_str(), target, sizeof target - 1);
+  if (n < 0) ThrowErrno(env, errno, "readlink", link);
+  target[n] = 0;
+  if (std::strcmp(target, "anon_inode:[userfaultfd]") != 0)
+    ThrowInvalidValue(env, "The \"fd\" argument must be a userfaultfd: " + name + " is " + target);
+  std::lock_guard<std::mutex> lock(g_ownedMutex);
+  if (g_owned.count(fd)) ThrowInvalidValue(env, "The \"fd\" argument is already owned by a Userfaultfd: " + name);
+  // Ours from here, under the same contract as a descriptor we opened.
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) != 0)
+    ThrowErrno(env, errno, "fcntl", name);
+  g_owned.insert(fd);
+  return fd;
 }
 
 Napi::Function Userfaultfd::Init(Napi::Env env) {
@@ -41,12 +90,14 @@ Napi::Function Userfaultfd::Init(Napi::Env env) {
 // new Userfaultfd({ userModeOnly?: boolean, fd?: number })
 // Always non-blocking and close-on-exec. Opens through /dev/userfaultfd (which needs no
 // capability beyond access to the device) and falls back to the userfaultfd(2) syscall.
-// With `fd`, adopts a userfaultfd the kernel handed over (UFFD_EVENT_FORK).
+// With `fd`, adopts a userfaultfd the kernel handed over (UFFD_EVENT_FORK); see Adopt.
+// The object owns its descriptor: close() or collection closes it.
 Userfaultfd::Userfaultfd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Userfaultfd>(info) {
   Napi::Env env = info.Env();
   Napi::Object options = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
-  if (options.Has("fd") && options.Get("fd").IsNumber()) {
-    fd_ = options.Get("fd").As<Napi::Number>().Int32Value();
+  Napi::Value adopted = options.Get("fd");
+  if (!adopted.IsUndefined()) {
+    fd_ = Adopt(env, adopted);
     return;
   }
   int flags = O_CLOEXEC | O_NONBLOCK;
@@ -62,6 +113,7 @@ Userfaultfd::Userfaultfd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<User
   }
   if (fd_ >= 0) {
     viaDevice_ = true;
+    Own(fd_);
     return;
   }
   fd_ = static_cast<int>(syscall(SYS_userfaultfd, flags));
@@ -71,6 +123,7 @@ Userfaultfd::Userfaultfd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<User
                std::string("(/dev/userfaultfd: ") + uv_err_name(-deviceError) +
                    (err == EPERM ? "; the syscall needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1)" : ")"));
   }
+  Own(fd_);
 }
 
 Userfaultfd::~Userfaultfd() {
@@ -79,7 +132,7 @@ Userfaultfd::~Userfaultfd() {
     uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     poll_ = nullptr;
   }
-  if (fd_ >= 0) close(fd_);
+  if (fd_ >= 0) Release(fd_);
 }
 
 int Userfaultfd::LiveFd(Napi::Env env, const char* syscall) {
@@ -143,7 +196,7 @@ void Userfaultfd::StopPolling() {
 // makes sure guest threads are stopped first where that retry could read a silent zero page.
 Napi::Value Userfaultfd::Close(const Napi::CallbackInfo& info) {
   StopPolling();
-  if (fd_ >= 0) close(fd_);
+  if (fd_ >= 0) Release(fd_);
   fd_ = -1;
   return info.Env().Undefined();
 }

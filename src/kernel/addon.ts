@@ -8,7 +8,6 @@ export interface NativeMapping {
   readonly length: number;
   readonly pageSize: number;
   readonly fd: number;
-  readonly mapped: boolean;
   madvise(offset: number, length: number, advice: number): void;
   punchHole(offset: number, length: number): void;
   view(offset?: number, length?: number): ArrayBuffer;
@@ -55,4 +54,15 @@ export interface Addon {
 
 export type MappingKind = 'anonymous' | 'memfd' | 'hugetlb' | 'memfd-hugetlb';
 
-export const addon: Addon = bindings('postcopy');
+function load(): Addon {
+  try {
+    return bindings('postcopy');
+  } catch (cause) {
+    // bindings' "Could not locate the bindings file" has no code; dlopen's own failure does
+    const code = (cause as { code?: string }).code ?? 'ERR_POSTCOPY_ADDON';
+    const error = new Error(`the postcopy native addon could not be loaded (build it with "npx node-gyp rebuild"): ${(cause as Error).message}`, { cause });
+    throw Object.assign(error, { code });
+  }
+}
+
+export const addon: Addon = load();

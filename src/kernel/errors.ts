@@ -1,5 +1,13 @@
-// Errors for hot-path statuses (-errno), shaped like the addon's errors and Node's own:
-// `code` ('EEXIST'), `errno` (negative, as libuv reports it), `syscall`.
+// Errors of the kernel layer, shaped like Node's own. Every error src/kernel/ throws has a code:
+//   EEXIST, EINVAL, EBADF, ...  a syscall failed; also `errno` (negative, as libuv reports it)
+//                               and `syscall` ('ioctl(UFFDIO_COPY)'); the message names the range
+//   ERR_POSTCOPY_RANGE          a range call refused before any syscall: not inside a range
+//                               registered on this userfaultfd in a live Mapping (RangeError)
+//   ERR_POSTCOPY_UNSUPPORTED    the kernel does not grant a feature asked for
+//   ERR_POSTCOPY_UNMAPPED       a Mapping used after unmap()
+//   ERR_POSTCOPY_ADDON          the native addon could not be found (dlopen failures keep
+//                               Node's ERR_DLOPEN_FAILED)
+//   ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE   bad arguments, as in Node
 import { getSystemErrorMap } from 'node:util';
 
 export interface SystemError extends Error {
@@ -7,6 +15,8 @@ export interface SystemError extends Error {
   errno: number;
   syscall: string;
 }
+
+export type CodedError = Error & { code: string };
 
 const systemErrors = getSystemErrorMap();
 
@@ -18,6 +28,24 @@ export function errnoError(status: number, syscall: string, detail: string): Sys
   error.errno = status;
   error.syscall = syscall;
   return error;
+}
+
+export function coded<E extends Error>(error: E, code: string): E & { code: string } {
+  return Object.assign(error, { code });
+}
+
+/**
+ * Node's argument error for an address (bigint or number) or a length (number) that is not a
+ * non-negative integer; undefined when it is one. For cold paths: the addon checks again.
+ */
+export function argumentError(name: string, value: unknown, isAddress: boolean): CodedError | undefined {
+  const integer = typeof value === 'bigint' && isAddress ? value >= 0n : Number.isSafeInteger(value) && (value as number) >= 0;
+  if (integer) return undefined;
+  if (typeof value === 'number' || (typeof value === 'bigint' && isAddress)) {
+    return coded(new RangeError(`The value of "${name}" is out of range. It must be a non-negative integer. Received ${value}`), 'ERR_OUT_OF_RANGE');
+  }
+  const types = isAddress ? 'bigint or number' : 'number';
+  return coded(new TypeError(`The "${name}" argument must be of type ${types}. Received type ${typeof value}`), 'ERR_INVALID_ARG_TYPE');
 }
 
 export function hex(address: bigint | number): string {

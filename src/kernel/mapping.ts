@@ -2,6 +2,7 @@
 // thread can open by address.
 import { addon, type MappingKind, type NativeMapping } from './addon.js';
 import { MADVISE, type Advice } from './constants.js';
+import { trackMapping, untrackMapping } from './live-mappings.js';
 
 export interface MappingOptions {
   /** Shared memfd memory (MAP_SHARED) instead of private anonymous memory. */
@@ -26,6 +27,9 @@ export class Mapping {
   readonly length: number;
   readonly pageSize: number;
   private readonly native: NativeMapping;
+  /** Kept here, not asked of the addon: Userfaultfd reads it on every placement. */
+  private live = true;
+  private readonly liveRef: WeakRef<Mapping>;
 
   constructor(length: number, options: MappingOptions = {}) {
     this.kind = options.shared ? (options.huge ? 'memfd-hugetlb' : 'memfd') : options.huge ? 'hugetlb' : 'anonymous';
@@ -34,6 +38,7 @@ export class Mapping {
     this.base = Number(this.address);
     this.length = length;
     this.pageSize = this.native.pageSize;
+    this.liveRef = trackMapping(this);
   }
 
   get shared(): boolean {
@@ -43,7 +48,7 @@ export class Mapping {
     return this.kind === 'hugetlb' || this.kind === 'memfd-hugetlb';
   }
   get mapped(): boolean {
-    return this.native.mapped;
+    return this.live;
   }
   get descriptor(): MappingDescriptor {
     return { address: this.address, length: this.length };
@@ -78,9 +83,13 @@ export class Mapping {
   /**
    * Releases the memory. Views still alive in any thread keep the address range reserved (as
    * fresh zero memory, no longer registered with any userfaultfd) until they are collected,
-   * so a stale view never crashes the process.
+   * so a stale view never crashes the process. Userfaultfd range calls refuse the range from
+   * here on (the kernel has dropped its registration).
    */
   unmap(): void {
+    // first: the addon gives the range up even if it then throws
+    this.live = false;
+    untrackMapping(this.liveRef);
     this.native.unmap();
   }
 }

@@ -3,7 +3,7 @@
 // the written pages and write-protects them again. This is the cheapest dirty log there is.
 import { closeSync, openSync } from 'node:fs';
 import { addon } from './addon.js';
-import { errnoError, hex } from './errors.js';
+import { argumentError, errnoError, hex } from './errors.js';
 
 export const PM_SCAN_WP_MATCHING = 1n;
 export const PM_SCAN_CHECK_WPASYNC = 2n;
@@ -31,6 +31,8 @@ export class PagemapScanner {
    */
   scanWritten(start: bigint | number, end: bigint | number, onRange: (start: number, end: number) => void,
               options: { reprotect?: boolean } = {}): number {
+    const invalid = argumentError('start', start, true) ?? argumentError('end', end, true);
+    if (invalid) throw invalid;
     const arg = this.arg;
     let from = BigInt(start);
     const to = BigInt(end);

@@ -1,6 +1,15 @@
 // A userfaultfd with named features, modes and flags. Cold-path calls throw Node-shaped
 // errors; the `try*` calls are the hot path and return a status (bytes or 0, or -errno).
+//
+// No range call reaches the kernel unchecked: a wrong address could place pages into, or
+// (UFFDIO_MOVE) take pages out of, memory that is not guest memory, such as V8's heap. So
+// register() takes only ranges inside a live Mapping of this package, and every placement
+// must lie inside one range registered on this descriptor whose Mapping is still mapped (a
+// MOVE source inside a live Mapping). The bookkeeping follows register, unregister, unmap
+// and close.
 import { addon, type Address, type NativeUserfaultfd } from './addon.js';
+import { mappingHolding } from './live-mappings.js';
+import type { Mapping } from './mapping.js';
 
 const placement = addon.placement;
 import {
@@ -22,7 +31,7 @@ import {
   type Ioctl,
   type RegisterMode,
 } from './constants.js';
-import { errnoError, hex } from './errors.js';
+import { argumentError, coded, errnoError, hex, type CodedError } from './errors.js';
 import { EventBatch } from './events.js';
 import { probeFeatures } from './features.js';
 
@@ -36,6 +45,24 @@ export interface OpenOptions {
 export interface WakeOption {
   /** Leave blocked threads asleep (wake them later with `wake`). */
   dontWake?: boolean;
+}
+
+const EBADF = -9;
+const EFAULT = -14;
+
+/** A range registered on this descriptor, inside one Mapping. */
+interface Registered {
+  start: number;
+  end: number;
+  mapping: Mapping;
+}
+
+/** The last range call of this thread was refused: the addon's count is older (like it, per thread). */
+let refusedLast = false;
+
+/** An address as a number (exact: user addresses are below 2^47); NaN if it is no address. */
+function position(address: Address): number {
+  return typeof address === 'number' ? address : typeof address === 'bigint' ? Number(address) : NaN;
 }
 
 export class UnsupportedFeatureError extends Error {
@@ -52,6 +79,8 @@ export class Userfaultfd {
   private batch: EventBatch | undefined;
   /** The descriptor for the placement calls; -1 once closed (a reused number is never hit). */
   private descriptor: number;
+  /** Sorted by start and disjoint; entries whose Mapping was unmapped since cover nothing. */
+  private ranges: Registered[] = [];
 
   /**
    * Opens a userfaultfd and does the UFFDIO_API handshake. The kernel allows the handshake
@@ -74,7 +103,14 @@ export class Userfaultfd {
     }
   }
 
-  /** Adopts the userfaultfd of a forked child (UFFD_EVENT_FORK); its handshake is done. */
+  /**
+   * Adopts the userfaultfd of a forked child (UFFD_EVENT_FORK); its handshake is done. `fd`
+   * must be a userfaultfd that no Userfaultfd owns yet: anything else throws (code
+   * ERR_INVALID_ARG_VALUE; EBADF for a closed descriptor) and is left open. Once adopted the
+   * descriptor belongs to the Userfaultfd, which closes it on close() or when collected: do
+   * not close it yourself. Its bookkeeping starts empty: register() the ranges to serve (the
+   * kernel lets a range be registered again).
+   */
   static adopt(fd: number, features: Iterable<Feature>): Userfaultfd {
     return new Userfaultfd(new addon.Userfaultfd({ fd }), [...features], ['REGISTER', 'UNREGISTER', 'API']);
   }
@@ -96,19 +132,28 @@ export class Userfaultfd {
   get via(): 'dev' | 'syscall' {
     return this.native.via;
   }
-  /** Bytes a hot-path call completed before it returned an error. */
+  /** Bytes a placement call completed before it returned an error (read it right after; 0 if refused). */
   get lastCount(): number {
-    return placement.lastCount();
+    return refusedLast ? 0 : placement.lastCount();
   }
 
-  /** Registers a range; returns the ioctls the kernel allows on it. */
+  /** Registers a range inside one live Mapping; returns the ioctls the kernel allows on it. */
   register(start: Address, length: number, modes: RegisterMode | RegisterMode[]): Set<Ioctl> {
     const mode = (Array.isArray(modes) ? modes : [modes]).reduce((m, name) => m | REGISTER_MODES[name], 0);
-    return new Set(maskToNames(this.native.register(start, length, mode), IOCTLS));
+    const at = position(start);
+    const mapping = mappingHolding(at, length);
+    if (!mapping) throw this.refusal('ioctl(UFFDIO_REGISTER)', 'start', start, length);
+    const ioctls = this.native.register(start, length, mode);
+    this.record(at, at + length, mapping);
+    return new Set(maskToNames(ioctls, IOCTLS));
   }
 
+  /** Unregisters a range inside one live Mapping (threads waiting there wake). */
   unregister(start: Address, length: number): void {
+    const at = position(start);
+    if (!mappingHolding(at, length)) throw this.refusal('ioctl(UFFDIO_UNREGISTER)', 'start', start, length);
     this.native.unregister(start, length);
+    this.record(at, at + length);
   }
 
   // ---- placement: throwing forms --------------------------------------------------------
@@ -117,62 +162,84 @@ export class Userfaultfd {
   copy(dst: Address, src: ArrayBufferView | ArrayBuffer, length: number,
        options: WakeOption & { writeProtect?: boolean; srcOffset?: number } = {}): number {
     const mode = (options.dontWake ? COPY_MODE_DONTWAKE : 0) | (options.writeProtect ? COPY_MODE_WP : 0);
+    this.guard('ioctl(UFFDIO_COPY)', 'dst', dst, length);
     return this.check(placement.copy(this.descriptor, dst, src, length, mode, options.srcOffset ?? 0), 'ioctl(UFFDIO_COPY)', dst, length);
   }
 
   /** Maps the zero page over a missing range (not for hugetlb: EINVAL there). */
   zeropage(dst: Address, length: number, options: WakeOption = {}): number {
     const mode = options.dontWake ? ZEROPAGE_MODE_DONTWAKE : 0;
+    this.guard('ioctl(UFFDIO_ZEROPAGE)', 'dst', dst, length);
     return this.check(placement.zeropage(this.descriptor, dst, length, mode), 'ioctl(UFFDIO_ZEROPAGE)', dst, length);
   }
 
   writeProtect(start: Address, length: number, options: WakeOption = {}): void {
     const mode = WRITEPROTECT_MODE_WP | (options.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0);
+    this.guard('ioctl(UFFDIO_WRITEPROTECT)', 'start', start, length);
     this.check(placement.writeProtect(this.descriptor, start, length, mode), 'ioctl(UFFDIO_WRITEPROTECT)', start, length);
   }
 
   /** Removes write protection and (unless dontWake) wakes the writers waiting on it. */
   unprotect(start: Address, length: number, options: WakeOption = {}): void {
     const mode = options.dontWake ? WRITEPROTECT_MODE_DONTWAKE : 0;
+    this.guard('ioctl(UFFDIO_WRITEPROTECT)', 'start', start, length);
     this.check(placement.writeProtect(this.descriptor, start, length, mode), 'ioctl(UFFDIO_WRITEPROTECT)', start, length);
   }
 
   wake(start: Address, length: number): void {
+    this.guard('ioctl(UFFDIO_WAKE)', 'start', start, length);
     this.check(placement.wake(this.descriptor, start, length), 'ioctl(UFFDIO_WAKE)', start, length);
   }
 
   /** Resolves MINOR faults: maps the page already in the page cache. */
   continue(start: Address, length: number, options: WakeOption & { writeProtect?: boolean } = {}): number {
     const mode = (options.dontWake ? CONTINUE_MODE_DONTWAKE : 0) | (options.writeProtect ? CONTINUE_MODE_WP : 0);
+    this.guard('ioctl(UFFDIO_CONTINUE)', 'start', start, length);
     return this.check(placement.continue(this.descriptor, start, length, mode), 'ioctl(UFFDIO_CONTINUE)', start, length);
   }
 
   /** Marks a missing range poisoned: accesses get SIGBUS (a page that can never arrive). */
   poison(start: Address, length: number, options: WakeOption = {}): number {
     const mode = options.dontWake ? POISON_MODE_DONTWAKE : 0;
+    this.guard('ioctl(UFFDIO_POISON)', 'start', start, length);
     return this.check(placement.poison(this.descriptor, start, length, mode), 'ioctl(UFFDIO_POISON)', start, length);
   }
 
-  /** Moves pages from `src` (anonymous private memory) to the missing range at `dst`, no copy. */
+  /**
+   * Moves pages from `src` (private anonymous memory of a live Mapping) to the missing range
+   * at `dst`, no copy.
+   */
   move(dst: Address, src: Address, length: number, options: WakeOption & { allowSrcHoles?: boolean } = {}): number {
     const mode = (options.dontWake ? MOVE_MODE_DONTWAKE : 0) | (options.allowSrcHoles ? MOVE_MODE_ALLOW_SRC_HOLES : 0);
+    this.guard('ioctl(UFFDIO_MOVE)', 'dst', dst, length);
+    if (!mappingHolding(position(src), length)) throw this.refusal('ioctl(UFFDIO_MOVE)', 'src', src, length);
     return this.check(placement.move(this.descriptor, dst, src, length, mode), 'ioctl(UFFDIO_MOVE)', dst, length);
   }
 
   // ---- placement: hot path, statuses ----------------------------------------------------
+  // A range the throwing forms would refuse (ERR_POSTCOPY_RANGE) is -EFAULT here (-EBADF once
+  // closed), and no ioctl is made. Arguments of the wrong type still throw.
 
   /** Bytes placed, or -errno (-EEXIST: already placed; -EAGAIN: retry after reading events). */
   tryCopy(dst: Address, src: ArrayBufferView | ArrayBuffer, length: number, mode = 0, srcOffset = 0): number {
+    if (!this.covers(dst, length)) return this.refused('dst', dst, length);
+    refusedLast = false;
     return placement.copy(this.descriptor, dst, src, length, mode, srcOffset);
   }
   tryZeropage(dst: Address, length: number, mode = 0): number {
+    if (!this.covers(dst, length)) return this.refused('dst', dst, length);
+    refusedLast = false;
     return placement.zeropage(this.descriptor, dst, length, mode);
   }
   /** mode: WRITEPROTECT_MODE_WP to protect, 0 to unprotect (and wake). */
   tryWriteProtect(start: Address, length: number, mode: number): number {
+    if (!this.covers(start, length)) return this.refused('start', start, length);
+    refusedLast = false;
     return placement.writeProtect(this.descriptor, start, length, mode);
   }
   tryWake(start: Address, length: number): number {
+    if (!this.covers(start, length)) return this.refused('start', start, length);
+    refusedLast = false;
     return placement.wake(this.descriptor, start, length);
   }
 
@@ -216,11 +283,85 @@ export class Userfaultfd {
   close(): void {
     this.native.close();
     this.descriptor = -1;
+    this.ranges = [];
   }
 
   private check(status: number, syscall: string, start: Address, length: number): number {
     if (status < 0) throw errnoError(status, syscall, `${hex(start)} length ${length}`);
     return status;
+  }
+
+  // ---- the range checks -----------------------------------------------------------------
+
+  /**
+   * Whether [address, address + length) lies inside one registered range whose Mapping is
+   * still mapped. Runs on every placement: a binary search over a few ranges, no allocation.
+   */
+  private covers(address: Address, length: number): boolean {
+    const at = position(address);
+    if (typeof length !== 'number') return false;
+    const ranges = this.ranges;
+    let lo = 0;
+    let hi = ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (ranges[mid].end <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    // the first range to end after `at` is the only one that can hold it (NaN finds none)
+    if (lo === ranges.length) return false;
+    const range = ranges[lo];
+    return at >= range.start && at + length <= range.end && range.mapping.mapped;
+  }
+
+  /** For the throwing forms: throws why the range is refused, if it is. */
+  private guard(syscall: string, name: string, address: Address, length: number): void {
+    if (!this.covers(address, length)) throw this.refusal(syscall, name, address, length);
+    refusedLast = false;
+  }
+
+  /** For the try* forms: the status of a refused range (no ioctl made). */
+  private refused(name: string, address: Address, length: number): number {
+    const invalid = argumentError(name, address, true) ?? argumentError('length', length, false);
+    if (invalid) throw invalid;
+    refusedLast = true;
+    return this.closed ? EBADF : EFAULT;
+  }
+
+  /** Why a range call is refused, as the error to throw. */
+  private refusal(syscall: string, name: string, address: Address, length: number): CodedError {
+    const invalid = argumentError(name, address, true) ?? argumentError('length', length, false);
+    if (invalid) return invalid;
+    refusedLast = true;
+    const range = `${name} ${hex(address)} length ${length}`;
+    if (this.closed) return errnoError(EBADF, syscall, `${range} (the userfaultfd is closed)`);
+    const why = mappingHolding(position(address), length)
+      ? 'is not inside a range registered on this userfaultfd'
+      : 'is not inside a live Mapping';
+    return coded(new RangeError(`${syscall} refused: ${range} ${why}`), 'ERR_POSTCOPY_RANGE');
+  }
+
+  /**
+   * Bookkeeping after a register (with its Mapping) or an unregister (without): cuts
+   * [start, end) out of the ranges, adds it back if registered, and joins the neighbours of
+   * one Mapping. Ranges of Mappings unmapped since go: the kernel has dropped them.
+   */
+  private record(start: number, end: number, mapping?: Mapping): void {
+    const cut: Registered[] = [];
+    for (const range of this.ranges) {
+      if (!range.mapping.mapped) continue;
+      if (range.start < start) cut.push({ ...range, end: Math.min(range.end, start) });
+      if (range.end > end) cut.push({ ...range, start: Math.max(range.start, end) });
+    }
+    if (mapping) cut.push({ start, end, mapping });
+    cut.sort((a, b) => a.start - b.start);
+    const joined: Registered[] = [];
+    for (const range of cut) {
+      const last = joined[joined.length - 1];
+      if (last && last.mapping === range.mapping && last.end === range.start) last.end = range.end;
+      else joined.push(range);
+    }
+    this.ranges = joined;
   }
 }
 
