@@ -355,6 +355,25 @@ for (const spread of ['one', 'all'] as const) {
   });
 }
 
+test('a target that refuses: the client sees the connection reset, and the proxy says why', { timeout: 20_000 }, async () => {
+  // a port that was just free: nothing listens there
+  const { server, endpoint: nowhere } = await startTarget(loopback);
+  await new Promise((resolve) => server.close(resolve));
+  const proxy = new ChaosProxy({ target: nowhere, seed: 1 });
+  const endpoint = await proxy.listen();
+  try {
+    const closed = once(proxy, 'closed');
+    const client = await connectPeer(endpoint);
+    await client.closed;
+    assert.equal(client.error?.code, 'ECONNRESET');
+    const [info] = await closed;
+    assert.match(info.error, /^target: connect ECONNREFUSED/);
+    assert.deepEqual([info.toTarget, info.toClient], [0, 0]);
+  } finally {
+    await proxy.close();
+  }
+});
+
 test('close() leaves nothing behind: a process using the proxy exits by itself', { timeout: 20_000 }, async () => {
   const transport = join(__dirname, '..', 'src', 'transport', 'index.js');
   // a stalled connection and one with delayed chunks in flight when close() comes

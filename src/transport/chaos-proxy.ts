@@ -21,15 +21,19 @@ export interface ChaosProxyOptions {
   stalls?: number;
   /**
    * Bytes a fault waits for in its direction, counted from the moment it becomes the next one
-   * (arm(), the previous fault, or the connection's accept if later). Drawn log-uniformly so
-   * every size class is as likely. Default 4 KiB .. 8 MiB.
+   * (arm(), the previous fault, or the connection's accept if later). Drawn log-uniformly, so
+   * that 4-8 KiB is as likely as 4-8 MiB. Default 4 KiB .. 8 MiB.
    */
   faultOffset?: { min: number; max: number };
   /** Directions a fault may count in (default both). */
   directions?: readonly ChaosDirection[];
-  /** 'one': only the connection that reached the offset; 'all': every connection open then. Default drawn per fault. */
+  /** 'one': only the connection that reached the offset; 'all': every eligible connection open then. Default drawn per fault. */
   spread?: FaultSpread | 'mixed';
-  /** 'reset': RST (on TCP; a plain close on Unix sockets); 'fin': end() both sides. Default drawn per cut. */
+  /**
+   * 'reset': RST (on TCP; a plain close on Unix sockets); 'fin': end() both sides. Default drawn
+   * per cut. A Node peer may read a reset that follows data as an EOF (libuv reports the
+   * hang-up so); its next write fails.
+   */
   cutStyle?: CutStyle | 'mixed';
   /** Whether connections accepted after the first fault can be faulted too (default true). */
   reconnects?: boolean;
@@ -131,6 +135,7 @@ export class ChaosProxy extends EventEmitter {
     this.listenAt = options.listen ?? { kind: 'tcp', host: '127.0.0.1', port: 0 };
     this.shaping = { delayMs: options.delayMs ?? 0, fragmentBytes: options.fragmentBytes ?? 0 };
     this.reconnects = options.reconnects ?? true;
+    checkOptions(options);
     this.plan = planFaults(options);
   }
 
@@ -215,10 +220,12 @@ export class ChaosProxy extends EventEmitter {
   }
 }
 
-function planFaults(options: ChaosProxyOptions): PlannedFault[] {
+const DEFAULT_OFFSETS = { min: 4 * KiB, max: 8192 * KiB };
+const BOTH_DIRECTIONS: readonly ChaosDirection[] = ['toTarget', 'toClient'];
+
+function checkOptions(options: ChaosProxyOptions): void {
   const { seed, cuts = 0, stalls = 0, delayMs = 0, fragmentBytes = 0 } = options;
-  const { min, max } = options.faultOffset ?? { min: 4 * KiB, max: 8192 * KiB };
-  const directions = options.directions ?? ['toTarget', 'toClient'];
+  const { min, max } = options.faultOffset ?? DEFAULT_OFFSETS;
   if (!Number.isInteger(seed)) throw new Error(`chaos proxy: seed ${seed} is not an integer`);
   for (const [name, value] of Object.entries({ cuts, stalls, delayMs, fragmentBytes })) {
     if (!Number.isInteger(value) || value < 0) throw new Error(`chaos proxy: ${name} ${value} is not a whole number`);
@@ -226,8 +233,13 @@ function planFaults(options: ChaosProxyOptions): PlannedFault[] {
   if (!(Number.isInteger(min) && Number.isInteger(max) && min >= 1 && min <= max)) {
     throw new Error(`chaos proxy: faultOffset ${min}..${max} is not a range of whole bytes from 1`);
   }
-  if (!directions.length) throw new Error('chaos proxy: directions is empty');
+  if (options.directions?.length === 0) throw new Error('chaos proxy: directions is empty');
+}
 
+function planFaults(options: ChaosProxyOptions): PlannedFault[] {
+  const { seed, cuts = 0, stalls = 0 } = options;
+  const { min, max } = options.faultOffset ?? DEFAULT_OFFSETS;
+  const directions = options.directions ?? BOTH_DIRECTIONS;
   const random = mulberry32(seed);
   const kinds: FaultKind['kind'][] = [...Array<'cut'>(cuts).fill('cut'), ...Array<'stall'>(stalls).fill('stall')];
   // Fisher–Yates, so that cuts and stalls interleave by seed
@@ -237,7 +249,7 @@ function planFaults(options: ChaosProxyOptions): PlannedFault[] {
   }
   return kinds.map((kind) => {
     const direction = directions[Math.floor(random() * directions.length)];
-    const after = Math.min(max, Math.floor(min * (max / min) ** random()));
+    const after = Math.floor(min * (max / min) ** random());
     const spread = !options.spread || options.spread === 'mixed' ? (random() < 0.5 ? 'one' : 'all') : options.spread;
     if (kind === 'stall') return { kind, direction, after, spread };
     const how = !options.cutStyle || options.cutStyle === 'mixed' ? (random() < 0.5 ? 'reset' : 'fin') : options.cutStyle;
@@ -271,7 +283,7 @@ interface PairHost {
   finished(pair: Pair): void;
 }
 
-type PairState = 'connecting' | 'open' | 'closing' | 'cut' | 'stalled' | 'closed';
+type PairState = 'connecting' | 'open' | 'closing' | 'cut' | 'stalled';
 
 /** A client connection and its own connection to the target. */
 class Pair {
@@ -319,7 +331,8 @@ class Pair {
   /** Forwards what was read before this instant, then closes both sides. */
   cut(how: CutStyle): void {
     this.state = 'cut';
-    this.freeze(() => {
+    this.stopReading();
+    const close = () => {
       if (how === 'reset') {
         this.abort(this.client);
         this.abort(this.target);
@@ -331,13 +344,14 @@ class Pair {
         // read on and drop what the peer still sends, so that it sees our FIN and closes in turn
         socket.resume();
       }
-    });
+    };
+    this.toTarget.whenDrained(() => this.toClient.whenDrained(close));
   }
 
   /** Forwards what was read before this instant, then nothing more either way; closes nothing. */
   stall(): void {
     this.state = 'stalled';
-    this.freeze(() => undefined);
+    this.stopReading();
   }
 
   /** For close(): the sockets' close events stop the lanes and their timers. */
@@ -348,7 +362,6 @@ class Pair {
   }
 
   private start(): void {
-    if (this.state !== 'connecting') return;
     this.state = 'open';
     for (const lane of [this.toTarget, this.toClient]) {
       lane.from.setNoDelay(true);
@@ -375,11 +388,10 @@ class Pair {
     this.host.reached(this);
   }
 
-  /** Stops reading both sides, then runs `then` once both lanes have written what they hold. */
-  private freeze(then: () => void): void {
+  /** What was read already still goes on: the lanes drain by themselves. */
+  private stopReading(): void {
     this.client.pause();
     this.target.pause();
-    this.toTarget.whenDrained(() => this.toClient.whenDrained(then));
   }
 
   private onClose(socket: Socket, hadError: boolean): void {
@@ -393,10 +405,7 @@ class Pair {
       this.state = 'closing';
       towardOther.whenDrained(() => this.abort(other));
     }
-    if (++this.closedSockets === 2) {
-      this.state = 'closed';
-      this.host.finished(this);
-    }
+    if (++this.closedSockets === 2) this.host.finished(this);
   }
 
   private abort(socket: Socket): void {
