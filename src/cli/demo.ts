@@ -1,47 +1,92 @@
 // `postcopy demo`: the main job. Starts a destination process on loopback, runs the reference
 // guest here (the source), migrates it (precopy, then postcopy), lets the destination resume
-// the guest, run it a while, and verify every page; prints a report.
-import { spawn } from 'node:child_process';
+// the guest, run it a while, and verify every page; prints a report. With --chaos SEED both
+// channels go through a fault-injecting proxy that cuts them at seeded points in postcopy.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { exitNow } from '../kernel/index.js';
-import { parseEndpoint } from '../transport/index.js';
-import { UsageError, choiceOption, numberOption, parseOptions } from './options.js';
-import { SOURCE_OPTIONS, progressPrinter, runSource, sourceConfig } from './send.js';
+import { ChaosProxy, formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
+import { UsageError, choiceOption, intOption, numberOption, parseOptions } from './options.js';
+import { SOURCE_OPTIONS, progressPrinter, runSource, sourceConfig, type SourceConfig } from './send.js';
+
+interface Destination {
+  child: ChildProcess;
+  endpoint: Endpoint;
+  /** The exit code, once the process is gone. */
+  exited: Promise<number>;
+  /** Its last 'report' event. */
+  report(): Record<string, unknown> | undefined;
+}
 
 export async function demoCommand(args: string[]): Promise<number> {
-  const o = parseOptions(args, SOURCE_OPTIONS);
+  const o = parseOptions(args, { ...SOURCE_OPTIONS, chaos: 'string' });
   if (o.connect !== undefined || o['token-file'] !== undefined) throw new UsageError('demo starts its own destination: --connect and --token-file are for send');
   const config = sourceConfig(o);
   const transport = choiceOption(o.transport, 'transport', ['tcp', 'unix'] as const, 'tcp');
   const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
+  const chaosSeed = o.chaos === undefined ? undefined : intOption(o.chaos, 'chaos', 0, 0, 2 ** 31 - 1);
   const json = o.json === true;
   const token = randomBytes(24).toString('hex');
-  const listen = transport === 'unix' ? `unix:${join(tmpdir(), `postcopy-${process.pid}.sock`)}` : '127.0.0.1:0';
   const printer = progressPrinter();
   const status = printer.note;
 
+  const destination = await startDestination(transport, config, runSeconds, token, status);
+  const chaos = chaosSeed === undefined ? undefined : await startChaos(chaosSeed, destination.endpoint, transport, status);
+  const onSignal = () => {
+    destination.child.kill('SIGTERM');
+    exitNow(130, 'postcopy demo: interrupted');
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  status(`destination (pid ${destination.child.pid}) listening on ${formatEndpoint(destination.endpoint)}${chaos ? `, reached through the chaos proxy on ${formatEndpoint(chaos.endpoint)}` : ''}`);
+
+  let source;
+  try {
+    source = await runSource(config, chaos?.endpoint ?? destination.endpoint, token, (p) => {
+      if (p.phase === 'postcopy') chaos?.proxy.arm(); // faults only in postcopy, where recovery applies
+      printer.progress(p);
+    });
+  } catch (error) {
+    return failed(error as Error, destination, chaos, json);
+  } finally {
+    await chaos?.proxy.close();
+  }
+  const code = await destination.exited;
+  const destinationReport = destination.report();
+  if (!destinationReport) throw new Error(`the destination exited (${code}) without a report`);
+  const { event: _event, ...dest } = destinationReport;
+  const report = {
+    ...dest,
+    downtime_ms: source.report.downtime_ms,
+    source: source.report,
+    ...(chaos ? { chaos: chaos.summary() } : {}),
+    config: {
+      size: config.size, blocks: config.blocks, huge: config.huge, threads: config.threads, pattern: config.pattern, precopy_seconds: config.precopySeconds,
+      transport, preempt: config.preempt, recover_seconds: config.recoverSeconds,
+    },
+  };
+  if (json) console.log(JSON.stringify(report));
+  else console.log(humanReport(report as never));
+  return dest.verified === true && code === 0 ? 0 : 1;
+}
+
+/** The destination process: `receive`, which ends when this process does (it watches its stdin). */
+async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig, runSeconds: number, token: string, status: (line: string) => void): Promise<Destination> {
+  const listen = transport === 'unix' ? `unix:${join(tmpdir(), `postcopy-${process.pid}.sock`)}` : '127.0.0.1:0';
   // a small young generation: the destination's resident memory is the guest's plus little
-  // the destination ends when this process does, however it ends: it watches its stdin
   const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json',
     '--run-seconds', String(runSeconds), '--recover-seconds', String(config.recoverSeconds), '--stall-seconds', String(config.stallSeconds), '--exit-on-stdin-eof'], {
     env: { ...process.env, POSTCOPY_TOKEN: token },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   child.stdin!.on('error', () => undefined);
-  const onSignal = () => {
-    child.kill('SIGTERM');
-    exitNow(130, 'postcopy demo: interrupted');
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  const lines = createInterface({ input: child.stdout! });
   const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
-  let destinationReport: Record<string, unknown> | undefined;
+  let report: Record<string, unknown> | undefined;
   const listening = new Promise<string>((resolve, reject) => {
-    lines.on('line', (line) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
       let event: Record<string, unknown>;
       try {
         event = JSON.parse(line);
@@ -53,51 +98,74 @@ export async function demoCommand(args: string[]): Promise<number> {
       else if (event.event === 'paused') status(`destination: paused: ${event.reason}`);
       else if (event.event === 'resumed') status(`destination: resumed (recovery ${event.recoveries})`);
       else if (event.event === 'refused') status(`destination refused a connection: ${event.reason}`);
-      else if (event.event === 'report') destinationReport = event;
+      else if (event.event === 'report') report = event;
     });
     exited.then((code) => reject(new Error(`the destination exited (${code}) before listening`)));
   });
-  const endpoint = parseEndpoint(await listening);
-  status(`destination (pid ${child.pid}) listening on ${await listening}`);
-  let source;
-  try {
-    source = await runSource(config, endpoint, token, printer.progress);
-  } catch (error) {
-    // the destination's own account of a failure is the more useful one
-    const code = await Promise.race([exited, new Promise<number>((r) => setTimeout(() => r(-1), 5000))]);
-    child.kill('SIGKILL');
-    const reason = destinationReport?.error;
-    throw new Error(`${(error as Error).message}${reason ? `; destination: ${reason}` : code >= 0 ? `; destination exited ${code}` : '; the destination did not exit within 5 s'}`);
-  }
-  const code = await exited;
-  if (!destinationReport) throw new Error(`the destination exited (${code}) without a report`);
-  const { event: _event, ...dest } = destinationReport;
-  const report = {
-    ...dest,
-    downtime_ms: source.report.downtime_ms,
-    source: source.report,
-    config: {
-      size: config.size, blocks: config.blocks, huge: config.huge, threads: config.threads, pattern: config.pattern, precopy_seconds: config.precopySeconds,
-      transport, preempt: config.preempt, recover_seconds: config.recoverSeconds,
-    },
+  return { child, endpoint: parseEndpoint(await listening), exited, report: () => report };
+}
+
+/**
+ * The chaos proxy between the source and the destination: cuts (and, for one seed in four, a
+ * stall) at seeded offsets of the page stream once armed, reconnections included, with seeded
+ * delays and fragmented writes throughout.
+ */
+async function startChaos(seed: number, target: Endpoint, transport: 'tcp' | 'unix', status: (line: string) => void) {
+  const proxy = new ChaosProxy({
+    target,
+    listen: transport === 'unix' ? { kind: 'unix', path: join(tmpdir(), `postcopy-chaos-${process.pid}.sock`) } : undefined,
+    seed,
+    cuts: 1 + (seed % 3),
+    stalls: seed % 4 === 3 ? 1 : 0,
+    // counted on the page stream, which always flows in postcopy: the cuts do happen
+    directions: ['toTarget'],
+    faultOffset: { min: 1024, max: 1 << 20 },
+    delayMs: seed % 2,
+    fragmentBytes: [0, 16384, 65536][seed % 3],
+  });
+  proxy.on('fault', (f: { kind: string; how?: string; connection: number; offset: number }) =>
+    status(`chaos: ${f.kind}${f.how ? ` (${f.how})` : ''} of connection ${f.connection} after ${f.offset} bytes`));
+  const endpoint = await proxy.listen();
+  const summary = () => {
+    const s = proxy.stats();
+    return { seed, faults: s.faultsFired, planned: proxy.plan.length, connections: s.connections, applied: s.applied };
   };
-  if (json) console.log(JSON.stringify(report));
-  else console.log(humanReport(report as never));
-  return dest.verified === true && code === 0 ? 0 : 1;
+  return { proxy, endpoint, summary };
+}
+
+/** The source failed: the destination's account too, and whether it exited (it must). */
+async function failed(error: Error, destination: Destination, chaos: Awaited<ReturnType<typeof startChaos>> | undefined, json: boolean): Promise<number> {
+  const code = await Promise.race([destination.exited, new Promise<number>((r) => setTimeout(() => r(-1), 10_000))]);
+  destination.child.kill('SIGKILL');
+  const dest = destination.report();
+  const exitNote = code >= 0 ? `destination exited ${code}` : 'the destination did not exit within 10 s';
+  if (!json) throw new Error(`${error.message}${dest?.error ? `; destination: ${dest.error}` : ''}; ${exitNote}`);
+  console.log(JSON.stringify({
+    state: 'FAILED',
+    verified: false,
+    error: error.message,
+    error_code: (error as Error & { code?: string }).code,
+    destination: dest ? { state: dest.state, error: dest.error, error_code: dest.error_code } : undefined,
+    destination_exit: code >= 0 ? code : null,
+    ...(chaos ? { chaos: chaos.summary() } : {}),
+  }));
+  return 1;
 }
 
 function humanReport(r: {
   verified: boolean; state: string; bytes_total: number; total_ms: number; downtime_ms: number; blocktime_ms: number; throughput_gb_per_s: number;
   pages: Record<string, number>; latency_us: { avg: number; p50: number; p99: number; count: number }; peak_rss_mb?: number;
-  source: { rounds: number; dirty_log: string; discarded_pages: number }; error?: string;
+  source: { rounds: number; dirty_log: string; discarded_pages: number; pages_resent: number }; error?: string; reason?: string;
+  recoveries: number; paused_ms: number; chaos?: { faults: number };
 }): string {
   return [
     '',
-    `migration ${r.state}, guest memory ${r.verified ? 'VERIFIED' : 'NOT VERIFIED'}${r.error ? `: ${r.error}` : ''}`,
+    `migration ${r.state}, guest memory ${r.verified ? 'VERIFIED' : 'NOT VERIFIED'}${r.error || r.reason ? `: ${r.error ?? r.reason}` : ''}`,
     `  memory        ${(r.bytes_total / 2 ** 20).toFixed(0)} MiB, dirty log ${r.source.dirty_log}, ${r.source.rounds} precopy round(s)`,
     `  pages         precopy ${r.pages.precopy}, streamed ${r.pages.streamed}, requested ${r.pages.requested}, zero ${r.pages.zero}, discarded ${r.pages.discarded}`,
     `  page requests ${r.latency_us.count}: avg ${r.latency_us.avg} us, p50 <= ${r.latency_us.p50} us, p99 <= ${r.latency_us.p99} us`,
     `  blocktime     ${r.blocktime_ms} ms (all guest threads blocked)`,
     `  downtime      ${r.downtime_ms} ms; total ${r.total_ms} ms; postcopy ${r.throughput_gb_per_s} GB/s${r.peak_rss_mb ? `; destination peak RSS ${r.peak_rss_mb} MiB` : ''}`,
+    ...(r.recoveries || r.chaos ? [`  recoveries    ${r.recoveries} (${r.paused_ms} ms paused, ${r.source.pages_resent} pages sent again)${r.chaos ? `; chaos faults ${r.chaos.faults}` : ''}`] : []),
   ].join('\n');
 }
