@@ -264,6 +264,7 @@ export class OutgoingMigration {
   /** Background scan with requests first, until the dirty bitmap is empty and COMPLETE is acknowledged. */
   private async postcopy(): Promise<void> {
     this.phase = 'postcopy';
+    this.progress(); // postcopy has begun: the guest runs on the destination
     this.cursor = { block: 0, page: 0 };
     for (;;) {
       if (this.channels.broken) await this.recover(); // throws when it cannot
