@@ -100,7 +100,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
           guests.set(b.idstr, g);
           return g;
         }, (error: Error) => {
-          const failure = new Error(`resuming the guest on block '${b.idstr}' failed: ${error.message}`);
+          const failure = new MigrationError('ERR_POSTCOPY_GUEST', `resuming the guest on block '${b.idstr}' failed: ${error.message}`);
           migration.fail(failure);
           return failure;
         }));

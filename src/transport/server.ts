@@ -11,6 +11,7 @@ import { dirname } from 'node:path';
 import { EventEmitter } from 'node:events';
 import {
   Command,
+  MigrationError,
   Role,
   StreamDecoder,
   createNonce,
@@ -71,7 +72,7 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
   constructor(private readonly options: ListenOptions<B>) {
     super();
     if (options.endpoint.kind === 'tcp' && !options.token && !options.allowNoToken) {
-      throw new Error(`listening on ${formatEndpoint(options.endpoint)} needs a token (TCP peers must prove they know it)`);
+      throw new MigrationError('ERR_POSTCOPY_CONFIG', `listening on ${formatEndpoint(options.endpoint)} needs a token (TCP peers must prove they know it)`);
     }
     this.token = options.token;
   }
@@ -81,7 +82,7 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
     const { endpoint } = this.options;
     if (endpoint.kind === 'unix') {
       const directory = dirname(endpoint.path);
-      if (!existsSync(directory)) throw new Error(`cannot listen on unix:${endpoint.path}: the directory ${directory} does not exist`);
+      if (!existsSync(directory)) throw new MigrationError('ERR_POSTCOPY_CONFIG', `cannot listen on unix:${endpoint.path}: the directory ${directory} does not exist`);
       try {
         unlinkSync(endpoint.path);
       } catch {

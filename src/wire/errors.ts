@@ -11,6 +11,10 @@
 //   ERR_POSTCOPY_HANDSHAKE        a channel's handshake failed or timed out
 //   ERR_POSTCOPY_PEER_FAILED      the other side failed (SHUT with a non-zero status)
 //   ERR_POSTCOPY_INTERRUPTED      stopped by a signal or by the caller
+//   ERR_POSTCOPY_GUEST            the guest could not be resumed or stopped
+//   ERR_POSTCOPY_ADDRESS          an address that is not HOST:PORT, [IPv6]:PORT or unix:PATH
+//   ERR_POSTCOPY_CONFIG           a setting that cannot work (TCP without a token, a socket
+//                                 in a directory that does not exist)
 //   ERR_POSTCOPY_INTERNAL         an invariant of this package does not hold (a bug)
 
 export type MigrationErrorCode =
@@ -23,6 +27,9 @@ export type MigrationErrorCode =
   | 'ERR_POSTCOPY_HANDSHAKE'
   | 'ERR_POSTCOPY_PEER_FAILED'
   | 'ERR_POSTCOPY_INTERRUPTED'
+  | 'ERR_POSTCOPY_GUEST'
+  | 'ERR_POSTCOPY_ADDRESS'
+  | 'ERR_POSTCOPY_CONFIG'
   | 'ERR_POSTCOPY_INTERNAL';
 
 export class MigrationError extends Error {
