@@ -19,6 +19,7 @@ interface Destination {
   exited: Promise<number>;
   /** Its last 'report' event. */
   report(): Record<string, unknown> | undefined;
+  onState(listener: (state: string) => void): void;
 }
 
 export async function demoCommand(args: string[]): Promise<number> {
@@ -35,6 +36,8 @@ export async function demoCommand(args: string[]): Promise<number> {
 
   const destination = await startDestination(transport, config, runSeconds, token, status);
   const chaos = chaosSeed === undefined ? undefined : await startChaos(chaosSeed, destination.endpoint, transport, status);
+  // faults only once the destination runs the guest: postcopy, where recovery applies
+  destination.onState((state) => state === 'RUNNING' && chaos?.proxy.arm());
   const onSignal = () => {
     destination.child.kill('SIGTERM');
     exitNow(130, 'postcopy demo: interrupted');
@@ -45,10 +48,7 @@ export async function demoCommand(args: string[]): Promise<number> {
 
   let source;
   try {
-    source = await runSource(config, chaos?.endpoint ?? destination.endpoint, token, (p) => {
-      if (p.phase === 'postcopy') chaos?.proxy.arm(); // faults only in postcopy, where recovery applies
-      printer.progress(p);
-    });
+    source = await runSource(config, chaos?.endpoint ?? destination.endpoint, token, printer.progress);
   } catch (error) {
     return failed(error as Error, destination, chaos, json);
   } finally {
@@ -85,6 +85,7 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
   child.stdin!.on('error', () => undefined);
   const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
   let report: Record<string, unknown> | undefined;
+  const stateListeners: ((state: string) => void)[] = [];
   const listening = new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on('line', (line) => {
       let event: Record<string, unknown>;
@@ -94,7 +95,10 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
         return status(`destination: ${line}`);
       }
       if (event.event === 'listening') resolve(event.endpoint as string);
-      else if (event.event === 'state') status(`destination: state ${event.state}`);
+      else if (event.event === 'state') {
+        status(`destination: state ${event.state}`);
+        for (const listener of stateListeners) listener(event.state as string);
+      }
       else if (event.event === 'paused') status(`destination: paused: ${event.reason}`);
       else if (event.event === 'resumed') status(`destination: resumed (recovery ${event.recoveries})`);
       else if (event.event === 'refused') status(`destination refused a connection: ${event.reason}`);
@@ -102,7 +106,7 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
     });
     exited.then((code) => reject(new Error(`the destination exited (${code}) before listening`)));
   });
-  return { child, endpoint: parseEndpoint(await listening), exited, report: () => report };
+  return { child, endpoint: parseEndpoint(await listening), exited, report: () => report, onState: (l) => stateListeners.push(l) };
 }
 
 /**

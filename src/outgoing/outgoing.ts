@@ -341,6 +341,11 @@ export class OutgoingMigration {
       } catch (error) {
         if (this.fatal) throw this.fatal;
         if ((error as MigrationError).code === 'ERR_POSTCOPY_REFUSED') throw error; // the destination said no for good
+        const cause = ((error as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+        if (cause === 'ECONNREFUSED' || cause === 'ENOENT') {
+          // the host answers but nobody listens: the destination process, and its guest, are gone
+          throw new MigrationError('ERR_POSTCOPY_PEER_FAILED', `${reason.message}; the destination is gone (${(error as Error).message})`, { cause: error });
+        }
         lastError = error as Error;
         this.channels.drop();
         await sleep(Math.min(RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)], Math.max(0, deadline - performance.now())));
