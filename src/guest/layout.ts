@@ -233,6 +233,12 @@ export function bodyMismatch(i32: Int32Array, page: number, version: number): nu
  * skip that check (unknown ledger). `deep` also regenerates the body and compares it.
  */
 export function checkPage(i32: Int32Array, page: number, owner: number, deep: boolean): string | null {
+  const problem = pageProblem(i32, page, owner, deep);
+  return problem === null ? null : `page ${page}: ${problem}`;
+}
+
+/** What is wrong with a data page (see checkPage), without the page's name; null if nothing. */
+export function pageProblem(i32: Int32Array, page: number, owner: number, deep: boolean): string | null {
   const base = page * PAGE_WORDS;
   const idx = i32[base + H_INDEX];
   const ver = i32[base + H_VERSION];
@@ -245,19 +251,19 @@ export function checkPage(i32: Int32Array, page: number, owner: number, deep: bo
     if (acc === 0) return null;
     let w = HEADER_WORDS;
     while (i32[base + w] === 0) w++;
-    return `page ${page}: blank header but body word ${w} is ${hex32(i32[base + w])} (torn page or lost header)`;
+    return `blank header but body word ${w} is ${hex32(i32[base + w])} (torn page or lost header)`;
   }
-  if ((flags & FLAGS_MAGIC_MASK) !== FLAGS_MAGIC) return `page ${page}: bad header magic ${hex32(flags)}`;
-  if (idx !== page) return `page ${page}: header says page ${idx >>> 0}`;
-  if (flags & FLAG_BUSY) return `page ${page}: busy flag set (write in progress or interrupted)`;
-  if (ver === 0) return `page ${page}: version 0 with a non-blank header`;
+  if ((flags & FLAGS_MAGIC_MASK) !== FLAGS_MAGIC) return `bad header magic ${hex32(flags)}`;
+  if (idx !== page) return `header says page ${idx >>> 0}`;
+  if (flags & FLAG_BUSY) return `busy flag set (write in progress or interrupted)`;
+  if (ver === 0) return `version 0 with a non-blank header`;
   const writer = flags & FLAG_WRITER_MASK;
-  if (owner >= 0 && writer !== owner) return `page ${page}: written by thread ${writer}, owner is thread ${owner}`;
+  if (owner >= 0 && writer !== owner) return `written by thread ${writer}, owner is thread ${owner}`;
   const c = bodyChecksum(i32, base, page, ver >>> 0);
-  if (c !== sum) return `page ${page}: checksum ${hex32(sum)} in header != ${hex32(c)} of body (version ${ver >>> 0})`;
+  if (c !== sum) return `checksum ${hex32(sum)} in header != ${hex32(c)} of body (version ${ver >>> 0})`;
   if (deep) {
     const w = bodyMismatch(i32, page, ver >>> 0);
-    if (w >= 0) return `page ${page}: body word ${w} differs from the content of version ${ver >>> 0}`;
+    if (w >= 0) return `body word ${w} differs from the content of version ${ver >>> 0}`;
   }
   return null;
 }

@@ -16,6 +16,7 @@ import {
   F_SKIPPED,
   F_TARGET,
   F_WRITES,
+  T_FAILED,
   T_PARKED,
   T_RUNNING,
   T_STOPPED,
@@ -27,7 +28,7 @@ import {
 import { readLedger } from './layout.js';
 import { GuestMemory, openGuestMemory } from './memory.js';
 import { verify, VerifyOptions } from './verify.js';
-import { GuestParams, OP_BAD, OP_READ, OP_SKIPPED, OP_WRITE, ThreadRunner, setupLedger } from './workload.js';
+import { GuestParams, OP_BAD, OP_CORRUPT, OP_SKIPPED, OP_WRITE, ThreadRunner, setupLedger } from './workload.js';
 
 export type WorkerTask =
   | { postcopyGuest: 1; mode: 'setup'; memory: GuestMemory; params: GuestParams | null }
@@ -48,7 +49,8 @@ export type WorkerMessage =
   | { type: 'ready'; thread: number }
   | { type: 'parked'; thread: number; epoch: number }
   | { type: 'stopped'; thread: number; epoch: number }
-  | { type: 'bad'; thread: number; page: number; reason: string };
+  | { type: 'bad'; thread: number; page: number; reason: string }
+  | { type: 'failed'; thread: number; page: number; reason: string };
 
 function post(m: WorkerMessage): void {
   parentPort!.postMessage(m);
@@ -79,6 +81,12 @@ function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
     const cmd = Atomics.load(ctl, C_CMD);
     if (cmd === CMD_RUN && ops < stats[sw + F_TARGET]) {
       const r = runner.step();
+      if (r === OP_CORRUPT) {
+        // Stop here, leaving the page as found: the controller fails the guest.
+        Atomics.store(ctl, stateWord(t), T_FAILED);
+        post({ type: 'failed', thread: t, page: runner.badPage, reason: runner.badReason });
+        return;
+      }
       stats[sw + F_OPS] = ++ops;
       if (r === OP_WRITE) {
         stats[sw + F_WRITES] = ++writes;

@@ -23,6 +23,7 @@ import {
   isBlankLedger,
   ownerOf,
   pageOf,
+  pageProblem,
   patternCode,
   pickIndex,
   readLedger,
@@ -117,6 +118,8 @@ export const OP_WRITE = 0;
 export const OP_READ = 1;
 export const OP_BAD = 2;
 export const OP_SKIPPED = 3;
+/** A writer found the page it was about to write already corrupt: the thread must stop. */
+export const OP_CORRUPT = 4;
 
 /**
  * A read that keeps racing a writer spins a little, then sleeps (the writer may have been
@@ -131,7 +134,7 @@ const nap = new Int32Array(new SharedArrayBuffer(4));
 export class ThreadRunner {
   readonly writer: boolean;
   readonly slot: SlotState;
-  /** Reason of the last OP_BAD. */
+  /** Reason of the last OP_BAD or OP_CORRUPT (without the page's name for OP_CORRUPT). */
   badReason = '';
   badPage = 0;
   private readonly pick: PickState;
@@ -176,6 +179,14 @@ export class ThreadRunner {
 
   private write(page: number): number {
     const i32 = this.i32;
+    // Check before modify: writing a fresh version over a damaged page would hide the damage
+    // from the verifier. Shallow (header and checksum): one pass over the body.
+    const problem = pageProblem(i32, page, this.thread, false);
+    if (problem !== null) {
+      this.badReason = problem;
+      this.badPage = page;
+      return OP_CORRUPT;
+    }
     // The next version comes from the page itself: memory is the only state.
     const v = (Atomics.load(i32, page * PAGE_WORDS + H_VERSION) >>> 0) + 1;
     writePage(i32, page, v, this.thread);
