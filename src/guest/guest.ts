@@ -388,7 +388,7 @@ export class Guest extends EventEmitter {
    * never ok, whatever memory looks like now.
    */
   async verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
-    const quiet = this.stopping || this.allParked() || (this.state === 'failed' && this.workers.every((_, t) => this.threadDone(t)));
+    const quiet = this.stopping || this.allParked() || (this.state === 'failed' && this.allThreadsDone());
     if (!quiet) throw new Error('guest.verify: pause or stop the guest first (threads are running)');
     return this.withOwnFindings(await verifyInWorker(this.memory, opts), opts.maxReport ?? 16);
   }
@@ -399,7 +399,7 @@ export class Guest extends EventEmitter {
     if (this.state === 'failed') return this.stopAfterFailure();
     this.command(CMD_STOP);
     try {
-      await this.waitFor(() => this.workers.every((_, t) => this.exited[t] || Atomics.load(this.ctl, stateWord(t)) === T_STOPPED));
+      await this.waitFor(() => this.allThreadsDone());
     } finally {
       await this.terminate();
     }
@@ -423,15 +423,20 @@ export class Guest extends EventEmitter {
   private command(cmd: number): void {
     if (this.state === 'stopped') throw new Error('guest is stopped');
     if (this.state === 'failed') throw this.errors[0];
-    Atomics.store(this.ctl, C_CMD, cmd);
-    Atomics.add(this.ctl, C_EPOCH, 1);
-    Atomics.notify(this.ctl, C_EPOCH);
+    this.broadcast(cmd);
     this.state = cmd === CMD_RUN ? 'running' : cmd === CMD_PAUSE ? 'paused' : this.state;
     // A newer command supersedes older waits: they resolve (not reject, so that an
     // unawaited pause() followed by stop() cannot raise an unhandled rejection).
     const ws = this.waiters;
     this.waiters = [];
     for (const w of ws) w.resolve();
+  }
+
+  /** Tell every thread: they read the command between operations, and parked ones wake. */
+  private broadcast(cmd: number): void {
+    Atomics.store(this.ctl, C_CMD, cmd);
+    Atomics.add(this.ctl, C_EPOCH, 1);
+    Atomics.notify(this.ctl, C_EPOCH);
   }
 
   private waitFor(done: () => boolean): Promise<void> {
@@ -460,12 +465,8 @@ export class Guest extends EventEmitter {
     if (this.stopping) return;
     const err = e.message.startsWith('guest thread') ? e : Object.assign(new Error(`guest thread ${t}: ${e.message}`), { cause: e });
     this.errors.push(err);
-    if (this.state !== 'failed') {
-      // The other threads stop too: nothing more is written over what the failure found.
-      Atomics.store(this.ctl, C_CMD, CMD_STOP);
-      Atomics.add(this.ctl, C_EPOCH, 1);
-      Atomics.notify(this.ctl, C_EPOCH);
-    }
+    // The other threads stop too: nothing more is written over what the failure found.
+    if (this.state !== 'failed') this.broadcast(CMD_STOP);
     this.state = 'failed';
     if (this.listenerCount('threadError') > 0) this.emit('threadError', err);
     const ws = this.waiters;
@@ -479,9 +480,9 @@ export class Guest extends EventEmitter {
     return s === T_STOPPED || s === T_FAILED;
   }
 
-  /** Thread t will touch guest memory no more. */
-  private threadDone(t: number): boolean {
-    return this.exited[t] || this.leftWorkload(t);
+  /** Every thread will touch guest memory no more (stopped, failed, or its worker is gone). */
+  private allThreadsDone(): boolean {
+    return this.workers.every((_, t) => this.exited[t] || this.leftWorkload(t));
   }
 
   /**
@@ -491,11 +492,10 @@ export class Guest extends EventEmitter {
    */
   private async stopAfterFailure(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
-    const done = () => this.workers.every((_, t) => this.threadDone(t));
-    if (!done()) {
+    if (!this.allThreadsDone()) {
       await new Promise<void>((resolve) => {
         timer = setTimeout(resolve, FAILED_STOP_GRACE_MS);
-        this.waiters.push({ done, resolve, reject: () => resolve() });
+        this.waiters.push({ done: () => this.allThreadsDone(), resolve, reject: () => resolve() });
       });
     }
     clearTimeout(timer);
