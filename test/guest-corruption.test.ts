@@ -82,7 +82,7 @@ test('a guest resumed on a copy with a corrupt page fails instead of writing ove
   }
 });
 
-test('a writer does not write over a page that another thread wrote or left busy', T, async () => {
+test('a writer does not write over a page whose header is damaged (other index, busy, version without its body)', T, async () => {
   for (const how of ['index', 'busy', 'version'] as const) {
     const { buffer } = await stoppedGuest('random', 1, 2000);
     const copy = copyOf(buffer);
