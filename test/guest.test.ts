@@ -2,7 +2,6 @@ import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   Guest,
-  GuestMemory,
   Pattern,
   corruptPage,
   guestLayout,
@@ -12,25 +11,9 @@ import {
   verifyInWorker,
   writeGuestPage,
 } from '../src/guest/index.js';
+import { MiB, T, copyOf, shared, sleep, snapshot, stoppedGuest, until } from './support/guest.js';
 
 const { PAGE_SIZE, bodyChecksum, readLedger, readSlot, writePage, writeSlot } = guestLayout;
-
-const MiB = 1 << 20;
-
-function shared(bytes = 2 * MiB): { memory: GuestMemory; buffer: SharedArrayBuffer } {
-  const buffer = new SharedArrayBuffer(bytes);
-  return { memory: { kind: 'shared', buffer }, buffer };
-}
-
-function copyOf(buffer: SharedArrayBuffer): SharedArrayBuffer {
-  const c = new SharedArrayBuffer(buffer.byteLength);
-  new Uint8Array(c).set(new Uint8Array(buffer));
-  return c;
-}
-
-function snapshot(buffer: SharedArrayBuffer): Buffer {
-  return Buffer.from(new Uint8Array(buffer).slice());
-}
 
 function versions(buffer: SharedArrayBuffer): number[] {
   const n = buffer.byteLength / PAGE_SIZE;
@@ -42,24 +25,6 @@ function versions(buffer: SharedArrayBuffer): number[] {
 // Every guest is ended after the file, even if a test failed or hung half-way (even inside
 // Guest.start): live workers would otherwise keep the test process waiting forever.
 after(() => Guest.terminateAll());
-// A hang (a thread that never parks) must fail the test, not stall the suite.
-const T = { timeout: 20_000 };
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Poll until cond() holds (bounded by the test timeout): no fixed sleeps that a loaded machine breaks. */
-async function until(cond: () => boolean): Promise<void> {
-  while (!cond()) await sleep(5);
-}
-
-/** Run a guest to a stopped, known state and return its memory. */
-async function stoppedGuest(pattern: Pattern, threads: number, ops: number, seed = 3) {
-  const { memory, buffer } = shared();
-  const g = await Guest.start({ memory, threads, pattern, seed, paused: true });
-  await g.runOps(ops);
-  await g.stop();
-  return { buffer, memory, g };
-}
 
 /** A data page with version >= 1 (so that corrupting it is visible). */
 function writtenPage(buffer: SharedArrayBuffer, from = 1): number {

@@ -23,6 +23,8 @@ export const T_STARTING = 0;
 export const T_RUNNING = 1;
 export const T_PARKED = 2;
 export const T_STOPPED = 3;
+/** Stopped on its own after finding corruption it must not write over (reported as 'failed'). */
+export const T_FAILED = 4;
 
 export const STATS_OFFSET = 1024;
 export const STATS_STRIDE = 8; // doubles per thread

@@ -19,6 +19,7 @@ import {
   F_SKIPPED,
   F_TARGET,
   F_WRITES,
+  T_FAILED,
   T_PARKED,
   T_STOPPED,
   controlViews,
@@ -38,6 +39,9 @@ export const WORKER_PATH = path.join(__dirname, 'worker.js');
 // Guest threads keep their state in guest memory and allocate almost nothing: a small young
 // generation keeps each worker's own footprint to a few MiB beside the guest's memory.
 const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 64 };
+
+/** How long stop() on a failed guest waits for its threads to finish their operation. */
+const FAILED_STOP_GRACE_MS = 1000;
 
 export interface RunOptions {
   /** Per-thread budget: each thread parks after this many operations (default: no limit). */
@@ -107,6 +111,19 @@ export interface BadPageReport extends BadPage {
   thread: number;
 }
 
+/** A writer thread found the page it was about to write already corrupt, and stopped. */
+export class GuestCorruptionError extends Error {
+  constructor(
+    readonly thread: number,
+    /** The corrupt page (0: the thread's ledger slot). */
+    readonly page: number,
+    reason: string,
+  ) {
+    super(`guest thread ${thread}: page ${page} is corrupt before write: ${reason}`);
+    this.name = 'GuestCorruptionError';
+  }
+}
+
 type GuestState = 'running' | 'paused' | 'stopped' | 'failed';
 
 interface Waiter {
@@ -168,7 +185,14 @@ export function readGuestInfo(memory: GuestMemory): Promise<LedgerInfo> {
 /**
  * The reference guest: worker threads running a workload whose whole state lives in guest
  * memory. Events: 'bad' (BadPageReport) when a reader finds a bad page (once per page per
- * thread), 'threadError' (Error) when a thread dies.
+ * thread), 'threadError' (Error) when a thread dies or a writer finds the page it is about to
+ * write already corrupt (GuestCorruptionError).
+ *
+ * After such a failure every thread is told to stop, so that memory stays as the failure
+ * found it, and the guest stays failed: `status` is 'failed' (also after stop()), `errors`
+ * holds the thread errors, commands throw the first one. verify() still checks memory on a
+ * failed (and stopped) guest, but its report is never ok: the guest's own findings (thread
+ * errors, then pages that readers reported bad) come first in `badPages` and count in `bad`.
  */
 export class Guest extends EventEmitter {
   /** Guests whose workers have not been terminated yet (including ones still starting). */
@@ -245,12 +269,13 @@ export class Guest extends EventEmitter {
       w.on('message', (m: WorkerMessage) => {
         if (m.type === 'ready') ready++;
         else if (m.type === 'bad') g.onBad(m);
+        else if (m.type === 'failed') g.fail(t, new GuestCorruptionError(t, m.page, m.reason));
         g.poke();
       });
       w.on('error', (e) => g.fail(t, e));
       w.on('exit', (code) => {
         g.exited[t] = true;
-        if (!g.stopping && Atomics.load(g.ctl, stateWord(t)) !== T_STOPPED) {
+        if (!g.stopping && !g.leftWorkload(t)) {
           g.fail(t, new Error(`guest thread ${t} exited unexpectedly with code ${code}`));
         }
         g.poke();
@@ -357,21 +382,24 @@ export class Guest extends EventEmitter {
     return this.bad.slice();
   }
 
-  /** Verify this guest's memory in a worker. The guest must be parked or stopped. */
+  /**
+   * Verify this guest's memory in a worker. The guest must be parked or stopped. The report
+   * of a guest that saw corruption itself (a failed thread, a bad page seen by a reader) is
+   * never ok, whatever memory looks like now.
+   */
   async verify(opts: VerifyOptions = {}): Promise<VerifyReport> {
-    if (this.state !== 'stopped' && !this.allParked()) {
-      throw new Error('guest.verify: pause or stop the guest first (threads are running)');
-    }
-    return verifyInWorker(this.memory, opts);
+    const quiet = this.stopping || this.allParked() || (this.state === 'failed' && this.allThreadsDone());
+    if (!quiet) throw new Error('guest.verify: pause or stop the guest first (threads are running)');
+    return this.withOwnFindings(await verifyInWorker(this.memory, opts), opts.maxReport ?? 16);
   }
 
   /** Park every thread, then end the workers. The memory is left consistent. */
   async stop(): Promise<void> {
-    if (this.state === 'stopped') return;
-    if (this.state === 'failed') return this.terminate(); // the failure is in `errors` already
+    if (this.stopping) return;
+    if (this.state === 'failed') return this.stopAfterFailure();
     this.command(CMD_STOP);
     try {
-      await this.waitFor(() => this.workers.every((_, t) => this.exited[t] || Atomics.load(this.ctl, stateWord(t)) === T_STOPPED));
+      await this.waitFor(() => this.allThreadsDone());
     } finally {
       await this.terminate();
     }
@@ -384,7 +412,7 @@ export class Guest extends EventEmitter {
   async terminate(): Promise<void> {
     Guest.live.delete(this);
     this.stopping = true;
-    this.state = 'stopped';
+    if (this.state !== 'failed') this.state = 'stopped';
     await Promise.all(this.workers.map((w) => w.terminate()));
     // Threads blocked in a wait will never answer now.
     const ws = this.waiters;
@@ -395,15 +423,20 @@ export class Guest extends EventEmitter {
   private command(cmd: number): void {
     if (this.state === 'stopped') throw new Error('guest is stopped');
     if (this.state === 'failed') throw this.errors[0];
-    Atomics.store(this.ctl, C_CMD, cmd);
-    Atomics.add(this.ctl, C_EPOCH, 1);
-    Atomics.notify(this.ctl, C_EPOCH);
+    this.broadcast(cmd);
     this.state = cmd === CMD_RUN ? 'running' : cmd === CMD_PAUSE ? 'paused' : this.state;
     // A newer command supersedes older waits: they resolve (not reject, so that an
     // unawaited pause() followed by stop() cannot raise an unhandled rejection).
     const ws = this.waiters;
     this.waiters = [];
     for (const w of ws) w.resolve();
+  }
+
+  /** Tell every thread: they read the command between operations, and parked ones wake. */
+  private broadcast(cmd: number): void {
+    Atomics.store(this.ctl, C_CMD, cmd);
+    Atomics.add(this.ctl, C_EPOCH, 1);
+    Atomics.notify(this.ctl, C_EPOCH);
   }
 
   private waitFor(done: () => boolean): Promise<void> {
@@ -432,10 +465,51 @@ export class Guest extends EventEmitter {
     if (this.stopping) return;
     const err = e.message.startsWith('guest thread') ? e : Object.assign(new Error(`guest thread ${t}: ${e.message}`), { cause: e });
     this.errors.push(err);
+    // The other threads stop too: nothing more is written over what the failure found.
+    if (this.state !== 'failed') this.broadcast(CMD_STOP);
     this.state = 'failed';
     if (this.listenerCount('threadError') > 0) this.emit('threadError', err);
     const ws = this.waiters;
     this.waiters = [];
     for (const w of ws) w.reject(err);
+  }
+
+  /** Thread t left its loop on its own: told to stop, or stopped by the corruption it found. */
+  private leftWorkload(t: number): boolean {
+    const s = Atomics.load(this.ctl, stateWord(t));
+    return s === T_STOPPED || s === T_FAILED;
+  }
+
+  /** Every thread will touch guest memory no more (stopped, failed, or its worker is gone). */
+  private allThreadsDone(): boolean {
+    return this.workers.every((_, t) => this.exited[t] || this.leftWorkload(t));
+  }
+
+  /**
+   * The threads were told to stop when the guest failed: give them a moment to finish their
+   * operation (so memory is left consistent), but do not wait for one that may be blocked
+   * forever (e.g. in a fault of a failed migration).
+   */
+  private async stopAfterFailure(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    if (!this.allThreadsDone()) {
+      await new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, FAILED_STOP_GRACE_MS);
+        this.waiters.push({ done: () => this.allThreadsDone(), resolve, reject: () => resolve() });
+      });
+    }
+    clearTimeout(timer);
+    await this.terminate();
+  }
+
+  /** The report, made not ok by what this guest's threads saw themselves (listed first). */
+  private withOwnFindings(report: VerifyReport, maxReport: number): VerifyReport {
+    const own: BadPage[] = [
+      ...this.errors.map((e) => ({ page: e instanceof GuestCorruptionError ? e.page : 0, reason: e.message })),
+      ...this.bad.map((b) => ({ page: b.page, reason: `guest thread ${b.thread} read ${b.reason}` })),
+    ];
+    if (own.length === 0) return report;
+    const badPages = [...own, ...report.badPages].slice(0, maxReport);
+    return { ...report, ok: false, bad: report.bad + own.length, firstBad: badPages[0], badPages };
   }
 }

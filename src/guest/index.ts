@@ -4,7 +4,7 @@
 // The package root re-exports this module, so only distinctive names live at the top level;
 // the page/ledger layout and the per-thread workload are under the guestLayout and
 // guestWorkload namespaces.
-export { Guest, verifyInWorker, readGuestInfo, WORKER_PATH as GUEST_WORKER_PATH } from './guest.js';
+export { Guest, GuestCorruptionError, verifyInWorker, readGuestInfo, WORKER_PATH as GUEST_WORKER_PATH } from './guest.js';
 export type {
   GuestOptions,
   ResumeOptions,

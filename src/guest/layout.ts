@@ -9,7 +9,8 @@
 //   w0 index     the page's own index (a page found at the wrong offset says so)
 //   w1 version   number of writes to this page (plus the fill passes); 0 = never written
 //   w2 checksum  hash of the body words, seeded with (index, version)
-//   w3 flags     0x5047 << 16 magic | 0x8000 busy | writer thread id (0..63, 0xff = fill)
+//   w3 flags     0x5047 << 16 magic | 0x8000 busy | bits 8..14 zero | writer thread id
+//                (0..63, 0xff = fill)
 //   w4..w1023    body: xorshift32 stream seeded from (index, version), never zero
 // A page that is entirely zero is a valid version-0 page: memory starts zeroed and the guest
 // never runs an initialisation pass over the data pages.
@@ -28,13 +29,18 @@ export const H_FLAGS = 3;
 export const FLAGS_MAGIC = 0x5047 << 16;
 export const FLAGS_MAGIC_MASK = 0xffff0000 | 0;
 export const FLAG_BUSY = 0x8000;
+/** Flag bits no writer sets: a page with one of them set is damaged. */
+export const FLAGS_RESERVED = 0x7f00;
 export const FLAG_WRITER_MASK = 0xff;
 /** Writer id stamped by fill passes when the guest has no writer threads ('read' pattern). */
 export const FILL_WRITER = 0xff;
 
-// Ledger page (page 0), words:
+// Ledger page (page 0). Every word is either covered by a checksum or must be zero:
+//   w0..w10          header below (w10 = checksum of w0..w9), w11..w15 zero
+//   w16 + t * 15     slot of thread t < threads (below); the slots of absent threads and
+//                    w976..w1023 are zero
 export const LEDGER_MAGIC = 0x4c474350; // 'PCGL' little-endian
-export const LEDGER_LAYOUT = 1;
+export const LEDGER_LAYOUT = 2;
 export const L_MAGIC = 0;
 export const L_LAYOUT = 1;
 export const L_PATTERN = 2;
@@ -47,7 +53,8 @@ export const L_HOT_PCT = 8;
 export const L_BASE = 9; // fill passes: every data page started at this version
 export const L_CHECK = 10; // hash of words 0..9 (the fixed parameters)
 export const LEDGER_HEADER_WORDS = 16;
-// Per-thread slot: 16 + 64 * 15 = 976 words, fits the 1024-word page.
+// Per-thread slot: 16 + 64 * 15 = 976 words, fits the 1024-word page. Written by its own
+// thread only (writers on every write, readers when parking), checksum last.
 export const SLOT_WORDS = 15;
 export const S_WRITES_LO = 0;
 export const S_WRITES_HI = 1;
@@ -60,6 +67,9 @@ export const S_PART = 7; // writer index (= thread index) or reader index
 export const S_PART_SIZE = 8; // pages this thread picks among
 export const S_READS_LO = 9;
 export const S_READS_HI = 10;
+// w11..w13 zero
+/** Checksum of w0..w10 and the thread index (a slot at another thread's place fails). */
+export const S_CHECK = 14;
 export const ROLE_WRITER = 0;
 export const ROLE_READER = 1;
 
@@ -233,6 +243,12 @@ export function bodyMismatch(i32: Int32Array, page: number, version: number): nu
  * skip that check (unknown ledger). `deep` also regenerates the body and compares it.
  */
 export function checkPage(i32: Int32Array, page: number, owner: number, deep: boolean): string | null {
+  const problem = pageProblem(i32, page, owner, deep);
+  return problem === null ? null : `page ${page}: ${problem}`;
+}
+
+/** What is wrong with a data page (see checkPage), without the page's name; null if nothing. */
+export function pageProblem(i32: Int32Array, page: number, owner: number, deep: boolean): string | null {
   const base = page * PAGE_WORDS;
   const idx = i32[base + H_INDEX];
   const ver = i32[base + H_VERSION];
@@ -245,19 +261,21 @@ export function checkPage(i32: Int32Array, page: number, owner: number, deep: bo
     if (acc === 0) return null;
     let w = HEADER_WORDS;
     while (i32[base + w] === 0) w++;
-    return `page ${page}: blank header but body word ${w} is ${hex32(i32[base + w])} (torn page or lost header)`;
+    return `blank header but body word ${w} is ${hex32(i32[base + w])} (torn page or lost header)`;
   }
-  if ((flags & FLAGS_MAGIC_MASK) !== FLAGS_MAGIC) return `page ${page}: bad header magic ${hex32(flags)}`;
-  if (idx !== page) return `page ${page}: header says page ${idx >>> 0}`;
-  if (flags & FLAG_BUSY) return `page ${page}: busy flag set (write in progress or interrupted)`;
-  if (ver === 0) return `page ${page}: version 0 with a non-blank header`;
+  if ((flags & FLAGS_MAGIC_MASK) !== FLAGS_MAGIC) return `bad header magic ${hex32(flags)}`;
+  if (idx !== page) return `header says page ${idx >>> 0}`;
+  if (flags & FLAG_BUSY) return `busy flag set (write in progress or interrupted)`;
+  if (flags & FLAGS_RESERVED) return `reserved flag bits ${hex32(flags & FLAGS_RESERVED)} set in ${hex32(flags)}`;
+  if (ver === 0) return `version 0 with a non-blank header`;
   const writer = flags & FLAG_WRITER_MASK;
-  if (owner >= 0 && writer !== owner) return `page ${page}: written by thread ${writer}, owner is thread ${owner}`;
+  if (owner >= 0 && writer !== owner) return `written by thread ${writer}, owner is thread ${owner}`;
+  if (writer >= MAX_THREADS && writer !== FILL_WRITER) return `writer ${writer} is neither a thread nor the fill`;
   const c = bodyChecksum(i32, base, page, ver >>> 0);
-  if (c !== sum) return `page ${page}: checksum ${hex32(sum)} in header != ${hex32(c)} of body (version ${ver >>> 0})`;
+  if (c !== sum) return `checksum ${hex32(sum)} in header != ${hex32(c)} of body (version ${ver >>> 0})`;
   if (deep) {
     const w = bodyMismatch(i32, page, ver >>> 0);
-    if (w >= 0) return `page ${page}: body word ${w} differs from the content of version ${ver >>> 0}`;
+    if (w >= 0) return `body word ${w} differs from the content of version ${ver >>> 0}`;
   }
   return null;
 }
@@ -354,13 +372,42 @@ function ledgerCheck(i32: Int32Array): number {
   return h;
 }
 
+/** Checksum of thread t's slot holding `s` (the words as stored; see S_CHECK). */
+export function slotChecksum(t: number, s: SlotState): number {
+  let h = fmix32(0x3b9aca07 ^ t);
+  h = fmix32(h ^ low32(s.writes));
+  h = fmix32(h ^ high32(s.writes));
+  h = fmix32(h ^ s.rng);
+  h = fmix32(h ^ s.cursor);
+  h = fmix32(h ^ s.hotBase);
+  h = fmix32(h ^ s.hotSize);
+  h = fmix32(h ^ s.role);
+  h = fmix32(h ^ s.part);
+  h = fmix32(h ^ s.partSize);
+  h = fmix32(h ^ low32(s.reads));
+  return fmix32(h ^ high32(s.reads));
+}
+
+function low32(n: number): number {
+  return n % 0x100000000;
+}
+
+function high32(n: number): number {
+  return Math.floor(n / 0x100000000);
+}
+
 export function slotBase(t: number): number {
   return LEDGER_HEADER_WORDS + t * SLOT_WORDS;
 }
 
 export function isBlankLedger(i32: Int32Array): boolean {
-  for (let i = 0; i < PAGE_WORDS; i++) if (i32[i] !== 0) return false;
-  return true;
+  return firstNonZero(i32, 0, PAGE_WORDS) < 0;
+}
+
+/** Index of the first non-zero word in from..to-1, or -1. */
+function firstNonZero(i32: Int32Array, from: number, to: number): number {
+  for (let w = from; w < to; w++) if (i32[w] !== 0) return w;
+  return -1;
 }
 
 export type LedgerRead =
@@ -368,8 +415,28 @@ export type LedgerRead =
   | { kind: 'bad'; reason: string }
   | { kind: 'ok'; info: LedgerInfo; slots: SlotState[] };
 
-/** Decode and sanity-check the ledger page (structure only; the verifier does the sums). */
+/**
+ * Decode and check the whole ledger page: header, every slot, every word that must be zero
+ * (the verifier checks the slots against the data pages). Only while the threads are parked:
+ * a running thread rewrites its slot.
+ */
 export function readLedger(i32: Int32Array): LedgerRead {
+  const head = readLedgerHeader(i32);
+  if (head.kind !== 'ok') return head;
+  const info = head.info;
+  const slots: SlotState[] = [];
+  for (let t = 0; t < info.threads; t++) {
+    const problem = slotProblem(i32, info, t);
+    if (problem !== null) return { kind: 'bad', reason: problem };
+    slots.push(readSlot(i32, t));
+  }
+  const w = firstNonZero(i32, slotBase(info.threads), PAGE_WORDS);
+  if (w >= 0) return { kind: 'bad', reason: `ledger: word ${w} (after the ${info.threads} slots) is ${hex32(i32[w])}, must be zero` };
+  return { kind: 'ok', info, slots };
+}
+
+/** Decode and check the ledger header only (safe while threads rewrite their slots). */
+export function readLedgerHeader(i32: Int32Array): { kind: 'blank' } | { kind: 'bad'; reason: string } | { kind: 'ok'; info: LedgerInfo } {
   if (isBlankLedger(i32)) return { kind: 'blank' };
   const magic = i32[L_MAGIC];
   if (magic !== LEDGER_MAGIC) return { kind: 'bad', reason: `ledger: bad magic ${hex32(magic)}` };
@@ -378,6 +445,8 @@ export function readLedger(i32: Int32Array): LedgerRead {
   if (i32[L_CHECK] !== check) {
     return { kind: 'bad', reason: `ledger: header checksum ${hex32(i32[L_CHECK])} != ${hex32(check)}` };
   }
+  const w = firstNonZero(i32, L_CHECK + 1, LEDGER_HEADER_WORDS);
+  if (w >= 0) return { kind: 'bad', reason: `ledger: header word ${w} is ${hex32(i32[w])}, must be zero` };
   const pattern = patternName(i32[L_PATTERN]);
   const threads = i32[L_THREADS];
   const writers = i32[L_WRITERS];
@@ -405,25 +474,27 @@ export function readLedger(i32: Int32Array): LedgerRead {
   if (info.hotDivisor < 1 || info.hotPercent < 0 || info.hotPercent > 100) {
     return { kind: 'bad', reason: `ledger: bad hot set 1/${info.hotDivisor} at ${info.hotPercent}%` };
   }
-  const slots: SlotState[] = [];
-  for (let t = 0; t < threads; t++) {
-    const s = readSlot(i32, t);
-    const want = initialSlot(info, t);
-    // The static part of each slot must be what the parameters imply.
-    for (const k of ['role', 'part', 'partSize', 'hotBase', 'hotSize'] as const) {
-      if (s[k] !== want[k]) {
-        return { kind: 'bad', reason: `ledger: thread ${t} ${k} ${s[k]} != ${want[k]} implied by the parameters` };
-      }
-    }
-    if (s.cursor < 0 || s.cursor >= s.partSize) {
-      return { kind: 'bad', reason: `ledger: thread ${t} cursor ${s.cursor} outside 0..${s.partSize - 1}` };
-    }
-    if (s.role === ROLE_READER && s.writes !== 0) {
-      return { kind: 'bad', reason: `ledger: reader thread ${t} has ${s.writes} writes` };
-    }
-    slots.push(s);
+  return { kind: 'ok', info };
+}
+
+/** What is wrong with thread t's ledger slot, or null. */
+export function slotProblem(i32: Int32Array, info: LedgerInfo, t: number): string | null {
+  const s = readSlot(i32, t);
+  const want = initialSlot(info, t);
+  // The static part of each slot must be what the parameters imply.
+  for (const k of ['role', 'part', 'partSize', 'hotBase', 'hotSize'] as const) {
+    if (s[k] !== want[k]) return `ledger: thread ${t} ${k} ${s[k]} != ${want[k]} implied by the parameters`;
   }
-  return { kind: 'ok', info, slots };
+  if (s.cursor < 0 || s.cursor >= s.partSize) return `ledger: thread ${t} cursor ${s.cursor} outside 0..${s.partSize - 1}`;
+  if (s.role === ROLE_READER && s.writes !== 0) return `ledger: reader thread ${t} has ${s.writes} writes`;
+  const b = slotBase(t);
+  const w = firstNonZero(i32, b + S_READS_HI + 1, b + S_CHECK);
+  if (w >= 0) return `ledger: thread ${t} slot word ${w - b} is ${hex32(i32[w])}, must be zero`;
+  const check = slotChecksum(t, s);
+  if (i32[b + S_CHECK] !== check) {
+    return `ledger: thread ${t} slot checksum ${hex32(i32[b + S_CHECK])} != ${hex32(check)} of its words`;
+  }
+  return null;
 }
 
 export function readSlot(i32: Int32Array, t: number): SlotState {
@@ -441,19 +512,32 @@ export function readSlot(i32: Int32Array, t: number): SlotState {
   };
 }
 
+/** Write a whole slot (static part included). */
 export function writeSlot(i32: Int32Array, t: number, s: SlotState): void {
   const b = slotBase(t);
-  Atomics.store(i32, b + S_WRITES_LO, s.writes % 0x100000000);
-  Atomics.store(i32, b + S_WRITES_HI, Math.floor(s.writes / 0x100000000));
-  Atomics.store(i32, b + S_RNG, s.rng);
-  Atomics.store(i32, b + S_CURSOR, s.cursor);
   Atomics.store(i32, b + S_HOT_BASE, s.hotBase);
   Atomics.store(i32, b + S_HOT_SIZE, s.hotSize);
   Atomics.store(i32, b + S_ROLE, s.role);
   Atomics.store(i32, b + S_PART, s.part);
   Atomics.store(i32, b + S_PART_SIZE, s.partSize);
-  Atomics.store(i32, b + S_READS_LO, s.reads % 0x100000000);
-  Atomics.store(i32, b + S_READS_HI, Math.floor(s.reads / 0x100000000));
+  saveSlotProgress(i32, t, s);
+}
+
+/**
+ * Write what changes in a slot as its thread works: counts first (a writer's page is already
+ * written, and the verifier ties its count to the versions), then the pick state, then the
+ * slot's checksum, so that a thread ended half-way leaves a slot that fails its checksum.
+ * Writers call this on every write: a few stores and one short hash.
+ */
+export function saveSlotProgress(i32: Int32Array, t: number, s: SlotState): void {
+  const b = slotBase(t);
+  Atomics.store(i32, b + S_WRITES_LO, low32(s.writes));
+  Atomics.store(i32, b + S_WRITES_HI, high32(s.writes));
+  Atomics.store(i32, b + S_READS_LO, low32(s.reads));
+  Atomics.store(i32, b + S_READS_HI, high32(s.reads));
+  Atomics.store(i32, b + S_RNG, s.rng);
+  Atomics.store(i32, b + S_CURSOR, s.cursor);
+  Atomics.store(i32, b + S_CHECK, slotChecksum(t, s));
 }
 
 /**

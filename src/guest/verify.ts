@@ -9,11 +9,13 @@ import {
   P_SEQUENTIAL,
   PAGE_SIZE,
   PAGE_WORDS,
+  ROLE_WRITER,
   SlotState,
   checkPage,
   hex32,
   initialSlot,
   ownerOf,
+  pageOf,
   patternCode,
   pickIndex,
   readLedger,
@@ -26,6 +28,8 @@ export interface VerifyOptions {
    * Replay every writer's RNG from the seed to get the exact expected version of every page,
    * so that a stale or lost page is named, not only counted. Default: when the ledger holds
    * at most `replayLimit` writes (sequential writers are always checked exactly, in O(pages)).
+   * Readers' RNG is replayed too (against their read counts) when writes plus reads fit in
+   * `replayLimit`.
    */
   replay?: boolean;
   replayLimit?: number;
@@ -70,11 +74,13 @@ export interface VerifyReport {
 const DEFAULT_REPLAY_LIMIT = 1 << 25;
 
 /**
- * Expected version of every page from the ledger: fill passes plus, per writer, the pages its
- * RNG/cursor picked for each of its writes. Also checks that replaying ends at the RNG and
- * cursor the ledger saved. Returns null when a writer is too expensive to replay.
+ * Check every thread's pick state (cursor and RNG) against its operation count, and return
+ * the expected version of every page: fill passes plus, per writer, the pages its picks
+ * chose. Sequential threads are checked in closed form. Other threads' RNG is replayed from
+ * the seed, writers first, while the replay budget lasts (a thread draws once per operation,
+ * readers included); returns null when the writers do not fit in it.
  */
-function expectedVersions(
+function checkPickStates(
   info: LedgerInfo,
   slots: SlotState[],
   replay: boolean,
@@ -82,47 +88,61 @@ function expectedVersions(
   ledgerIssues: BadPage[],
 ): Uint32Array | null {
   const pattern = patternCode(info.pattern);
-  let randomWrites = 0;
-  if (pattern !== P_SEQUENTIAL) for (const s of slots) randomWrites += s.writes;
-  if (!replay || randomWrites > limit) return null;
-  const exp = new Uint32Array(info.dataPages + 1).fill(info.baseVersion);
-  exp[0] = 0;
-  for (let t = 0; t < info.writers; t++) {
+  const sequential = pattern === P_SEQUENTIAL;
+  const ops = (s: SlotState): number => (s.role === ROLE_WRITER ? s.writes : s.reads);
+  let writerDraws = 0;
+  let readerDraws = 0;
+  if (!sequential) {
+    for (const s of slots) {
+      if (s.role === ROLE_WRITER) writerDraws += s.writes;
+      else readerDraws += s.reads;
+    }
+  }
+  let exp: Uint32Array | null = null;
+  if (replay && writerDraws <= limit) {
+    exp = new Uint32Array(info.dataPages + 1).fill(info.baseVersion);
+    exp[0] = 0;
+  }
+  const replayReaders = replay && writerDraws + readerDraws <= limit;
+  for (let t = 0; t < info.threads; t++) {
     const s = slots[t];
     const start = initialSlot(info, t);
-    const size = s.partSize;
-    const W = info.writers;
-    if (pattern === P_SEQUENTIAL) {
-      // Closed form: every page got floor(n / size) passes, the first n % size one more.
-      const passes = Math.floor(s.writes / size);
-      const extra = s.writes % size;
-      for (let k = 0; k < size; k++) exp[1 + t + k * W] += passes + (k < extra ? 1 : 0);
-      if (s.cursor !== extra) {
-        ledgerIssues.push({ page: 0, reason: `ledger: thread ${t} cursor ${s.cursor} != ${extra} after ${s.writes} sequential writes` });
+    const n = ops(s);
+    const writer = s.role === ROLE_WRITER;
+    const what = writer ? 'writes' : 'reads';
+    const issue = (reason: string): number => ledgerIssues.push({ page: 0, reason: `ledger: thread ${t} ${reason}` });
+    if (sequential) {
+      // One cursor step per operation, no draw.
+      const cursor = (start.cursor + n) % s.partSize;
+      if (s.cursor !== cursor) issue(`cursor ${s.cursor} != ${cursor} after ${n} sequential ${what}`);
+      if (s.rng !== start.rng) issue(`rng ${hex32(s.rng)} != ${hex32(start.rng)} of the seed (sequential threads do not draw)`);
+      if (writer && exp !== null) {
+        // Every page got floor(n / size) passes, the first n % size one more.
+        const passes = Math.floor(n / s.partSize);
+        const extra = n % s.partSize;
+        for (let k = 0; k < s.partSize; k++) exp[pageOf(s, k, info.writers)] += passes + (k < extra ? 1 : 0);
       }
       continue;
     }
+    if (s.cursor !== start.cursor) issue(`cursor ${s.cursor} != ${start.cursor} (only sequential threads move it)`);
+    if (writer ? exp === null : !replayReaders) continue;
     const st = { rng: start.rng, cursor: start.cursor };
-    for (let n = 0; n < s.writes; n++) {
-      const k = pickIndex(pattern, st, size, s.hotBase, s.hotSize, info.hotPercent);
-      exp[1 + t + k * W]++;
+    for (let i = 0; i < n; i++) {
+      const k = pickIndex(pattern, st, s.partSize, s.hotBase, s.hotSize, info.hotPercent);
+      if (writer) exp![pageOf(s, k, info.writers)]++;
     }
-    if (st.rng !== s.rng) {
-      ledgerIssues.push({
-        page: 0,
-        reason: `ledger: thread ${t} rng ${hex32(s.rng)} != ${hex32(st.rng)} replayed from the seed over ${s.writes} writes`,
-      });
-    }
+    if (st.rng !== s.rng) issue(`rng ${hex32(s.rng)} != ${hex32(st.rng)} replayed from the seed over ${n} ${what}`);
   }
   return exp;
 }
 
 /**
- * Check a whole guest block: the ledger, every data page (index, magic, checksum, owner,
- * busy), the invariant sum(versions) == base * pages + sum(ledger writes), per writer and in
- * total, and, when the replay runs, every page's exact version. Synchronous and touches every
- * page: on real guest memory run it in a worker (verifyInWorker), never on the main thread
- * while a migration may be serving faults.
+ * Check a whole guest block: the ledger (every word is checksummed or must be zero; every
+ * thread's cursor and RNG against its operation count), every data page (index, magic,
+ * reserved flag bits, checksum, owner, busy), the invariant sum(versions) == base * pages +
+ * sum(ledger writes), per writer and in total, and, when the replay runs, every page's exact
+ * version. Synchronous and touches every page: on real guest memory run it in a worker
+ * (verifyInWorker), never on the main thread while a migration may be serving faults.
  */
 export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOptions = {}): VerifyReport {
   const t0 = performance.now();
@@ -179,7 +199,7 @@ export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOpti
   if (info) {
     base = info.baseVersion;
     for (const s of slots) report.ledgerWrites += s.writes;
-    exp = expectedVersions(info, slots, opts.replay ?? true, opts.replayLimit ?? DEFAULT_REPLAY_LIMIT, ledgerIssues);
+    exp = checkPickStates(info, slots, opts.replay ?? true, opts.replayLimit ?? DEFAULT_REPLAY_LIMIT, ledgerIssues);
   } else if (led.kind === 'blank') {
     exp = new Uint32Array(dataPages + 1); // blank ledger: every page must still be version 0
   }

@@ -16,6 +16,7 @@ import {
   F_SKIPPED,
   F_TARGET,
   F_WRITES,
+  T_FAILED,
   T_PARKED,
   T_RUNNING,
   T_STOPPED,
@@ -24,10 +25,10 @@ import {
   stateWord,
   statWord,
 } from './control.js';
-import { readLedger } from './layout.js';
+import { readLedgerHeader, readSlot } from './layout.js';
 import { GuestMemory, openGuestMemory } from './memory.js';
 import { verify, VerifyOptions } from './verify.js';
-import { GuestParams, OP_BAD, OP_READ, OP_SKIPPED, OP_WRITE, ThreadRunner, setupLedger } from './workload.js';
+import { GuestParams, OP_BAD, OP_CORRUPT, OP_SKIPPED, OP_WRITE, ThreadRunner, setupLedger } from './workload.js';
 
 export type WorkerTask =
   | { postcopyGuest: 1; mode: 'setup'; memory: GuestMemory; params: GuestParams | null }
@@ -48,7 +49,8 @@ export type WorkerMessage =
   | { type: 'ready'; thread: number }
   | { type: 'parked'; thread: number; epoch: number }
   | { type: 'stopped'; thread: number; epoch: number }
-  | { type: 'bad'; thread: number; page: number; reason: string };
+  | { type: 'bad'; thread: number; page: number; reason: string }
+  | { type: 'failed'; thread: number; page: number; reason: string };
 
 function post(m: WorkerMessage): void {
   parentPort!.postMessage(m);
@@ -56,14 +58,15 @@ function post(m: WorkerMessage): void {
 
 function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
   const i32 = new Int32Array(openGuestMemory(task.memory));
-  const led = readLedger(i32);
-  if (led.kind !== 'ok') throw new Error(led.kind === 'bad' ? led.reason : 'guest ledger is blank');
+  // The header only: the other threads may be rewriting their slots already.
+  const head = readLedgerHeader(i32);
+  if (head.kind !== 'ok') throw new Error(head.kind === 'bad' ? head.reason : 'guest ledger is blank');
   const t = task.thread;
-  const runner = new ThreadRunner(i32, led.info, t, task.readOnly);
+  const runner = new ThreadRunner(i32, head.info, t, task.readOnly);
   const { ctl, stats } = controlViews(task.control);
   const sw = statWord(t, 0);
   // The ledger's count, also for a read-only thread (whose runner has its own reader slot).
-  stats[sw + F_LEDGER_WRITES] = led.slots[t].writes;
+  stats[sw + F_LEDGER_WRITES] = readSlot(i32, t).writes;
   post({ type: 'ready', thread: t });
 
   const reported = new Set<number>(); // report each bad page once per thread; count them all
@@ -79,6 +82,7 @@ function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
     const cmd = Atomics.load(ctl, C_CMD);
     if (cmd === CMD_RUN && ops < stats[sw + F_TARGET]) {
       const r = runner.step();
+      if (r === OP_CORRUPT) return failThread(ctl, t, runner.badPage, runner.badReason);
       stats[sw + F_OPS] = ++ops;
       if (r === OP_WRITE) {
         stats[sw + F_WRITES] = ++writes;
@@ -111,9 +115,17 @@ function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
     if (cmd === CMD_STOP) return;
     // No timeout: a parked thread waits as long as it takes.
     while (Atomics.load(ctl, C_EPOCH) === epoch) Atomics.wait(ctl, C_EPOCH, epoch);
+    const damage = runner.slotDamage();
+    if (damage !== null) return failThread(ctl, t, 0, damage);
     Atomics.store(ctl, stateWord(t), T_RUNNING);
     next = performance.now();
   }
+}
+
+/** Stop on corruption this thread must not write over, leaving it as found: the controller fails the guest. */
+function failThread(ctl: Int32Array, t: number, page: number, reason: string): void {
+  Atomics.store(ctl, stateWord(t), T_FAILED);
+  post({ type: 'failed', thread: t, page, reason });
 }
 
 function main(task: WorkerTask): void {

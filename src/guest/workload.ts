@@ -11,22 +11,19 @@ import {
   Pattern,
   PickState,
   ROLE_WRITER,
-  S_CURSOR,
-  S_READS_HI,
-  S_READS_LO,
-  S_RNG,
-  S_WRITES_HI,
-  S_WRITES_LO,
   SlotState,
   checkPage,
   initialSlot,
   isBlankLedger,
   ownerOf,
   pageOf,
+  pageProblem,
   patternCode,
   pickIndex,
   readLedger,
-  slotBase,
+  readSlot,
+  saveSlotProgress,
+  slotProblem,
   writeLedger,
   writePage,
 } from './layout.js';
@@ -117,6 +114,8 @@ export const OP_WRITE = 0;
 export const OP_READ = 1;
 export const OP_BAD = 2;
 export const OP_SKIPPED = 3;
+/** A writer found the page it was about to write already corrupt: the thread must stop. */
+export const OP_CORRUPT = 4;
 
 /**
  * A read that keeps racing a writer spins a little, then sleeps (the writer may have been
@@ -131,12 +130,11 @@ const nap = new Int32Array(new SharedArrayBuffer(4));
 export class ThreadRunner {
   readonly writer: boolean;
   readonly slot: SlotState;
-  /** Reason of the last OP_BAD. */
+  /** Reason of the last OP_BAD or OP_CORRUPT (without the page's name for OP_CORRUPT). */
   badReason = '';
   badPage = 0;
   private readonly pick: PickState;
   private readonly pattern: number;
-  private readonly sb: number;
   private unsaved = false;
 
   /**
@@ -149,14 +147,14 @@ export class ThreadRunner {
     readonly thread: number,
     private readonly readOnly = false,
   ) {
-    const led = readLedger(i32);
-    if (led.kind !== 'ok') throw new Error(led.kind === 'bad' ? led.reason : 'guest ledger is blank');
-    this.slot = readOnly ? initialSlot(info, thread, true) : led.slots[thread];
+    // Only this thread's slot: the other threads may be rewriting theirs already.
+    const problem = slotProblem(i32, info, thread);
+    if (problem !== null) throw new Error(problem);
+    this.slot = readOnly ? initialSlot(info, thread, true) : readSlot(i32, thread);
     this.writer = this.slot.role === ROLE_WRITER;
     this.pick = { rng: this.slot.rng, cursor: this.slot.cursor };
     // Read-only threads walk all data pages with the ledger's pattern (reader slot shape).
     this.pattern = patternCode(info.pattern);
-    this.sb = slotBase(thread);
   }
 
   get writes(): number {
@@ -176,6 +174,14 @@ export class ThreadRunner {
 
   private write(page: number): number {
     const i32 = this.i32;
+    // Check before modify: writing a fresh version over a damaged page would hide the damage
+    // from the verifier. Shallow (header and checksum): one pass over the body.
+    const problem = pageProblem(i32, page, this.thread, false);
+    if (problem !== null) {
+      this.badReason = problem;
+      this.badPage = page;
+      return OP_CORRUPT;
+    }
     // The next version comes from the page itself: memory is the only state.
     const v = (Atomics.load(i32, page * PAGE_WORDS + H_VERSION) >>> 0) + 1;
     writePage(i32, page, v, this.thread);
@@ -183,13 +189,7 @@ export class ThreadRunner {
     s.writes++;
     s.rng = this.pick.rng;
     s.cursor = this.pick.cursor;
-    const b = this.sb;
-    // Count first, then the pick state: the page is already written, and the verifier's
-    // invariant ties the count to the versions.
-    Atomics.store(i32, b + S_WRITES_LO, s.writes % 0x100000000);
-    Atomics.store(i32, b + S_WRITES_HI, Math.floor(s.writes / 0x100000000));
-    Atomics.store(i32, b + S_RNG, s.rng);
-    Atomics.store(i32, b + S_CURSOR, s.cursor);
+    saveSlotProgress(i32, this.thread, s);
     return OP_WRITE;
   }
 
@@ -227,14 +227,25 @@ export class ThreadRunner {
     // Only when something changed: a parked read-only guest must not keep dirtying page 0.
     if (this.writer || this.readOnly || !this.unsaved) return;
     this.unsaved = false;
-    const i32 = this.i32;
-    const b = this.sb;
     const s = this.slot;
     s.rng = this.pick.rng;
     s.cursor = this.pick.cursor;
-    Atomics.store(i32, b + S_RNG, s.rng);
-    Atomics.store(i32, b + S_CURSOR, s.cursor);
-    Atomics.store(i32, b + S_READS_LO, s.reads % 0x100000000);
-    Atomics.store(i32, b + S_READS_HI, Math.floor(s.reads / 0x100000000));
+    saveSlotProgress(this.i32, this.thread, s);
+  }
+
+  /**
+   * What is wrong with this thread's ledger slot, which must hold what the thread last saved;
+   * null if nothing. Checked before working on after a pause, so that damage done to the slot
+   * while parked is reported instead of overwritten by the next save.
+   */
+  slotDamage(): string | null {
+    if (this.readOnly) return null;
+    const problem = slotProblem(this.i32, this.info, this.thread);
+    if (problem !== null) return problem;
+    const inMemory = readSlot(this.i32, this.thread);
+    for (const k of ['writes', 'reads', 'rng', 'cursor'] as const) {
+      if (inMemory[k] !== this.slot[k]) return `ledger: thread ${this.thread} ${k} ${inMemory[k]} != ${this.slot[k]} last saved`;
+    }
+    return null;
   }
 }
