@@ -42,9 +42,10 @@ interface Run {
 function drawRun(seed: number): Run {
   const r = random(seed);
   const pick = <T>(list: readonly T[]): T => list[Math.floor(r() * list.length)];
+  const wantHuge = r() < 0.3;
+  const size = pick(wantHuge ? [16, 32, 64] : [16, 32, 64, 128]);
   // hugetlb when the machine has the pages for both processes
-  const huge = r() < 0.25 && !hugeSkip(2 * 64);
-  const size = pick(huge ? [16, 32, 64] : [16, 32, 64, 128]);
+  const huge = wantHuge && !hugeSkip((2 * size) / 2);
   const chaos = r() < 0.5;
   const recover = chaos && r() < 0.25 ? 0 : 30;
   const precopy = pick([0, 0, 0.3, 1]);
