@@ -20,9 +20,7 @@ test('COMPLETE with pages missing fails, naming the block, the count and the fir
   const d = await destination({ recoverSeconds: 0 });
   try {
     const { channel, encoder: e } = d.source;
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
+    await d.startPostcopy();
     for (let page = 0; page < 10; page++) channel.send(e.ramPage('ram0', page * PAGE, filledPage(page + 1)));
     channel.send(e.endRam());
     channel.send(e.complete());
@@ -43,9 +41,7 @@ test('after COMPLETE the destination waits for the preempt channel before it jud
     d.migration.on('end', () => (ended = true));
     const { channel, encoder: e } = d.source;
     const preempt = await d.connect('preempt');
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
+    await d.startPostcopy();
     for (let page = 0; page < 7; page++) channel.send(e.ramPage('ram0', page * PAGE, filledPage(page + 1)));
     channel.send(e.endRam());
     channel.send(e.complete());
@@ -67,10 +63,7 @@ test('a requested page that does not arrive is requested again after requestRetr
   try {
     const events = returnPath(d.source);
     const { channel, encoder: e } = d.source;
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
-    await waitFor(() => d.migration.state === 'RUNNING', 5000, 'RUNNING');
+    await d.startPostcopy();
     const guest = startToucher(d.mapping, [5]);
     await waitFor(() => requestsIn(events).length >= 1, 5000, 'the first request');
     const first = performance.now();
@@ -116,10 +109,7 @@ test('a source that pings but never sends the page: no progress is a broken conn
   });
   try {
     const { channel, encoder: e } = d.source;
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
-    await waitFor(() => d.migration.state === 'RUNNING', 5000, 'RUNNING');
+    await d.startPostcopy();
     const pings = setInterval(() => channel.send(e.ping(1)), 100);
     const guest = startToucher(d.mapping, [3]);
     try {
@@ -146,9 +136,7 @@ test('recovery: PAUSED keeps pages and blocked threads; RECV_BITMAP and RESUME b
   try {
     const events = returnPath(d.source);
     const { channel, encoder: e } = d.source;
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
+    await d.startPostcopy();
     for (let page = 0; page < 4; page++) channel.send(e.ramPage('ram0', page * PAGE, filledPage(page + 1)));
     channel.send(e.endRam());
     await waitFor(() => d.blocks.byId('ram0')!.receivedMap.count() === 4, 5000, 'the first pages');
@@ -188,10 +176,7 @@ test('no recovery within the bound: FAILED, naming the cause and the bound', { s
   const d = await destination({ recoverSeconds: 0.5 });
   try {
     const { channel, encoder: e } = d.source;
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
-    await waitFor(() => d.migration.state === 'RUNNING', 5000, 'RUNNING');
+    await d.startPostcopy();
     channel.destroy();
     const error = (await d.failed) as Error & { code: string };
     assert.equal(error.code, 'ERR_POSTCOPY_RECOVERY_TIMEOUT');
@@ -228,10 +213,7 @@ test('a guest that cannot be stopped after a failure is declared stuck within th
   });
   try {
     const { channel, encoder: e } = d.source;
-    channel.send(e.advise(PAGE));
-    channel.send(e.listen());
-    channel.send(e.run());
-    await waitFor(() => d.migration.state === 'RUNNING', 5000, 'RUNNING');
+    await d.startPostcopy();
     const events = returnPath(d.source);
     const guest = startToucher(d.mapping, [7]);
     await waitFor(() => requestsIn(events).length > 0, 5000, 'the request');

@@ -10,6 +10,7 @@
 //   POSTCOPY_TORTURE_MINUTES=M   run for M minutes instead (npm run soak -- --minutes M)
 import test from 'node:test';
 import assert from 'node:assert/strict';
+import { seededRandom } from '../src/transport/index.js';
 import { runCli } from './support/cli.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 
@@ -20,18 +21,6 @@ const runs = Number(process.env.POSTCOPY_TORTURE_RUNS ?? 24);
 /** Hard bound on one migration, set-up and verification included. */
 const RUN_TIMEOUT_MS = 120_000;
 
-/** mulberry32: small, seedable, good enough to draw configurations. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 interface Run {
   seed: number;
   args: string[];
@@ -40,7 +29,7 @@ interface Run {
 }
 
 function drawRun(seed: number): Run {
-  const r = random(seed);
+  const r = seededRandom(seed);
   const pick = <T>(list: readonly T[]): T => list[Math.floor(r() * list.length)];
   const wantHuge = r() < 0.3;
   const size = pick(wantHuge ? [16, 32, 64] : [16, 32, 64, 128]);
@@ -101,7 +90,7 @@ async function migrate(run: Run): Promise<Outcome> {
 
 test(`torture: seeded two-process migrations, verified page by page (seed ${masterSeed})`, { skip, timeout: minutes ? minutes * 60_000 + 300_000 : 1_800_000 }, async (t) => {
   console.log(`torture seed ${masterSeed} (replay with POSTCOPY_TORTURE_SEED=${masterSeed})`);
-  const next = random(masterSeed);
+  const next = seededRandom(masterSeed);
   const deadline = Date.now() + minutes * 60_000;
   const outcomes: Outcome[] = [];
   for (let i = 0; minutes ? Date.now() < deadline : i < runs; i++) {

@@ -23,22 +23,11 @@ import {
   type ReturnPathEvent,
   type StreamEvent,
 } from '../src/wire/index.js';
+import { seededRandom } from '../src/transport/index.js';
 
 const SEED = Number(process.env.POSTCOPY_FUZZ_SEED ?? 0x5eed1234);
 const PAGE = 4096;
 const MiB = 1024 * 1024;
-
-/** mulberry32: small, fast, good enough to pick bytes. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const blocks = new RamList([
   new RamBlock({ idstr: 'pc.ram', usedLength: 1 * MiB }),
@@ -65,7 +54,7 @@ function record(parts: [Uint8Array, boolean][]): Recording {
 }
 
 function validStream(): Recording {
-  const rand = prng(SEED);
+  const rand = seededRandom(SEED);
   const enc = new StreamEncoder();
   const parts: [Uint8Array, boolean][] = [];
   const s = (b: Uint8Array) => parts.push([b, true]);
@@ -330,7 +319,7 @@ test(`stream fuzz (seed ${SEED}): truncated at every byte position is a clean in
 });
 
 test(`stream fuzz (seed ${SEED}): random corruption decodes or throws ProtocolError, never writes outside a block`, () => {
-  const rand = prng(SEED ^ 0xc0ffee);
+  const rand = seededRandom(SEED ^ 0xc0ffee);
   const tally = { complete: 0, protocolError: 0, truncated: 0 };
   for (let round = 0; round < 3000; round++) {
     const bytes = mutate(stream, rand);
@@ -389,7 +378,7 @@ test(`return path fuzz (seed ${SEED}): splits, byte-at-a-time and truncation`, (
 });
 
 test(`return path fuzz (seed ${SEED}): random corruption decodes or throws ProtocolError`, () => {
-  const rand = prng(SEED ^ 0xbadf00d);
+  const rand = seededRandom(SEED ^ 0xbadf00d);
   let caught = 0;
   for (let round = 0; round < 3000; round++) {
     const bytes = mutate(rpStream, rand);

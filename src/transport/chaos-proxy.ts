@@ -3,9 +3,8 @@
 // into small writes. Once armed, connections are cut or stalled at byte offsets drawn from a
 // seed, so that a failing run reproduces from its seed. It knows nothing of the protocol.
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
-import { unlinkSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
-import type { Endpoint } from './endpoint.js';
+import { listenOn, seededRandom, type Endpoint } from './endpoint.js';
 
 export type ChaosDirection = 'toTarget' | 'toClient';
 export type CutStyle = 'reset' | 'fin';
@@ -141,22 +140,8 @@ export class ChaosProxy extends EventEmitter {
 
   /** Starts accepting; resolves with the bound endpoint (the real port when asked for port 0). */
   async listen(): Promise<Endpoint> {
-    const server = (this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket)));
-    const endpoint = this.listenAt;
-    if (endpoint.kind === 'unix') {
-      try {
-        unlinkSync(endpoint.path);
-      } catch {
-        // not there: fine
-      }
-    }
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if (endpoint.kind === 'unix') server.listen(endpoint.path, resolve);
-      else server.listen(endpoint.port, endpoint.host, resolve);
-    });
-    const address = server.address();
-    return endpoint.kind === 'tcp' && address && typeof address === 'object' ? { ...endpoint, port: address.port } : endpoint;
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) => this.accept(socket));
+    return listenOn(this.server, this.listenAt);
   }
 
   /** Lets faults happen: offsets count from now on the connections open now. Idempotent. */
@@ -240,7 +225,7 @@ function planFaults(options: ChaosProxyOptions): PlannedFault[] {
   const { seed, cuts = 0, stalls = 0 } = options;
   const { min, max } = options.faultOffset ?? DEFAULT_OFFSETS;
   const directions = options.directions ?? BOTH_DIRECTIONS;
-  const random = mulberry32(seed);
+  const random = seededRandom(seed);
   const kinds: FaultKind['kind'][] = [...Array<'cut'>(cuts).fill('cut'), ...Array<'stall'>(stalls).fill('stall')];
   // Fisher–Yates, so that cuts and stalls interleave by seed
   for (let i = kinds.length - 1; i > 0; i--) {
@@ -255,18 +240,6 @@ function planFaults(options: ChaosProxyOptions): PlannedFault[] {
     const how = !options.cutStyle || options.cutStyle === 'mixed' ? (random() < 0.5 ? 'reset' : 'fin') : options.cutStyle;
     return { kind, how, direction, after, spread };
   });
-}
-
-/** mulberry32: a small, fast seeded generator of floats in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 interface Shaping {
@@ -310,8 +283,8 @@ class Pair {
     // each lane draws its delays and piece sizes from its own stream, apart from the plan's
     const laneSeed = (direction: number) => seed ^ Math.imul(index + 1, 0x9e3779b1) ^ direction;
     const reading = () => this.state === 'open';
-    this.toTarget = new Lane('toTarget', client, this.target, shaping, mulberry32(laneSeed(0x1b873593)), reading);
-    this.toClient = new Lane('toClient', this.target, client, shaping, mulberry32(laneSeed(0x2c1b3c6d)), reading);
+    this.toTarget = new Lane('toTarget', client, this.target, shaping, seededRandom(laneSeed(0x1b873593)), reading);
+    this.toClient = new Lane('toClient', this.target, client, shaping, seededRandom(laneSeed(0x2c1b3c6d)), reading);
     for (const [socket, side] of [[client, 'client'], [this.target, 'target']] as const) {
       socket.on('error', (error) => (this.error ??= `${side}: ${error.message}`));
       socket.on('close', (hadError) => this.onClose(socket, hadError));

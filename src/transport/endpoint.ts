@@ -1,5 +1,7 @@
 // Where a channel listens or connects: HOST:PORT (or a bare PORT on loopback) over TCP, or unix:PATH.
-import { isIP } from 'node:net';
+import { existsSync, unlinkSync } from 'node:fs';
+import { isIP, type Server } from 'node:net';
+import { dirname } from 'node:path';
 import { MigrationError } from '../wire/index.js';
 
 export type Endpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
@@ -23,4 +25,39 @@ export function parseEndpoint(text: string, what = 'address'): Endpoint {
 
 export function formatEndpoint(e: Endpoint): string {
   return e.kind === 'unix' ? `unix:${e.path}` : `${e.host.includes(':') ? `[${e.host}]` : e.host}:${e.port}`;
+}
+
+/**
+ * Starts `server` listening on `endpoint` (a stale Unix socket file is replaced; a missing
+ * directory is named); resolves with the bound endpoint, the real port when asked for port 0.
+ */
+export async function listenOn(server: Server, endpoint: Endpoint): Promise<Endpoint> {
+  if (endpoint.kind === 'unix') {
+    const directory = dirname(endpoint.path);
+    if (!existsSync(directory)) throw new MigrationError('ERR_POSTCOPY_CONFIG', `cannot listen on unix:${endpoint.path}: the directory ${directory} does not exist`);
+    try {
+      unlinkSync(endpoint.path);
+    } catch {
+      // not there: fine
+    }
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    if (endpoint.kind === 'unix') server.listen(endpoint.path, resolve);
+    else server.listen(endpoint.port, endpoint.host, resolve);
+  });
+  const address = server.address();
+  return endpoint.kind === 'tcp' && address && typeof address === 'object' ? { ...endpoint, port: address.port } : endpoint;
+}
+
+/** mulberry32: a small, fast seeded generator of floats in [0, 1), for reproducible plans. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }

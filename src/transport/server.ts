@@ -6,8 +6,6 @@
 // than a HELLO's worth of bytes first, so a peer without the token cannot exhaust descriptors
 // or memory.
 import { createServer, type Server, type Socket } from 'node:net';
-import { existsSync, unlinkSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { EventEmitter } from 'node:events';
 import {
   Command,
@@ -25,7 +23,7 @@ import {
   type HelloFields,
 } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
-import { formatEndpoint, type Endpoint } from './endpoint.js';
+import { formatEndpoint, listenOn, type Endpoint } from './endpoint.js';
 
 export interface ListenOptions<B extends BlockShape> {
   endpoint: Endpoint;
@@ -78,24 +76,8 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
   }
 
   async listen(): Promise<Endpoint> {
-    const server = (this.server = createServer((socket) => this.accept(socket)));
-    const { endpoint } = this.options;
-    if (endpoint.kind === 'unix') {
-      const directory = dirname(endpoint.path);
-      if (!existsSync(directory)) throw new MigrationError('ERR_POSTCOPY_CONFIG', `cannot listen on unix:${endpoint.path}: the directory ${directory} does not exist`);
-      try {
-        unlinkSync(endpoint.path);
-      } catch {
-        // not there: fine
-      }
-    }
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if (endpoint.kind === 'unix') server.listen(endpoint.path, resolve);
-      else server.listen(endpoint.port, endpoint.host, resolve);
-    });
-    const address = server.address();
-    return endpoint.kind === 'tcp' && address && typeof address === 'object' ? { ...endpoint, port: address.port } : endpoint;
+    this.server = createServer((socket) => this.accept(socket));
+    return listenOn(this.server, this.options.endpoint);
   }
 
   close(): void {

@@ -4,6 +4,7 @@ import { Mapping, RamBlock, RamList } from '../../src/index.js';
 import { IncomingMigration, type GuestBlock, type IncomingOptions } from '../../src/postcopy/index.js';
 import { IncomingListener, connectChannel, type ChannelRole, type ConnectedChannel } from '../../src/transport/index.js';
 import type { ReturnPathEvent } from '../../src/wire/index.js';
+import { waitFor } from './threads.js';
 
 export const PAGE = 4096;
 
@@ -13,6 +14,8 @@ export interface Destination {
   blocks: RamList<Mapping>;
   source: ConnectedChannel<GuestBlock>;
   failed: Promise<Error>;
+  /** ADVISE, LISTEN, RUN on the main channel; resolves once the destination is RUNNING. */
+  startPostcopy(): Promise<void>;
   /** Another channel of the same session (a reconnection, or the preempt channel). */
   connect(role: ChannelRole, capabilities?: number): Promise<ConnectedChannel<GuestBlock>>;
   cleanup(): void;
@@ -47,7 +50,14 @@ export async function destination(options: DestinationOptions = {}): Promise<Des
     listener.close();
     mapping.unmap();
   };
-  return { migration, mapping, blocks, source, failed, connect, cleanup };
+  const startPostcopy = async () => {
+    const { channel, encoder: e } = source;
+    channel.send(e.advise(pageSize));
+    channel.send(e.listen());
+    channel.send(e.run());
+    await waitFor(() => migration.state === 'RUNNING', 5000, 'RUNNING');
+  };
+  return { migration, mapping, blocks, source, failed, startPostcopy, connect, cleanup };
 }
 
 /** Collects return-path events of a hand-driven source channel as they arrive. */
