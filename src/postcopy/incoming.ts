@@ -25,6 +25,7 @@ import {
   encodeRecvBitmap,
   encodeResumeAck,
   encodeShut,
+  isConnectionError,
   type HelloFields,
   type MemSizeBlock,
   type StreamEvent,
@@ -190,6 +191,8 @@ export class IncomingMigration extends EventEmitter {
         for (let event = decoder.next(); event; event = decoder.next()) this.handle(event, channel);
         this.flushRun();
       } catch (error) {
+        // an answer that could not be written means a broken connection; anything else is fatal
+        if (isConnectionError(error)) return this.channelLost(channel, error as Error);
         this.fail(error as Error);
         channel.destroy();
       }
@@ -498,7 +501,7 @@ export class IncomingMigration extends EventEmitter {
     // every page is here: no thread can block any more, so closing is safe
     for (const block of this.blocks) this.uffd?.unregister(block.host!.address, block.host!.length);
     this.uffd?.close();
-    this.main?.send(encodeShut(0));
+    if (this.main && !this.main.closed) this.main.send(encodeShut(0)); // else the source learns it on resume
     this.emit('end', this.report());
   }
 
