@@ -102,6 +102,7 @@ export class SourceChannels {
       this.stallWatch.unwatch(c.channel);
       c.channel.destroy();
     }
+    // counted once, however often a dead connection is dropped
     this.bytesOfEarlierChannels += this.main.channel.bytesSent + (this.preempt?.channel.bytesSent ?? 0);
     this.main.channel.bytesSent = 0;
     if (this.preempt) this.preempt.channel.bytesSent = 0;
