@@ -136,3 +136,15 @@ for (const recover of [0, 1]) {
     }
   });
 }
+
+for (const seed of [2, 3]) {
+  test(`demo --chaos ${seed}: both channels cut${seed % 4 === 3 ? ' and stalled' : ''} in postcopy, recovered, verified`, { skip: canMigrate, timeout: 120_000 }, async () => {
+    const r = await demo(['--size', '64M', '--threads', '3', '--precopy-seconds', '0', '--stall-seconds', '2', '--chaos', String(seed)]);
+    assert.ok(r.chaos.faults > 0, JSON.stringify(r.chaos));
+    assert.ok(r.recoveries > 0 && r.source.recoveries > 0, `recoveries: destination ${r.recoveries}, source ${r.source.recoveries}`);
+    assert.ok(r.paused_ms > 0);
+    assert.ok(r.source.pages_resent >= 0);
+    // every page placed exactly once, whatever was cut in flight
+    assert.equal(r.pages.streamed + r.pages.requested, r.bytes_total / 4096);
+  });
+}
