@@ -31,6 +31,7 @@ import {
   type StreamEvent,
 } from '../wire/index.js';
 import { StallWatch, type AcceptedChannel, type Channel } from '../transport/index.js';
+import { endGuestSurely } from './sure-stop.js';
 import { FaultService } from './fault-service.js';
 import { PagePlacer, type GuestBlock } from './placement.js';
 import { IncomingStateMachine, type IncomingState, type IncomingTransition } from './state.js';
@@ -327,7 +328,7 @@ export class IncomingMigration extends EventEmitter {
       else if (block.host!.shared) needs.add('MISSING_SHMEM');
     }
     if (hasFeatures('THREAD_ID')) needs.add('THREAD_ID');
-    if (hasFeatures('POISON')) needs.add('POISON'); // after a failure, see stopGuestSurely
+    if (hasFeatures('POISON')) needs.add('POISON'); // after a failure, see endGuestSurely
     this.uffd = Userfaultfd.open({ features: [...needs] });
     this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
       this.lastPlacedAt = performance.now();
@@ -593,56 +594,17 @@ export class IncomingMigration extends EventEmitter {
     }
     this.preemptChannel?.destroy();
     this.emit('failed', error);
-    this.stopGuestSurely(error);
-  }
-
-  /**
-   * After a failure no page will arrive. Closing the userfaultfd would let blocked guest
-   * threads read zero pages, so it closes only once the guest is stopped; a guest that does
-   * not stop within the bound is stuck (the process ends). Meanwhile the fault service keeps
-   * reading: a thread that faults from now on is stuck too.
-   * Without `stopGuest` the engine has no guest to wait for: threads blocked now are stuck;
-   * otherwise the missing pages are poisoned (a later access gets SIGBUS, never zeros) where
-   * the kernel can (UFFDIO_POISON, 6.6+), else the descriptor stays open (a later access
-   * blocks: pass `stopGuest` to get the engine's guarantee).
-   */
-  private stopGuestSurely(error: Error): void {
-    const uffd = this.uffd;
-    if (!uffd) return;
-    const stopGuest = this.options.stopGuest;
-    const why = `the migration failed (${error.message})`;
-    if (!stopGuest) {
-      if (this.faults?.waiting) return this.guestStuck(`${why} while guest threads wait for pages that will never arrive, and no stopGuest was given`);
-      this.faults?.stop();
-      if (this.poisonMissing(uffd)) uffd.close();
-      return;
-    }
-    const bound = this.settings.guestStopTimeoutMs;
-    const timer = setTimeout(() => this.guestStuck(`${why} and the guest did not stop within ${bound} ms`), bound);
-    stopGuest().then(() => {
-      clearTimeout(timer);
-      this.faults?.stop();
-      uffd.close();
-    }, (stopError: Error) => this.guestStuck(`${why} and stopping the guest failed: ${stopError.message}`));
-  }
-
-  /** Marks every page not received as poisoned; false where the kernel cannot. */
-  private poisonMissing(uffd: Userfaultfd): boolean {
-    if (!uffd.features.has('POISON') || this.listenAt === 0) return false;
-    try {
-      for (const block of this.blocks) {
-        if (!block.host!.mapped) continue; // nothing can fault there any more
-        const map = block.receivedMap;
-        for (let page = map.findNextZero(0); page < map.size; ) {
-          const end = map.findNextSet(page); // bits go by whole host pages: ranges are host-aligned
-          uffd.poison(block.host!.base + page * TARGET_PAGE_SIZE, (end - page) * TARGET_PAGE_SIZE);
-          page = end < map.size ? map.findNextZero(end) : map.size;
-        }
-      }
-      return true;
-    } catch {
-      return false; // e.g. the range went away meanwhile: keep the descriptor open instead
-    }
+    if (!this.uffd) return;
+    endGuestSurely({
+      uffd: this.uffd,
+      blocks: this.blocks,
+      registered: this.listenAt > 0,
+      waiting: this.faults?.waiting ?? 0,
+      stopFaults: () => this.faults?.stop(),
+      stopGuest: this.options.stopGuest,
+      stopTimeoutMs: this.settings.guestStopTimeoutMs,
+      stuck: (message) => this.guestStuck(message),
+    }, `the migration failed (${error.message})`);
   }
 
   private guestStuck(message: string): never {
