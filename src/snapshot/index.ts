@@ -1,0 +1,2 @@
+// Background snapshots: the file, the engine that writes it from running memory, restore.
+export * from './file.js';
