@@ -365,3 +365,22 @@ export class Userfaultfd {
   }
 }
 
+/**
+ * Un-protects pages of one write-protected range from another thread (a snapshot walker on a
+ * worker): a Userfaultfd lives on the thread that opened it, so a worker gets its descriptor
+ * and one registered range, and every call is checked against that range. The owner keeps
+ * the descriptor open and the range registered until the worker has stopped.
+ */
+export class RangeUnprotector {
+  constructor(
+    readonly fd: number,
+    readonly start: number,
+    readonly length: number,
+  ) {}
+
+  /** 0, or -errno (-EFAULT for a range outside this one, without an ioctl); wakes waiters. */
+  tryUnprotect(offset: number, length: number): number {
+    if (!(offset >= 0 && length > 0 && offset + length <= this.length)) return EFAULT;
+    return placement.writeProtect(this.fd, this.start + offset, length, 0);
+  }
+}

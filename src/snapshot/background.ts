@@ -1,0 +1,482 @@
+// BackgroundSnapshot: a point-in-time copy of running memory into a snapshot file, with the
+// guest paused only while every block is write-protected (QEMU's background-snapshot,
+// ram_write_tracking_* in ram.c).
+//
+// After the pause two sides save pages, each page exactly once (walker-protocol.ts):
+// - write faults, on this thread: the old page is copied aside, un-protected at once (the
+//   guest goes on), and written to the file later, so the fault path never waits for disk
+//   (unless the bounded aside pool is full: then it writes first);
+// - the walker, on a worker thread: every other page in order, written straight from guest
+//   memory while still protected, then un-protected.
+// The snapshot is complete when every page's state says saved (not when a loop found nothing).
+// Failure is never worse than no snapshot: every block is un-protected and unregistered (which
+// wakes every waiting thread onto its own, intact memory), the file is left as NAME.partial
+// marked failed, and the error names the cause.
+import { EventEmitter } from 'node:events';
+import { write } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { join } from 'node:path';
+import { Bitmap } from '../memory/bitmap.js';
+import { LatencyHistogram, round } from '../postcopy/stats.js';
+import { probeFeatures } from '../kernel/features.js';
+import { Userfaultfd, type EventBatch, type Feature, type Mapping } from '../kernel/index.js';
+import { addChecksum, pageChecksum } from '../wire/snapshot-format.js';
+import { SnapshotWriter, writeFully } from './file.js';
+import { PageState, WALKER_COUNTERS, WalkerCounter, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+
+const WALKER_PATH = join(__dirname, 'walker.js');
+const DEFAULT_ASIDE_BYTES = 64 << 20;
+/** How long a failing snapshot waits for the walker's current write before leaving it behind. */
+const WALKER_STOP_MS = 5000;
+
+export class SnapshotError extends Error {
+  readonly code = 'ERR_SNAPSHOT_FAILED';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'SnapshotError';
+  }
+}
+
+export interface SnapshotBlock {
+  /** The block's name in the file (1..255 bytes). */
+  idstr: string;
+  mapping: Mapping;
+  /** Bytes of the mapping to save (default: all of it). */
+  length?: number;
+}
+
+/**
+ * How pages never touched are kept from escaping the protection: 'kernel' protects them
+ * as they are (UFFD_FEATURE_WP_UNPOPULATED, 6.4+); 'populate' maps them first (as QEMU does);
+ * 'auto' (default) uses the kernel's feature when it has it.
+ */
+export type UnpopulatedMode = 'auto' | 'kernel' | 'populate';
+
+export interface SnapshotOptions {
+  /** The snapshot file; written as PATH.partial and renamed when complete. */
+  path: string;
+  blocks: SnapshotBlock[];
+  /** Stops every guest thread (resolves when none runs). */
+  pauseGuest: () => void | Promise<void>;
+  resumeGuest: () => void | Promise<void>;
+  /** Device state saved with the memory, taken while the guest is paused. */
+  deviceState?: Uint8Array | (() => Uint8Array | Promise<Uint8Array>);
+  unpopulated?: UnpopulatedMode;
+  /** A checksum of each block's page data in the trailer (default true). */
+  pageChecksums?: boolean;
+  /** Bound on memory holding pages copied aside by write faults (default 64 MiB). */
+  asideBytes?: number;
+  progressIntervalMs?: number;
+  /** Called while the guest is paused and protected (tests take their reference copy here). */
+  atProtection?: () => void | Promise<void>;
+}
+
+export interface SnapshotProgress {
+  pagesSaved: number;
+  pagesTotal: number;
+  writeFaults: number;
+  bytesWritten: number;
+  /** Bytes of guest memory saved per second since the guest resumed. */
+  gbPerS: number;
+}
+
+export interface SnapshotReport {
+  file: string;
+  complete: true;
+  bytes: number;
+  seconds: number;
+  gb_per_s: number;
+  /** The one pause: guest stopped, device state, protection. */
+  pause_ms: number;
+  unpopulated: 'kernel' | 'populate';
+  pages: { total: number; written: number; zero: number; by_fault: number; by_walker: number };
+  /**
+   * Write faults: the time from reading the fault to un-protecting the page (the guest's own
+   * wait adds the kernel's wake-up); aside_full: faults that had to write before going on.
+   */
+  write_faults: { count: number; p50_us: number; p99_us: number; max_us: number; histogram: number[]; aside_full: number };
+  /** The longest time a guest thread could have been held: the pause, or the slowest fault. */
+  longest_stall_ms: number;
+  bytes_written: number;
+  file_size: number;
+  device_state_bytes: number;
+  page_checksums: boolean;
+}
+
+interface BlockRuntime {
+  idstr: string;
+  mapping: Mapping;
+  base: number;
+  length: number;
+  pageSize: number;
+  pages: number;
+  state: Uint8Array;
+  stateBuffer: SharedArrayBuffer;
+  bytes: Buffer;
+  checksum: number;
+}
+
+export class BackgroundSnapshot extends EventEmitter {
+  private readonly blocks: BlockRuntime[];
+  private readonly pagesTotal: number;
+  private uffd: Userfaultfd | undefined;
+  private writer: SnapshotWriter | undefined;
+  private walker: Worker | undefined;
+  private walkerDone: Promise<number[]> | undefined;
+  private readonly walkerCounters = new Float64Array(new SharedArrayBuffer(WALKER_COUNTERS * 8));
+  private readonly walkerAbort = new Int32Array(new SharedArrayBuffer(4));
+  private readonly aside: Buffer;
+  private readonly asideSlot: number;
+  private readonly freeSlots: number[] = [];
+  private pendingWrites = 0;
+  private writesDrained: (() => void) | undefined;
+  private failure: Error | undefined;
+  private failed: ((e: Error) => void) | undefined;
+  private readonly faultTimes: number[] = [];
+  private readonly faultHistogram = new LatencyHistogram();
+  private faultPages = 0;
+  private faultZero = 0;
+  private faultBytes = 0;
+  private faultSavedBytes = 0;
+  private asideFull = 0;
+  private resumedAt = 0;
+
+  private constructor(private readonly options: SnapshotOptions) {
+    super();
+    if (options.blocks.length === 0) throw new RangeError('snapshot: no blocks');
+    this.blocks = options.blocks.map((b) => {
+      const length = b.length ?? b.mapping.length;
+      const pageSize = b.mapping.pageSize;
+      if (length <= 0 || length > b.mapping.length || length % pageSize) {
+        throw new RangeError(`snapshot: block ${b.idstr}: length ${length} is not a multiple of ${pageSize} within its ${b.mapping.length}-byte mapping`);
+      }
+      const stateBuffer = new SharedArrayBuffer(length / pageSize);
+      return {
+        idstr: b.idstr, mapping: b.mapping, base: b.mapping.base, length, pageSize, pages: length / pageSize,
+        state: new Uint8Array(stateBuffer), stateBuffer, bytes: Buffer.from(b.mapping.view(0, length)), checksum: 0,
+      };
+    });
+    this.pagesTotal = this.blocks.reduce((n, b) => n + b.pages, 0);
+    this.asideSlot = Math.max(...this.blocks.map((b) => b.pageSize));
+    const asideBytes = Math.max(this.asideSlot, options.asideBytes ?? DEFAULT_ASIDE_BYTES);
+    this.aside = Buffer.allocUnsafe(Math.floor(asideBytes / this.asideSlot) * this.asideSlot);
+    for (let s = this.aside.length / this.asideSlot - 1; s >= 0; s--) this.freeSlots.push(s);
+  }
+
+  /** Takes a snapshot; resolves with the report once the file is complete, or rejects (SnapshotError). */
+  static async take(options: SnapshotOptions, onProgress?: (p: SnapshotProgress) => void): Promise<SnapshotReport> {
+    const snapshot = new BackgroundSnapshot(options);
+    if (onProgress) snapshot.on('progress', onProgress);
+    return snapshot.run();
+  }
+
+  /** The features a snapshot of these blocks needs, and whether never-touched pages can stay unpopulated. */
+  static plan(blocks: SnapshotBlock[], unpopulated: UnpopulatedMode = 'auto'): { features: Feature[]; unpopulated: 'kernel' | 'populate' } {
+    const offered = probeFeatures().features;
+    const features: Feature[] = ['PAGEFAULT_FLAG_WP'];
+    if (blocks.some((b) => b.mapping.kind !== 'anonymous')) features.push('WP_HUGETLBFS_SHMEM');
+    const kernel = unpopulated === 'kernel' || (unpopulated === 'auto' && offered.WP_UNPOPULATED);
+    if (kernel) features.push('WP_UNPOPULATED');
+    return { features, unpopulated: kernel ? 'kernel' : 'populate' };
+  }
+
+  private async run(): Promise<SnapshotReport> {
+    const o = this.options;
+    const plan = BackgroundSnapshot.plan(o.blocks, o.unpopulated);
+    let pauseMs = 0;
+    let deviceState: Uint8Array | undefined;
+    const failedPromise = new Promise<never>((_, reject) => (this.failed = reject));
+    failedPromise.catch(() => undefined);
+    try {
+      this.uffd = Userfaultfd.open({ features: plan.features });
+      for (const b of this.blocks) this.uffd.register(b.base, b.length, 'wp');
+      if (o.deviceState instanceof Uint8Array) deviceState = o.deviceState;
+      // The pause: nothing of the guest runs from here until resumeGuest.
+      await o.pauseGuest();
+      const pausedAt = performance.now();
+      let hookMs = 0;
+      try {
+        if (typeof o.deviceState === 'function') deviceState = await o.deviceState();
+        this.writer = SnapshotWriter.create(o.path, this.blocks.map((b) => ({ idstr: b.idstr, usedLength: b.length, pageSize: b.pageSize })), {
+          deviceStateLength: deviceState?.length ?? 0, pageChecksums: o.pageChecksums ?? true,
+        });
+        if (plan.unpopulated === 'populate') for (const b of this.blocks) populate(b);
+        for (const b of this.blocks) this.uffd.writeProtect(b.base, b.length);
+        this.uffd.onEvents((batch) => this.onFaults(batch), (e) => this.fail(e));
+        const hookAt = performance.now();
+        await o.atProtection?.();
+        hookMs = performance.now() - hookAt;
+      } finally {
+        pauseMs = performance.now() - pausedAt - hookMs;
+        await o.resumeGuest();
+      }
+      this.resumedAt = performance.now();
+      const progress = setInterval(() => this.emit('progress', this.progress()), o.progressIntervalMs ?? 250);
+      try {
+        this.startWalker();
+        const checksums = await Promise.race([this.walkerDone!, failedPromise]);
+        await Promise.race([this.drainWrites(), failedPromise]);
+        checksums.forEach((c, i) => (this.blocks[i].checksum = addChecksum(this.blocks[i].checksum, c)));
+      } finally {
+        clearInterval(progress);
+      }
+      this.checkAllSaved();
+      const seconds = (performance.now() - this.resumedAt) / 1e3;
+      this.release();
+      this.writer.finish(this.blocks.map(presentBitmap), this.blocks.map((b) => b.checksum), deviceState);
+      return this.report(seconds, pauseMs, plan.unpopulated, deviceState?.length ?? 0);
+    } catch (error) {
+      throw await this.abandon(error as Error);
+    }
+  }
+
+  // ---- write faults (this thread) ------------------------------------------------------
+
+  private onFaults(batch: EventBatch): void {
+    try {
+      this.serveFaults(batch);
+    } catch (error) {
+      this.fail(error as Error);
+    }
+  }
+
+  private serveFaults(batch: EventBatch): void {
+    const t0 = performance.now();
+    for (let i = 0; i < batch.count; i++) {
+      if (!batch.isPagefault(i) || !batch.isWriteProtect(i)) continue;
+      const address = batch.address(i);
+      const b = this.blockAt(address);
+      if (!b) continue;
+      const page = Math.floor((address - b.base) / b.pageSize);
+      if (Atomics.compareExchange(b.state, page, PageState.PROTECTED, PageState.FAULT) === PageState.PROTECTED) {
+        this.saveFaulted(b, page);
+        this.recordFault(performance.now() - t0);
+      } else if (Atomics.load(b.state, page) !== PageState.WALKER) {
+        // Already saved and un-protected (a stale fault): make sure the thread is awake. A
+        // WALKER page is woken by the walker's own un-protect once it is saved.
+        this.uffd!.tryWake(b.base + page * b.pageSize, b.pageSize);
+      }
+    }
+  }
+
+  /** Copies the page aside, un-protects it (the guest goes on), and writes it behind. */
+  private saveFaulted(b: BlockRuntime, page: number): void {
+    const ps = b.pageSize;
+    const at = page * ps;
+    const slot = this.freeSlots.pop();
+    // (a slot is a whole largest page: small pages of other blocks share the pool)
+    if (slot === undefined) {
+      // Pool full: the disk is behind. Write straight from the still-protected page.
+      this.asideFull++;
+      const zero = isZero(b.bytes, at, ps);
+      if (!zero) this.writeNow(b, page, b.bytes.subarray(at, at + ps));
+      this.unprotect(b, page);
+      this.markSaved(b, page, zero);
+      return;
+    }
+    const copy = this.aside.subarray(slot * this.asideSlot, slot * this.asideSlot + ps);
+    b.bytes.copy(copy, 0, at, at + ps);
+    this.unprotect(b, page);
+    if (isZero(copy, 0, ps)) {
+      this.freeSlots.push(slot);
+      this.markSaved(b, page, true);
+      return;
+    }
+    if (this.options.pageChecksums ?? true) b.checksum = addChecksum(b.checksum, pageChecksum(copy, page));
+    this.pendingWrites++;
+    write(this.writer!.fd, copy, 0, ps, this.writer!.pageOffset(this.blocks.indexOf(b), page), (error, n) => {
+      this.freeSlots.push(slot);
+      this.pendingWrites--;
+      if (error || n !== ps) this.fail(new SnapshotError(`writing page ${page} of block ${b.idstr} to ${this.writer!.partialPath}: ${error?.message ?? `short write (${n} of ${ps} bytes)`}`, { cause: error }));
+      else this.markSaved(b, page, false);
+      if (this.pendingWrites === 0) this.writesDrained?.();
+    });
+  }
+
+  private writeNow(b: BlockRuntime, page: number, bytes: Uint8Array): void {
+    if (this.options.pageChecksums ?? true) b.checksum = addChecksum(b.checksum, pageChecksum(bytes, page));
+    writeFully(this.writer!.fd, bytes, this.writer!.pageOffset(this.blocks.indexOf(b), page));
+  }
+
+  private unprotect(b: BlockRuntime, page: number): void {
+    const status = this.uffd!.tryWriteProtect(b.base + page * b.pageSize, b.pageSize, 0);
+    if (status < 0) throw new SnapshotError(`un-protecting page ${page} of block ${b.idstr}: errno ${-status}`);
+  }
+
+  private markSaved(b: BlockRuntime, page: number, zero: boolean): void {
+    Atomics.store(b.state, page, zero ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
+    this.faultPages++;
+    this.faultSavedBytes += b.pageSize;
+    if (zero) this.faultZero++;
+    else this.faultBytes += b.pageSize;
+  }
+
+  private recordFault(ms: number): void {
+    const us = ms * 1e3;
+    this.faultTimes.push(us);
+    this.faultHistogram.add(us);
+  }
+
+  private blockAt(address: number): BlockRuntime | undefined {
+    for (const b of this.blocks) if (address >= b.base && address < b.base + b.length) return b;
+    return undefined;
+  }
+
+  // ---- the walker ----------------------------------------------------------------------
+
+  private startWalker(): void {
+    const task: WalkerTask = {
+      postcopySnapshotWalker: 1,
+      uffd: this.uffd!.fd,
+      file: this.writer!.fd,
+      checksums: this.options.pageChecksums ?? true,
+      blocks: this.blocks.map((b, i) => ({
+        idstr: b.idstr, address: b.base, length: b.length, pageSize: b.pageSize, pagesOffset: this.writer!.pageOffset(i, 0), state: b.stateBuffer,
+      })),
+      counters: this.walkerCounters.buffer as SharedArrayBuffer,
+      abort: this.walkerAbort.buffer as SharedArrayBuffer,
+    };
+    const walker = new Worker(WALKER_PATH, { workerData: task });
+    this.walker = walker;
+    this.walkerDone = new Promise<number[]>((resolve, reject) => {
+      walker.once('message', (m: WalkerMessage) => {
+        if (m.type === 'done') resolve(m.checksums);
+        else reject(new SnapshotError(`the walker failed: ${m.message}`));
+      });
+      walker.once('error', (e) => reject(new SnapshotError(`the walker failed: ${e.message}`, { cause: e })));
+      walker.once('exit', (code) => reject(new SnapshotError(`the walker exited (code ${code}) before it finished`)));
+    });
+    this.walkerDone.catch(() => undefined);
+  }
+
+  private async stopWalker(): Promise<void> {
+    const walker = this.walker;
+    if (!walker) return;
+    Atomics.store(this.walkerAbort, 0, 1);
+    const exited = new Promise<void>((resolve) => walker.once('exit', () => resolve()));
+    const timer = setTimeout(() => void walker.terminate(), WALKER_STOP_MS);
+    await Promise.race([this.walkerDone!.then(() => undefined, () => undefined), exited]);
+    clearTimeout(timer);
+    await walker.terminate();
+  }
+
+  // ---- end -----------------------------------------------------------------------------
+
+  private drainWrites(): Promise<void> {
+    if (this.pendingWrites === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.writesDrained = resolve));
+  }
+
+  /** Complete means every page of every block is saved: checked here, page by page. */
+  private checkAllSaved(): void {
+    for (const b of this.blocks) {
+      for (let p = 0; p < b.pages; p++) {
+        const s = Atomics.load(b.state, p);
+        if (s !== PageState.SAVED_DATA && s !== PageState.SAVED_ZERO) {
+          throw new SnapshotError(`internal: page ${p} of block ${b.idstr} is not saved (state ${s}) after the walk`);
+        }
+      }
+    }
+  }
+
+  private fail(error: Error): void {
+    if (this.failure) return;
+    this.failure = error instanceof SnapshotError ? error : new SnapshotError(error.message, { cause: error });
+    Atomics.store(this.walkerAbort, 0, 1);
+    this.failed?.(this.failure);
+  }
+
+  /**
+   * Undoes a failed snapshot: the walker stopped, every block un-protected (waking every
+   * waiting thread onto its own memory) and unregistered, the file marked failed.
+   */
+  private async abandon(error: Error): Promise<Error> {
+    const cause = this.failure ?? (error instanceof SnapshotError ? error : new SnapshotError(`snapshot failed: ${error.message}`, { cause: error }));
+    await this.stopWalker();
+    this.release();
+    await Promise.race([this.drainWrites(), new Promise((r) => setTimeout(r, WALKER_STOP_MS))]);
+    this.writer?.fail(cause.message);
+    return cause;
+  }
+
+  /** Un-protects and unregisters every block, closes the userfaultfd. Safe to call twice. */
+  private release(): void {
+    const uffd = this.uffd;
+    if (!uffd || uffd.closed) return;
+    uffd.stopEvents();
+    for (const b of this.blocks) {
+      uffd.tryWriteProtect(b.base, b.length, 0);
+      try {
+        uffd.unregister(b.base, b.length);
+      } catch {
+        // closing the descriptor below drops the registration anyway
+      }
+    }
+    uffd.close();
+  }
+
+  private progress(): SnapshotProgress {
+    const saved = this.walkerCounters[WalkerCounter.PAGES] + this.faultPages;
+    const secs = (performance.now() - this.resumedAt) / 1e3;
+    const savedBytes = this.walkerCounters[WalkerCounter.BYTES_SAVED] + this.faultSavedBytes;
+    return {
+      pagesSaved: saved,
+      pagesTotal: this.pagesTotal,
+      writeFaults: this.faultTimes.length,
+      bytesWritten: this.walkerCounters[WalkerCounter.BYTES_WRITTEN] + this.faultBytes,
+      gbPerS: secs > 0 ? savedBytes / secs / 1e9 : 0,
+    };
+  }
+
+  private report(seconds: number, pauseMs: number, unpopulated: 'kernel' | 'populate', deviceBytes: number): SnapshotReport {
+    const bytes = this.blocks.reduce((n, b) => n + b.length, 0);
+    const times = Float64Array.from(this.faultTimes).sort();
+    const q = (f: number): number => (times.length ? round(times[Math.min(times.length - 1, Math.floor(f * times.length))], 1) : 0);
+    const walkerPages = this.walkerCounters[WalkerCounter.PAGES];
+    const zero = this.walkerCounters[WalkerCounter.ZERO_PAGES] + this.faultZero;
+    const maxUs = times.length ? times[times.length - 1] : 0;
+    return {
+      file: this.options.path,
+      complete: true,
+      bytes,
+      seconds: round(seconds, 3),
+      gb_per_s: round(bytes / seconds / 1e9, 3),
+      pause_ms: round(pauseMs, 2),
+      unpopulated,
+      pages: { total: this.pagesTotal, written: this.pagesTotal - zero, zero, by_fault: this.faultPages, by_walker: walkerPages },
+      write_faults: { count: times.length, p50_us: q(0.5), p99_us: q(0.99), max_us: round(maxUs, 1), histogram: this.faultHistogram.buckets.slice(), aside_full: this.asideFull },
+      longest_stall_ms: round(Math.max(pauseMs, maxUs / 1e3), 2),
+      bytes_written: this.walkerCounters[WalkerCounter.BYTES_WRITTEN] + this.faultBytes,
+      file_size: this.writer!.layout.fileLength,
+      device_state_bytes: deviceBytes,
+      page_checksums: this.options.pageChecksums ?? true,
+    };
+  }
+}
+
+function presentBitmap(b: BlockRuntime): Bitmap {
+  const map = new Bitmap(b.pages);
+  for (let p = 0; p < b.pages; p++) if (b.state[p] === PageState.SAVED_DATA) map.set(p);
+  return map;
+}
+
+let zeroPage = Buffer.alloc(0);
+function isZero(bytes: Buffer, at: number, length: number): boolean {
+  if (zeroPage.length < length) zeroPage = Buffer.alloc(length);
+  return bytes.compare(zeroPage, 0, length, at, at + length) === 0;
+}
+
+/**
+ * Maps every page of a block before it is protected, so that no never-touched page can take a
+ * write without a fault: MADV_POPULATE_READ (5.14+; maps the shared zero page for holes),
+ * else a read of every page.
+ */
+function populate(b: BlockRuntime): void {
+  try {
+    b.mapping.madvise(0, b.length, 'populateRead');
+  } catch {
+    let sink = 0;
+    for (let at = 0; at < b.length; at += b.pageSize) sink |= b.bytes[at];
+    void sink;
+  }
+}
