@@ -6,6 +6,7 @@ import { featuresCommand } from './features.js';
 import { UsageError } from './options.js';
 import { receiveCommand } from './receive.js';
 import { sendCommand } from './send.js';
+import { snapshotCommand } from './snapshot.js';
 
 const USAGE = `usage: postcopy <command> [options]
 
@@ -14,6 +15,7 @@ commands:
   send --connect ADDR [opts]  the source side: run the guest here and migrate it to ADDR
   receive --listen ADDR       the destination side: take a migration, resume and verify the guest
   features [--json]           what this kernel's userfaultfd grants, and what each feature is for
+  snapshot --out FILE [opts]  snapshot a running reference guest's memory into FILE while it writes
 
 ADDR is HOST:PORT (TCP; needs a shared token: --token-file FILE or POSTCOPY_TOKEN) or unix:PATH.
 
@@ -32,6 +34,14 @@ demo/send options:
                             them at points chosen from SEED during postcopy; the migration must
                             recover and verify (the report counts the recoveries)
   --json                    print the report as one JSON object (last line)
+
+snapshot options (also --size, --blocks, --huge, --threads, --pattern, --fill, --json as above):
+  --out FILE                the snapshot file (written as FILE.partial, renamed when complete)
+  --shared                  memfd (MAP_SHARED) guest memory instead of private anonymous memory
+  --warmup-seconds S        how long the guest runs before the snapshot (default 0.5)
+  --unpopulated MODE        never-touched pages: kernel (WP_UNPOPULATED) | populate | auto (default)
+  --no-checksums            no page-data checksums in the trailer (header, bitmaps and device
+                            state are always checked)
 
 liveness options (demo, send, receive):
   --recover-seconds S       how long a connection broken in postcopy may take to come back
@@ -57,6 +67,8 @@ async function main(argv: string[]): Promise<number> {
       return sendCommand(args);
     case 'receive':
       return receiveCommand(args);
+    case 'snapshot':
+      return snapshotCommand(args);
     case undefined:
     case '-h':
     case '--help':

@@ -15,15 +15,9 @@ export const SOURCE_OPTIONS: Spec = {
   'recover-seconds': 'string', 'stall-seconds': 'string',
 };
 
-export interface SourceConfig {
-  size: number;
-  blocks: number;
-  huge: boolean;
-  threads: number;
-  pattern: Pattern;
+export interface SourceConfig extends GuestSetup {
   precopySeconds: number;
   preempt: boolean;
-  fill: number;
   dirtyLog?: 'pagemap-scan' | 'uffd-wp';
   /** How long a connection broken in postcopy may take to come back (0: fail at once). */
   recoverSeconds: number;
@@ -31,7 +25,8 @@ export interface SourceConfig {
   stallSeconds: number;
 }
 
-export function sourceConfig(o: Record<string, string | boolean | undefined>): SourceConfig {
+/** The reference guest's options (--size, --blocks, --huge, --threads, --pattern, --fill), checked. */
+export function guestSetupConfig(o: Record<string, string | boolean | undefined>): GuestSetup {
   const huge = o.huge === true;
   const size = typeof o.size === 'string' ? parseSize(o.size, '--size') : 256 * 2 ** 20;
   const blocks = intOption(o.blocks, 'blocks', 1, 1, 64);
@@ -45,9 +40,15 @@ export function sourceConfig(o: Record<string, string | boolean | undefined>): S
     huge,
     threads: intOption(o.threads, 'threads', 2, 1, 64),
     pattern,
+    fill: intOption(o.fill, 'fill', pattern === 'read' ? 0 : 1, 0, 1000),
+  };
+}
+
+export function sourceConfig(o: Record<string, string | boolean | undefined>): SourceConfig {
+  return {
+    ...guestSetupConfig(o),
     precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
     preempt: o['no-preempt'] !== true,
-    fill: intOption(o.fill, 'fill', pattern === 'read' ? 0 : 1, 0, 1000),
     dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', ['pagemap-scan', 'uffd-wp'] as const, 'pagemap-scan'),
     ...livenessConfig(o),
   };
@@ -76,26 +77,52 @@ export interface SourceResult {
   sourceWrites: number;
 }
 
-export async function runSource(config: SourceConfig, endpoint: Endpoint, token: string | undefined,
-  onProgress: (p: OutgoingProgress | { phase: 'setup'; message: string }) => void): Promise<SourceResult> {
+export interface GuestSetup {
+  size: number;
+  blocks: number;
+  huge: boolean;
+  /** memfd (MAP_SHARED) blocks instead of private anonymous memory. */
+  shared?: boolean;
+  threads: number;
+  pattern: Pattern;
+  fill: number;
+}
+
+/** Allocates the guest's blocks (guest.ram0, guest.ram1, ...) and starts a reference guest on each. */
+export async function startReferenceGuests(config: GuestSetup, onProgress: (p: { phase: 'setup'; message: string }) => void): Promise<{
+  blocks: RamList<Mapping>;
+  guests: Guest[];
+  threadsPerBlock: number;
+}> {
   if (config.huge && freeHugePages() < config.size / (2 * 2 ** 20)) {
-    throw new UsageError(`--huge needs ${config.size / (2 * 2 ** 20)} free 2 MiB huge pages on the source, the kernel has ${freeHugePages()}`);
+    throw new UsageError(`--huge needs ${config.size / (2 * 2 ** 20)} free 2 MiB huge pages, the kernel has ${freeHugePages()}`);
   }
   const unit = config.huge ? 2 * 2 ** 20 : 4096;
   const blocks = new RamList<Mapping>();
   blockSizes(config.size, config.blocks, unit).forEach((length, i) => {
     const idstr = `guest.ram${i}`;
-    blocks.add(new RamBlock<Mapping>({ idstr, usedLength: length, pageSize: unit, host: new Mapping(length, { huge: config.huge, name: idstr }) }));
+    blocks.add(new RamBlock<Mapping>({ idstr, usedLength: length, pageSize: unit, host: new Mapping(length, { huge: config.huge, shared: config.shared, name: idstr }) }));
   });
   const threadsPerBlock = Math.max(1, Math.round(config.threads / config.blocks));
   onProgress({ phase: 'setup', message: `starting the guest: ${config.blocks} block(s), ${threadsPerBlock} thread(s) each, pattern ${config.pattern}${config.fill ? `, filling every page ${config.fill}x` : ''}` });
-  const guests = await Promise.all([...blocks].map((block, i) => Guest.start({
-    memory: { kind: 'mapping', ...block.host!.descriptor },
-    threads: threadsPerBlock,
-    pattern: config.pattern,
-    seed: i + 1,
-    fill: config.fill,
-  })));
+  try {
+    const guests = await Promise.all([...blocks].map((block, i) => Guest.start({
+      memory: { kind: 'mapping', ...block.host!.descriptor },
+      threads: threadsPerBlock,
+      pattern: config.pattern,
+      seed: i + 1,
+      fill: config.fill,
+    })));
+    return { blocks, guests, threadsPerBlock };
+  } catch (error) {
+    for (const block of blocks) block.host!.unmap();
+    throw error;
+  }
+}
+
+export async function runSource(config: SourceConfig, endpoint: Endpoint, token: string | undefined,
+  onProgress: (p: OutgoingProgress | { phase: 'setup'; message: string }) => void): Promise<SourceResult> {
+  const { blocks, guests, threadsPerBlock } = await startReferenceGuests(config, onProgress);
   const session = randomUUID();
   try {
     const connect = (role: ChannelRole, timeout = 10) => connectChannel<SourceBlock>({

@@ -38,6 +38,8 @@ export class SnapshotIncompleteError extends Error {
 }
 
 export const PARTIAL_SUFFIX = '.partial';
+/** Bytes kept at the trailer's place of a partial file for a failure note. */
+const FAILURE_NOTE_SPACE = 4096;
 
 /** pwrite of the whole buffer; a short write (a full disk reports ENOSPC on the retry) throws. */
 export function writeFully(fd: number, data: Uint8Array, position: number): void {
@@ -66,8 +68,11 @@ export class SnapshotWriter {
     this.partialPath = path + PARTIAL_SUFFIX;
     this.fd = openSync(this.partialPath, 'w+', 0o644);
     try {
-      // Sparse up to the trailer: pages never written read back as zeros (holes).
+      // Sparse up to the trailer: pages never written read back as zeros (holes). The trailer's
+      // place is written (zeros: "not finished") now, so that a full disk cannot keep a
+      // failed snapshot from saying why.
       ftruncateSync(this.fd, layout.trailerOffset);
+      writeFully(this.fd, Buffer.alloc(FAILURE_NOTE_SPACE), layout.trailerOffset);
       writeFully(this.fd, encodeHeader(layout), 0);
     } catch (error) {
       closeSync(this.fd);
@@ -106,6 +111,7 @@ export class SnapshotWriter {
       blocks: present.map((m, i): BlockSummary => ({ present: m.count(), pageChecksum: checksums[i] ?? 0 })),
     };
     writeFully(this.fd, encodeTrailer(layout, trailer), layout.trailerOffset);
+    ftruncateSync(this.fd, layout.fileLength);
     fsyncSync(this.fd);
     this.close();
     renameSync(this.partialPath, this.path);
@@ -116,7 +122,7 @@ export class SnapshotWriter {
   fail(reason: string): void {
     if (this.closed) return;
     try {
-      writeFully(this.fd, encodeFailure(reason), this.layout.trailerOffset);
+      writeFully(this.fd, encodeFailure(reason).subarray(0, FAILURE_NOTE_SPACE), this.layout.trailerOffset);
     } catch {
       // the file stays without a trailer: still refused as incomplete
     }
