@@ -11,6 +11,7 @@ import {
   type Feature,
 } from '../src/kernel/index.js';
 import { postcopyScenario, type PostcopyMode } from './postcopy.js';
+import { snapshotScenario } from './snapshot.js';
 import { floorOrder, round3, summarize } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 
@@ -65,13 +66,17 @@ interface PlaceSpec {
   run: number;
   zero: boolean;
 }
+/** A background snapshot into a file while a writer thread writes (bench/snapshot.ts). */
+interface SnapshotSpec {
+  kind: 'snapshot';
+}
 /** A migration over loopback TCP, source in a child process (bench/postcopy.ts). */
 interface PostcopySpec {
   kind: 'postcopy';
   mode: PostcopyMode;
 }
 
-export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec> = {
+export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec | SnapshotSpec> = {
   'missing-4k': { kind: 'fault', pageSize: PAGE, huge: false, wp: false, threads: 1 },
   'missing-4k-2t': { kind: 'fault', pageSize: PAGE, huge: false, wp: false, threads: 2 },
   'wp-4k': { kind: 'fault', pageSize: PAGE, huge: false, wp: true, threads: 1 },
@@ -83,12 +88,14 @@ export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec> = {
   'postcopy-fault': { kind: 'postcopy', mode: 'fault' },
   'postcopy-fault-loaded': { kind: 'postcopy', mode: 'loaded' },
   'postcopy-throughput': { kind: 'postcopy', mode: 'throughput' },
+  snapshot: { kind: 'snapshot' },
 };
 
 export async function runScenario(name: string, length: number): Promise<Result> {
   const spec = SCENARIOS[name];
   if (!spec) throw new Error(`unknown scenario '${name}' (${Object.keys(SCENARIOS).join(', ')})`);
   if (spec.kind === 'postcopy') return postcopyScenario(name, length, spec.mode);
+  if (spec.kind === 'snapshot') return snapshotScenario(name, length);
   return spec.kind === 'fault' ? faultScenario(name, length, spec) : placeScenario(name, length, spec);
 }
 

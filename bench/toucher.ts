@@ -18,6 +18,8 @@ export interface ToucherData {
   write: boolean;
   /** Int32Array over it: [0] becomes 1 (and is notified) to start. */
   go: SharedArrayBuffer;
+  /** Int32Array over it: writes stop once [0] is non-zero (the snapshot scenario's end). */
+  stop?: SharedArrayBuffer;
 }
 
 export interface ToucherResult {
@@ -56,6 +58,20 @@ function writePages(memory: Int8Array, order: Uint32Array, first: number, stride
   return 0;
 }
 
+/** writePages until `stop` is set, as uffd-floor.c's snapshot writer does; returns pages written. */
+function writePagesUntil(memory: Int8Array, order: Uint32Array, first: number, stride: number, count: number,
+                         pageSize: number, latency: Float64Array, stop: Int32Array): number {
+  const perf = performance;
+  let i = 0;
+  for (; i < count && Atomics.load(stop, 0) === 0; i++) {
+    const index = order[first + i * stride] * pageSize;
+    const t0 = perf.now();
+    memory[index + 1] = memory[index + 1] + 1;
+    latency[i] = perf.now() - t0;
+  }
+  return i;
+}
+
 if (parentPort && workerData?.go) {
   const d = workerData as ToucherData;
   const memory = new Int8Array(attachMapping(d.address, d.length));
@@ -64,16 +80,18 @@ if (parentPort && workerData?.go) {
   parentPort.postMessage('ready');
   Atomics.wait(go, 0, 0);
   const start = performance.now();
-  const sink = d.write
-    ? writePages(memory, d.order, d.first, d.stride, d.count, d.pageSize, latency)
-    : readPages(memory, d.order, d.first, d.stride, d.count, d.pageSize, latency);
+  let sink = 0;
+  let done = d.count;
+  if (d.stop) done = writePagesUntil(memory, d.order, d.first, d.stride, d.count, d.pageSize, latency, new Int32Array(d.stop));
+  else if (d.write) writePages(memory, d.order, d.first, d.stride, d.count, d.pageSize, latency);
+  else sink = readPages(memory, d.order, d.first, d.stride, d.count, d.pageSize, latency);
   const end = performance.now();
   for (let i = 0; i < latency.length; i++) latency[i] *= 1000; // ms -> us, after the clock stops
   const result: ToucherResult = {
-    latency,
+    latency: done < d.count ? latency.slice(0, done) : latency,
     start: performance.timeOrigin + start,
     end: performance.timeOrigin + end,
     sink,
   };
-  parentPort.postMessage(result, [latency.buffer]);
+  parentPort.postMessage(result, [result.latency.buffer as ArrayBuffer]);
 }

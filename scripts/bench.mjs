@@ -41,6 +41,9 @@ const SCENARIOS = [
   { name: 'postcopy-fault', kind: 'latency', floor: 'remote-4k', target: { p50: 2 } },
   { name: 'postcopy-fault-loaded', kind: 'latency', floor: 'remote-4k', target: { p99Us: 2000 }, best: 'p99' },
   { name: 'postcopy-throughput', kind: 'throughput', floor: 'copy-64k', target: { min: 0.5 } },
+  // a background snapshot into a file while a writer thread writes (bench/snapshot.ts);
+  // faultP50: the writer's faulted-write p50 over the floor's, at most
+  { name: 'snapshot', kind: 'throughput', floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
 ];
 
 // ---- options ----------------------------------------------------------------------------
@@ -343,6 +346,14 @@ const rows = selected.map((s) => {
     });
     row.target = { ratio_min: s.target.min };
     row.on_target = row.ratio === null ? null : row.ratio >= s.target.min;
+    if (s.target.faultP50 !== undefined) {
+      row.write_fault_p50_us = ours.details?.write_fault_p50_us ?? null;
+      row.floor_write_fault_p50_us = floor.p50_us ?? null;
+      row.write_fault_p50_ratio = ratio(row.write_fault_p50_us, row.floor_write_fault_p50_us);
+      row.target.write_fault_p50_ratio_max = s.target.faultP50;
+      const faultsOk = row.write_fault_p50_ratio === null ? null : row.write_fault_p50_ratio <= s.target.faultP50;
+      row.on_target = row.on_target === null || faultsOk === null ? null : row.on_target && faultsOk;
+    }
   }
   if (ours.details) row.details = ours.details;
   if (ours.skipped) row.skipped = ours.skipped;
@@ -400,11 +411,12 @@ if (options.json) {
       if (t.p99_ratio_max !== undefined) parts.push(`p99 ratio ≤ ${t.p99_ratio_max}`);
       if (t.p99_us_below !== undefined) parts.push(`p99 < ${t.p99_us_below} µs`);
       if (t.ratio_min !== undefined) parts.push(`ratio ≥ ${t.ratio_min}`);
+      if (t.write_fault_p50_ratio_max !== undefined) parts.push(`write-fault p50 ratio ≤ ${t.write_fault_p50_ratio_max}`);
       return parts.length ? `${parts.join(', ')}: ${verdict(r)}` : '';
     };
     const notesOf = (r) => [r.skipped && `project: ${r.skipped}`, r.floor_skipped && `floor: ${r.floor_skipped}`].filter(Boolean);
     out.push('');
-    out.push('postcopy over loopback TCP: destination in the scenario process, source in a child process; ratio = project /');
+    out.push('postcopy over loopback TCP (destination in the scenario process, source in a child process) and snapshot; ratio = project /');
     out.push('the floor scenario under "vs". Latency: the toucher\'s own clock around each faulting load, µs (lower is better).');
     const plat = pc.filter((r) => r.kind === 'latency');
     if (plat.length) {
@@ -435,7 +447,10 @@ if (options.json) {
         const notes = notesOf(r);
         out.push(line.trimEnd() + (notes.length ? `   (${notes.join('; ')})` : ''));
         const d = r.details;
-        if (d) {
+        if (d?.write_faults !== undefined) {
+          out.push(`${''.padEnd(4)}${d.write_faults} faulted writes: p50 ${f(d.write_fault_p50_us)} µs (floor ${f(r.floor_write_fault_p50_us)}, ratio ${f(r.write_fault_p50_ratio)}), ` +
+            `p99 ${f(d.write_fault_p99_us)} µs; pause ${f(d.pause_ms)} ms; ${d.pages_by_fault} pages saved by faults, engine service p50 ${f(d.engine_fault_p50_us, 1)} µs`);
+        } else if (d) {
           out.push(`${''.padEnd(4)}${d.pages_streamed + d.pages_requested} pages in ${f(d.postcopy_ms, 0)} ms (${f(r.us_per_4k)} µs per 4 KiB); ` +
             `main thread busy: destination ${f(d.dest_main_busy)}, source ${f(d.source_main_busy)} (1 = never idle)`);
         }

@@ -30,6 +30,8 @@ interface Case {
   /** Extra blocks: one never touched, one written with zeros only. */
   emptyBlocks?: boolean;
   fill?: number;
+  /** A tiny aside pool: faults must save pages themselves when it is full. */
+  asideBytes?: number;
 }
 
 /** Reads every page of a block of a complete file. */
@@ -72,6 +74,7 @@ async function snapshotUnderWriters(c: Case): Promise<{ report: SnapshotReport; 
         return Buffer.from(JSON.stringify({ writes }));
       },
       unpopulated: c.unpopulated,
+      asideBytes: c.asideBytes,
       atProtection: () => {
         for (const b of blocks) references.push(Buffer.from(b.mapping.bytes().slice()));
       },
@@ -111,6 +114,7 @@ const cases: (Case & { skip: string | false })[] = [
   { name: 'anon-8t', size: 64 * MiB, threads: 8, skip: wpSkip },
   { name: 'anon-populate', size: 32 * MiB, threads: 2, unpopulated: 'populate', emptyBlocks: true, skip: wpSkip },
   { name: 'anon-wp-unpopulated', size: 32 * MiB, threads: 2, unpopulated: 'kernel', emptyBlocks: true, skip: featureSkip('PAGEFAULT_FLAG_WP', 'WP_UNPOPULATED') },
+  { name: 'anon-aside-pool-of-one', size: 32 * MiB, threads: 4, fill: 1, asideBytes: 4096, skip: wpSkip },
   { name: 'memfd-2t', size: 32 * MiB, threads: 2, shared: true, emptyBlocks: true, skip: shmemSkip },
   { name: 'memfd-8t', size: 32 * MiB, threads: 8, shared: true, fill: 1, skip: shmemSkip },
   { name: 'hugetlb-2t', size: 64 * MiB, threads: 2, huge: true, skip: shmemSkip || hugeSkip(32) },

@@ -2,18 +2,17 @@
 // guest paused only while every block is write-protected (QEMU's background-snapshot,
 // ram_write_tracking_* in ram.c).
 //
-// After the pause two sides save pages, each page exactly once (walker-protocol.ts):
-// - write faults, on this thread: the old page is copied aside, un-protected at once (the
-//   guest goes on), and written to the file later, so the fault path never waits for disk
-//   (unless the bounded aside pool is full: then it writes first);
+// After the pause two sides claim pages, each page exactly once (walker-protocol.ts):
+// - write faults, on this thread: the old page is copied aside into a bounded shared pool and
+//   un-protected at once (the guest goes on); the walker writes the copy, so the fault path
+//   never waits for disk (unless the pool is full: then it writes the page first);
 // - the walker, on a worker thread: every other page in order, written straight from guest
-//   memory while still protected, then un-protected.
+//   memory while still protected, then un-protected (walker.ts).
 // The snapshot is complete when every page's state says saved (not when a loop found nothing).
 // Failure is never worse than no snapshot: every block is un-protected and unregistered (which
 // wakes every waiting thread onto its own, intact memory), the file is left as NAME.partial
 // marked failed, and the error names the cause.
 import { EventEmitter } from 'node:events';
-import { write } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { Bitmap } from '../memory/bitmap.js';
@@ -22,7 +21,7 @@ import { probeFeatures } from '../kernel/features.js';
 import { Userfaultfd, type EventBatch, type Feature, type Mapping } from '../kernel/index.js';
 import { addChecksum, pageChecksum } from '../wire/snapshot-format.js';
 import { SnapshotWriter, writeFully } from './file.js';
-import { PageState, WALKER_COUNTERS, WalkerCounter, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+import { AsideQueue, COUNTERS, Counter, PageState, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
 
 const WALKER_PATH = join(__dirname, 'walker.js');
 const DEFAULT_ASIDE_BYTES = 64 << 20;
@@ -123,21 +122,17 @@ export class BackgroundSnapshot extends EventEmitter {
   private writer: SnapshotWriter | undefined;
   private walker: Worker | undefined;
   private walkerDone: Promise<number[]> | undefined;
-  private readonly walkerCounters = new Float64Array(new SharedArrayBuffer(WALKER_COUNTERS * 8));
-  private readonly walkerAbort = new Int32Array(new SharedArrayBuffer(4));
-  private readonly aside: Buffer;
-  private readonly asideSlot: number;
+  private readonly counters = new Float64Array(new SharedArrayBuffer(COUNTERS * 8));
+  private readonly aside: AsideQueue;
+  /** Free aside slots taken from the walker's ring, not used yet. */
   private readonly freeSlots: number[] = [];
-  private pendingWrites = 0;
-  private writesDrained: (() => void) | undefined;
   private failure: Error | undefined;
   private failed: ((e: Error) => void) | undefined;
   private readonly faultTimes: number[] = [];
   private readonly faultHistogram = new LatencyHistogram();
+  /** Pages claimed by write faults, and those of them saved here because the aside pool was full. */
   private faultPages = 0;
-  private faultZero = 0;
-  private faultBytes = 0;
-  private faultSavedBytes = 0;
+  private savedHere = { pages: 0, zero: 0, bytesWritten: 0, bytesSaved: 0 };
   private asideFull = 0;
   private resumedAt = 0;
 
@@ -157,10 +152,9 @@ export class BackgroundSnapshot extends EventEmitter {
       };
     });
     this.pagesTotal = this.blocks.reduce((n, b) => n + b.pages, 0);
-    this.asideSlot = Math.max(...this.blocks.map((b) => b.pageSize));
-    const asideBytes = Math.max(this.asideSlot, options.asideBytes ?? DEFAULT_ASIDE_BYTES);
-    this.aside = Buffer.allocUnsafe(Math.floor(asideBytes / this.asideSlot) * this.asideSlot);
-    for (let s = this.aside.length / this.asideSlot - 1; s >= 0; s--) this.freeSlots.push(s);
+    // A slot holds a whole largest page: the small pages of other blocks share the pool.
+    const slotSize = Math.max(...this.blocks.map((b) => b.pageSize));
+    this.aside = AsideQueue.create(slotSize, Math.max(1, Math.floor((options.asideBytes ?? DEFAULT_ASIDE_BYTES) / slotSize)));
   }
 
   /** Takes a snapshot; resolves with the report once the file is complete, or rejects (SnapshotError). */
@@ -215,7 +209,6 @@ export class BackgroundSnapshot extends EventEmitter {
       try {
         this.startWalker();
         const checksums = await Promise.race([this.walkerDone!, failedPromise]);
-        await Promise.race([this.drainWrites(), failedPromise]);
         checksums.forEach((c, i) => (this.blocks[i].checksum = addChecksum(this.blocks[i].checksum, c)));
       } finally {
         clearInterval(progress);
@@ -242,73 +235,67 @@ export class BackgroundSnapshot extends EventEmitter {
 
   private serveFaults(batch: EventBatch): void {
     const t0 = performance.now();
+    let queued = false;
     for (let i = 0; i < batch.count; i++) {
       if (!batch.isPagefault(i) || !batch.isWriteProtect(i)) continue;
       const address = batch.address(i);
-      const b = this.blockAt(address);
-      if (!b) continue;
+      const block = this.blockIndexAt(address);
+      if (block < 0) continue;
+      const b = this.blocks[block];
       const page = Math.floor((address - b.base) / b.pageSize);
       if (Atomics.compareExchange(b.state, page, PageState.PROTECTED, PageState.FAULT) === PageState.PROTECTED) {
-        this.saveFaulted(b, page);
+        queued = this.saveFaulted(block, page) || queued;
+        this.faultPages++;
         this.recordFault(performance.now() - t0);
       } else if (Atomics.load(b.state, page) !== PageState.WALKER) {
-        // Already saved and un-protected (a stale fault): make sure the thread is awake. A
-        // WALKER page is woken by the walker's own un-protect once it is saved.
+        // Already un-protected (a stale fault): make sure the thread is awake. A WALKER page
+        // is woken by the walker's own un-protect once it is saved.
         this.uffd!.tryWake(b.base + page * b.pageSize, b.pageSize);
       }
     }
+    if (queued) this.aside.notify();
   }
 
-  /** Copies the page aside, un-protects it (the guest goes on), and writes it behind. */
-  private saveFaulted(b: BlockRuntime, page: number): void {
+  /**
+   * Copies the page aside, un-protects it (the guest goes on) and queues the copy for the
+   * walker to write; true if queued. With the pool full (the disk is behind) it writes the
+   * page here first, straight from the still-protected memory.
+   */
+  private saveFaulted(block: number, page: number): boolean {
+    const b = this.blocks[block];
     const ps = b.pageSize;
     const at = page * ps;
-    const slot = this.freeSlots.pop();
-    // (a slot is a whole largest page: small pages of other blocks share the pool)
-    if (slot === undefined) {
-      // Pool full: the disk is behind. Write straight from the still-protected page.
+    const slot = this.takeSlot();
+    if (slot < 0) {
       this.asideFull++;
       const zero = isZero(b.bytes, at, ps);
-      if (!zero) this.writeNow(b, page, b.bytes.subarray(at, at + ps));
+      if (!zero) {
+        const bytes = b.bytes.subarray(at, at + ps);
+        if (this.options.pageChecksums ?? true) b.checksum = addChecksum(b.checksum, pageChecksum(bytes, page));
+        writeFully(this.writer!.fd, bytes, this.writer!.pageOffset(block, page));
+        this.savedHere.bytesWritten += ps;
+      }
       this.unprotect(b, page);
-      this.markSaved(b, page, zero);
-      return;
+      Atomics.store(b.state, page, zero ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
+      this.savedHere.pages++;
+      this.savedHere.bytesSaved += ps;
+      if (zero) this.savedHere.zero++;
+      return false;
     }
-    const copy = this.aside.subarray(slot * this.asideSlot, slot * this.asideSlot + ps);
-    b.bytes.copy(copy, 0, at, at + ps);
+    this.aside.slot(slot, ps).set(b.bytes.subarray(at, at + ps));
     this.unprotect(b, page);
-    if (isZero(copy, 0, ps)) {
-      this.freeSlots.push(slot);
-      this.markSaved(b, page, true);
-      return;
-    }
-    if (this.options.pageChecksums ?? true) b.checksum = addChecksum(b.checksum, pageChecksum(copy, page));
-    this.pendingWrites++;
-    write(this.writer!.fd, copy, 0, ps, this.writer!.pageOffset(this.blocks.indexOf(b), page), (error, n) => {
-      this.freeSlots.push(slot);
-      this.pendingWrites--;
-      if (error || n !== ps) this.fail(new SnapshotError(`writing page ${page} of block ${b.idstr} to ${this.writer!.partialPath}: ${error?.message ?? `short write (${n} of ${ps} bytes)`}`, { cause: error }));
-      else this.markSaved(b, page, false);
-      if (this.pendingWrites === 0) this.writesDrained?.();
-    });
+    this.aside.push(slot, block, page);
+    return true;
   }
 
-  private writeNow(b: BlockRuntime, page: number, bytes: Uint8Array): void {
-    if (this.options.pageChecksums ?? true) b.checksum = addChecksum(b.checksum, pageChecksum(bytes, page));
-    writeFully(this.writer!.fd, bytes, this.writer!.pageOffset(this.blocks.indexOf(b), page));
+  private takeSlot(): number {
+    if (this.freeSlots.length === 0) for (let s = this.aside.take(); s >= 0; s = this.aside.take()) this.freeSlots.push(s);
+    return this.freeSlots.pop() ?? -1;
   }
 
   private unprotect(b: BlockRuntime, page: number): void {
     const status = this.uffd!.tryWriteProtect(b.base + page * b.pageSize, b.pageSize, 0);
     if (status < 0) throw new SnapshotError(`un-protecting page ${page} of block ${b.idstr}: errno ${-status}`);
-  }
-
-  private markSaved(b: BlockRuntime, page: number, zero: boolean): void {
-    Atomics.store(b.state, page, zero ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
-    this.faultPages++;
-    this.faultSavedBytes += b.pageSize;
-    if (zero) this.faultZero++;
-    else this.faultBytes += b.pageSize;
   }
 
   private recordFault(ms: number): void {
@@ -317,9 +304,12 @@ export class BackgroundSnapshot extends EventEmitter {
     this.faultHistogram.add(us);
   }
 
-  private blockAt(address: number): BlockRuntime | undefined {
-    for (const b of this.blocks) if (address >= b.base && address < b.base + b.length) return b;
-    return undefined;
+  private blockIndexAt(address: number): number {
+    for (let i = 0; i < this.blocks.length; i++) {
+      const b = this.blocks[i];
+      if (address >= b.base && address < b.base + b.length) return i;
+    }
+    return -1;
   }
 
   // ---- the walker ----------------------------------------------------------------------
@@ -333,8 +323,9 @@ export class BackgroundSnapshot extends EventEmitter {
       blocks: this.blocks.map((b, i) => ({
         idstr: b.idstr, address: b.base, length: b.length, pageSize: b.pageSize, pagesOffset: this.writer!.pageOffset(i, 0), state: b.stateBuffer,
       })),
-      counters: this.walkerCounters.buffer as SharedArrayBuffer,
-      abort: this.walkerAbort.buffer as SharedArrayBuffer,
+      counters: this.counters.buffer as SharedArrayBuffer,
+      aside: this.aside.shared,
+      asideSlotSize: this.aside.slotSize,
     };
     const walker = new Worker(WALKER_PATH, { workerData: task });
     this.walker = walker;
@@ -352,7 +343,7 @@ export class BackgroundSnapshot extends EventEmitter {
   private async stopWalker(): Promise<void> {
     const walker = this.walker;
     if (!walker) return;
-    Atomics.store(this.walkerAbort, 0, 1);
+    this.aside.abort();
     const exited = new Promise<void>((resolve) => walker.once('exit', () => resolve()));
     const timer = setTimeout(() => void walker.terminate(), WALKER_STOP_MS);
     await Promise.race([this.walkerDone!.then(() => undefined, () => undefined), exited]);
@@ -361,11 +352,6 @@ export class BackgroundSnapshot extends EventEmitter {
   }
 
   // ---- end -----------------------------------------------------------------------------
-
-  private drainWrites(): Promise<void> {
-    if (this.pendingWrites === 0) return Promise.resolve();
-    return new Promise((resolve) => (this.writesDrained = resolve));
-  }
 
   /** Complete means every page of every block is saved: checked here, page by page. */
   private checkAllSaved(): void {
@@ -382,7 +368,7 @@ export class BackgroundSnapshot extends EventEmitter {
   private fail(error: Error): void {
     if (this.failure) return;
     this.failure = error instanceof SnapshotError ? error : new SnapshotError(error.message, { cause: error });
-    Atomics.store(this.walkerAbort, 0, 1);
+    this.aside.abort();
     this.failed?.(this.failure);
   }
 
@@ -394,7 +380,6 @@ export class BackgroundSnapshot extends EventEmitter {
     const cause = this.failure ?? (error instanceof SnapshotError ? error : new SnapshotError(`snapshot failed: ${error.message}`, { cause: error }));
     await this.stopWalker();
     this.release();
-    await Promise.race([this.drainWrites(), new Promise((r) => setTimeout(r, WALKER_STOP_MS))]);
     this.writer?.fail(cause.message);
     return cause;
   }
@@ -416,24 +401,25 @@ export class BackgroundSnapshot extends EventEmitter {
   }
 
   private progress(): SnapshotProgress {
-    const saved = this.walkerCounters[WalkerCounter.PAGES] + this.faultPages;
+    const c = this.counters;
+    const saved = c[Counter.PAGES] + c[Counter.ASIDE_PAGES] + this.savedHere.pages;
     const secs = (performance.now() - this.resumedAt) / 1e3;
-    const savedBytes = this.walkerCounters[WalkerCounter.BYTES_SAVED] + this.faultSavedBytes;
+    const savedBytes = c[Counter.BYTES_SAVED] + this.savedHere.bytesSaved;
     return {
       pagesSaved: saved,
       pagesTotal: this.pagesTotal,
       writeFaults: this.faultTimes.length,
-      bytesWritten: this.walkerCounters[WalkerCounter.BYTES_WRITTEN] + this.faultBytes,
+      bytesWritten: c[Counter.BYTES_WRITTEN] + this.savedHere.bytesWritten,
       gbPerS: secs > 0 ? savedBytes / secs / 1e9 : 0,
     };
   }
 
   private report(seconds: number, pauseMs: number, unpopulated: 'kernel' | 'populate', deviceBytes: number): SnapshotReport {
+    const c = this.counters;
     const bytes = this.blocks.reduce((n, b) => n + b.length, 0);
     const times = Float64Array.from(this.faultTimes).sort();
     const q = (f: number): number => (times.length ? round(times[Math.min(times.length - 1, Math.floor(f * times.length))], 1) : 0);
-    const walkerPages = this.walkerCounters[WalkerCounter.PAGES];
-    const zero = this.walkerCounters[WalkerCounter.ZERO_PAGES] + this.faultZero;
+    const zero = c[Counter.ZERO_PAGES] + this.savedHere.zero;
     const maxUs = times.length ? times[times.length - 1] : 0;
     return {
       file: this.options.path,
@@ -443,10 +429,10 @@ export class BackgroundSnapshot extends EventEmitter {
       gb_per_s: round(bytes / seconds / 1e9, 3),
       pause_ms: round(pauseMs, 2),
       unpopulated,
-      pages: { total: this.pagesTotal, written: this.pagesTotal - zero, zero, by_fault: this.faultPages, by_walker: walkerPages },
+      pages: { total: this.pagesTotal, written: this.pagesTotal - zero, zero, by_fault: this.faultPages, by_walker: c[Counter.PAGES] },
       write_faults: { count: times.length, p50_us: q(0.5), p99_us: q(0.99), max_us: round(maxUs, 1), histogram: this.faultHistogram.buckets.slice(), aside_full: this.asideFull },
       longest_stall_ms: round(Math.max(pauseMs, maxUs / 1e3), 2),
-      bytes_written: this.walkerCounters[WalkerCounter.BYTES_WRITTEN] + this.faultBytes,
+      bytes_written: c[Counter.BYTES_WRITTEN] + this.savedHere.bytesWritten,
       file_size: this.writer!.layout.fileLength,
       device_state_bytes: deviceBytes,
       page_checksums: this.options.pageChecksums ?? true,

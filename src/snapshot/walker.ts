@@ -1,97 +1,157 @@
-// The background walker of a snapshot, on its own worker thread so that the main thread stays
-// free for write faults. Block by block, chunk by chunk, it claims every page still protected
-// and unsaved, writes the non-zero ones at their file offsets (one positional write per run),
-// and only then un-protects exactly the pages it claimed: a page is never saved after it was
-// un-protected, and the fault path and the walker never save the same page.
+// The writer of a snapshot, on its own worker thread so that the main thread stays free for
+// write faults. It does two things, interleaved chunk by chunk:
+// - the walk: block by block, it claims every page still protected and unsaved, writes the
+//   non-zero ones at their file offsets (one positional write per run) and only then
+//   un-protects exactly the pages it claimed: a page is never saved after it was un-protected;
+// - the aside queue: pages the fault path copied aside (and already un-protected) are written
+//   from their copies and their slots handed back.
+// It ends when its walk is done and every page's state says saved (the bitmap, not a count).
 import { writeSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
 import { RangeUnprotector } from '../kernel/userfaultfd.js';
 import { addChecksum, pageChecksum } from '../wire/snapshot-format.js';
-import { PageState, WalkerCounter, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
 
 const CHUNK_BYTES = 256 << 10;
+/** While only faults remain: how long to sleep between looks at the queue and the states. */
+const IDLE_WAIT_MS = 2;
 
-function writeRun(fd: number, bytes: Uint8Array, position: number): void {
+function writeAt(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
   while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }
 
+interface BlockView extends WalkerBlock {
+  state: SharedArrayBuffer;
+  states: Uint8Array;
+  memory: Buffer;
+  unprotector: RangeUnprotector;
+  pages: number;
+  checksum: number;
+  /** Pages [0, savedUpTo) are all saved. */
+  savedUpTo: number;
+}
+
 class Walker {
   private readonly counters: Float64Array;
-  private readonly abort: Int32Array;
+  private readonly aside: AsideQueue;
   private readonly zero: Buffer;
+  private readonly blocks: BlockView[];
   /** Which pages of the run being saved are zero (a local note: the shared state says WALKER). */
   private readonly zeroInRun = new Uint8Array(CHUNK_BYTES / 4096);
 
   constructor(private readonly task: WalkerTask) {
     this.counters = new Float64Array(task.counters);
-    this.abort = new Int32Array(task.abort);
+    this.aside = new AsideQueue(task.aside, task.asideSlotSize);
     this.zero = Buffer.alloc(Math.max(...task.blocks.map((b) => b.pageSize)));
+    this.blocks = task.blocks.map((b) => ({
+      ...b,
+      states: new Uint8Array(b.state),
+      memory: Buffer.from(attachMapping(BigInt(b.address), b.length)),
+      unprotector: new RangeUnprotector(task.uffd, b.address, b.length),
+      pages: b.length / b.pageSize,
+      checksum: 0,
+      savedUpTo: 0,
+    }));
   }
 
   run(): number[] {
-    return this.task.blocks.map((b) => this.walkBlock(b));
+    for (const b of this.blocks) this.walk(b);
+    while (!this.aside.aborted) {
+      this.drainAside();
+      if (this.allSaved()) break;
+      this.aside.wait(IDLE_WAIT_MS);
+    }
+    this.drainAside();
+    return this.blocks.map((b) => b.checksum);
   }
 
-  private walkBlock(block: WalkerBlock): number {
-    const state = new Uint8Array(block.state);
-    const memory = Buffer.from(attachMapping(BigInt(block.address), block.length));
-    const unprotector = new RangeUnprotector(this.task.uffd, block.address, block.length);
-    const pages = block.length / block.pageSize;
+  private walk(block: BlockView): void {
+    const { states, pages } = block;
     const chunkPages = Math.max(1, CHUNK_BYTES / block.pageSize);
-    let checksum = 0;
     for (let chunk = 0; chunk < pages; chunk += chunkPages) {
-      if (Atomics.load(this.abort, 0)) break;
+      if (this.aside.aborted) return;
+      this.drainAside();
       const end = Math.min(pages, chunk + chunkPages);
       for (let p = chunk; p < end; ) {
-        if (Atomics.compareExchange(state, p, PageState.PROTECTED, PageState.WALKER) !== PageState.PROTECTED) {
+        if (Atomics.compareExchange(states, p, PageState.PROTECTED, PageState.WALKER) !== PageState.PROTECTED) {
           p++;
           continue;
         }
         let e = p + 1;
-        while (e < end && Atomics.compareExchange(state, e, PageState.PROTECTED, PageState.WALKER) === PageState.PROTECTED) e++;
-        checksum = addChecksum(checksum, this.saveRun(block, memory, state, unprotector, p, e));
+        while (e < end && Atomics.compareExchange(states, e, PageState.PROTECTED, PageState.WALKER) === PageState.PROTECTED) e++;
+        this.saveRun(block, p, e);
         p = e;
       }
     }
-    return checksum;
   }
 
-  /** Saves claimed pages [first, end), un-protects them, marks them saved; returns their checksum sum. */
-  private saveRun(block: WalkerBlock, memory: Buffer, state: Uint8Array, unprotector: RangeUnprotector, first: number, end: number): number {
+  /** Saves claimed pages [first, end) from guest memory, un-protects them, marks them saved. */
+  private saveRun(block: BlockView, first: number, end: number): void {
     const ps = block.pageSize;
-    let sum = 0;
+    const { memory } = block;
     let runStart = -1;
     let written = 0;
     let zeros = 0;
     const flush = (upTo: number): void => {
       if (runStart < 0) return;
-      writeRun(this.task.file, memory.subarray(runStart * ps, upTo * ps), block.pagesOffset + runStart * ps);
+      writeAt(this.task.file, memory.subarray(runStart * ps, upTo * ps), block.pagesOffset + runStart * ps);
       written += upTo - runStart;
       runStart = -1;
     };
     for (let p = first; p < end; p++) {
       const at = p * ps;
-      if (memory.compare(this.zero, 0, ps, at, at + ps) === 0) {
+      const zero = memory.compare(this.zero, 0, ps, at, at + ps) === 0;
+      this.zeroInRun[p - first] = zero ? 1 : 0;
+      if (zero) {
         flush(p);
-        this.zeroInRun[p - first] = 1;
         zeros++;
         continue;
       }
-      if (this.task.checksums) sum = addChecksum(sum, pageChecksum(memory.subarray(at, at + ps), p));
-      this.zeroInRun[p - first] = 0;
+      if (this.task.checksums) block.checksum = addChecksum(block.checksum, pageChecksum(memory.subarray(at, at + ps), p));
       if (runStart < 0) runStart = p;
     }
     flush(end);
-    const status = unprotector.tryUnprotect(first * ps, (end - first) * ps);
+    const status = block.unprotector.tryUnprotect(first * ps, (end - first) * ps);
     if (status < 0) throw new Error(`un-protecting pages ${first}..${end - 1} of block ${block.idstr}: errno ${-status}`);
-    for (let p = first; p < end; p++) Atomics.store(state, p, this.zeroInRun[p - first] ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
-    this.counters[WalkerCounter.PAGES] += end - first;
-    this.counters[WalkerCounter.ZERO_PAGES] += zeros;
-    this.counters[WalkerCounter.BYTES_WRITTEN] += written * ps;
-    this.counters[WalkerCounter.BYTES_SAVED] += (end - first) * ps;
-    return sum;
+    for (let p = first; p < end; p++) Atomics.store(block.states, p, this.zeroInRun[p - first] ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
+    this.count(end - first, zeros, written * ps, (end - first) * ps);
+  }
+
+  /** Writes every page the fault path has copied aside so far, and frees their slots. */
+  private drainAside(): void {
+    for (let s = this.aside.next(); s >= 0; s = this.aside.next()) {
+      const block = this.blocks[this.aside.blockOf(s)];
+      const page = this.aside.pageOf(s);
+      const ps = block.pageSize;
+      const copy = this.aside.slot(s, ps);
+      const zero = Buffer.compare(copy, this.zero.subarray(0, ps)) === 0;
+      if (!zero) {
+        writeAt(this.task.file, copy, block.pagesOffset + page * ps);
+        if (this.task.checksums) block.checksum = addChecksum(block.checksum, pageChecksum(copy, page));
+      }
+      this.aside.release(s);
+      Atomics.store(block.states, page, zero ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
+      this.counters[Counter.ASIDE_PAGES]++;
+      this.count(0, zero ? 1 : 0, zero ? 0 : ps, ps);
+    }
+  }
+
+  private count(walked: number, zeros: number, written: number, saved: number): void {
+    this.counters[Counter.PAGES] += walked;
+    this.counters[Counter.ZERO_PAGES] += zeros;
+    this.counters[Counter.BYTES_WRITTEN] += written;
+    this.counters[Counter.BYTES_SAVED] += saved;
+  }
+
+  /** Every page of every block saved? (A page once saved stays saved: each block keeps a cursor.) */
+  private allSaved(): boolean {
+    for (const b of this.blocks) {
+      while (b.savedUpTo < b.pages && Atomics.load(b.states, b.savedUpTo) >= PageState.SAVED_DATA) b.savedUpTo++;
+      if (b.savedUpTo < b.pages) return false;
+    }
+    return true;
   }
 }
 
