@@ -266,12 +266,12 @@ function decodeFixedHeader(r: FieldReader, fileSize: number): FixedHeader {
   const deviceStateLength = r.u64('device state length', 32);
   const trailerOffset = r.u64('trailer offset', 40);
   const headerLength = r.u64('header length', 48);
+  if (r.u32('reserved', 60) !== 0) r.fail('reserved', 60, 'is not zero');
+  r.crc('header checksum', FIXED_HEADER_CRC, 0, 'the fixed header (version, flags, page size, block count, device state offset and length, trailer offset, header length)');
+  // Checks between fields come after the checksum, so that a damaged byte is named where it is.
   const shortest = FIXED_HEADER + count * (BLOCK_ENTRY_FIXED + 1);
   const longest = FIXED_HEADER + count * (BLOCK_ENTRY_FIXED + MAX_IDSTR);
   if (headerLength < shortest || headerLength > longest) r.fail('header length', 48, `${headerLength} is not possible for ${count} blocks (${shortest}..${longest})`);
-  if (trailerOffset < deviceStateOffset + deviceStateLength) r.fail('trailer offset', 40, `${trailerOffset} is before the end of the device state (${deviceStateOffset} + ${deviceStateLength})`);
-  if (r.u32('reserved', 60) !== 0) r.fail('reserved', 60, 'is not zero');
-  r.crc('header checksum', FIXED_HEADER_CRC, 0, 'the fixed header (version, flags, page size, block count, device state offset and length, trailer offset, header length)');
   if (headerLength > fileSize) r.fail('block table', FIXED_HEADER, `truncated: the header is ${headerLength} bytes, the file only ${fileSize}`);
   return { flags, count, deviceStateOffset, deviceStateLength, trailerOffset, headerLength };
 }
@@ -305,9 +305,9 @@ export function decodeHeader(buf: Buffer, file: string, fileSize: number): Snaps
     const block = { idstr, usedLength: r.u64(`block ${i} used length`, at), pageSize: r.u64(`block ${i} page size`, at + 8) };
     const bad = blockProblem(block);
     if (bad) r.fail(`block ${i} (${idstr}) ${bad.field}`, bad.field === 'page size' ? at + 8 : at, bad.problem);
+    r.crc(`block ${i} entry checksum`, end - 4, start, `block ${i}'s entry (idstr, used length, page size, bitmap and page offsets)`);
     const other = blocks.findIndex((b) => b.idstr === idstr);
     if (other >= 0) r.fail(`block ${i} idstr`, start + 2, `"${idstr}" is also block ${other}'s name`);
-    r.crc(`block ${i} entry checksum`, end - 4, start, `block ${i}'s entry (idstr, used length, page size, bitmap and page offsets)`);
     blocks.push(block);
     entries.push(at);
     at = end;
@@ -388,7 +388,7 @@ export function decodeTrailer(buf: Buffer, layout: SnapshotLayout, file: string,
   const r = new FieldReader(buf, file, base);
   if (fileSize < base) {
     // The writer sizes NAME.partial to the trailer offset at once, so a shorter file was cut.
-    throw new SnapshotFormatError(file, 'file length', fileSize, `truncated: the file ends inside ${partAt(layout, fileSize)} (${fileSize} bytes; the layout needs ${layout.fileLength})`);
+    throw new SnapshotFormatError(file, 'file length', fileSize, `truncated: the file ends at byte ${fileSize}, in ${partAt(layout, fileSize)}; the layout needs ${layout.fileLength} bytes`);
   }
   if (buf.length === 0 || buf.subarray(0, Math.min(8, buf.length)).every((b) => b === 0)) {
     return { kind: 'missing', reason: `no trailer at offset ${base}: the snapshot did not finish (interrupted, or still being written)` };
