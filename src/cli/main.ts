@@ -3,6 +3,7 @@
 import { exitNow } from '../kernel/index.js';
 import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
+import { inspectCommand } from './inspect.js';
 import { UsageError } from './options.js';
 import { receiveCommand } from './receive.js';
 import { sendCommand } from './send.js';
@@ -14,6 +15,7 @@ commands:
   send --connect ADDR [opts]  the source side: run the guest here and migrate it to ADDR
   receive --listen ADDR       the destination side: take a migration, resume and verify the guest
   features [--json]           what this kernel's userfaultfd grants, and what each feature is for
+  inspect FILE [--json]       a snapshot file: blocks, pages present, whether it is complete and intact
 
 ADDR is HOST:PORT (TCP; needs a shared token: --token-file FILE or POSTCOPY_TOKEN) or unix:PATH.
 
@@ -57,6 +59,8 @@ async function main(argv: string[]): Promise<number> {
       return sendCommand(args);
     case 'receive':
       return receiveCommand(args);
+    case 'inspect':
+      return inspectCommand(args);
     case undefined:
     case '-h':
     case '--help':

@@ -229,7 +229,7 @@ export class SnapshotReader {
       reader = SnapshotReader.open(file);
     } catch (error) {
       if (!(error instanceof SnapshotIncompleteError || error instanceof SnapshotFormatError)) throw error;
-      const reason = error instanceof SnapshotIncompleteError ? error.reason : error.message;
+      const reason = error instanceof SnapshotIncompleteError ? error.reason : error.detail;
       return { file, fileSize, complete: false, reason, layout: layoutIfIntact(file, fileSize) };
     }
     try {

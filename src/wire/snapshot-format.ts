@@ -34,14 +34,18 @@ const KNOWN_FLAGS = SnapshotFlag.PAGE_CHECKSUMS;
 
 export class SnapshotFormatError extends Error {
   readonly code = 'ERR_SNAPSHOT_FORMAT';
+  /** The message without the file: "FIELD at offset N: PROBLEM". */
+  readonly detail: string;
   constructor(
     readonly file: string,
     readonly field: string,
     readonly offset: number,
     problem: string,
   ) {
-    super(`${file}: ${field} at offset ${offset}: ${problem}`);
+    const detail = `${field} at offset ${offset}: ${problem}`;
+    super(`${file}: ${detail}`);
     this.name = 'SnapshotFormatError';
+    this.detail = detail;
   }
 }
 
