@@ -3,6 +3,7 @@
 import { exitNow } from '../kernel/index.js';
 import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
+import { inspectCommand } from './inspect.js';
 import { UsageError } from './options.js';
 import { receiveCommand } from './receive.js';
 import { sendCommand } from './send.js';
@@ -16,6 +17,7 @@ commands:
   receive --listen ADDR       the destination side: take a migration, resume and verify the guest
   features [--json]           what this kernel's userfaultfd grants, and what each feature is for
   snapshot --out FILE [opts]  snapshot a running reference guest's memory into FILE while it writes
+  inspect FILE [--json]       a snapshot file: blocks, pages present, whether it is complete and intact
 
 ADDR is HOST:PORT (TCP; needs a shared token: --token-file FILE or POSTCOPY_TOKEN) or unix:PATH.
 
@@ -69,6 +71,8 @@ async function main(argv: string[]): Promise<number> {
       return receiveCommand(args);
     case 'snapshot':
       return snapshotCommand(args);
+    case 'inspect':
+      return inspectCommand(args);
     case undefined:
     case '-h':
     case '--help':

@@ -2,11 +2,12 @@
 // SnapshotWriter writes NAME.partial with positional writes from any thread (its descriptor is
 // shared), then bitmaps, device state, a sync, the trailer, a sync and the rename to NAME.
 // SnapshotReader opens a file and refuses it, naming why, unless it is complete and intact.
-import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Bitmap } from '../memory/bitmap.js';
 import {
   HEADER_PROBE,
+  SnapshotFlag,
   SnapshotFormatError,
   addChecksum,
   crc32,
@@ -18,12 +19,13 @@ import {
   headerLengthOf,
   pageChecksum,
   planLayout,
-  trailerLength,
+  trailerProbeLength,
   type BlockSummary,
   type SnapshotBlockSpec,
   type SnapshotLayout,
   type SnapshotTrailer,
 } from '../wire/snapshot-format.js';
+import { verifyPageData, type PageDataCheck } from './verify.js';
 
 /** A file that is not a complete snapshot: interrupted, failed, or damaged. */
 export class SnapshotIncompleteError extends Error {
@@ -82,12 +84,14 @@ export class SnapshotWriter {
 
   /** Creates PATH.partial with its header; pages go to `pageOffset(block, page)`. */
   static create(path: string, blocks: SnapshotBlockSpec[], options: { deviceStateLength?: number; pageChecksums?: boolean } = {}): SnapshotWriter {
-    const layout = planLayout(blocks, options.deviceStateLength ?? 0, options.pageChecksums ? 1 : 0);
+    const layout = planLayout(blocks, options.deviceStateLength ?? 0, options.pageChecksums ? SnapshotFlag.PAGE_CHECKSUMS : 0);
     return new SnapshotWriter(path, layout);
   }
 
+  /** Where a page goes; an index outside the block throws (it would land in another block). */
   pageOffset(block: number, page: number): number {
     const b = this.layout.blocks[block];
+    if (!b || !Number.isInteger(page) || page < 0 || page >= b.pages) throw new RangeError(`pageOffset: page ${page} of block ${block} (${b ? `${b.idstr}, ${b.pages} pages` : `${this.layout.blocks.length} blocks`})`);
     return b.pagesOffset + page * b.pageSize;
   }
 
@@ -99,6 +103,12 @@ export class SnapshotWriter {
     const { layout } = this;
     const state = deviceState ?? new Uint8Array(0);
     if (state.length !== layout.deviceStateLength) throw new RangeError(`device state is ${state.length} bytes, the file was laid out for ${layout.deviceStateLength}`);
+    if (present.length !== layout.blocks.length) throw new RangeError(`finish: ${present.length} bitmaps for ${layout.blocks.length} blocks`);
+    layout.blocks.forEach((b, i) => {
+      if (present[i].size !== b.pages) throw new RangeError(`finish: block ${b.idstr} has ${b.pages} pages, its bitmap ${present[i].size} bits`);
+    });
+    const withChecksums = (layout.flags & SnapshotFlag.PAGE_CHECKSUMS) !== 0;
+    if (withChecksums && checksums.length !== layout.blocks.length) throw new RangeError(`finish: ${checksums.length} page checksums for ${layout.blocks.length} blocks`);
     const maps = present.map((m) => m.toLittleEndianBytes());
     layout.blocks.forEach((b, i) => writeFully(this.fd, maps[i], b.bitmapOffset));
     if (state.length) writeFully(this.fd, state, layout.deviceStateOffset);
@@ -108,7 +118,7 @@ export class SnapshotWriter {
       headerCrc: crc32(encodeHeader(layout)),
       bitmapsCrc: bitmapsChecksum(maps),
       deviceStateCrc: crc32(state),
-      blocks: present.map((m, i): BlockSummary => ({ present: m.count(), pageChecksum: checksums[i] ?? 0 })),
+      blocks: present.map((m, i): BlockSummary => ({ present: m.count(), pageChecksum: withChecksums ? checksums[i] >>> 0 : 0, bitmapCrc: crc32(maps[i]) })),
     };
     writeFully(this.fd, encodeTrailer(layout, trailer), layout.trailerOffset);
     ftruncateSync(this.fd, layout.fileLength);
@@ -169,12 +179,20 @@ export interface SnapshotBlockInfo {
 export interface SnapshotStatus {
   file: string;
   fileSize: number;
+  /** Complete and intact: trailer, every checksum, and the page data where the file has page checksums. */
   complete: boolean;
   /** Why the file is not complete (interrupted, failed with a reason, or damaged). */
   reason?: string;
+  /** The layout, whenever the header is intact. */
   layout?: SnapshotLayout;
+  /** The trailer, once header, trailer, bitmaps and device state all matched their checksums. */
   trailer?: SnapshotTrailer;
+  /** Each block's page data against the trailer (only for files with page checksums). */
+  pageData?: PageDataCheck[];
 }
+
+/** Device state is read this much at a time when only its checksum is wanted. */
+const CHECK_CHUNK = 1 << 20;
 
 export class SnapshotReader {
   private closed = false;
@@ -187,12 +205,17 @@ export class SnapshotReader {
     readonly blocks: SnapshotBlockInfo[],
   ) {}
 
-  /** Opens a complete, intact snapshot; anything else throws SnapshotIncompleteError or SnapshotFormatError. */
+  /**
+   * Opens a complete, intact snapshot (header, trailer, bitmaps and device state checked; page
+   * data is checked by verifyPageData or as pages are read); anything else throws
+   * SnapshotIncompleteError or SnapshotFormatError.
+   */
   static open(file: string): SnapshotReader {
     const fd = openSync(file, 'r');
     try {
       const { layout, trailer } = readStructure(fd, file);
       const blocks = readBitmaps(fd, file, layout, trailer);
+      checkDeviceState(fd, file, layout, trailer);
       return new SnapshotReader(file, fd, layout, trailer, blocks);
     } catch (error) {
       closeSync(fd);
@@ -200,25 +223,30 @@ export class SnapshotReader {
     }
   }
 
-  /** Whether a file is a complete snapshot and, if not, why; never throws for a damaged file. */
+  /**
+   * Whether a file is a complete, intact snapshot and, if not, why; reads every present page
+   * when the file has page checksums. Never throws for a damaged file (only for one it cannot
+   * read at all: missing, a directory, no permission).
+   */
   static inspect(file: string): SnapshotStatus {
-    const fd = openSync(file, 'r');
-    const fileSize = fstatSync(fd).size;
+    const fileSize = statSync(file).size;
+    let reader: SnapshotReader;
     try {
-      const { layout, trailer } = readStructure(fd, file);
-      readBitmaps(fd, file, layout, trailer);
-      return { file, fileSize, complete: true, layout, trailer };
+      reader = SnapshotReader.open(file);
     } catch (error) {
       if (!(error instanceof SnapshotIncompleteError || error instanceof SnapshotFormatError)) throw error;
-      let layout: SnapshotLayout | undefined;
-      try {
-        layout = readLayout(fd, file, fileSize);
-      } catch {
-        // the header itself is damaged: the reason says where
-      }
-      return { file, fileSize, complete: false, reason: error instanceof SnapshotIncompleteError ? error.reason : error.message, layout };
+      const reason = error instanceof SnapshotIncompleteError ? error.reason : error.detail;
+      return { file, fileSize, complete: false, reason, layout: layoutIfIntact(file, fileSize) };
+    }
+    try {
+      const { layout, trailer } = reader;
+      if (!reader.pageChecksums) return { file, fileSize, complete: true, layout, trailer };
+      const pageData = verifyPageData(reader);
+      const bad = pageData.find((b) => !b.ok);
+      const reason = bad && `page data of block ${bad.block} (${bad.idstr}) does not match its checksum (0x${bad.actual.toString(16)}, the trailer says 0x${bad.expected.toString(16)})`;
+      return { file, fileSize, complete: !bad, reason, layout, trailer, pageData };
     } finally {
-      closeSync(fd);
+      reader.close();
     }
   }
 
@@ -226,23 +254,30 @@ export class SnapshotReader {
     const out = Buffer.alloc(this.layout.deviceStateLength);
     if (out.length) readFully(this.fd, out, this.layout.deviceStateOffset, this.file, 'device state');
     const crc = crc32(out);
-    if (crc !== this.trailer.deviceStateCrc) {
-      throw new SnapshotFormatError(this.file, 'device state', this.layout.deviceStateOffset, `checksum 0x${crc.toString(16)} does not match the trailer (0x${this.trailer.deviceStateCrc.toString(16)})`);
-    }
+    if (crc !== this.trailer.deviceStateCrc) throw deviceStateMismatch(this.file, this.layout, this.trailer, crc);
     return out;
   }
 
   get pageChecksums(): boolean {
-    return (this.layout.flags & 1) !== 0;
+    return (this.layout.flags & SnapshotFlag.PAGE_CHECKSUMS) !== 0;
   }
 
-  /** Reads `count` pages of a block from `page` on into `into` (holes read as zeros). */
+  /**
+   * Reads `count` pages of a block from `page` on into `into`. Pages whose bit is clear are
+   * zeros whatever the file holds there: the bitmap, not the bytes, says what was saved.
+   */
   readPages(block: number, page: number, count: number, into: Uint8Array): void {
     const b = this.blocks[block];
-    if (page < 0 || count < 0 || page + count > b.pages || into.length < count * b.pageSize) {
-      throw new RangeError(`readPages: pages ${page}+${count} of block ${b.idstr} (${b.pages} pages)`);
+    if (!b || !Number.isInteger(page) || !Number.isInteger(count) || page < 0 || count < 0 || page + count > b.pages || into.length < count * b.pageSize) {
+      throw new RangeError(`readPages: pages ${page}+${count} of block ${block} (${b ? `${b.idstr}, ${b.pages} pages` : `${this.blocks.length} blocks`}) into ${into.length} bytes`);
     }
     readFully(this.fd, into.subarray(0, count * b.pageSize), b.pagesOffset + page * b.pageSize, this.file, `block ${b.idstr} page ${page}`);
+    const end = page + count;
+    for (let hole = b.present.findNextZero(page); hole < end; ) {
+      const holeEnd = Math.min(b.present.findNextSet(hole), end);
+      into.fill(0, (hole - page) * b.pageSize, (holeEnd - page) * b.pageSize);
+      hole = holeEnd < end ? b.present.findNextZero(holeEnd) : end;
+    }
   }
 
   /** Folds one present page into a block's running page checksum (compare with pageChecksum at the end). */
@@ -260,15 +295,29 @@ export class SnapshotReader {
 function readLayout(fd: number, file: string, fileSize: number): SnapshotLayout {
   const probe = Buffer.alloc(Math.min(HEADER_PROBE, fileSize));
   readFully(fd, probe, 0, file, 'header');
+  // headerLengthOf bounds the length by the block count (at most ~300 KiB) and the file size.
   const header = Buffer.alloc(headerLengthOf(probe, file, fileSize));
   readFully(fd, header, 0, file, 'header');
   return decodeHeader(header, file, fileSize);
 }
 
+/** The layout of a file whose header is intact, whatever else is wrong with it. */
+function layoutIfIntact(file: string, fileSize: number): SnapshotLayout | undefined {
+  const fd = openSync(file, 'r');
+  try {
+    return readLayout(fd, file, fileSize);
+  } catch {
+    return undefined; // the reason already says where the header is damaged
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function readStructure(fd: number, file: string): { layout: SnapshotLayout; trailer: SnapshotTrailer } {
   const fileSize = fstatSync(fd).size;
   const layout = readLayout(fd, file, fileSize);
-  const tail = Buffer.alloc(Math.max(0, Math.min(fileSize - layout.trailerOffset, trailerLength(layout.blocks.length) + 4096)));
+  // Bounded whatever the header says: decodeTrailer refuses a file that ends before the trailer.
+  const tail = Buffer.alloc(Math.max(0, Math.min(fileSize - layout.trailerOffset, trailerProbeLength(layout))));
   if (tail.length) readFully(fd, tail, layout.trailerOffset, file, 'trailer');
   const state = decodeTrailer(tail, layout, file, fileSize);
   if (state.kind === 'missing') throw new SnapshotIncompleteError(file, state.reason);
@@ -280,22 +329,40 @@ function readStructure(fd: number, file: string): { layout: SnapshotLayout; trai
   return { layout, trailer: state.trailer };
 }
 
+/** Called once the file is known to be as long as its layout, so each bitmap is inside it. */
 function readBitmaps(fd: number, file: string, layout: SnapshotLayout, trailer: SnapshotTrailer): SnapshotBlockInfo[] {
   let crc = 0;
   const blocks = layout.blocks.map((b, i): SnapshotBlockInfo => {
+    const name = `block ${i} (${b.idstr}) bitmap`;
     const bytes = Buffer.alloc(b.bitmapLength);
-    readFully(fd, bytes, b.bitmapOffset, file, `block ${b.idstr} bitmap`);
+    readFully(fd, bytes, b.bitmapOffset, file, name);
+    const summary = trailer.blocks[i];
+    const blockCrc = crc32(bytes);
+    if (blockCrc !== summary.bitmapCrc) throw new SnapshotFormatError(file, name, b.bitmapOffset, `checksum 0x${blockCrc.toString(16)} does not match the trailer (0x${summary.bitmapCrc.toString(16)})`);
     crc = crc32(bytes, crc);
     const present = Bitmap.fromLittleEndianBytes(bytes, b.pages);
-    return { idstr: b.idstr, usedLength: b.usedLength, pageSize: b.pageSize, pages: b.pages, present, pagesOffset: b.pagesOffset, pageChecksum: trailer.blocks[i].pageChecksum };
+    if (present.count() !== summary.present) throw new SnapshotFormatError(file, name, b.bitmapOffset, `${present.count()} pages present, the trailer says ${summary.present}`);
+    return { idstr: b.idstr, usedLength: b.usedLength, pageSize: b.pageSize, pages: b.pages, present, pagesOffset: b.pagesOffset, pageChecksum: summary.pageChecksum };
   });
   if (crc !== trailer.bitmapsCrc) {
-    throw new SnapshotFormatError(file, 'bitmaps', layout.blocks[0].bitmapOffset, `checksum 0x${crc.toString(16)} does not match the trailer (0x${trailer.bitmapsCrc.toString(16)})`);
+    throw new SnapshotFormatError(file, 'trailer bitmaps checksum', layout.trailerOffset + 28, `0x${trailer.bitmapsCrc.toString(16)} does not match the bitmaps (0x${crc.toString(16)})`);
   }
-  blocks.forEach((b, i) => {
-    if (b.present.count() !== trailer.blocks[i].present) {
-      throw new SnapshotFormatError(file, `block ${b.idstr} bitmap`, layout.blocks[i].bitmapOffset, `${b.present.count()} pages present, the trailer says ${trailer.blocks[i].present}`);
-    }
-  });
   return blocks;
+}
+
+/** The device state against its checksum, a chunk at a time (it may be large). */
+function checkDeviceState(fd: number, file: string, layout: SnapshotLayout, trailer: SnapshotTrailer): void {
+  const chunk = Buffer.alloc(Math.min(CHECK_CHUNK, layout.deviceStateLength));
+  let crc = 0;
+  for (let done = 0; done < layout.deviceStateLength; ) {
+    const n = Math.min(chunk.length, layout.deviceStateLength - done);
+    readFully(fd, chunk.subarray(0, n), layout.deviceStateOffset + done, file, 'device state');
+    crc = crc32(chunk.subarray(0, n), crc);
+    done += n;
+  }
+  if (crc !== trailer.deviceStateCrc) throw deviceStateMismatch(file, layout, trailer, crc);
+}
+
+function deviceStateMismatch(file: string, layout: SnapshotLayout, trailer: SnapshotTrailer, crc: number): SnapshotFormatError {
+  return new SnapshotFormatError(file, 'device state', layout.deviceStateOffset, `checksum 0x${crc.toString(16)} does not match the trailer (0x${trailer.deviceStateCrc.toString(16)})`);
 }
