@@ -13,7 +13,7 @@ import {
   type LazyRestoreOptions,
 } from '../src/snapshot/index.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
-import { fillPages, guestDeviceState, writeSnapshot, type SnapshotSource } from './support/snapshot-file.js';
+import { fillPages, writeGuestSnapshot, writeSnapshot, type SnapshotSource } from './support/snapshot-file.js';
 import { startGatedReaders } from './support/gated-reader.js';
 import { waitFor } from './support/threads.js';
 
@@ -126,18 +126,9 @@ test('restores refuse targets that do not fit, naming the block and the mismatch
 
 /** A reference guest run on real memory, paused, saved; returns the file and its ledger writes. */
 async function guestSnapshot(threads: number): Promise<{ file: string; writes: number; length: number }> {
-  const source = new Mapping(8 * MiB, { name: 'ram0' });
-  try {
-    const guest = await Guest.start({ memory: { kind: 'mapping', ...source.descriptor }, threads, pattern: 'random', seed: 9, paused: true });
-    await guest.runOps(3000);
-    const writes = guest.stats().ledgerWrites;
-    await guest.stop();
-    const file = fileName();
-    writeSnapshot(file, [{ idstr: 'ram0', mapping: source }], { deviceState: guestDeviceState([{ idstr: 'ram0', writes, threads }]) });
-    return { file, writes, length: source.length };
-  } finally {
-    source.unmap();
-  }
+  const file = fileName();
+  const writes = await writeGuestSnapshot(file, { size: 8 * MiB, threads, ops: 3000 });
+  return { file, writes, length: 8 * MiB };
 }
 
 async function resumeAndVerify(target: Mapping, writes: number, afterRun = () => undefined as void): Promise<void> {

@@ -5,6 +5,7 @@ import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
 import { UsageError } from './options.js';
 import { receiveCommand } from './receive.js';
+import { restoreCommand } from './restore.js';
 import { sendCommand } from './send.js';
 
 const USAGE = `usage: postcopy <command> [options]
@@ -14,6 +15,7 @@ commands:
   send --connect ADDR [opts]  the source side: run the guest here and migrate it to ADDR
   receive --listen ADDR       the destination side: take a migration, resume and verify the guest
   features [--json]           what this kernel's userfaultfd grants, and what each feature is for
+  restore FILE [options]      restore a snapshot of the reference guest, resume it, verify it
 
 ADDR is HOST:PORT (TCP; needs a shared token: --token-file FILE or POSTCOPY_TOKEN) or unix:PATH.
 
@@ -44,6 +46,15 @@ receive options:
   --run-seconds S           how long to run the guest after the last page (default 1)
   --exit-on-stdin-eof       fail and exit when stdin closes (for a supervising process)
   --json                    one JSON object per event, the report last
+
+restore options:
+  --eager                   read every page into fresh memory, then resume the guest (default)
+  --lazy                    resume the guest at once: faults are served from the file while the
+                            rest is prefetched, first the working set FILE.ws if there is one
+  --record-working-set      (lazy) save the pages the guest faulted on, in order, as FILE.ws;
+                            nothing is prefetched until the guest has run S seconds
+  --run-seconds S           how long to run the guest once every page is present (default 1)
+  --json                    print the report as one JSON object (last line)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -57,6 +68,8 @@ async function main(argv: string[]): Promise<number> {
       return sendCommand(args);
     case 'receive':
       return receiveCommand(args);
+    case 'restore':
+      return restoreCommand(args);
     case undefined:
     case '-h':
     case '--help':

@@ -1,7 +1,7 @@
 // Test snapshots: a file written with SnapshotWriter from populated mappings (each non-zero
 // page at its offset with its bitmap bit set, zero pages left as holes), as the snapshot tool
 // would write it from a paused guest.
-import { Mapping, isZeroPage, Bitmap } from '../../src/index.js';
+import { Guest, Mapping, isZeroPage, Bitmap, type Pattern } from '../../src/index.js';
 import { SnapshotReader, SnapshotWriter, writeFully } from '../../src/snapshot/index.js';
 
 export interface SnapshotSource {
@@ -54,5 +54,23 @@ export function fillPages(mapping: Mapping, pages: Iterable<number>, seed: numbe
   const perPage = mapping.pageSize / 4;
   for (const page of pages) {
     for (let w = 0; w < perPage; w += 97) words[page * perPage + w] = (seed * 2654435761 + page * 40503 + w) | 1;
+  }
+}
+
+/**
+ * Runs the reference guest on fresh memory for `ops` operations per thread, stops it and saves
+ * it with its device state; returns the ledger's write count at the snapshot.
+ */
+export async function writeGuestSnapshot(file: string, o: { size: number; threads: number; ops: number; huge?: boolean; pattern?: Pattern }): Promise<number> {
+  const source = new Mapping(o.size, { huge: o.huge, name: 'ram0' });
+  try {
+    const guest = await Guest.start({ memory: { kind: 'mapping', ...source.descriptor }, threads: o.threads, pattern: o.pattern ?? 'random', seed: 9, paused: true });
+    await guest.runOps(o.ops);
+    const writes = guest.stats().ledgerWrites;
+    await guest.stop();
+    writeSnapshot(file, [{ idstr: 'ram0', mapping: source }], { deviceState: guestDeviceState([{ idstr: 'ram0', writes, threads: o.threads }]) });
+    return writes;
+  } finally {
+    source.unmap();
   }
 }
