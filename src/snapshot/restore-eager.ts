@@ -34,7 +34,7 @@ export interface EagerRestoreReport {
   mode: 'eager';
   /** Memory restored (the blocks' used lengths). */
   bytes: number;
-  /** Bytes read from the file (present pages only). */
+  /** Bytes read from the file: present pages, and short holes read through (zeroed in memory). */
   bytes_read: number;
   seconds: number;
   /** bytes_read per second. */
