@@ -6,6 +6,7 @@ import { featuresCommand } from './features.js';
 import { inspectCommand } from './inspect.js';
 import { UsageError } from './options.js';
 import { receiveCommand } from './receive.js';
+import { restoreCommand } from './restore.js';
 import { sendCommand } from './send.js';
 import { snapshotCommand } from './snapshot.js';
 
@@ -18,6 +19,7 @@ commands:
   features [--json]           what this kernel's userfaultfd grants, and what each feature is for
   snapshot --out FILE [opts]  snapshot a running reference guest's memory into FILE while it writes
   inspect FILE [--json]       a snapshot file: blocks, pages present, whether it is complete and intact
+  restore FILE [options]      restore a snapshot of the reference guest, resume it, verify it
 
 ADDR is HOST:PORT (TCP; needs a shared token: --token-file FILE or POSTCOPY_TOKEN) or unix:PATH.
 
@@ -56,6 +58,15 @@ receive options:
   --run-seconds S           how long to run the guest after the last page (default 1)
   --exit-on-stdin-eof       fail and exit when stdin closes (for a supervising process)
   --json                    one JSON object per event, the report last
+
+restore options:
+  --eager                   read every page into fresh memory, then resume the guest (default)
+  --lazy                    resume the guest at once: faults are served from the file while the
+                            rest is prefetched, first the working set FILE.ws if there is one
+  --record-working-set      (lazy) save the pages the guest faulted on, in order, as FILE.ws;
+                            nothing is prefetched until the guest has run S seconds
+  --run-seconds S           how long to run the guest once every page is present (default 1)
+  --json                    print the report as one JSON object (last line)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -73,6 +84,8 @@ async function main(argv: string[]): Promise<number> {
       return snapshotCommand(args);
     case 'inspect':
       return inspectCommand(args);
+    case 'restore':
+      return restoreCommand(args);
     case undefined:
     case '-h':
     case '--help':

@@ -125,7 +125,7 @@ export async function receiveCommand(args: string[]): Promise<number> {
  * and verify page by page with no thread failure and no bad page seen by a reader; its write
  * count must have gone on from the source's. `verified: false` always comes with a reason.
  */
-async function verifyGuests(device: DeviceState | undefined, guests: Map<string, Guest>, resuming: Promise<Guest | Error>[], runSeconds: number) {
+export async function verifyGuests(device: DeviceState | undefined, guests: Map<string, Guest>, resuming: Promise<Guest | Error>[], runSeconds: number) {
   if (!device) return { verified: false, reason: 'no device state arrived, so no guest was resumed' };
   const notStarted = (await Promise.all(resuming)).find((g): g is Error => g instanceof Error);
   if (notStarted) return { verified: false, reason: notStarted.message };
@@ -154,7 +154,7 @@ async function verifyGuests(device: DeviceState | undefined, guests: Map<string,
 }
 
 /** The process's peak resident memory (VmHWM), in MiB. */
-function peakRssMiB(): number {
+export function peakRssMiB(): number {
   const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
   return match ? Math.round(Number(match[1]) / 1024) : 0;
 }

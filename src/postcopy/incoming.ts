@@ -10,7 +10,7 @@
 // and a guest that cannot be stopped ends the process (see docs/architecture.md).
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { Mapping, Userfaultfd, exitNow, hasFeatures, type Feature } from '../kernel/index.js';
+import { Mapping, Userfaultfd, exitNow } from '../kernel/index.js';
 import { RamBlock, RamList, TARGET_PAGE_SIZE, isZeroPage } from '../memory/index.js';
 import {
   Capability,
@@ -33,9 +33,9 @@ import {
 import { StallWatch, type AcceptedChannel, type Channel } from '../transport/index.js';
 import { endGuestSurely } from './sure-stop.js';
 import { FaultService } from './fault-service.js';
-import { PagePlacer, type GuestBlock } from './placement.js';
+import { PagePlacer, openForMissing, type GuestBlock } from './placement.js';
 import { IncomingStateMachine, type IncomingState, type IncomingTransition } from './state.js';
-import { round, type PostcopyReport } from './stats.js';
+import { blocktimePerThread, latencyReport, round, type PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
 
 /** Longest the bulk stream is held back for waiting threads before it is read again. */
@@ -322,14 +322,7 @@ export class IncomingMigration extends EventEmitter {
   private advise(pageSizeSummary: number): void {
     const local = this.blocks.pageSizeSummary;
     if (pageSizeSummary !== local) throw new ProtocolError(`POSTCOPY_ADVISE: page size summary 0x${pageSizeSummary.toString(16)} != local 0x${local.toString(16)}`);
-    const needs = new Set<Feature>();
-    for (const block of this.blocks) {
-      if (block.host!.huge) needs.add('MISSING_HUGETLBFS');
-      else if (block.host!.shared) needs.add('MISSING_SHMEM');
-    }
-    if (hasFeatures('THREAD_ID')) needs.add('THREAD_ID');
-    if (hasFeatures('POISON')) needs.add('POISON'); // after a failure, see endGuestSurely
-    this.uffd = Userfaultfd.open({ features: [...needs] });
+    this.uffd = openForMissing(this.blocks);
     this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
       this.lastPlacedAt = performance.now();
       const requested = this.faults?.placed(block, offset, length) ?? 0;
@@ -613,7 +606,6 @@ export class IncomingMigration extends EventEmitter {
 
   report(): PostcopyReport {
     const now = this.endAt || performance.now();
-    const latency = this.faults?.latency;
     const blocktime = this.faults?.blocktime;
     const bytesTotal = [...this.blocks].reduce((sum, b) => sum + b.usedLength, 0);
     const postcopyMs = this.runAt ? now - this.runAt : 0;
@@ -634,14 +626,8 @@ export class IncomingMigration extends EventEmitter {
       bytes_total: bytesTotal,
       bytes_received: this.bytesOfEarlierChannels + (this.main?.bytesReceived ?? 0) + (this.preemptChannel?.bytesReceived ?? 0),
       blocktime_ms: round(blocktime?.totalMs ?? 0),
-      blocktime_per_thread_ms: Object.fromEntries([...(blocktime?.perThreadMs ?? [])].map(([t, ms]) => [String(t), round(ms)])),
-      latency_us: {
-        avg: round(latency?.average ?? 0),
-        p50: latency?.quantile(0.5) ?? 0,
-        p99: latency?.quantile(0.99) ?? 0,
-        histogram: latency?.buckets ?? [],
-        count: latency?.count ?? 0,
-      },
+      blocktime_per_thread_ms: blocktimePerThread(blocktime),
+      latency_us: latencyReport(this.faults?.latency),
       downtime_ms: round(this.runAt && this.listenAt ? this.runAt - this.listenAt : 0),
       total_ms: round(now - this.started),
       postcopy_ms: round(postcopyMs),

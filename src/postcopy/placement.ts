@@ -1,6 +1,6 @@
 // Atomic placement of whole host pages into registered blocks. EEXIST means the page is
 // already there (placed by another channel, or a request raced the stream): never data loss.
-import { errnoError, type Mapping, type Userfaultfd } from '../kernel/index.js';
+import { Userfaultfd, errnoError, hasFeatures, type Feature, type Mapping } from '../kernel/index.js';
 import { TARGET_PAGE_SIZE, type RamBlock } from '../memory/index.js';
 
 const EEXIST = -17;
@@ -8,6 +8,21 @@ const EAGAIN = -11;
 const MAX_EAGAIN_RETRIES = 1000;
 
 export type GuestBlock = RamBlock<Mapping>;
+
+/**
+ * A userfaultfd that can serve MISSING faults on these blocks: what their memory needs, thread
+ * ids for blocktime, and POISON for a failure (see endGuestSurely) where the kernel has them.
+ */
+export function openForMissing(blocks: Iterable<GuestBlock>): Userfaultfd {
+  const needs = new Set<Feature>();
+  for (const block of blocks) {
+    if (block.host!.huge) needs.add('MISSING_HUGETLBFS');
+    else if (block.host!.shared) needs.add('MISSING_SHMEM');
+  }
+  if (hasFeatures('THREAD_ID')) needs.add('THREAD_ID');
+  if (hasFeatures('POISON')) needs.add('POISON');
+  return Userfaultfd.open({ features: [...needs] });
+}
 
 export class PagePlacer {
   /** Pages the kernel already had when we placed them (EEXIST). */

@@ -36,6 +36,22 @@ export function round(value: number, digits = 2): number {
   return Math.round(value * f) / f;
 }
 
+/** The `latency_us` of a report. */
+export function latencyReport(latency: LatencyHistogram | undefined): PostcopyReport['latency_us'] {
+  return {
+    avg: round(latency?.average ?? 0),
+    p50: latency?.quantile(0.5) ?? 0,
+    p99: latency?.quantile(0.99) ?? 0,
+    histogram: latency?.buckets ?? [],
+    count: latency?.count ?? 0,
+  };
+}
+
+/** The `blocktime_per_thread_ms` of a report, keyed by thread id. */
+export function blocktimePerThread(blocktime: Blocktime | undefined): Record<string, number> {
+  return Object.fromEntries([...(blocktime?.perThreadMs ?? [])].map(([t, ms]) => [String(t), round(ms)]));
+}
+
 export class LatencyHistogram {
   readonly buckets = new Array<number>(LATENCY_BUCKETS).fill(0);
   count = 0;

@@ -2,7 +2,7 @@
 // SnapshotWriter writes NAME.partial with positional writes from any thread (its descriptor is
 // shared), then bitmaps, device state, a sync, the trailer, a sync and the rename to NAME.
 // SnapshotReader opens a file and refuses it, naming why, unless it is complete and intact.
-import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, read, readSync, renameSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Bitmap } from '../memory/bitmap.js';
 import {
@@ -53,7 +53,21 @@ export function readFully(fd: number, into: Uint8Array, position: number, file: 
   let done = 0;
   while (done < into.length) {
     const n = readSync(fd, into, done, into.length - done, position + done);
-    if (n === 0) throw new SnapshotFormatError(file, field, position + done, `truncated: the file ends before ${into.length - done} more bytes`);
+    if (n === 0) throw truncated(file, field, position + done, into.length - done);
+    done += n;
+  }
+}
+
+function truncated(file: string, field: string, at: number, missing: number): SnapshotFormatError {
+  return new SnapshotFormatError(file, field, at, `truncated: the file ends before ${missing} more bytes`);
+}
+
+/** readFully on the libuv thread pool: several reads in flight, the main thread free meanwhile. */
+export async function readFullyAsync(fd: number, into: Uint8Array, position: number, file: string, field: string): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const n = await new Promise<number>((resolve, reject) => read(fd, into, done, into.length - done, position + done, (error, bytes) => (error ? reject(error) : resolve(bytes))));
+    if (n === 0) throw truncated(file, field, position + done, into.length - done);
     done += n;
   }
 }

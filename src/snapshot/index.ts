@@ -2,3 +2,7 @@
 export * from './file.js';
 export * from './background.js';
 export * from './verify.js';
+export * from './restore-targets.js';
+export * from './restore-eager.js';
+export * from './restore-lazy.js';
+export * from './working-set.js';

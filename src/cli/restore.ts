@@ -1,0 +1,151 @@
+// `postcopy restore FILE`: restores a snapshot of the reference guest into fresh memory (eager:
+// every page first; lazy: the guest resumes at once and faults pages in from the file while
+// the rest is prefetched), resumes the guest with the threads its device state names, lets it
+// run, stops it and verifies every page and the ledger. A file that is not a complete, intact
+// snapshot is refused naming why. On a failure the report is printed and the process ends at
+// once (main.ts: exitNow), taking any guest thread still blocked in a fault with it.
+import { existsSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { Guest, Mapping, type GuestMemory } from '../index.js';
+import { round } from '../postcopy/stats.js';
+import {
+  LazyRestore, SnapshotReader, WorkingSet, WorkingSetError, restoreEager, workingSetPath,
+  type LazyRestoreProgress,
+} from '../snapshot/index.js';
+import { UsageError, numberOption, parseOptions } from './options.js';
+import { peakRssMiB, verifyGuests, type DeviceState } from './receive.js';
+import { progressPrinter } from './send.js';
+
+export const RESTORE_OPTIONS = { lazy: 'boolean', eager: 'boolean', 'record-working-set': 'boolean', 'run-seconds': 'string', json: 'boolean' } as const;
+
+export async function restoreCommand(args: string[]): Promise<number> {
+  const [file, ...rest] = args;
+  if (file === undefined || file.startsWith('--')) throw new UsageError('restore needs a snapshot FILE: postcopy restore FILE [--lazy | --eager]');
+  const o = parseOptions(rest, RESTORE_OPTIONS);
+  if (o.lazy && o.eager) throw new UsageError('--lazy and --eager exclude each other');
+  const lazy = o.lazy === true;
+  if (o['record-working-set'] && !lazy) throw new UsageError('--record-working-set records the faults of a lazy restore: add --lazy');
+  const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
+  const json = o.json === true;
+  const { note } = progressPrinter();
+  const started = performance.now();
+
+  const reader = SnapshotReader.open(file); // refuses an incomplete or damaged file, naming why
+  const device = parseDeviceState(reader);
+  const guestThreads = device.blocks.reduce((sum, b) => sum + (b.guest ? b.threads : 0), 0);
+  const memory = reader.blocks.map((b) => new Mapping(b.usedLength, { huge: b.pageSize > 4096, name: b.idstr }));
+  const guestMemory = (idstr: string): GuestMemory => ({ kind: 'mapping', ...memory[reader.blocks.findIndex((b) => b.idstr === idstr)].descriptor });
+  const openedMs = performance.now() - started;
+  note(`${file}: ${reader.blocks.length} block(s), ${(memory.reduce((s, m) => s + m.length, 0) / 2 ** 20).toFixed(0)} MiB, ${guestThreads} guest thread(s); ${lazy ? 'lazy' : 'eager'} restore`);
+
+  const guests = new Map<string, Guest>();
+  const resuming: Promise<Guest | Error>[] = [];
+  const resumeGuests = () => {
+    for (const b of device.blocks.filter((b) => b.guest)) {
+      resuming.push(Guest.resumeFrom({ memory: guestMemory(b.idstr) }).then((g) => {
+        guests.set(b.idstr, g);
+        return g;
+      }, (error: Error) => new Error(`resuming the guest on block '${b.idstr}' failed: ${error.message}`)));
+    }
+  };
+  const finish = async (restore: Record<string, unknown>, workingSet: Record<string, unknown>) => {
+    const resumedMs = performance.now() - started;
+    const verification = await verifyGuests(device, guests, resuming, runSeconds);
+    return { ...verification, mode: lazy ? 'lazy' : 'eager', file, restore, working_set: workingSet,
+      timings: { open_ms: round(openedMs), restored_ms: round(resumedMs), total_ms: round(performance.now() - started) } };
+  };
+
+  let report: Record<string, unknown>;
+  if (!lazy) {
+    const restore = await restoreEager(reader, memory);
+    note(`restored ${(restore.bytes_read / 2 ** 20).toFixed(0)} MiB in ${restore.seconds} s (${restore.gb_per_s} GB/s), ${restore.zero_pages} zero pages${restore.checksum_verified ? ', checksums verified' : ''}`);
+    resumeGuests();
+    report = await finish({ ...restore }, { used: 0, recorded: 0 });
+  } else {
+    const ws = loadWorkingSet(file, reader, note);
+    const record = o['record-working-set'] === true;
+    const restore = LazyRestore.start(reader, memory, {
+      guestThreads,
+      workingSet: ws.set,
+      recordWorkingSet: record,
+      // recording: only the guest's own faults place pages for its first run, so that the set is its order
+      prefetch: !record,
+      // a thread blocked in a fault cannot be terminated: then the guest is stuck and the process ends
+      stopGuest: async () => {
+        await Promise.all([...guests.values()].map((g) => g.terminate()));
+      },
+    });
+    restore.on('progress', (p: LazyRestoreProgress) => note(formatProgress(p)));
+    resumeGuests();
+    if (record) {
+      Promise.all(resuming).then(() => setTimeout(() => {
+        note(`recorded ${restore.recordedWorkingSet().pages.length} pages of working set; prefetching the rest`);
+        restore.startPrefetch();
+      }, runSeconds * 1000));
+    }
+    try {
+      await restore.finished;
+    } catch (error) {
+      return failed({ ...restore.report(), mode: 'lazy', file, verified: false, error: (error as Error).message, error_code: (error as { code?: string }).code }, json);
+    }
+    const lazyReport = restore.report();
+    note(`every page present after ${lazyReport.all_present_ms} ms: ${lazyReport.pages.by_fault} by fault, ${lazyReport.pages.by_prefetch} prefetched; ${lazyReport.faults} faults, p50 <= ${lazyReport.latency_us.p50} us, p99 <= ${lazyReport.latency_us.p99} us, blocktime ${lazyReport.blocktime_ms} ms`);
+    const recorded = record ? restore.recordedWorkingSet() : undefined;
+    if (recorded) {
+      recorded.save(workingSetPath(file), reader);
+      note(`working set of ${recorded.pages.length} pages saved to ${workingSetPath(file)}`);
+    }
+    report = await finish({ ...lazyReport }, { used: lazyReport.working_set.used, recorded: recorded?.pages.length ?? 0, ...(ws.refused ? { refused: ws.refused } : {}) });
+  }
+  reader.close();
+  report.peak_rss_mb = peakRssMiB();
+  print(report, json);
+  return report.verified === true ? 0 : 1;
+}
+
+/** The device state the snapshot tool writes for the reference guest (as `send` does). */
+function parseDeviceState(reader: SnapshotReader): DeviceState {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(reader.deviceState.toString('utf8'));
+  } catch (error) {
+    throw new Error(`${reader.file}: the device state is not the reference guest's JSON (${(error as Error).message})`);
+  }
+  const blocks = (parsed as { blocks?: unknown }).blocks;
+  if (!Array.isArray(blocks) || !blocks.every((b) => typeof b?.idstr === 'string' && typeof b.writes === 'number' && typeof b.threads === 'number')) {
+    throw new Error(`${reader.file}: the device state names no guest blocks ({blocks:[{idstr, guest, writes, threads}]})`);
+  }
+  for (const b of blocks as DeviceState['blocks']) {
+    if (b.guest && !reader.blocks.some((r) => r.idstr === b.idstr)) throw new Error(`${reader.file}: the device state names block '${b.idstr}', which the file does not hold`);
+  }
+  return { session: reader.file, blocks };
+}
+
+/** FILE.ws if there is one: a stale or damaged one is not used, and the report says why. */
+function loadWorkingSet(file: string, reader: SnapshotReader, note: (line: string) => void): { set?: WorkingSet; refused?: string } {
+  const path = workingSetPath(file);
+  if (!existsSync(path)) return {};
+  try {
+    const set = WorkingSet.load(path, reader);
+    note(`prefetching the working set of ${set.pages.length} pages first (${path})`);
+    return { set };
+  } catch (error) {
+    if (!(error instanceof WorkingSetError)) throw error;
+    note(`${error.message}; restoring without it`);
+    return { refused: error.reason };
+  }
+}
+
+function formatProgress(p: LazyRestoreProgress): string {
+  return `[lazy] ${p.placed_pages}/${p.total_pages} pages present (${Math.floor((100 * p.placed_pages) / p.total_pages)}%), ${p.faults} faults, ${p.elapsed_ms} ms`;
+}
+
+function failed(report: Record<string, unknown>, json: boolean): number {
+  if (!json) throw new Error(String(report.error));
+  print(report, json);
+  return 1;
+}
+
+function print(report: Record<string, unknown>, json: boolean): void {
+  console.log(json ? JSON.stringify(report) : JSON.stringify(report, null, 2));
+}
