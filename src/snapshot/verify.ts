@@ -2,6 +2,7 @@
 // present page is read (runs of present pages, in large sequential reads; holes are skipped,
 // they hold nothing) and folded into its block's sum.
 import { addChecksum, pageChecksum } from '../wire/snapshot-format.js';
+import type { Bitmap } from '../memory/bitmap.js';
 import type { SnapshotReader } from './file.js';
 
 export interface PageDataCheck {
@@ -19,21 +20,40 @@ export interface PageDataCheck {
 /** Large enough that reads run at disk speed; one 2 MiB page always fits. */
 const READ_BYTES = 8 << 20;
 
+/** What folding needs of a block: its page size and which pages are present. */
+export interface PresentPages {
+  pageSize: number;
+  pages: number;
+  present: Bitmap;
+}
+
+/**
+ * Each block's page checksum over its present pages, read with `read(block, page, count, into)`
+ * in runs of present pages (holes hold nothing). The snapshot engine computes the trailer's sums
+ * this way from its own file once the guest is free; verifyPageData checks them the same way.
+ */
+export function foldPresentPages(blocks: PresentPages[], read: (block: number, page: number, count: number, into: Buffer) => void): number[] {
+  const buffer = Buffer.allocUnsafe(READ_BYTES);
+  return blocks.map((b, block) => {
+    const perRead = Math.floor(buffer.length / b.pageSize);
+    let sum = 0;
+    for (let page = b.present.findNextSet(0); page < b.pages; page = b.present.findNextSet(page)) {
+      const count = Math.min(b.present.findNextZero(page) - page, perRead);
+      read(block, page, count, buffer);
+      for (let i = 0; i < count; i++) sum = addChecksum(sum, pageChecksum(buffer.subarray(i * b.pageSize, (i + 1) * b.pageSize), page + i));
+      page += count;
+    }
+    return sum;
+  });
+}
+
 /**
  * Checks every block's page data. Only the block is named on a mismatch: the trailer keeps one
  * sum per block, so finding the page would need a checksum per page.
  */
 export function verifyPageData(reader: SnapshotReader): PageDataCheck[] {
-  const buffer = Buffer.allocUnsafe(READ_BYTES);
-  return reader.blocks.map((b, block) => {
-    const perRead = Math.floor(buffer.length / b.pageSize);
-    let sum = 0;
-    for (let page = b.present.findNextSet(0); page < b.pages; page = b.present.findNextSet(page)) {
-      const count = Math.min(b.present.findNextZero(page) - page, perRead);
-      reader.readPages(block, page, count, buffer);
-      for (let i = 0; i < count; i++) sum = addChecksum(sum, pageChecksum(buffer.subarray(i * b.pageSize, (i + 1) * b.pageSize), page + i));
-      page += count;
-    }
-    return { block, idstr: b.idstr, present: b.present.count(), expected: b.pageChecksum, actual: sum, ok: sum === b.pageChecksum };
-  });
+  const sums = foldPresentPages(reader.blocks, (block, page, count, into) => reader.readPages(block, page, count, into));
+  return reader.blocks.map((b, block) => ({
+    block, idstr: b.idstr, present: b.present.count(), expected: b.pageChecksum, actual: sums[block], ok: sums[block] === b.pageChecksum,
+  }));
 }

@@ -4,15 +4,18 @@
 /**
  * One byte per page of a block, in shared memory, changed only with Atomics: a page is
  * claimed (PROTECTED -> WALKER or FAULT) by exactly one side, which saves it (or copies it
- * aside) before it un-protects it; SAVED_* once it is in the file. SAVED_DATA pages are the
- * file's bitmap.
+ * aside: FAULT -> ASIDE) before it un-protects it; SAVED_* once it is in the file. SAVED_DATA
+ * pages are the file's bitmap. Only a FAULT page is protected and about to be copied: every
+ * other state but PROTECTED and WALKER is un-protected already, so the walker may un-protect
+ * a whole chunk at once when none of its pages is FAULT (one TLB flush instead of one per run).
  */
 export const PageState = {
   PROTECTED: 0,
   WALKER: 1,
   FAULT: 2,
-  SAVED_DATA: 3,
-  SAVED_ZERO: 4,
+  ASIDE: 3,
+  SAVED_DATA: 4,
+  SAVED_ZERO: 5,
 } as const;
 
 /** Slots of the shared Float64Array of counters (written by the walker only). */
@@ -135,7 +138,6 @@ export interface WalkerTask {
   postcopySnapshotWalker: 1;
   uffd: number;
   file: number;
-  checksums: boolean;
   blocks: WalkerBlock[];
   counters: SharedArrayBuffer;
   aside: AsideQueue['shared'];
@@ -143,5 +145,5 @@ export interface WalkerTask {
 }
 
 export type WalkerMessage =
-  | { type: 'done'; checksums: number[] }
+  | { type: 'done' }
   | { type: 'error'; message: string; code?: string };

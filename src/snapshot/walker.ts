@@ -10,10 +10,10 @@ import { writeSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
 import { RangeUnprotector } from '../kernel/userfaultfd.js';
-import { addChecksum, pageChecksum } from '../wire/snapshot-format.js';
 import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
 
-const CHUNK_BYTES = 256 << 10;
+/** The walk's unit: pages claimed, written and un-protected together (one TLB flush per chunk). */
+const CHUNK_BYTES = 1 << 20;
 /** While only faults remain: how long to sleep between looks at the queue and the states. */
 const IDLE_WAIT_MS = 2;
 
@@ -28,7 +28,6 @@ interface BlockView extends WalkerBlock {
   memory: Buffer;
   unprotector: RangeUnprotector;
   pages: number;
-  checksum: number;
   /** Pages [0, savedUpTo) are all saved. */
   savedUpTo: number;
 }
@@ -38,8 +37,8 @@ class Walker {
   private readonly aside: AsideQueue;
   private readonly zero: Buffer;
   private readonly blocks: BlockView[];
-  /** Which pages of the run being saved are zero (a local note: the shared state says WALKER). */
-  private readonly zeroInRun = new Uint8Array(CHUNK_BYTES / 4096);
+  /** Which pages of the chunk being saved are zero (a local note: the shared state says WALKER). */
+  private readonly zeroInChunk = new Uint8Array(CHUNK_BYTES / 4096);
 
   constructor(private readonly task: WalkerTask) {
     this.counters = new Float64Array(task.counters);
@@ -51,12 +50,11 @@ class Walker {
       memory: Buffer.from(attachMapping(BigInt(b.address), b.length)),
       unprotector: new RangeUnprotector(task.uffd, b.address, b.length),
       pages: b.length / b.pageSize,
-      checksum: 0,
       savedUpTo: 0,
     }));
   }
 
-  run(): number[] {
+  run(): void {
     for (const b of this.blocks) this.walk(b);
     while (!this.aside.aborted) {
       this.drainAside();
@@ -64,7 +62,6 @@ class Walker {
       this.aside.wait(IDLE_WAIT_MS);
     }
     this.drainAside();
-    return this.blocks.map((b) => b.checksum);
   }
 
   private walk(block: BlockView): void {
@@ -74,6 +71,8 @@ class Walker {
       if (this.aside.aborted) return;
       this.drainAside();
       const end = Math.min(pages, chunk + chunkPages);
+      // Claim every page of the chunk that is still protected and unsaved, saving run by run.
+      let claimed = 0;
       for (let p = chunk; p < end; ) {
         if (Atomics.compareExchange(states, p, PageState.PROTECTED, PageState.WALKER) !== PageState.PROTECTED) {
           p++;
@@ -82,15 +81,43 @@ class Walker {
         let e = p + 1;
         while (e < end && Atomics.compareExchange(states, e, PageState.PROTECTED, PageState.WALKER) === PageState.PROTECTED) e++;
         this.saveRun(block, p, e);
+        claimed += e - p;
         p = e;
       }
+      if (claimed) this.unprotectClaimed(block, chunk, end);
     }
   }
 
-  /** Saves claimed pages [first, end) from guest memory, un-protects them, marks them saved. */
+  /**
+   * Un-protects the pages of [first, end) this walker claimed and saved, then marks them saved:
+   * the whole chunk in one call unless a fault is copying one of its pages right now (FAULT:
+   * still protected, and must stay so until its copy is taken), then run by run.
+   */
+  private unprotectClaimed(block: BlockView, first: number, end: number): void {
+    const { states, pageSize: ps } = block;
+    let faultInChunk = false;
+    for (let p = first; p < end && !faultInChunk; p++) faultInChunk = Atomics.load(states, p) === PageState.FAULT;
+    for (let p = first; p < end; ) {
+      if (faultInChunk && states[p] !== PageState.WALKER) {
+        p++;
+        continue;
+      }
+      let e = p + 1;
+      while (e < end && (!faultInChunk || states[e] === PageState.WALKER)) e++;
+      const status = block.unprotector.tryUnprotect(p * ps, (e - p) * ps);
+      if (status < 0) throw new Error(`un-protecting pages ${p}..${e - 1} of block ${block.idstr}: errno ${-status}`);
+      p = e;
+    }
+    for (let p = first; p < end; p++) {
+      if (states[p] === PageState.WALKER) Atomics.store(states, p, this.zeroInChunk[p - first] ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
+    }
+  }
+
+  /** Saves claimed pages [first, end) from guest memory (still protected): runs of non-zero pages, one write each. */
   private saveRun(block: BlockView, first: number, end: number): void {
     const ps = block.pageSize;
     const { memory } = block;
+    const chunkStart = first - (first % Math.max(1, CHUNK_BYTES / ps));
     let runStart = -1;
     let written = 0;
     let zeros = 0;
@@ -103,19 +130,15 @@ class Walker {
     for (let p = first; p < end; p++) {
       const at = p * ps;
       const zero = memory.compare(this.zero, 0, ps, at, at + ps) === 0;
-      this.zeroInRun[p - first] = zero ? 1 : 0;
+      this.zeroInChunk[p - chunkStart] = zero ? 1 : 0;
       if (zero) {
         flush(p);
         zeros++;
         continue;
       }
-      if (this.task.checksums) block.checksum = addChecksum(block.checksum, pageChecksum(memory.subarray(at, at + ps), p));
       if (runStart < 0) runStart = p;
     }
     flush(end);
-    const status = block.unprotector.tryUnprotect(first * ps, (end - first) * ps);
-    if (status < 0) throw new Error(`un-protecting pages ${first}..${end - 1} of block ${block.idstr}: errno ${-status}`);
-    for (let p = first; p < end; p++) Atomics.store(block.states, p, this.zeroInRun[p - first] ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
     this.count(end - first, zeros, written * ps, (end - first) * ps);
   }
 
@@ -127,10 +150,7 @@ class Walker {
       const ps = block.pageSize;
       const copy = this.aside.slot(s, ps);
       const zero = Buffer.compare(copy, this.zero.subarray(0, ps)) === 0;
-      if (!zero) {
-        writeAt(this.task.file, copy, block.pagesOffset + page * ps);
-        if (this.task.checksums) block.checksum = addChecksum(block.checksum, pageChecksum(copy, page));
-      }
+      if (!zero) writeAt(this.task.file, copy, block.pagesOffset + page * ps);
       this.aside.release(s);
       Atomics.store(block.states, page, zero ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
       this.counters[Counter.ASIDE_PAGES]++;
@@ -159,7 +179,8 @@ if (!isMainThread && (workerData as WalkerTask | undefined)?.postcopySnapshotWal
   const task = workerData as WalkerTask;
   let message: WalkerMessage;
   try {
-    message = { type: 'done', checksums: new Walker(task).run() };
+    new Walker(task).run();
+    message = { type: 'done' };
   } catch (error) {
     const e = error as NodeJS.ErrnoException;
     message = { type: 'error', message: e.message, code: e.code };
