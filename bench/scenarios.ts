@@ -69,6 +69,7 @@ interface PlaceSpec {
 /** A background snapshot into a file while a writer thread writes (bench/snapshot.ts). */
 interface SnapshotSpec {
   kind: 'snapshot';
+  claimPages?: number;
 }
 /** A migration over loopback TCP, source in a child process (bench/postcopy.ts). */
 interface PostcopySpec {
@@ -89,13 +90,14 @@ export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec | Sn
   'postcopy-fault-loaded': { kind: 'postcopy', mode: 'loaded' },
   'postcopy-throughput': { kind: 'postcopy', mode: 'throughput' },
   snapshot: { kind: 'snapshot' },
+  'snapshot-1page': { kind: 'snapshot', claimPages: 1 },
 };
 
 export async function runScenario(name: string, length: number): Promise<Result> {
   const spec = SCENARIOS[name];
   if (!spec) throw new Error(`unknown scenario '${name}' (${Object.keys(SCENARIOS).join(', ')})`);
   if (spec.kind === 'postcopy') return postcopyScenario(name, length, spec.mode);
-  if (spec.kind === 'snapshot') return snapshotScenario(name, length);
+  if (spec.kind === 'snapshot') return snapshotScenario(name, length, spec.claimPages);
   return spec.kind === 'fault' ? faultScenario(name, length, spec) : placeScenario(name, length, spec);
 }
 

@@ -44,6 +44,7 @@ const SCENARIOS = [
   // a background snapshot into a file while a writer thread writes (bench/snapshot.ts);
   // faultP50: the writer's faulted-write p50 over the floor's, at most
   { name: 'snapshot', kind: 'throughput', floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
+  { name: 'snapshot-1page', kind: 'throughput', floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
 ];
 
 // ---- options ----------------------------------------------------------------------------

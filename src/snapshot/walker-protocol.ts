@@ -4,10 +4,11 @@
 /**
  * One byte per page of a block, in shared memory, changed only with Atomics: a page is
  * claimed (PROTECTED -> WALKER or FAULT) by exactly one side, which saves it (or copies it
- * aside: FAULT -> ASIDE) before it un-protects it; SAVED_* once it is in the file. SAVED_DATA
- * pages are the file's bitmap. Only a FAULT page is protected and about to be copied: every
- * other state but PROTECTED and WALKER is un-protected already, so the walker may un-protect
- * a whole chunk at once when none of its pages is FAULT (one TLB flush instead of one per run).
+ * aside: FAULT -> ASIDE) before anything un-protects it; SAVED_* once it is in the file and
+ * un-protected. SAVED_DATA pages are the file's bitmap. Only a FAULT page is protected and about
+ * to be copied: every page in any other state but PROTECTED and WALKER is saved or copied, and
+ * may be un-protected by anyone, so the walker un-protects a whole chunk at once when none of
+ * its pages is FAULT (one TLB flush instead of one per run).
  */
 export const PageState = {
   PROTECTED: 0,
@@ -32,11 +33,11 @@ const CONTROL_WORDS = 5;
  * index) and `free` (walker -> main). Memory held is bounded by the pool.
  */
 export class AsideQueue {
-  readonly slots: Uint8Array;
+  readonly slots: Buffer;
   private readonly control: Int32Array;
   private readonly filled: Int32Array;
   private readonly free: Int32Array;
-  /** Per slot: block index, page index. */
+  /** Per slot: block index, first page, page count (a slot holds a run of pages). */
   private readonly meta: Int32Array;
   readonly count: number;
 
@@ -44,7 +45,7 @@ export class AsideQueue {
     readonly shared: { slots: SharedArrayBuffer; control: SharedArrayBuffer; filled: SharedArrayBuffer; free: SharedArrayBuffer; meta: SharedArrayBuffer },
     readonly slotSize: number,
   ) {
-    this.slots = new Uint8Array(shared.slots);
+    this.slots = Buffer.from(shared.slots);
     this.control = new Int32Array(shared.control);
     this.filled = new Int32Array(shared.filled);
     this.free = new Int32Array(shared.free);
@@ -58,13 +59,13 @@ export class AsideQueue {
       control: new SharedArrayBuffer(CONTROL_WORDS * 4),
       filled: new SharedArrayBuffer(count * 4),
       free: new SharedArrayBuffer(count * 4),
-      meta: new SharedArrayBuffer(count * 8),
+      meta: new SharedArrayBuffer(count * 12),
     }, slotSize);
     for (let s = 0; s < count; s++) q.release(s);
     return q;
   }
 
-  slot(s: number, length: number): Uint8Array {
+  slot(s: number, length: number): Buffer {
     return this.slots.subarray(s * this.slotSize, s * this.slotSize + length);
   }
 
@@ -72,10 +73,11 @@ export class AsideQueue {
   take(): number {
     return this.pop(this.free, Control.FREE_HEAD, Control.FREE_TAIL);
   }
-  /** Main: hands a filled slot to the walker. */
-  push(s: number, block: number, page: number): void {
-    this.meta[2 * s] = block;
-    this.meta[2 * s + 1] = page;
+  /** Main: hands a filled slot (pages [page, page + count) of a block) to the walker. */
+  push(s: number, block: number, page: number, count: number): void {
+    this.meta[3 * s] = block;
+    this.meta[3 * s + 1] = page;
+    this.meta[3 * s + 2] = count;
     this.put(this.filled, Control.FILLED_HEAD, s);
   }
   /** Main: wakes the walker if it waits for slots. */
@@ -87,10 +89,13 @@ export class AsideQueue {
     return this.pop(this.filled, Control.FILLED_HEAD, Control.FILLED_TAIL);
   }
   blockOf(s: number): number {
-    return this.meta[2 * s];
+    return this.meta[3 * s];
   }
   pageOf(s: number): number {
-    return this.meta[2 * s + 1];
+    return this.meta[3 * s + 1];
+  }
+  countOf(s: number): number {
+    return this.meta[3 * s + 2];
   }
   /** Walker: the slot is written; main may reuse it. */
   release(s: number): void {

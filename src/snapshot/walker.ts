@@ -142,19 +142,36 @@ class Walker {
     this.count(end - first, zeros, written * ps, (end - first) * ps);
   }
 
-  /** Writes every page the fault path has copied aside so far, and frees their slots. */
+  /** Writes every run of pages the fault path has copied aside so far, and frees their slots. */
   private drainAside(): void {
     for (let s = this.aside.next(); s >= 0; s = this.aside.next()) {
       const block = this.blocks[this.aside.blockOf(s)];
-      const page = this.aside.pageOf(s);
+      const first = this.aside.pageOf(s);
+      const count = this.aside.countOf(s);
       const ps = block.pageSize;
-      const copy = this.aside.slot(s, ps);
-      const zero = Buffer.compare(copy, this.zero.subarray(0, ps)) === 0;
-      if (!zero) writeAt(this.task.file, copy, block.pagesOffset + page * ps);
+      const copy = this.aside.slot(s, count * ps);
+      const write = (from: number, to: number): void => writeAt(this.task.file, copy.subarray(from * ps, to * ps), block.pagesOffset + (first + from) * ps);
+      let zeros = 0;
+      let runStart = -1;
+      for (let i = 0; i < count; i++) {
+        const zero = copy.compare(this.zero, 0, ps, i * ps, (i + 1) * ps) === 0;
+        this.zeroInChunk[i] = zero ? 1 : 0;
+        if (!zero) {
+          if (runStart < 0) runStart = i;
+          continue;
+        }
+        zeros++;
+        if (runStart >= 0) write(runStart, i);
+        runStart = -1;
+      }
+      if (runStart >= 0) write(runStart, count);
       this.aside.release(s);
-      Atomics.store(block.states, page, zero ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
-      this.counters[Counter.ASIDE_PAGES]++;
-      this.count(0, zero ? 1 : 0, zero ? 0 : ps, ps);
+      // The fault path un-protected only the faulting page of the run: the rest now.
+      const status = block.unprotector.tryUnprotect(first * ps, count * ps);
+      if (status < 0) throw new Error(`un-protecting pages ${first}..${first + count - 1} of block ${block.idstr}: errno ${-status}`);
+      for (let i = 0; i < count; i++) Atomics.store(block.states, first + i, this.zeroInChunk[i] ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
+      this.counters[Counter.ASIDE_PAGES] += count;
+      this.count(0, zeros, (count - zeros) * ps, count * ps);
     }
   }
 
