@@ -1,7 +1,6 @@
 // The project's side of each uffd-floor.c scenario, with the same sizes and access pattern.
 // Fault scenarios serve faults on this (the main) thread's event loop through the kernel
 // layer's onEvents/try* hot path, as the project does; touchers are worker threads.
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import {
@@ -11,8 +10,9 @@ import {
   type Feature,
 } from '../src/kernel/index.js';
 import { postcopyScenario, type PostcopyMode } from './postcopy.js';
+import { restoreScenario, type RestoreMode } from './restore.js';
 import { snapshotScenario } from './snapshot.js';
-import { floorOrder, round3, summarize } from './stats.js';
+import { floorOrder, mainThreadStats, round3, summarize } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 
 const PAGE = 4096;
@@ -71,13 +71,18 @@ interface SnapshotSpec {
   kind: 'snapshot';
   claimPages?: number;
 }
+/** A restore from a snapshot file (bench/restore.ts). */
+interface RestoreSpec {
+  kind: 'restore';
+  mode: RestoreMode;
+}
 /** A migration over loopback TCP, source in a child process (bench/postcopy.ts). */
 interface PostcopySpec {
   kind: 'postcopy';
   mode: PostcopyMode;
 }
 
-export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec | SnapshotSpec> = {
+export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec | SnapshotSpec | RestoreSpec> = {
   'missing-4k': { kind: 'fault', pageSize: PAGE, huge: false, wp: false, threads: 1 },
   'missing-4k-2t': { kind: 'fault', pageSize: PAGE, huge: false, wp: false, threads: 2 },
   'wp-4k': { kind: 'fault', pageSize: PAGE, huge: false, wp: true, threads: 1 },
@@ -91,6 +96,9 @@ export const SCENARIOS: Record<string, FaultSpec | PlaceSpec | PostcopySpec | Sn
   'postcopy-throughput': { kind: 'postcopy', mode: 'throughput' },
   snapshot: { kind: 'snapshot' },
   'snapshot-1page': { kind: 'snapshot', claimPages: 1 },
+  'restore-eager': { kind: 'restore', mode: 'eager' },
+  'restore-lazy': { kind: 'restore', mode: 'lazy' },
+  'restore-lazy-faults': { kind: 'restore', mode: 'lazy-faults' },
 };
 
 export async function runScenario(name: string, length: number): Promise<Result> {
@@ -98,6 +106,7 @@ export async function runScenario(name: string, length: number): Promise<Result>
   if (!spec) throw new Error(`unknown scenario '${name}' (${Object.keys(SCENARIOS).join(', ')})`);
   if (spec.kind === 'postcopy') return postcopyScenario(name, length, spec.mode);
   if (spec.kind === 'snapshot') return snapshotScenario(name, length, spec.claimPages);
+  if (spec.kind === 'restore') return restoreScenario(name, length, spec.mode);
   return spec.kind === 'fault' ? faultScenario(name, length, spec) : placeScenario(name, length, spec);
 }
 
@@ -230,19 +239,6 @@ async function faultScenario(name: string, length: number, spec: FaultSpec): Pro
     handler_sleeps_per_fault: round3((after.sleeps - before.sleeps) / latency.length),
     handler_cpu_us_per_fault: round3((after.cpuNs - before.cpuNs) / 1e3 / latency.length),
   };
-}
-
-/** This (the main, fault-serving) thread's voluntary context switches and CPU time so far. */
-function mainThreadStats(): { sleeps: number; cpuNs: number } {
-  const dir = `/proc/self/task/${process.pid}`;
-  try {
-    const status = readFileSync(`${dir}/status`, 'utf8');
-    const sleeps = Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? NaN);
-    const cpuNs = Number(readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]);
-    return { sleeps, cpuNs };
-  } catch {
-    return { sleeps: NaN, cpuNs: NaN };
-  }
 }
 
 // ---- placement throughput, no faults ---------------------------------------------------

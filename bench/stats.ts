@@ -1,5 +1,6 @@
 // Shared by the bench process and its toucher workers: the floor's page order and its
 // percentile conventions, so that both sides are summarised the same way.
+import { readFileSync } from 'node:fs';
 
 /**
  * The page order of uffd-floor.c's shuffle(): Fisher–Yates driven by the same xorshift64
@@ -47,4 +48,17 @@ export function round2(x: number): number {
 
 export function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
+}
+
+/** This (the main, fault-serving) thread's voluntary context switches and CPU time so far. */
+export function mainThreadStats(): { sleeps: number; cpuNs: number } {
+  const dir = `/proc/self/task/${process.pid}`;
+  try {
+    const status = readFileSync(`${dir}/status`, 'utf8');
+    const sleeps = Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? NaN);
+    const cpuNs = Number(readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]);
+    return { sleeps, cpuNs };
+  } catch {
+    return { sleeps: NaN, cpuNs: NaN };
+  }
 }

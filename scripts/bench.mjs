@@ -45,6 +45,12 @@ const SCENARIOS = [
   // faultP50: the writer's faulted-write p50 over the floor's, at most
   { name: 'snapshot', kind: 'throughput', floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
   { name: 'snapshot-1page', kind: 'throughput', floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
+  // restores from a snapshot file written (and read once, page cache warm) before the timing
+  // (bench/restore.ts). restore-lazy: toucher and prefetcher; restore-lazy-faults: no prefetcher,
+  // only faults place pages, as in missing-4k. The issue sets no latency target for them.
+  { name: 'restore-eager', kind: 'throughput', floor: 'copy-64k', target: { min: 0.8 } },
+  { name: 'restore-lazy', kind: 'latency', floor: 'missing-4k' },
+  { name: 'restore-lazy-faults', kind: 'latency', floor: 'missing-4k' },
 ];
 
 // ---- options ----------------------------------------------------------------------------
@@ -417,7 +423,7 @@ if (options.json) {
     };
     const notesOf = (r) => [r.skipped && `project: ${r.skipped}`, r.floor_skipped && `floor: ${r.floor_skipped}`].filter(Boolean);
     out.push('');
-    out.push('postcopy over loopback TCP (destination in the scenario process, source in a child process) and snapshot; ratio = project /');
+    out.push('postcopy over loopback TCP (destination in the scenario process, source in a child process), snapshot and restore; ratio = project /');
     out.push('the floor scenario under "vs". Latency: the toucher\'s own clock around each faulting load, µs (lower is better).');
     const plat = pc.filter((r) => r.kind === 'latency');
     if (plat.length) {
@@ -429,7 +435,12 @@ if (options.json) {
         out.push(line.trimEnd() + (notes.length ? `   (${notes.join('; ')})` : ''));
         const d = r.details;
         if (!d) continue;
-        if (d.loads !== undefined) {
+        if (d.all_present_ms !== undefined) {
+          out.push(`${''.padEnd(4)}${d.prefetch ? 'with' : 'no'} prefetch: ${d.faulted} of ${d.loads} loads faulted (the slowest that many: p50/p99 above), all loads p50 ${f(d.loads_p50_us)} p99 ${f(d.loads_p99_us)} µs; ` +
+            `every page present after ${f(d.all_present_ms, 0)} ms (toucher ${f(d.toucher_ms, 0)} ms)`);
+          out.push(`${''.padEnd(4)}pages by fault ${d.pages_by_fault}, by prefetch ${d.pages_by_prefetch}; engine fault p50 ${f(d.engine_fault_p50_us, 0)} p99 ${f(d.engine_fault_p99_us, 0)} µs (histogram buckets); ` +
+            `blocktime ${f(d.blocktime_ms, 0)} ms; main thread ${f(r.handler_cpu_us_per_fault, 1)} µs CPU per fault; checksums ${d.checksum_verified ? 'verified' : 'NOT verified'}`);
+        } else if (d.loads !== undefined) {
           out.push(`${''.padEnd(4)}${d.faulted} of ${d.loads} loads faulted (p50/p99 above are theirs), ${d.already_streamed} found the page already streamed; ` +
             `all loads: p50 ${f(d.loads_p50_us)} p99 ${f(d.loads_p99_us)} µs`);
           out.push(`${''.padEnd(4)}stream ${f(d.stream_gb_per_s, 3)} GB/s over ${f(d.postcopy_ms, 0)} ms; the toucher ran ${f(d.toucher_ms, 0)} ms and ended ${f(d.toucher_done_before_end_ms, 0)} ms before the stream; ` +
@@ -448,7 +459,10 @@ if (options.json) {
         const notes = notesOf(r);
         out.push(line.trimEnd() + (notes.length ? `   (${notes.join('; ')})` : ''));
         const d = r.details;
-        if (d?.write_faults !== undefined) {
+        if (d?.restore_ms !== undefined) {
+          out.push(`${''.padEnd(4)}${f(d.bytes_read / 2 ** 20, 0)} MiB read in ${f(d.restore_ms, 1)} ms (page cache warm, target fresh memory recycled); ` +
+            `checksums ${d.checksum_verified ? 'verified' : 'NOT verified'}; restored memory equal to the snapshot`);
+        } else if (d?.write_faults !== undefined) {
           out.push(`${''.padEnd(4)}${d.write_faults} faulted writes: p50 ${f(d.write_fault_p50_us)} µs (floor ${f(r.floor_write_fault_p50_us)}, ratio ${f(r.write_fault_p50_ratio)}), ` +
             `p99 ${f(d.write_fault_p99_us)} µs; pause ${f(d.pause_ms)} ms; ${d.pages_by_fault} pages saved by faults, engine service p50 ${f(d.engine_fault_p50_us, 1)} µs`);
         } else if (d) {
