@@ -7,10 +7,11 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Guest, Mapping, verifyInWorker } from '../src/index.js';
+import { Guest, Mapping, verifyInWorker, type Pattern } from '../src/index.js';
+import { seededRandom } from '../src/transport/endpoint.js';
 import { BackgroundSnapshot, SnapshotIncompleteError, SnapshotReader, type SnapshotBlock, type SnapshotReport, type UnpopulatedMode } from '../src/snapshot/index.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
-import { CLI } from './support/cli.js';
+import { CLI, runCli } from './support/cli.js';
 
 const MiB = 1 << 20;
 const T = { timeout: 120_000 };
@@ -32,6 +33,8 @@ interface Case {
   fill?: number;
   /** A tiny aside pool: faults must save pages themselves when it is full. */
   asideBytes?: number;
+  claimPages?: number;
+  pattern?: Pattern;
 }
 
 /** Reads every page of a block of a complete file. */
@@ -59,7 +62,7 @@ async function snapshotUnderWriters(c: Case): Promise<{ report: SnapshotReport; 
     extras.push(untouched, zeros);
     blocks.push({ idstr: 'untouched', mapping: untouched }, { idstr: 'zeros', mapping: zeros });
   }
-  const guest = await Guest.start({ memory: { kind: 'mapping', ...guestMap.descriptor }, threads: c.threads, pattern: 'random', fill: c.fill ?? 0 });
+  const guest = await Guest.start({ memory: { kind: 'mapping', ...guestMap.descriptor }, threads: c.threads, pattern: c.pattern ?? 'random', fill: c.fill ?? 0 });
   const references: Buffer[] = [];
   let writes = 0;
   try {
@@ -75,6 +78,7 @@ async function snapshotUnderWriters(c: Case): Promise<{ report: SnapshotReport; 
       },
       unpopulated: c.unpopulated,
       asideBytes: c.asideBytes,
+      claimPages: c.claimPages,
       atProtection: () => {
         for (const b of blocks) references.push(Buffer.from(b.mapping.bytes().slice()));
       },
@@ -208,5 +212,70 @@ test('a snapshot of an idle block reports every page and writes only the non-zer
     reader.close();
   } finally {
     mapping.unmap();
+  }
+});
+
+test('postcopy snapshot -> inspect -> restore --lazy and --eager: a complete file, and the resumed guest verifies', { ...T, skip: wpSkip }, async () => {
+  const path = join(dir, 'cli.snap');
+  const snap = await runCli(['snapshot', '--out', path, '--size', '32M', '--threads', '2', '--json']);
+  assert.equal(snap.code, 0, snap.stderr);
+  assert.equal(snap.report?.complete, true);
+  assert.ok(snap.report!.guest.writes_during_snapshot > 0, 'the guest wrote during the snapshot');
+  assert.equal(snap.report!.pages.by_fault + snap.report!.pages.by_walker, snap.report!.pages.total);
+  const inspect = await runCli(['inspect', path, '--json']);
+  assert.equal(inspect.code, 0, inspect.stderr);
+  assert.equal(inspect.report?.complete, true);
+  for (const mode of ['--lazy', '--eager']) {
+    const restore = await runCli(['restore', path, mode, '--run-seconds', '0.3', '--json']);
+    assert.equal(restore.code, 0, restore.stderr);
+    assert.equal(restore.report?.verified, true, `${mode}: ${restore.stdout.slice(-600)}`);
+  }
+});
+
+test('postcopy snapshot options are checked, naming option and value', async () => {
+  for (const [args, pattern] of [
+    [['snapshot'], /--out/],
+    [['snapshot', '--out', join(dir, 'x.snap'), '--unpopulated', 'sometimes'], /unpopulated.*sometimes/],
+    [['snapshot', '--out', join(dir, 'x.snap'), '--size', '3k'], /size/],
+    [['snapshot', '--out', join(dir, 'x.snap'), '--bogus'], /bogus/],
+  ] as [string[], RegExp][]) {
+    const r = await runCli(args);
+    assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}`);
+    assert.match(r.stderr, pattern);
+  }
+});
+
+// Seeded loop: every run a different mix of memory kind, size, threads, pattern, claim window,
+// aside pool and populate path, each checked byte for byte against memory at protection.
+const LOOP_SEED = Number(process.env.POSTCOPY_SNAPSHOT_SEED ?? Math.floor(Math.random() * 2 ** 31));
+const LOOP_RUNS = Number(process.env.POSTCOPY_SNAPSHOT_RUNS ?? 8);
+test(`seeded snapshot loop: ${LOOP_RUNS} runs, seed ${LOOP_SEED}`, { timeout: 60_000 + LOOP_RUNS * 30_000, skip: wpSkip }, async (t) => {
+  t.diagnostic(`snapshot loop seed ${LOOP_SEED} (replay with POSTCOPY_SNAPSHOT_SEED=${LOOP_SEED})`);
+  const random = seededRandom(LOOP_SEED);
+  const pick = <T>(items: T[]): T => items[Math.floor(random() * items.length)];
+  const kinds = ['anonymous', ...(shmemSkip ? [] : ['memfd']), ...(shmemSkip || hugeSkip(16) ? [] : ['hugetlb'])];
+  const unpopulatedModes: UnpopulatedMode[] = featureSkip('WP_UNPOPULATED') ? ['populate'] : ['kernel', 'populate'];
+  for (let run = 0; run < LOOP_RUNS; run++) {
+    const kind = pick(kinds);
+    const c: Case = {
+      name: `loop-${LOOP_SEED}-${run}`,
+      size: pick([8, 16, 32]) * MiB,
+      threads: 1 + Math.floor(random() * 8),
+      shared: kind === 'memfd',
+      huge: kind === 'hugetlb',
+      pattern: pick(['random', 'sequential', 'hotset'] as Pattern[]),
+      fill: pick([0, 1]),
+      claimPages: pick([1, 4, 16, 64]),
+      asideBytes: pick([4096, 256 << 10, 64 << 20]),
+      unpopulated: pick(unpopulatedModes),
+      emptyBlocks: random() < 0.3,
+    };
+    t.diagnostic(`run ${run}: ${JSON.stringify({ ...c, size: c.size / MiB })}`);
+    const { reader, writes } = await snapshotUnderWriters(c);
+    try {
+      await verifyRestoredGuest(reader, writes);
+    } finally {
+      reader.close();
+    }
   }
 });

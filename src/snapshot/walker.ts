@@ -166,9 +166,6 @@ class Walker {
       }
       if (runStart >= 0) write(runStart, count);
       this.aside.release(s);
-      // The fault path un-protected only the faulting page of the run: the rest now.
-      const status = block.unprotector.tryUnprotect(first * ps, count * ps);
-      if (status < 0) throw new Error(`un-protecting pages ${first}..${first + count - 1} of block ${block.idstr}: errno ${-status}`);
       for (let i = 0; i < count; i++) Atomics.store(block.states, first + i, this.zeroInChunk[i] ? PageState.SAVED_ZERO : PageState.SAVED_DATA);
       this.counters[Counter.ASIDE_PAGES] += count;
       this.count(0, zeros, (count - zeros) * ps, count * ps);
