@@ -1,15 +1,15 @@
 // The writer of a snapshot, on its own worker thread so that the main thread stays free for
 // write faults. It does two things, interleaved chunk by chunk:
-// - the walk: block by block, it claims every page still protected and unsaved, writes the
-//   non-zero ones at their file offsets (one positional write per run) and only then
-//   un-protects exactly the pages it claimed: a page is never saved after it was un-protected;
-// - the aside queue: pages the fault path copied aside (and already un-protected) are written
+// - the walk: block by block, chunk by chunk, it claims every page still protected and
+//   unsaved, writes the non-zero ones at their file offsets (one positional write per run) and
+//   only then un-protects the chunk: a page is never saved after it was un-protected;
+// - the aside queue: runs of pages the fault path copied aside (and un-protected) are written
 //   from their copies and their slots handed back.
 // It ends when its walk is done and every page's state says saved (the bitmap, not a count).
-import { writeSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
 import { RangeUnprotector } from '../kernel/userfaultfd.js';
+import { writeFully } from './file.js';
 import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
 
 /** The walk's unit: pages claimed, written and un-protected together (one TLB flush per chunk). */
@@ -17,13 +17,7 @@ const CHUNK_BYTES = 1 << 20;
 /** While only faults remain: how long to sleep between looks at the queue and the states. */
 const IDLE_WAIT_MS = 2;
 
-function writeAt(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
-}
-
 interface BlockView extends WalkerBlock {
-  state: SharedArrayBuffer;
   states: Uint8Array;
   memory: Buffer;
   unprotector: RangeUnprotector;
@@ -123,7 +117,7 @@ class Walker {
     let zeros = 0;
     const flush = (upTo: number): void => {
       if (runStart < 0) return;
-      writeAt(this.task.file, memory.subarray(runStart * ps, upTo * ps), block.pagesOffset + runStart * ps);
+      writeFully(this.task.file, memory.subarray(runStart * ps, upTo * ps), block.pagesOffset + runStart * ps);
       written += upTo - runStart;
       runStart = -1;
     };
@@ -150,7 +144,7 @@ class Walker {
       const count = this.aside.countOf(s);
       const ps = block.pageSize;
       const copy = this.aside.slot(s, count * ps);
-      const write = (from: number, to: number): void => writeAt(this.task.file, copy.subarray(from * ps, to * ps), block.pagesOffset + (first + from) * ps);
+      const write = (from: number, to: number): void => writeFully(this.task.file, copy.subarray(from * ps, to * ps), block.pagesOffset + (first + from) * ps);
       let zeros = 0;
       let runStart = -1;
       for (let i = 0; i < count; i++) {
