@@ -1,4 +1,5 @@
-// Pure encoders and decoders of wire format v1: stream, return path, handshake. No I/O.
+// Pure encoders and decoders of wire format v1 (stream, return path, handshake) and of the
+// snapshot file. No I/O.
 export * from './blocks.js';
 export * from './constants.js';
 export { MigrationError, ProtocolError, isConnectionError, isProtocolError, type MigrationErrorCode } from './errors.js';
@@ -7,3 +8,4 @@ export * from './return-path.js';
 export * from './stream-decoder.js';
 export * from './stream-encoder.js';
 export { ChunkReader, PayloadReader } from './reader.js';
+export * as snapshotFormat from './snapshot-format.js';
