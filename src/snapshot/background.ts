@@ -327,11 +327,11 @@ export class BackgroundSnapshot extends EventEmitter {
 
   /**
    * Copies the faulting page aside together with the pages around it that are still protected
-   * and unsaved (a run inside an aligned window of CLAIM_WINDOW pages), un-protects the run in
-   * one call (the guest goes on) and queues the copy for the walker to write; true if queued.
-   * A guest that writes near where it wrote takes one fault, and one TLB flush, per window
-   * instead of one per page. With the pool full (the disk is behind) only the faulting page is
-   * saved, written here first, straight from the still-protected memory.
+   * and unsaved (a run inside an aligned window of `claimPages`), un-protects them and queues
+   * the copy for the walker to write; true if queued. A guest that writes near where it wrote
+   * takes one fault per window instead of one per page. With the pool full (the disk is
+   * behind) only the faulting page is saved, written here first, straight from the
+   * still-protected memory.
    */
   private saveFaulted(block: number, page: number): boolean {
     const b = this.blocks[block];
