@@ -1,11 +1,13 @@
 // One scenario of the project's side of the bench, in a fresh process (so that no scenario
 // inherits another's heap, JIT state or mappings):
 //   node dist/bench/main.js <scenario> [--mib N]
-// prints one JSON line (a result, or { scenario, skipped }) on stdout. scripts/bench.mjs runs
-// this once per scenario and run, beside uffd-floor.c, and prints the comparison.
+// prints one JSON line (a result, or { scenario, skipped }) on stdout. bench/cli.ts (behind
+// scripts/bench.mjs) runs this once per scenario and run, beside uffd-floor.c, and prints the
+// comparison.
 // The postcopy scenarios spawn their source as `node dist/bench/main.js postcopy-source ...`
 // (bench/source.ts), which also prints one JSON line.
-import { runScenario, SCENARIOS } from './scenarios.js';
+import { runScenario } from './project.js';
+import { projectScenarioNames, projectSpec } from './scenarios.js';
 import { sourceMain } from './source.js';
 
 async function main(): Promise<void> {
@@ -21,8 +23,8 @@ async function main(): Promise<void> {
     if (args[i] === '--mib') mib = Number(args[++i]);
     else scenario = args[i];
   }
-  if (!scenario || !SCENARIOS[scenario] || !(mib > 0)) {
-    process.stderr.write(`usage: node dist/bench/main.js <${Object.keys(SCENARIOS).join('|')}> [--mib N]\n`);
+  if (!scenario || !projectSpec(scenario) || !(mib > 0)) {
+    process.stderr.write(`usage: node dist/bench/main.js <${projectScenarioNames().join('|')}> [--mib N]\n`);
     process.exit(2);
   }
   const result = await runScenario(scenario, mib * 1024 * 1024);

@@ -20,10 +20,17 @@ import { Mapping } from '../src/kernel/index.js';
 import { RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
 import { IncomingMigration, type GuestBlock, type PostcopyReport } from '../src/postcopy/index.js';
 import { IncomingListener } from '../src/transport/index.js';
-import type { LatencyResult, ThroughputResult } from './scenarios.js';
-import { BLOCK_ID, threadStats, type SourceOutput } from './source.js';
-import { floorOrder, round2, round3, summarize } from './stats.js';
+import type { PostcopyMode } from './scenarios.js';
+import { BLOCK_ID, type SourceOutput } from './source.js';
+import { floorOrder, mainThreadStats, round2, round3, summarize, type ThreadStats } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
+import type {
+  LatencyResult,
+  PostcopyFaultDetails,
+  PostcopyLoadedDetails,
+  PostcopyThroughputDetails,
+  ThroughputResult,
+} from './types.js';
 
 const PAGE = TARGET_PAGE_SIZE;
 const GIB = 1 << 30;
@@ -32,13 +39,11 @@ const LOADED_LOADS = 4096;
 /** Whole-scenario guard: a hang fails the scenario instead of the bench. */
 const SCENARIO_TIMEOUT_MS = 120_000;
 
-export type PostcopyMode = 'fault' | 'loaded' | 'throughput';
-
-export interface PostcopyLatencyResult extends LatencyResult {
-  details: Record<string, unknown>;
+export interface PostcopyLatencyResult<D extends PostcopyFaultDetails | PostcopyLoadedDetails> extends LatencyResult {
+  details: D;
 }
 export interface PostcopyThroughputResult extends ThroughputResult {
-  details: Record<string, unknown>;
+  details: PostcopyThroughputDetails;
 }
 
 /** Size of the loaded and throughput scenarios' block: 4 x --mib (1 GiB by default), at most 1 GiB. */
@@ -46,7 +51,7 @@ export function streamLength(length: number): number {
   return Math.min(4 * length, GIB);
 }
 
-export async function postcopyScenario(name: string, length: number, mode: PostcopyMode): Promise<PostcopyLatencyResult | PostcopyThroughputResult> {
+export async function postcopyScenario(name: string, length: number, mode: PostcopyMode): Promise<PostcopyLatencyResult<PostcopyFaultDetails | PostcopyLoadedDetails> | PostcopyThroughputResult> {
   if (mode === 'fault') return faultOnly(name, Math.max(PAGE * 64, Math.floor(length / 4 / PAGE) * PAGE));
   if (mode === 'loaded') return faultLoaded(name, streamLength(length));
   return throughput(name, streamLength(length));
@@ -117,7 +122,7 @@ interface Destination {
   run: Promise<void>;
   end: Promise<PostcopyReport>;
   /** performance.timeOrigin-based ms of RUN received and of the end, and the main thread's stats then. */
-  at: { run: number; end: number; runStats?: ReturnType<typeof threadStats>; endStats?: ReturnType<typeof threadStats> };
+  at: { run: number; end: number; runStats?: ThreadStats; endStats?: ThreadStats };
 }
 
 async function destination(length: number, guestThreads: number): Promise<Destination> {
@@ -133,13 +138,13 @@ async function destination(length: number, guestThreads: number): Promise<Destin
   const at: Destination['at'] = { run: 0, end: 0 };
   const run = new Promise<void>((resolve) => migration.once('run', () => {
     at.run = performance.timeOrigin + performance.now();
-    at.runStats = threadStats();
+    at.runStats = mainThreadStats();
     resolve();
   }));
   const end = new Promise<PostcopyReport>((resolve, reject) => {
     migration.once('end', (report: PostcopyReport) => {
       at.end = performance.timeOrigin + performance.now();
-      at.endStats = threadStats();
+      at.endStats = mainThreadStats();
       resolve(report);
     });
     migration.once('failed', reject);
@@ -223,7 +228,7 @@ async function session<T>(name: string, d: Destination, body: (fail: Promise<nev
 
 // ---- postcopy-fault --------------------------------------------------------------------------
 
-async function faultOnly(name: string, length: number): Promise<PostcopyLatencyResult> {
+async function faultOnly(name: string, length: number): Promise<PostcopyLatencyResult<PostcopyFaultDetails>> {
   const pages = length / PAGE;
   const order = floorOrder(pages); // the floor's order, as missing-4k and remote-4k use it
   const d = await destination(length, 1);
@@ -234,10 +239,10 @@ async function faultOnly(name: string, length: number): Promise<PostcopyLatencyR
     const source = spawnSource('requests', d.port, d.token, length);
     track(source);
     await Promise.race([d.run, fail]); // LISTEN registered the block; RUN: the guest may run
-    const before = threadStats();
+    const before = mainThreadStats();
     toucher.go();
     const touched = await Promise.race([toucher.result, fail]);
-    const after = threadStats();
+    const after = mainThreadStats();
     const report = await Promise.race([d.end, fail]);
     const src = await Promise.race([source.output, fail]);
     const seconds = (touched.end - touched.start) / 1000;
@@ -285,7 +290,7 @@ function samplePages(pages: number, count: number): Uint32Array {
   return v.slice(0, count);
 }
 
-async function faultLoaded(name: string, length: number): Promise<PostcopyLatencyResult> {
+async function faultLoaded(name: string, length: number): Promise<PostcopyLatencyResult<PostcopyLoadedDetails>> {
   const pages = length / PAGE;
   const loads = Math.min(LOADED_LOADS, Math.floor(pages / 8));
   const order = samplePages(pages, loads);
@@ -297,15 +302,20 @@ async function faultLoaded(name: string, length: number): Promise<PostcopyLatenc
     const source = spawnSource('outgoing', d.port, d.token, length);
     track(source);
     await Promise.race([d.run, fail]);
-    const before = threadStats();
+    const before = mainThreadStats();
     toucher.go(); // races the background stream, which starts right after RUN
     const touched = await Promise.race([toucher.result, fail]);
-    const after = threadStats();
+    const after = mainThreadStats();
     const report = await Promise.race([d.end, fail]);
     const src = await Promise.race([source.output, fail]);
     // Which loads faulted: the destination counts the fault events it read (only the toucher
     // touches this memory). Faulted loads are the slow ones (a fault costs tens of µs at least,
     // a load of a placed page well under one), so they are the `faulted` slowest.
+    // KNOWN EXCEPTION (issue 8): the count lives in IncomingMigration's private FaultService;
+    // the proper fix is a read-only getter on IncomingMigration (src/postcopy/incoming.ts, e.g.
+    // `get faultsRead(): number { return this.faults?.faults ?? 0; }`), left to the change that
+    // owns that file. report.latency_us.count is not the same figure (it misses faults on pages
+    // placed between the fault and its read), so it stays the fallback only.
     const faultService = (d.migration as unknown as { faults?: { faults?: number } }).faults;
     const faulted = Math.min(loads, faultService?.faults ?? report.latency_us.count);
     const all = summarize(touched.latency); // sorts in place
@@ -331,7 +341,7 @@ async function faultLoaded(name: string, length: number): Promise<PostcopyLatenc
         loads_p50_us: all.p50_us,
         loads_p99_us: all.p99_us,
         requested: report.pages.requested,
-        requests_skipped_by_source: (src.report as { requests?: { skipped?: number } } | undefined)?.requests?.skipped ?? null,
+        requests_skipped_by_source: src.report?.requests.skipped ?? null,
         streamed: report.pages.streamed,
         dest_request_avg_us: report.latency_us.avg,
         dest_request_p99_bound_us: report.latency_us.p99,
@@ -374,7 +384,7 @@ async function throughput(name: string, length: number): Promise<PostcopyThrough
         dest_main_sleeps_per_ms: dest ? round3(dest.sleeps / wallMs) : null,
         source_main_busy: round3(src.cpu_ms / src.wall_ms),
         source_main_sleeps_per_ms: round3(src.sleeps / src.wall_ms),
-        source_postcopy_ms: (src.report as { postcopy_ms?: number } | undefined)?.postcopy_ms ?? null,
+        source_postcopy_ms: src.report?.postcopy_ms ?? null,
       },
     };
   });

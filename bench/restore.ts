@@ -35,39 +35,21 @@ import { Bitmap } from '../src/memory/bitmap.js';
 import { Mapping } from '../src/kernel/index.js';
 import { LazyRestore, SnapshotReader, SnapshotWriter, restoreEager, writeFully } from '../src/snapshot/index.js';
 import { floorOrder, mainThreadStats, round2, round3, summarize } from './stats.js';
-import type { LatencyResult, ThroughputResult } from './scenarios.js';
+import type { RestoreMode } from './scenarios.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
+import type { LatencyResult, RestoreEagerDetails, RestoreLazyDetails, ThroughputResult } from './types.js';
 
 const PAGE = 4096;
 /** The pattern repeats every 256 pages: page i holds (i | 1) & 0xff in every byte. */
 const PERIOD = 256 * PAGE;
 
-export type RestoreMode = 'eager' | 'lazy' | 'lazy-faults';
-
 export interface RestoreEagerResult extends ThroughputResult {
-  details: { restore_ms: number; bytes_read: number; report_gb_per_s: number; checksum_verified: boolean };
+  details: RestoreEagerDetails;
 }
 
 /** handler_*: the main thread, which serves faults and, in restore-lazy, runs the prefetcher too. */
 export interface RestoreLazyResult extends LatencyResult {
-  details: {
-    prefetch: boolean;
-    loads: number;
-    faulted: number;
-    loads_p50_us: number;
-    loads_p99_us: number;
-    toucher_ms: number;
-    /** From LazyRestore.start() until every page was present (the restore's report). */
-    all_present_ms: number;
-    restore_faults: number;
-    pages_by_fault: number;
-    pages_by_prefetch: number;
-    /** The restore's own fault latency: read off the userfaultfd to placement. */
-    engine_fault_p50_us: number;
-    engine_fault_p99_us: number;
-    blocktime_ms: number;
-    checksum_verified: boolean;
-  };
+  details: RestoreLazyDetails;
 }
 
 /** One period of the pattern: 256 pages, page j filled with (j | 1) & 0xff. */

@@ -13,17 +13,13 @@ import { Mapping } from '../src/kernel/index.js';
 import { BackgroundSnapshot, SnapshotReader } from '../src/snapshot/index.js';
 import { floorOrder, round3, summarize } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
+import type { SnapshotDetails, ThroughputResult } from './types.js';
 
 const PAGE = 4096;
 const FAULTED_US = 2;
 
-export interface SnapshotResult {
-  scenario: string;
-  kind: 'throughput';
-  bytes: number;
-  gb_per_s: number;
-  us_per_4k: number;
-  details: { write_faults: number; write_fault_p50_us: number; write_fault_p99_us: number; pause_ms: number; engine_fault_p50_us: number; pages_by_fault: number };
+export interface SnapshotResult extends ThroughputResult {
+  details: SnapshotDetails;
 }
 
 export async function snapshotScenario(name: string, length: number, claimPages?: number): Promise<SnapshotResult> {

@@ -16,12 +16,12 @@
 // its main thread's CPU time while it served) and exits; it also exits when its stdin closes,
 // so that it never outlives the scenario process that spawned it, however that one ends.
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { Mapping } from '../src/kernel/index.js';
 import { Bitmap, RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
-import { OutgoingMigration, type SourceBlock } from '../src/outgoing/index.js';
+import { OutgoingMigration, type OutgoingReport, type SourceBlock } from '../src/outgoing/index.js';
 import { connectChannel, type ConnectedChannel } from '../src/transport/index.js';
 import type { ReturnPathEvent } from '../src/wire/index.js';
+import { mainThreadStats } from './stats.js';
 
 export const BLOCK_ID = 'bench.ram';
 export const PAGE_FILL = 0x5a;
@@ -36,21 +36,7 @@ export interface SourceOutput {
   requests: number;
   pages_sent: number;
   /** OutgoingMigration's report (--mode outgoing). */
-  report?: unknown;
-}
-
-/** This process's main thread: CPU ns and voluntary context switches so far. */
-export function threadStats(): { cpuNs: number; sleeps: number } {
-  const dir = `/proc/self/task/${process.pid}`;
-  try {
-    const status = readFileSync(`${dir}/status`, 'utf8');
-    return {
-      sleeps: Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? NaN),
-      cpuNs: Number(readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]),
-    };
-  } catch {
-    return { cpuNs: NaN, sleeps: NaN };
-  }
+  report?: OutgoingReport;
 }
 
 export async function sourceMain(args: string[]): Promise<SourceOutput> {
@@ -100,7 +86,7 @@ async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number 
   main.channel.send(m.advise(blocks.pageSizeSummary));
   main.channel.send(m.listen());
   main.channel.send(m.run());
-  const before = threadStats();
+  const before = mainThreadStats();
   const t0 = performance.now();
 
   const finish = () => {
@@ -130,7 +116,7 @@ async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number 
   const status = await returnPath(main, (event) => {
     if (event.type === 'req-pages') serve(event);
   });
-  const after = threadStats();
+  const after = mainThreadStats();
   const wall = performance.now() - t0;
   main.channel.close();
   preempt.channel.close();
@@ -178,7 +164,7 @@ async function outgoing(endpoint: { kind: 'tcp'; host: string; port: number }, t
     const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: BLOCK_ID, usedLength: length, host: mapping })]);
     const main = await connectChannel<SourceBlock>({ endpoint, sessionId, role: 'main', token, blocks });
     const preempt = await connectChannel<SourceBlock>({ endpoint, sessionId, role: 'preempt', token, blocks });
-    let before = threadStats();
+    let before = mainThreadStats();
     let t0 = performance.now();
     const migration = new OutgoingMigration({
       blocks,
@@ -189,13 +175,13 @@ async function outgoing(endpoint: { kind: 'tcp'; host: string; port: number }, t
       onProgress: (p) => {
         // reported once, right after RUN has been sent: start the clocks there
         if (p.phase === 'switchover') {
-          before = threadStats();
+          before = mainThreadStats();
           t0 = performance.now();
         }
       },
     });
     const report = await migration.run();
-    const after = threadStats();
+    const after = mainThreadStats();
     return {
       mode: 'outgoing',
       cpu_ms: (after.cpuNs - before.cpuNs) / 1e6,

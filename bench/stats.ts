@@ -50,8 +50,14 @@ export function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
-/** This (the main, fault-serving) thread's voluntary context switches and CPU time so far. */
-export function mainThreadStats(): { sleeps: number; cpuNs: number } {
+export interface ThreadStats {
+  /** Voluntary context switches: times the thread went idle. */
+  sleeps: number;
+  cpuNs: number;
+}
+
+/** This process's main thread (the fault-serving one): voluntary context switches and CPU time so far. */
+export function mainThreadStats(): ThreadStats {
   const dir = `/proc/self/task/${process.pid}`;
   try {
     const status = readFileSync(`${dir}/status`, 'utf8');

@@ -48,6 +48,7 @@ export function argumentError(name: string, value: unknown, isAddress: boolean):
   return coded(new TypeError(`The "${name}" argument must be of type ${types}. Received type ${typeof value}`), 'ERR_INVALID_ARG_TYPE');
 }
 
-export function hex(address: bigint | number): string {
-  return '0x' + address.toString(16);
+/** `0x` and the hexadecimal digits: addresses, offsets, lengths and codes in error messages (every layer's). */
+export function hex(value: bigint | number): string {
+  return '0x' + value.toString(16);
 }

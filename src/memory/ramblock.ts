@@ -1,12 +1,24 @@
 // A region of guest memory as migration sees it (QEMU's RAMBlock, reduced to what postcopy
 // needs). It does not own memory: the postcopy layer hangs its mapping on `host`.
+import { hex } from '../kernel/errors.js';
 import { Bitmap } from './bitmap.js';
 
 /** The migration unit: every offset on the wire and every received-map bit is one 4 KiB page. */
 export const TARGET_PAGE_SIZE = 4096;
 
 const MAX_IDSTR_BYTES = 255; // it travels behind a u8 length
-const MAX_PAGE_SIZE = 2 ** 30; // 1 GiB hugetlb is the largest host page Linux offers
+/** 1 GiB hugetlb is the largest host page Linux offers. */
+export const MAX_PAGE_SIZE = 2 ** 30;
+
+/** Whether `size` can be a block's host page size: a power of two from 4 KiB to 1 GiB. */
+export function isValidPageSize(size: number): boolean {
+  return Number.isSafeInteger(size) && size >= TARGET_PAGE_SIZE && size <= MAX_PAGE_SIZE && (size & (size - 1)) === 0;
+}
+
+/** Whether `summary` can be an OR of valid page sizes (RamList.pageSizeSummary, POSTCOPY_ADVISE). */
+export function isPageSizeSummary(summary: number): boolean {
+  return Number.isSafeInteger(summary) && summary > 0 && summary % TARGET_PAGE_SIZE === 0 && summary < 2 * MAX_PAGE_SIZE;
+}
 
 export interface RamBlockOptions<H = unknown> {
   idstr: string;
@@ -18,10 +30,6 @@ export interface RamBlockOptions<H = unknown> {
   /** Length covered by postcopy (received map, registration). Defaults to usedLength. */
   postcopyLength?: number;
   host?: H;
-}
-
-function hex(n: number): string {
-  return '0x' + n.toString(16);
 }
 
 /** Byte length of `idstr` as UTF-8, or a reason it cannot name a block. */
@@ -49,7 +57,7 @@ export class RamBlock<H = unknown> {
     const bad = checkIdstr(idstr);
     if (bad !== undefined) throw new RangeError(`RamBlock: ${bad}`);
     const where = `RamBlock '${idstr}'`;
-    if (!Number.isSafeInteger(pageSize) || pageSize < TARGET_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
+    if (!isValidPageSize(pageSize)) {
       throw new RangeError(`${where}: pageSize ${pageSize} must be a power of two from 4096 to 1 GiB`);
     }
     const length = (name: string, value: number): void => {

@@ -16,6 +16,7 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { Bitmap } from '../memory/bitmap.js';
+import { isZero } from '../memory/zero.js';
 import { LatencyHistogram, round } from '../postcopy/stats.js';
 import { probeFeatures } from '../kernel/features.js';
 import { Userfaultfd, type EventBatch, type Feature, type Mapping } from '../kernel/index.js';
@@ -533,12 +534,6 @@ function presentBitmap(b: BlockRuntime): Bitmap {
   const map = new Bitmap(b.pages);
   for (let p = 0; p < b.pages; p++) if (b.state[p] === PageState.SAVED_DATA) map.set(p);
   return map;
-}
-
-let zeroPage = Buffer.alloc(0);
-function isZero(bytes: Buffer, at: number, length: number): boolean {
-  if (zeroPage.length < length) zeroPage = Buffer.alloc(length);
-  return bytes.compare(zeroPage, 0, length, at, at + length) === 0;
 }
 
 /**

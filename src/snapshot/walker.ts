@@ -8,6 +8,7 @@
 // It ends when its walk is done and every page's state says saved (the bitmap, not a count).
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
+import { isZero } from '../memory/zero.js';
 import { RangeUnprotector } from '../kernel/userfaultfd.js';
 import { writeFully } from './file.js';
 import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
@@ -29,7 +30,6 @@ interface BlockView extends WalkerBlock {
 class Walker {
   private readonly counters: Float64Array;
   private readonly aside: AsideQueue;
-  private readonly zero: Buffer;
   private readonly blocks: BlockView[];
   /** Which pages of the chunk being saved are zero (a local note: the shared state says WALKER). */
   private readonly zeroInChunk = new Uint8Array(CHUNK_BYTES / 4096);
@@ -37,7 +37,6 @@ class Walker {
   constructor(private readonly task: WalkerTask) {
     this.counters = new Float64Array(task.counters);
     this.aside = new AsideQueue(task.aside, task.asideSlotSize);
-    this.zero = Buffer.alloc(Math.max(...task.blocks.map((b) => b.pageSize)));
     this.blocks = task.blocks.map((b) => ({
       ...b,
       states: new Uint8Array(b.state),
@@ -123,7 +122,7 @@ class Walker {
     };
     for (let p = first; p < end; p++) {
       const at = p * ps;
-      const zero = memory.compare(this.zero, 0, ps, at, at + ps) === 0;
+      const zero = isZero(memory, at, ps);
       this.zeroInChunk[p - chunkStart] = zero ? 1 : 0;
       if (zero) {
         flush(p);
@@ -148,7 +147,7 @@ class Walker {
       let zeros = 0;
       let runStart = -1;
       for (let i = 0; i < count; i++) {
-        const zero = copy.compare(this.zero, 0, ps, i * ps, (i + 1) * ps) === 0;
+        const zero = isZero(copy, i * ps, ps);
         this.zeroInChunk[i] = zero ? 1 : 0;
         if (!zero) {
           if (runStart < 0) runStart = i;

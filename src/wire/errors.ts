@@ -58,6 +58,3 @@ export function isProtocolError(error: unknown): error is ProtocolError {
   return error instanceof ProtocolError;
 }
 
-export function hex(value: number | bigint): string {
-  return '0x' + value.toString(16);
-}

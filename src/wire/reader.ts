@@ -4,7 +4,8 @@
 // bytes run out part-way the read throws NEED_MORE, the decoder rolls the cursor back and waits
 // for the next push. Only `commit()` drops bytes. This makes decoding independent of how the
 // input is split, at the cost of re-reading a header when an item straddles pushes.
-import { ProtocolError, hex } from './errors.js';
+import { hex } from '../kernel/errors.js';
+import { ProtocolError } from './errors.js';
 
 /** Thrown by ChunkReader when the buffered bytes end inside a read. Never escapes a decoder. */
 export const NEED_MORE: unique symbol = Symbol('postcopy.wire.needMore');
@@ -208,16 +209,23 @@ export function u64BigInt(hi: number, lo: number): bigint {
   return (BigInt(hi) << 32n) | BigInt(lo);
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// fatal: invalid UTF-8 is refused, never replaced; ignoreBOM: a leading U+FEFF is part of the
+// text (as Buffer.from(text, 'utf8') writes it), so a name decodes to exactly what was encoded.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** `bytes` as text if they are valid UTF-8, else undefined (the caller names the field). */
+export function decodeUtf8(bytes: Uint8Array): string | undefined {
+  try {
+    return utf8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
 
 /** A block or session name: valid UTF-8 without NUL, named in errors by `field`. */
 export function decodeName(bytes: Uint8Array, field: string): string {
-  let text: string;
-  try {
-    text = utf8.decode(bytes);
-  } catch {
-    throw new ProtocolError(`${field} ${Buffer.from(bytes).toString('hex')} (hex) is not valid UTF-8`);
-  }
+  const text = decodeUtf8(bytes);
+  if (text === undefined) throw new ProtocolError(`${field} ${Buffer.from(bytes).toString('hex')} (hex) is not valid UTF-8`);
   if (text.includes('\0')) throw new ProtocolError(`${field} ${JSON.stringify(text)} contains a NUL byte`);
   return text;
 }

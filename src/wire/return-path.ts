@@ -8,8 +8,9 @@ import { Bitmap } from '../memory/bitmap.js';
 import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { toLookupFunction, type BlockLookup, type BlockShape } from './blocks.js';
 import { MAX_IDSTR_BYTES, NONCE_BYTES, RECV_BITMAP_ENDING, ReturnPathType, returnPathTypeName } from './constants.js';
-import { ProtocolError, hex } from './errors.js';
-import { ChunkReader, NEED_MORE, PayloadReader, copyBytes, decodeName, u64BigInt, u64Number } from './reader.js';
+import { hex } from '../kernel/errors.js';
+import { ProtocolError } from './errors.js';
+import { ChunkReader, NEED_MORE, PayloadReader, copyBytes, decodeName, decodeUtf8, u64BigInt, u64Number } from './reader.js';
 import { Writer, checkAligned, checkBytes, checkUint, nameBytes } from './writer.js';
 
 export type ReturnPathEvent<B = BlockShape> =
@@ -52,8 +53,6 @@ function lengthRule(rule: number | number[]): string {
   if (rule.length === 1) return `at least ${rule[0]}`;
   return rule.join(' or ');
 }
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Incremental decoder of return-path messages; same pull model and guarantees as StreamDecoder. */
 export class ReturnPathDecoder<B extends BlockShape = BlockShape> {
@@ -141,12 +140,8 @@ export class ReturnPathDecoder<B extends BlockShape = BlockShape> {
         const n = payload.u8('reason length');
         if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match reason length ${n} (must be ${1 + n})`);
         const bytes = payload.slice(n, 'reason');
-        let reason: string;
-        try {
-          reason = utf8.decode(bytes);
-        } catch {
-          throw new ProtocolError(`${context}: reason ${Buffer.from(bytes).toString('hex')} (hex) is not valid UTF-8`);
-        }
+        const reason = decodeUtf8(bytes);
+        if (reason === undefined) throw new ProtocolError(`${context}: reason ${Buffer.from(bytes).toString('hex')} (hex) is not valid UTF-8`);
         return { type: 'refuse', reason };
       }
       case ReturnPathType.REQ_PAGES:

@@ -4,6 +4,7 @@
 // trailer with checksums. A file is complete only with a valid trailer; everything read is
 // checked, and a problem is a SnapshotFormatError naming the field, its offset and the file.
 import { crc32 } from 'node:zlib';
+import { decodeUtf8 } from './reader.js';
 
 export const SNAPSHOT_MAGIC = 'PCSNAP01';
 export const TRAILER_MAGIC = 'PCSNEND1';
@@ -303,8 +304,8 @@ export function decodeHeader(buf: Buffer, file: string, fileSize: number): Snaps
     const end = at + BLOCK_ENTRY_FIXED + idLength;
     if (end > fixed.headerLength) r.fail(`block ${i} idstr length`, at, `${idLength} makes the entry end at ${end}, past the header length ${fixed.headerLength}`);
     const idBytes = buf.subarray(at + 2, at + 2 + idLength);
-    const idstr = idBytes.toString('utf8');
-    if (!Buffer.from(idstr).equals(idBytes)) r.fail(`block ${i} idstr`, at + 2, 'is not valid UTF-8');
+    const idstr = decodeUtf8(idBytes);
+    if (idstr === undefined) return r.fail(`block ${i} idstr`, at + 2, 'is not valid UTF-8');
     at += 2 + idLength;
     const block = { idstr, usedLength: r.u64(`block ${i} used length`, at), pageSize: r.u64(`block ${i} page size`, at + 8) };
     const bad = blockProblem(block);

@@ -9,7 +9,7 @@
 // never writes to pushed chunks or to handed-out views, so a view stays valid as long as you do
 // not reuse the chunk's memory (Node socket chunks are never reused). Pass `copyPages: true` to
 // always get private copies.
-import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
+import { TARGET_PAGE_SIZE, isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
 import { toLookupFunction, type BlockLookup, type BlockShape } from './blocks.js';
 import {
   AUTH_BYTES,
@@ -26,7 +26,8 @@ import {
   ramFlagNames,
   roleName,
 } from './constants.js';
-import { ProtocolError, hex } from './errors.js';
+import { hex } from '../kernel/errors.js';
+import { ProtocolError } from './errors.js';
 import { ChunkReader, NEED_MORE, PayloadReader, copyBytes, decodeName, u64BigInt, u64Number } from './reader.js';
 
 export interface MemSizeBlock {
@@ -93,7 +94,6 @@ const S_MEM_SIZE = 3;
 const S_EOF = 4;
 const STATE_NAMES: StreamDecoderState[] = ['header', 'frames', 'ram', 'mem-size', 'eof'];
 
-const MAX_PAGE_SIZE = 2 ** 30;
 const HELLO_FIXED = 1 + 1 + 1 + 4 + AUTH_BYTES; // everything but the session id bytes
 
 /** Payload length each command must have: a number (exact) or [minimum] for variable ones. */
@@ -131,10 +131,6 @@ export function checkRamFlags(flags: number): number {
       if (!(flags & RamFlag.CONTINUE)) return type;
   }
   throw new ProtocolError(`${what()} are an invalid combination`);
-}
-
-function isPowerOfTwoPageSize(size: number): boolean {
-  return size >= TARGET_PAGE_SIZE && size <= MAX_PAGE_SIZE && (size & (size - 1)) === 0;
 }
 
 export class StreamDecoder<B extends BlockShape = BlockShape> {
@@ -325,7 +321,7 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
       case Command.POSTCOPY_ADVISE: {
         const pageSizeSummary = payload.u64('page size summary');
         const targetPageSize = payload.u64('target page size');
-        if (pageSizeSummary === 0 || pageSizeSummary % TARGET_PAGE_SIZE !== 0 || pageSizeSummary >= 2 * MAX_PAGE_SIZE) {
+        if (!isPageSizeSummary(pageSizeSummary)) {
           throw new ProtocolError(`${context}: page size summary ${hex(pageSizeSummary)} is not an OR of page sizes from 4 KiB to 1 GiB`);
         }
         if (targetPageSize !== TARGET_PAGE_SIZE) {
@@ -472,7 +468,7 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
     const idstr = decodeName(reader.bytes(n), 'MEM_SIZE: idstr');
     const usedLength = u64Number(reader.u32(), reader.u32(), `MEM_SIZE: block '${idstr}' used length`);
     const pageSize = u64Number(reader.u32(), reader.u32(), `MEM_SIZE: block '${idstr}' page size`);
-    if (!isPowerOfTwoPageSize(pageSize)) {
+    if (!isValidPageSize(pageSize)) {
       throw new ProtocolError(`MEM_SIZE: block '${idstr}' page size ${hex(pageSize)} is not a power of two from 4 KiB to 1 GiB`);
     }
     if (usedLength === 0 || usedLength % pageSize !== 0) {

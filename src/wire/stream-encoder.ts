@@ -1,7 +1,7 @@
 // Encoders of the source -> destination stream. Record-level functions produce exactly the bytes
 // of one item; StreamEncoder adds the per-channel state (is a RAM frame open, which block was
 // named last) and sets CONTINUE the way QEMU's save_page_header does.
-import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
+import { TARGET_PAGE_SIZE, isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
 import {
   AUTH_BYTES,
   Command,
@@ -22,7 +22,6 @@ import { Writer, checkAligned, checkBytes, checkU64, checkUint, nameBytes, short
 /** A block named by idstr, or an object with one; `postcopyLength`/`pageSize` are checked when present. */
 export type BlockRef = string | { readonly idstr: string; readonly postcopyLength?: number; readonly pageSize?: number };
 
-const MAX_PAGE_SIZE = 2 ** 30;
 
 function refName(block: BlockRef): string {
   return typeof block === 'string' ? block : block.idstr;
@@ -88,7 +87,7 @@ export function encodePing(value: number): Buffer {
 /** `pageSizeSummary`: OR of every block's page size (RamList.pageSizeSummary). */
 export function encodeAdvise(pageSizeSummary: number, targetPageSize: number = TARGET_PAGE_SIZE): Buffer {
   checkAligned(pageSizeSummary, TARGET_PAGE_SIZE, 'POSTCOPY_ADVISE page size summary');
-  if (pageSizeSummary === 0 || pageSizeSummary >= 2 * MAX_PAGE_SIZE) {
+  if (!isPageSizeSummary(pageSizeSummary)) {
     throw new RangeError(`POSTCOPY_ADVISE page size summary 0x${pageSizeSummary.toString(16)} is not an OR of page sizes from 4 KiB to 1 GiB`);
   }
   checkU64(targetPageSize, 'POSTCOPY_ADVISE target page size');
@@ -205,7 +204,7 @@ export function encodeMemSize(blocks: Iterable<MemSizeBlock>): Buffer {
     const id = nameBytes(idstr, 'MEM_SIZE idstr');
     if (seen.has(idstr)) throw new RangeError(`MEM_SIZE: block '${idstr}' is listed twice`);
     seen.add(idstr);
-    if (!Number.isSafeInteger(pageSize) || pageSize < TARGET_PAGE_SIZE || pageSize > MAX_PAGE_SIZE || (pageSize & (pageSize - 1)) !== 0) {
+    if (!isValidPageSize(pageSize)) {
       throw new RangeError(`MEM_SIZE: block '${idstr}' page size ${pageSize} is not a power of two from 4 KiB to 1 GiB`);
     }
     checkAligned(usedLength, pageSize, `MEM_SIZE: block '${idstr}' used length`);

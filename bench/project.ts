@@ -1,0 +1,24 @@
+// Runs one of the project's scenarios as the table (bench/scenarios.ts) describes it.
+import { postcopyScenario } from './postcopy.js';
+import { restoreScenario } from './restore.js';
+import { projectScenarioNames, projectSpec } from './scenarios.js';
+import { snapshotScenario } from './snapshot.js';
+import type { Result } from './types.js';
+import { faultScenario, placeScenario } from './uffd.js';
+
+export async function runScenario(name: string, length: number): Promise<Result> {
+  const spec = projectSpec(name);
+  if (!spec) throw new Error(`unknown scenario '${name}' (${projectScenarioNames().join(', ')})`);
+  switch (spec.kind) {
+    case 'postcopy':
+      return postcopyScenario(name, length, spec.mode);
+    case 'snapshot':
+      return snapshotScenario(name, length, spec.claimPages);
+    case 'restore':
+      return restoreScenario(name, length, spec.mode);
+    case 'fault':
+      return faultScenario(name, length, spec);
+    case 'place':
+      return placeScenario(name, length, spec);
+  }
+}

@@ -1,0 +1,259 @@
+// The bench's report: one row per selected scenario (project vs floor, their ratios, the
+// target and whether it is met), printed as a table or as one JSON object per line.
+import { cpus, loadavg, release } from 'node:os';
+import type { BenchOptions, RunResults } from './runner.js';
+import type { Scenario } from './scenarios.js';
+import type { Details, Kind, Measured } from './types.js';
+
+/** The bounds a row is held to, as printed in its JSON `target`. */
+export interface RowTarget {
+  ratio_max?: number;
+  p99_ratio_max?: number;
+  p99_us_below?: number;
+  ratio_min?: number;
+  write_fault_p50_ratio_max?: number;
+}
+
+/** One JSON line of `--json`; fields appear in this order. */
+export interface Row {
+  scenario: string;
+  kind: Kind;
+  floor_scenario?: string;
+  // latency
+  p50_us?: number | null;
+  p99_us?: number | null;
+  max_us?: number | null;
+  faults?: number | null;
+  faults_per_s?: number | null;
+  floor_p50_us?: number | null;
+  floor_p99_us?: number | null;
+  floor_max_us?: number | null;
+  floor_faults_per_s?: number | null;
+  // throughput
+  gb_per_s?: number | null;
+  us_per_4k?: number | null;
+  floor_gb_per_s?: number | null;
+  floor_us_per_4k?: number | null;
+  ratio?: number | null;
+  p99_ratio?: number | null;
+  handler_sleeps_per_fault?: number | null;
+  handler_cpu_us_per_fault?: number | null;
+  target?: RowTarget;
+  /** Every bound of the target holds; null when a figure it needs is missing. */
+  on_target?: boolean | null;
+  write_fault_p50_us?: number | null;
+  floor_write_fault_p50_us?: number | null;
+  write_fault_p50_ratio?: number | null;
+  details?: Details;
+  skipped?: string;
+  floor_skipped?: string;
+  /** Always set, after everything else (so they come last in the JSON line). */
+  mib?: number;
+  runs?: number;
+  cpu?: string;
+}
+
+export function ratio(a: number | null | undefined, b: number | null | undefined): number | null {
+  return a! > 0 && b! > 0 ? Math.round((a! / b!) * 100) / 100 : null;
+}
+
+// ---- rows ------------------------------------------------------------------------------------
+
+export function buildRows(selected: readonly Scenario[], results: RunResults, options: BenchOptions): Row[] {
+  return selected.map((s) => {
+    const ours: Measured =
+      s.project.kind === 'floor-only' ? { scenario: s.name, skipped: s.project.why } : results.oursBest.get(s.name) ?? { scenario: s.name, skipped: 'not run' };
+    const floorName = s.floor ?? s.name;
+    const floor = results.floorBest.get(floorName) ?? { scenario: floorName, skipped: `no ${floorName} result from the floor` };
+    const row: Row = { scenario: s.name, kind: s.kind };
+    if (s.floor) row.floor_scenario = s.floor;
+    if (s.kind === 'latency') {
+      Object.assign(row, {
+        p50_us: ours.p50_us ?? null,
+        p99_us: ours.p99_us ?? null,
+        max_us: ours.max_us ?? null,
+        faults: ours.faults ?? null,
+        faults_per_s: ours.faults_per_s ?? null,
+        floor_p50_us: floor.p50_us ?? null,
+        floor_p99_us: floor.p99_us ?? null,
+        floor_max_us: floor.max_us ?? null,
+        floor_faults_per_s: floor.faults_per_s ?? null,
+        ratio: ratio(ours.p50_us, floor.p50_us),
+        p99_ratio: ratio(ours.p99_us, floor.p99_us),
+        handler_sleeps_per_fault: ours.handler_sleeps_per_fault ?? null,
+        handler_cpu_us_per_fault: ours.handler_cpu_us_per_fault ?? null,
+      });
+      if (s.target) {
+        // each bound the target sets must hold; null when a figure it needs is missing
+        const checks: (boolean | null)[] = [];
+        const target: RowTarget = (row.target = {});
+        if (s.target.p50 !== undefined) {
+          target.ratio_max = s.target.p50;
+          checks.push(row.ratio == null ? null : row.ratio <= s.target.p50);
+        }
+        if (s.target.p99 !== undefined) {
+          target.p99_ratio_max = s.target.p99;
+          checks.push(row.p99_ratio == null ? null : row.p99_ratio <= s.target.p99);
+        }
+        if (s.target.p99Us !== undefined) {
+          target.p99_us_below = s.target.p99Us;
+          checks.push(row.p99_us == null ? null : row.p99_us < s.target.p99Us);
+        }
+        row.on_target = checks.includes(null) ? null : checks.every(Boolean);
+      }
+    } else {
+      Object.assign(row, {
+        gb_per_s: ours.gb_per_s ?? null,
+        us_per_4k: ours.us_per_4k ?? null,
+        floor_gb_per_s: floor.gb_per_s ?? null,
+        floor_us_per_4k: floor.us_per_4k ?? null,
+        ratio: ratio(ours.gb_per_s, floor.gb_per_s),
+      });
+      const target: RowTarget = (row.target = { ratio_min: s.target.min });
+      row.on_target = row.ratio == null ? null : row.ratio >= s.target.min;
+      if (s.target.faultP50 !== undefined) {
+        row.write_fault_p50_us = ours.details?.write_fault_p50_us ?? null;
+        row.floor_write_fault_p50_us = floor.p50_us ?? null;
+        row.write_fault_p50_ratio = ratio(row.write_fault_p50_us, row.floor_write_fault_p50_us);
+        target.write_fault_p50_ratio_max = s.target.faultP50;
+        const faultsOk = row.write_fault_p50_ratio === null ? null : row.write_fault_p50_ratio <= s.target.faultP50;
+        row.on_target = row.on_target === null || faultsOk === null ? null : row.on_target && faultsOk;
+      }
+    }
+    if (ours.details) row.details = ours.details;
+    if (ours.skipped) row.skipped = ours.skipped;
+    if (floor.skipped) row.floor_skipped = floor.skipped;
+    row.mib = options.mib;
+    row.runs = options.runs;
+    if (options.cpu !== null) row.cpu = options.cpu;
+    return row;
+  });
+}
+
+// ---- printout ----------------------------------------------------------------------------------
+
+export function printJson(rows: Row[]): void {
+  for (const row of rows) process.stdout.write(JSON.stringify(row) + '\n');
+}
+
+const f = (x: number | null | undefined, digits = 2): string => (x === null || x === undefined ? '—' : x.toFixed(digits));
+const pad = (s: string | number, n: number): string => String(s).padStart(n);
+const verdict = (row: Row): string => (row.on_target === undefined ? '' : row.on_target === null ? 'n/a' : row.on_target ? 'ok' : 'OFF TARGET');
+const notesOf = (r: Row): string[] => [r.skipped && `project: ${r.skipped}`, r.floor_skipped && `floor: ${r.floor_skipped}`].filter((n): n is string => !!n);
+const withNotes = (line: string, r: Row): string => {
+  const notes = notesOf(r);
+  return line + (notes.length ? `   (${notes.join('; ')})` : '');
+};
+
+function targetText(r: Row): string {
+  const t = r.target ?? {};
+  const parts: string[] = [];
+  if (t.ratio_max !== undefined) parts.push(`p50 ratio ≤ ${t.ratio_max}`);
+  if (t.p99_ratio_max !== undefined) parts.push(`p99 ratio ≤ ${t.p99_ratio_max}`);
+  if (t.p99_us_below !== undefined) parts.push(`p99 < ${t.p99_us_below} µs`);
+  if (t.ratio_min !== undefined) parts.push(`ratio ≥ ${t.ratio_min}`);
+  if (t.write_fault_p50_ratio_max !== undefined) parts.push(`write-fault p50 ratio ≤ ${t.write_fault_p50_ratio_max}`);
+  return parts.length ? `${parts.join(', ')}: ${verdict(r)}` : '';
+}
+
+/** The floor's own scenarios (same name on both sides): latency, then throughput. */
+function sameNameTables(rows: Row[], out: string[]): void {
+  const lat = rows.filter((r) => r.kind === 'latency' && !r.floor_scenario);
+  if (lat.length) {
+    out.push('');
+    out.push('fault service latency, µs — ratio = project / floor, lower is better (target missing-4k: p50 ≤ 1.25, p99 ≤ 1.5)');
+    out.push('sleeps/fault: how often our handler (main) thread slept per fault — ~0: toucher and handler alternate without');
+    out.push('cross-CPU wake-ups (the fast mode); ~1: every fault woke an idle CPU (several µs more, on both sides)');
+    out.push(`${'scenario'.padEnd(15)}${pad('project p50', 12)}${pad('p99', 9)}${pad('floor p50', 11)}${pad('p99', 9)}${pad('ratio p50', 11)}${pad('p99', 7)}${pad('sleeps/fault', 14)}  target`);
+    for (const r of lat) {
+      const line = `${r.scenario.padEnd(15)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 9)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
+        `${pad(f(r.ratio), 11)}${pad(f(r.p99_ratio), 7)}${pad(f(r.handler_sleeps_per_fault), 14)}  ${verdict(r)}`;
+      out.push(withNotes(line.trimEnd(), r));
+    }
+  }
+  const thr = rows.filter((r) => r.kind === 'throughput' && !r.floor_scenario);
+  if (thr.length) {
+    out.push('');
+    out.push('placement throughput, GB/s — ratio = project / floor, higher is better (target ≥ 0.90)');
+    out.push(`${'scenario'.padEnd(15)}${pad('project', 12)}${pad('floor', 9)}${pad('ratio', 9)}  target`);
+    for (const r of thr) {
+      out.push(withNotes(`${r.scenario.padEnd(15)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 9)}${pad(f(r.ratio), 9)}  ${verdict(r)}`, r));
+    }
+  }
+}
+
+/** The line(s) under a latency row compared with a floor scenario of another name. */
+function latencyDetails(r: Row, d: Details, out: string[]): void {
+  const indent = ''.padEnd(4);
+  if (d.all_present_ms !== undefined) {
+    out.push(`${indent}${d.prefetch ? 'with' : 'no'} prefetch: ${d.faulted} of ${d.loads} loads faulted (the slowest that many: p50/p99 above), all loads p50 ${f(d.loads_p50_us)} p99 ${f(d.loads_p99_us)} µs; ` +
+      `every page present after ${f(d.all_present_ms, 0)} ms (toucher ${f(d.toucher_ms, 0)} ms)`);
+    out.push(`${indent}pages by fault ${d.pages_by_fault}, by prefetch ${d.pages_by_prefetch}; engine fault p50 ${f(d.engine_fault_p50_us, 0)} p99 ${f(d.engine_fault_p99_us, 0)} µs (histogram buckets); ` +
+      `blocktime ${f(d.blocktime_ms, 0)} ms; main thread ${f(r.handler_cpu_us_per_fault, 1)} µs CPU per fault; checksums ${d.checksum_verified ? 'verified' : 'NOT verified'}`);
+  } else if (d.loads !== undefined) {
+    out.push(`${indent}${d.faulted} of ${d.loads} loads faulted (p50/p99 above are theirs), ${d.already_streamed} found the page already streamed; ` +
+      `all loads: p50 ${f(d.loads_p50_us)} p99 ${f(d.loads_p99_us)} µs`);
+    out.push(`${indent}stream ${f(d.stream_gb_per_s, 3)} GB/s over ${f(d.postcopy_ms, 0)} ms; the toucher ran ${f(d.toucher_ms, 0)} ms and ended ${f(d.toucher_done_before_end_ms, 0)} ms before the stream; ` +
+      `destination request→placed avg ${f(d.dest_request_avg_us, 0)} µs`);
+  } else if (d.source_cpu_us_per_request !== undefined) {
+    out.push(`${indent}per fault: destination main thread ${f(r.handler_cpu_us_per_fault, 1)} µs CPU, ${f(r.handler_sleeps_per_fault)} sleeps; ` +
+      `source ${f(d.source_cpu_us_per_request, 1)} µs CPU, ${f(d.source_sleeps_per_request)} sleeps; destination request→placed avg ${f(d.dest_request_avg_us, 1)} µs`);
+  }
+}
+
+/** The line under a throughput row compared with a floor scenario of another name. */
+function throughputDetails(r: Row, d: Details, out: string[]): void {
+  const indent = ''.padEnd(4);
+  if (d.restore_ms !== undefined) {
+    out.push(`${indent}${f(d.bytes_read! / 2 ** 20, 0)} MiB read in ${f(d.restore_ms, 1)} ms (page cache warm, target fresh memory recycled); ` +
+      `checksums ${d.checksum_verified ? 'verified' : 'NOT verified'}; restored memory equal to the snapshot`);
+  } else if (d.write_faults !== undefined) {
+    out.push(`${indent}${d.write_faults} faulted writes: p50 ${f(d.write_fault_p50_us)} µs (floor ${f(r.floor_write_fault_p50_us)}, ratio ${f(r.write_fault_p50_ratio)}), ` +
+      `p99 ${f(d.write_fault_p99_us)} µs; pause ${f(d.pause_ms)} ms; ${d.pages_by_fault} pages saved by faults, engine service p50 ${f(d.engine_fault_p50_us, 1)} µs`);
+  } else {
+    out.push(`${indent}${d.pages_streamed! + d.pages_requested!} pages in ${f(d.postcopy_ms, 0)} ms (${f(r.us_per_4k)} µs per 4 KiB); ` +
+      `main thread busy: destination ${f(d.dest_main_busy)}, source ${f(d.source_main_busy)} (1 = never idle)`);
+  }
+}
+
+/** Scenarios compared with a floor scenario of another name: postcopy, snapshot, restore. */
+function otherFloorTables(rows: Row[], out: string[]): void {
+  const pc = rows.filter((r) => r.floor_scenario);
+  if (!pc.length) return;
+  out.push('');
+  out.push('postcopy over loopback TCP (destination in the scenario process, source in a child process), snapshot and restore; ratio = project /');
+  out.push('the floor scenario under "vs". Latency: the toucher\'s own clock around each faulting load, µs (lower is better).');
+  const plat = pc.filter((r) => r.kind === 'latency');
+  if (plat.length) {
+    out.push(`${'scenario'.padEnd(23)}${'vs'.padEnd(11)}${pad('project p50', 12)}${pad('p99', 10)}${pad('floor p50', 11)}${pad('p99', 9)}${pad('ratio p50', 11)}${pad('p99', 8)}  target`);
+    for (const r of plat) {
+      const line = `${r.scenario.padEnd(23)}${r.floor_scenario!.padEnd(11)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 10)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
+        `${pad(f(r.ratio), 11)}${pad(f(r.p99_ratio), 8)}  ${targetText(r)}`;
+      out.push(withNotes(line.trimEnd(), r));
+      if (r.details) latencyDetails(r, r.details, out);
+    }
+  }
+  const pthr = pc.filter((r) => r.kind === 'throughput');
+  if (pthr.length) {
+    out.push(`${'scenario'.padEnd(23)}${'vs'.padEnd(11)}${pad('project GB/s', 12)}${pad('floor GB/s', 12)}${pad('ratio', 8)}  target`);
+    for (const r of pthr) {
+      const line = `${r.scenario.padEnd(23)}${r.floor_scenario!.padEnd(11)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 12)}${pad(f(r.ratio), 8)}  ${targetText(r)}`;
+      out.push(withNotes(line.trimEnd(), r));
+      if (r.details) throughputDetails(r, r.details, out);
+    }
+  }
+}
+
+/** The human table: a heading with the run's conditions, then the tables. */
+export function printTable(rows: Row[], results: RunResults, options: BenchOptions): void {
+  const out: string[] = [];
+  out.push(
+    `postcopy bench: ${options.mib} MiB per scenario, best of ${options.runs} run${options.runs > 1 ? 's' : ''} each side, ` +
+      `node ${process.version}, linux ${release()}, ${cpus().length} CPUs` +
+      (options.cpu !== null ? `, both sides pinned to CPU ${options.cpu}` : ''),
+  );
+  out.push(`floor: ${results.floorSource} (cc -O2 -pthread), run in this invocation; 1-min load average ${results.loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after`);
+  sameNameTables(rows, out);
+  otherFloorTables(rows, out);
+  process.stdout.write(out.join('\n') + '\n');
+}

@@ -1,0 +1,160 @@
+// Types shared by the scenario table (bench/scenarios.ts), the scenario implementations
+// (bench/uffd.ts, postcopy.ts, snapshot.ts, restore.ts) and the report (bench/report.ts). It
+// imports nothing, so that none of those modules has to import another for a type.
+
+export type Kind = 'latency' | 'throughput';
+
+export interface LatencyResult {
+  scenario: string;
+  kind: 'latency';
+  faults: number;
+  p50_us: number;
+  p99_us: number;
+  max_us: number;
+  /** Faults per second over the touchers' loops (first start to last end). */
+  faults_per_s: number;
+  /**
+   * How often the handler (main) thread went to sleep per fault, and its CPU time per fault,
+   * over the touch loops. ~0 sleeps: the next fault was already queued when the loop came
+   * back to epoll (handler and toucher alternate on one CPU, or the handler is the
+   * bottleneck); ~1: every fault woke the handler from idle (cross-CPU wake-ups, which cost
+   * several µs each on this VM). The floor is bimodal in the same way; compare like with like.
+   */
+  handler_sleeps_per_fault: number;
+  handler_cpu_us_per_fault: number;
+}
+
+export interface ThroughputResult {
+  scenario: string;
+  kind: 'throughput';
+  bytes: number;
+  gb_per_s: number;
+  us_per_4k: number;
+}
+
+export interface Skipped {
+  scenario: string;
+  skipped: string;
+}
+
+export type Result = LatencyResult | ThroughputResult | Skipped;
+
+// ---- the extra figures of each scenario family (a result's `details`) ------------------------
+
+/** postcopy-fault (bench/postcopy.ts). */
+export interface PostcopyFaultDetails {
+  bytes: number;
+  requested: number;
+  streamed: number;
+  /** The destination's own clock: fault read -> page placed (power-of-two bucket bounds). */
+  dest_request_avg_us: number;
+  dest_request_p50_bound_us: number;
+  dest_request_p99_bound_us: number;
+  source_requests: number;
+  source_cpu_us_per_request: number | null;
+  source_sleeps_per_request: number | null;
+  postcopy_ms: number;
+}
+
+/** postcopy-fault-loaded (bench/postcopy.ts). */
+export interface PostcopyLoadedDetails {
+  bytes: number;
+  loads: number;
+  faulted: number;
+  already_streamed: number;
+  /** p50/p99 over all the toucher's loads, faulted or not. */
+  loads_p50_us: number;
+  loads_p99_us: number;
+  requested: number;
+  requests_skipped_by_source: number | null;
+  streamed: number;
+  dest_request_avg_us: number;
+  dest_request_p99_bound_us: number;
+  toucher_ms: number;
+  /** The toucher ran while the stream was still going (it must, for the figure to mean "loaded"). */
+  toucher_done_before_end_ms: number;
+  stream_gb_per_s: number;
+  postcopy_ms: number;
+}
+
+/** postcopy-throughput (bench/postcopy.ts). */
+export interface PostcopyThroughputDetails {
+  bytes: number;
+  postcopy_ms: number;
+  pages_streamed: number;
+  pages_requested: number;
+  pages_zero: number;
+  /** Share of the postcopy phase each side's main thread spent on a CPU (1 = never idle). */
+  dest_main_busy: number | null;
+  dest_main_sleeps_per_ms: number | null;
+  source_main_busy: number;
+  source_main_sleeps_per_ms: number;
+  source_postcopy_ms: number | null;
+}
+
+/** snapshot, snapshot-1page (bench/snapshot.ts). */
+export interface SnapshotDetails {
+  write_faults: number;
+  write_fault_p50_us: number;
+  write_fault_p99_us: number;
+  pause_ms: number;
+  engine_fault_p50_us: number;
+  pages_by_fault: number;
+}
+
+/** restore-eager (bench/restore.ts). */
+export interface RestoreEagerDetails {
+  restore_ms: number;
+  bytes_read: number;
+  report_gb_per_s: number;
+  checksum_verified: boolean;
+}
+
+/** restore-lazy, restore-lazy-faults (bench/restore.ts). */
+export interface RestoreLazyDetails {
+  prefetch: boolean;
+  loads: number;
+  faulted: number;
+  loads_p50_us: number;
+  loads_p99_us: number;
+  toucher_ms: number;
+  /** From LazyRestore.start() until every page was present (the restore's report). */
+  all_present_ms: number;
+  restore_faults: number;
+  pages_by_fault: number;
+  pages_by_prefetch: number;
+  /** The restore's own fault latency: read off the userfaultfd to placement. */
+  engine_fault_p50_us: number;
+  engine_fault_p99_us: number;
+  blocktime_ms: number;
+  checksum_verified: boolean;
+}
+
+/** Any scenario's details, as the report reads them back from a JSON line: every field optional. */
+export type Details = Partial<
+  PostcopyFaultDetails &
+    PostcopyLoadedDetails &
+    PostcopyThroughputDetails &
+    SnapshotDetails &
+    RestoreEagerDetails &
+    RestoreLazyDetails
+>;
+
+/**
+ * A result of either side (the floor's JSON lines, or ours) as bench/runner.ts and report.ts
+ * read it: whatever it measured, or why it was skipped.
+ */
+export interface Measured {
+  scenario: string;
+  skipped?: string;
+  faults?: number;
+  p50_us?: number;
+  p99_us?: number;
+  max_us?: number;
+  faults_per_s?: number;
+  handler_sleeps_per_fault?: number;
+  handler_cpu_us_per_fault?: number;
+  gb_per_s?: number;
+  us_per_4k?: number;
+  details?: Details;
+}
