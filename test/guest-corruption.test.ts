@@ -11,15 +11,6 @@ const { checkPage, pageOf, pickIndex, readSlot, slotBase, writePage, writeSlot, 
 
 after(() => Guest.terminateAll());
 
-/** Resolves just after thread t finished an operation (spinning, to catch it early). */
-async function justAfterAnOp(g: Guest, t: number): Promise<void> {
-  const ops = g.stats().perThread[t].ops;
-  const moved = (): boolean => {
-    for (const end = performance.now() + 20; performance.now() < end; ) if (g.stats().perThread[t].ops !== ops) return true;
-    return false;
-  };
-  await until(moved, `thread ${t} finishing an operation`);
-}
 
 test('a writer finds a page corrupted under it before rewriting it: the guest fails naming the page', T, async () => {
   // 8 data pages, 2 sequential writers: thread 1 rewrites each of its 4 pages every 4 writes.
@@ -29,12 +20,13 @@ test('a writer finds a page corrupted under it before rewriting it: the guest fa
   g.on('threadError', (e: Error) => seen.push(e));
   try {
     await until(() => g.stats().perThread[1].ops >= 8); // every page written at least once
-    // Rate-limited, the writer sleeps about 5 ms after each write: flipping then cannot race
-    // a write of the page (a write that overwrites the flip would legitimately erase it).
-    await justAfterAnOp(g, 1);
+    // Parked, no writer can race the flip (a write that overwrites it would legitimately erase
+    // it, and a write between reading the version and the flip would change the version).
+    await g.pause();
     const page = 6; // owned by thread 1 ((6 - 1) % 2)
     const version = guestPageHeader(buffer, page).version;
     corruptPage(buffer, page, 'body');
+    g.resume();
     await until(() => g.status === 'failed', 'the guest failing');
 
     const expected = new RegExp(
