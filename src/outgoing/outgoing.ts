@@ -65,7 +65,10 @@ export interface DowntimeParts {
   pause: number;
   sync: number;
   discard: number;
+  /** Encoding LISTEN, the device state and RUN. */
   commands: number;
+  /** Handing the switchover's one buffer to the kernel (on loopback this includes waking the destination). */
+  write: number;
 }
 
 export interface OutgoingReport {
@@ -82,7 +85,7 @@ export interface OutgoingReport {
   downtime_ms: number;
   /**
    * Where the downtime went: parking the guest, the final dirty sync, the discards of pages
-   * dirtied since the last sync before the pause, and LISTEN, device state and RUN.
+   * dirtied since the last sync before the pause, LISTEN, device state and RUN, the write.
    */
   downtime_parts_ms: DowntimeParts;
   /** When the pause began (epoch milliseconds), to set beside the destination's RUN on the same host. */
@@ -289,10 +292,11 @@ export class OutgoingMigration {
     const discarded = performance.now();
     parts.push(main.encoder.listen());
     this.sendRun(collect);
+    const encoded = performance.now();
     main.channel.send(Buffer.concat(parts));
     const end = performance.now();
     this.progress();
-    return { start, total: end - start, pause: paused - start, sync: synced - paused, discard: discarded - synced, commands: end - discarded };
+    return { start, total: end - start, pause: paused - start, sync: synced - paused, discard: discarded - synced, commands: encoded - discarded, write: end - encoded };
   }
 
   /**
@@ -306,7 +310,9 @@ export class OutgoingMigration {
   private async discardBeforePause(log: DirtyLog): Promise<void> {
     const start = performance.now();
     const timeoutMs = (this.options.stallSeconds ?? 5) * 1000;
-    for (let round = 0; round < PRE_PAUSE_DISCARD_ROUNDS; round++) {
+    // nothing sent yet (straight to postcopy): nothing can be stale there
+    const anySent = [...this.sent.values()].some((sent) => !sent.isEmpty());
+    for (let round = 0; anySent && round < PRE_PAUSE_DISCARD_ROUNDS; round++) {
       log.sync();
       const { pages, ranges } = this.sendDiscards();
       this.discardCounts.before_pause_pages += pages;
@@ -663,7 +669,7 @@ export class OutgoingMigration {
       pages_resent: this.counts.pagesResent,
       paused_ms: Math.round(this.counts.pausedMs),
       downtime_ms: r2(downtime.total),
-      downtime_parts_ms: { pause: r2(downtime.pause), sync: r2(downtime.sync), discard: r2(downtime.discard), commands: r2(downtime.commands) },
+      downtime_parts_ms: { pause: r2(downtime.pause), sync: r2(downtime.sync), discard: r2(downtime.discard), commands: r2(downtime.commands), write: r2(downtime.write) },
       pause_epoch_ms: Math.round((performance.timeOrigin + downtime.start) * 1000) / 1000,
       discards: { ...this.discardCounts, before_pause_ms: r2(this.discardCounts.before_pause_ms) },
       precopy_ms: Math.round(precopyMs),
