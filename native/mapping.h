@@ -26,6 +26,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value PageSize(const Napi::CallbackInfo& info);
   Napi::Value Fd(const Napi::CallbackInfo& info);
   Napi::Value Madvise(const Napi::CallbackInfo& info);
+  Napi::Value MadviseRanges(const Napi::CallbackInfo& info);
   Napi::Value PunchHole(const Napi::CallbackInfo& info);
   Napi::Value View(const Napi::CallbackInfo& info);
   Napi::Value Unmap(const Napi::CallbackInfo& info);

@@ -61,6 +61,8 @@ export async function demoCommand(args: string[]): Promise<number> {
   const report = {
     ...dest,
     downtime_ms: source.report.downtime_ms,
+    // both processes on this host: from the source's pause to RUN applied here
+    downtime_to_run_ms: dest.switchover ? Math.round(((dest.switchover as { run_epoch_ms: number }).run_epoch_ms - source.report.pause_epoch_ms) * 100) / 100 : undefined,
     source: source.report,
     ...(chaos ? { chaos: chaos.summary() } : {}),
     config: {

@@ -9,6 +9,8 @@ export interface NativeMapping {
   readonly pageSize: number;
   readonly fd: number;
   madvise(offset: number, length: number, advice: number): void;
+  /** (offset, length) pairs; one process_madvise per 1024 ranges where the kernel allows. Returns the syscalls made. */
+  madviseRanges(ranges: Float64Array, advice: number): number;
   punchHole(offset: number, length: number): void;
   view(offset?: number, length?: number): ArrayBuffer;
   unmap(): void;

@@ -230,6 +230,37 @@ export class Bitmap {
     }
   }
 
+  /** Runs of bits set both here and in `other` (of the same size) as [start, length], ascending. */
+  *andRanges(other: Bitmap): IterableIterator<[start: number, length: number]> {
+    if (other.size !== this.size) throw new RangeError(`Bitmap andRanges: sizes ${this.size} and ${other.size} differ`);
+    const a = this.#words;
+    const b = other.#words;
+    let runStart = -1;
+    for (let w = 0; w < a.length; w++) {
+      const v = a[w] & b[w];
+      // whole words inside or outside a run need no bit walk
+      if (runStart < 0 ? v === 0 : v === -1) continue;
+      let bit = 0;
+      while (bit < 32) {
+        const above = bit === 0 ? -1 : ~((1 << bit) - 1);
+        if (runStart < 0) {
+          const set = v & above;
+          if (set === 0) break;
+          bit = ctz32(set);
+          runStart = w * 32 + bit;
+        } else {
+          const clear = ~v & above;
+          if (clear === 0) break;
+          bit = ctz32(clear);
+          yield [runStart, w * 32 + bit - runStart];
+          runStart = -1;
+        }
+      }
+    }
+    // bits past size are zero, so a run still open ends at size
+    if (runStart >= 0) yield [runStart, this.size - runStart];
+  }
+
   /** Runs of clear bits as [start, length], in ascending order. */
   *zeroRanges(): IterableIterator<[start: number, length: number]> {
     let start = this.findNextZero(0);

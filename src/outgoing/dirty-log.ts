@@ -14,8 +14,11 @@ export interface DirtyLog {
   readonly kind: 'pagemap-scan' | 'uffd-wp';
   /** Write-protects every tracked range: from now on writes are recorded. */
   start(): void;
-  /** Reports the pages written since start() or the previous sync, and re-arms them. */
-  sync(): number;
+  /**
+   * Reports the pages written since start() or the previous sync, and re-arms them (not on the
+   * `final` sync, after which nothing is written: re-protecting would only cost time).
+   */
+  sync(options?: { final?: boolean }): number;
   stop(): void;
 }
 
@@ -45,11 +48,11 @@ class PagemapDirtyLog implements DirtyLog {
     protectAll(this.uffd, this.ranges);
   }
 
-  sync(): number {
+  sync(options: { final?: boolean } = {}): number {
     let bytes = 0;
     for (const { mapping, onDirty } of this.ranges) {
       bytes += this.scanner!.scanWritten(mapping.base, mapping.base + mapping.length, (start, end) =>
-        onDirty(start - mapping.base, end - start));
+        onDirty(start - mapping.base, end - start), { reprotect: !options.final });
     }
     return bytes;
   }
@@ -91,7 +94,7 @@ class WriteProtectDirtyLog implements DirtyLog {
     });
   }
 
-  sync(): number {
+  sync(options: { final?: boolean } = {}): number {
     const uffd = this.uffd!;
     const written = this.written;
     this.written = [];
@@ -99,7 +102,7 @@ class WriteProtectDirtyLog implements DirtyLog {
     for (let i = 0; i < written.length; i += 3) {
       const { mapping, onDirty } = this.ranges[written[i]];
       // re-arm before reporting: a write after this point faults again and is not lost
-      uffd.writeProtect(mapping.base + written[i + 1], written[i + 2]);
+      if (!options.final) uffd.writeProtect(mapping.base + written[i + 1], written[i + 2]);
       onDirty(written[i + 1], written[i + 2]);
       bytes += written[i + 2];
     }

@@ -61,6 +61,16 @@ export interface OutgoingProgress {
   reason?: string;
 }
 
+export interface DowntimeParts {
+  pause: number;
+  sync: number;
+  discard: number;
+  /** Encoding LISTEN, the device state and RUN. */
+  commands: number;
+  /** Handing the switchover's one buffer to the kernel (on loopback this includes waking the destination). */
+  write: number;
+}
+
 export interface OutgoingReport {
   dirty_log: DirtyLog['kind'];
   rounds: number;
@@ -73,14 +83,32 @@ export interface OutgoingReport {
   pages_resent: number;
   paused_ms: number;
   downtime_ms: number;
-  /** Where the downtime went: parking the guest, the final dirty sync, discards and commands. */
-  downtime_parts_ms: { pause: number; sync: number; commands: number };
+  /**
+   * Where the downtime went: parking the guest, the final dirty sync, the discards of pages
+   * dirtied since the last sync before the pause, LISTEN, device state and RUN, the write.
+   */
+  downtime_parts_ms: DowntimeParts;
+  /** When the pause began (epoch milliseconds), to set beside the destination's RUN on the same host. */
+  pause_epoch_ms: number;
+  /**
+   * The discards: most are known before the pause (pages dirtied after they were sent, as of
+   * the last sync) and are applied by the destination while the guest still runs here; only
+   * what the guest dirtied after that goes in the pause. `before_pause_ms` is the time from
+   * that sync to the destination's acknowledgement (not downtime).
+   */
+  discards: { before_pause_pages: number; before_pause_ranges: number; before_pause_ms: number; in_pause_pages: number; in_pause_ranges: number };
   precopy_ms: number;
   postcopy_ms: number;
   total_ms: number;
   bytes_sent: number;
 }
 
+/**
+ * Before the pause, discards are sent and acknowledged in rounds until a round finds at most
+ * this many pages (what the guest dirtied during the previous round trip), or this many rounds.
+ */
+const PRE_PAUSE_DISCARD_ENOUGH = 64;
+const PRE_PAUSE_DISCARD_ROUNDS = 4;
 /** A batch of the stream ends at this many pages or `batchMs`, whichever comes first. */
 const BATCH_PAGES = 256;
 const HEARTBEAT_MS = 1000;
@@ -119,6 +147,7 @@ export class OutgoingMigration {
     precopy: 0, postcopy: 0, requested: 0, zero: 0, requestsReceived: 0, requestsSkipped: 0, requestsResent: 0, discarded: 0,
     recoveries: 0, pagesResent: 0, pausedMs: 0,
   };
+  private readonly discardCounts = { before_pause_pages: 0, before_pause_ranges: 0, before_pause_ms: 0, in_pause_pages: 0, in_pause_ranges: 0 };
 
   constructor(private readonly options: OutgoingOptions) {
     this.blocks = [...options.blocks];
@@ -236,29 +265,69 @@ export class OutgoingMigration {
     return performance.now() - start;
   }
 
-  /** Pause, final sync, discards, LISTEN, device state, RUN: the downtime. */
-  private async switchover(log: DirtyLog): Promise<{ total: number; pause: number; sync: number; commands: number }> {
+  /**
+   * Discards known before the pause, then the downtime: pause, final sync, the discards of
+   * what was dirtied since, LISTEN, device state, RUN, all in one write. Nothing in the pause
+   * waits for the destination. The dirty log stays armed until the migration ends: closing its
+   * userfaultfd un-protects every page (tens of milliseconds) and the paused guest writes
+   * nothing.
+   */
+  private async switchover(log: DirtyLog): Promise<DowntimeParts & { total: number; start: number }> {
     this.phase = 'switchover';
+    await this.discardBeforePause(log);
+    this.throwIfBroken();
     const start = performance.now();
     await this.options.pauseGuest();
     const paused = performance.now();
-    log.sync();
-    log.stop();
+    log.sync({ final: true });
     const synced = performance.now();
     this.throwIfBroken();
     const { main } = this.channels;
-    this.sendDiscards();
-    main.channel.send(main.encoder.listen());
-    this.sendRun();
+    // one buffer, one write: the destination reads the whole switchover at once
+    const parts: Uint8Array[] = [];
+    const collect = (b: Uint8Array) => void parts.push(b);
+    const { pages, ranges } = this.sendDiscards(collect);
+    this.discardCounts.in_pause_pages = pages;
+    this.discardCounts.in_pause_ranges = ranges;
+    const discarded = performance.now();
+    parts.push(main.encoder.listen());
+    this.sendRun(collect);
+    const encoded = performance.now();
+    main.channel.send(Buffer.concat(parts));
     const end = performance.now();
     this.progress();
-    return { total: end - start, pause: paused - start, sync: synced - paused, commands: end - synced };
+    return { start, total: end - start, pause: paused - start, sync: synced - paused, discard: discarded - synced, commands: encoded - discarded, write: end - encoded };
   }
 
-  private sendRun(): void {
+  /**
+   * The discard set as of a sync with the guest still running: sent, then the destination is
+   * asked for a PONG, which it sends once it has applied them (commands are handled in order).
+   * Meanwhile the guest dirties more, so again, while that still finds more than a few pages
+   * (at most PRE_PAUSE_DISCARD_ROUNDS times). Waiting here costs no downtime; not waiting would
+   * only move the destination's work into the pause. A missing PONG (timeout) just means the
+   * pause starts without it.
+   */
+  private async discardBeforePause(log: DirtyLog): Promise<void> {
+    const start = performance.now();
+    const timeoutMs = (this.options.stallSeconds ?? 5) * 1000;
+    // nothing sent yet (straight to postcopy): nothing can be stale there
+    const anySent = [...this.sent.values()].some((sent) => !sent.isEmpty());
+    for (let round = 0; anySent && round < PRE_PAUSE_DISCARD_ROUNDS; round++) {
+      log.sync();
+      const { pages, ranges } = this.sendDiscards();
+      this.discardCounts.before_pause_pages += pages;
+      this.discardCounts.before_pause_ranges += ranges;
+      if (pages === 0) break;
+      if (!(await this.channels.roundTrip(timeoutMs))) break;
+      if (pages <= PRE_PAUSE_DISCARD_ENOUGH) break;
+    }
+    this.discardCounts.before_pause_ms = performance.now() - start;
+  }
+
+  private sendRun(send = (b: Uint8Array): unknown => this.channels.main.channel.send(b)): void {
     const { main } = this.channels;
-    if (this.options.deviceState) main.channel.send(main.encoder.packaged(this.options.deviceState()));
-    main.channel.send(main.encoder.run());
+    if (this.options.deviceState) send(main.encoder.packaged(this.options.deviceState()));
+    send(main.encoder.run());
   }
 
   /** Background scan with requests first, until the dirty bitmap is empty and COMPLETE is acknowledged. */
@@ -431,32 +500,31 @@ export class OutgoingMigration {
   }
 
   /**
-   * Pages dirtied after they were sent are stale on the destination: discard them there,
-   * widened to whole host pages (a huge page is placed whole, so it is re-sent whole).
+   * Pages dirtied after they were sent are stale on the destination: discard them there as
+   * coalesced byte ranges (runs of sent-and-dirty pages), widened to whole host pages (a huge
+   * page is placed whole, so it is re-sent whole). A discarded page is no longer "sent" and is
+   * dirty: it goes again, and a later discard does not name it twice.
    */
-  private sendDiscards(): void {
+  private sendDiscards(send = (b: Uint8Array): unknown => this.channels.main.channel.send(b)): { pages: number; ranges: number } {
     const { main } = this.channels;
-    if (main.encoder.ramOpen) main.channel.send(main.encoder.endRam());
+    if (main.encoder.ramOpen) send(main.encoder.endRam());
+    let pages = 0;
+    let count = 0;
     for (const block of this.blocks) {
       const dirty = this.dirty.get(block)!;
-      const perHost = block.pageSize / TARGET_PAGE_SIZE;
-      const ranges: [number, number][] = [];
-      // only pages sent before can be stale there: walk what was sent, find what is dirty
-      for (const [start, length] of this.sent.get(block)!.ranges()) {
-        for (let page = dirty.findNextSet(start); page < start + length; page = dirty.findNextSet(page)) {
-          const host = page - (page % perHost);
-          const offset = host * TARGET_PAGE_SIZE;
-          const last = ranges[ranges.length - 1];
-          const end = last ? last[0] + last[1] : -1;
-          if (end < offset) ranges.push([offset, block.pageSize]);
-          else if (end === offset) last[1] += block.pageSize;
-          if (end <= offset) this.counts.discarded += perHost; // else: already in the last range
-          page = host + perHost;
-          if (page >= dirty.size) break;
-        }
+      const sent = this.sent.get(block)!;
+      const ranges = discardRanges(sent, dirty, block.pageSize / TARGET_PAGE_SIZE);
+      if (!ranges.length) continue;
+      for (const [start, length] of ranges) {
+        sent.clearRange(start, length);
+        dirty.setRange(start, length);
+        pages += length;
       }
-      if (ranges.length) main.channel.send(main.encoder.discard(block, ranges));
+      count += ranges.length;
+      send(main.encoder.discard(block, ranges.map(([start, length]) => [start * TARGET_PAGE_SIZE, length * TARGET_PAGE_SIZE] as [number, number])));
     }
+    this.counts.discarded += pages;
+    return { pages, ranges: count };
   }
 
   /**
@@ -589,7 +657,7 @@ export class OutgoingMigration {
     return undefined;
   }
 
-  private report(dirtyLog: DirtyLog['kind'], precopyMs: number, downtime: { total: number; pause: number; sync: number; commands: number }, postcopyMs: number): OutgoingReport {
+  private report(dirtyLog: DirtyLog['kind'], precopyMs: number, downtime: DowntimeParts & { total: number; start: number }, postcopyMs: number): OutgoingReport {
     const r2 = (ms: number) => Math.round(ms * 100) / 100;
     return {
       dirty_log: dirtyLog,
@@ -601,11 +669,29 @@ export class OutgoingMigration {
       pages_resent: this.counts.pagesResent,
       paused_ms: Math.round(this.counts.pausedMs),
       downtime_ms: r2(downtime.total),
-      downtime_parts_ms: { pause: r2(downtime.pause), sync: r2(downtime.sync), commands: r2(downtime.commands) },
+      downtime_parts_ms: { pause: r2(downtime.pause), sync: r2(downtime.sync), discard: r2(downtime.discard), commands: r2(downtime.commands), write: r2(downtime.write) },
+      pause_epoch_ms: Math.round((performance.timeOrigin + downtime.start) * 1000) / 1000,
+      discards: { ...this.discardCounts, before_pause_ms: r2(this.discardCounts.before_pause_ms) },
       precopy_ms: Math.round(precopyMs),
       postcopy_ms: Math.round(postcopyMs),
       total_ms: Math.round(performance.now() - this.started),
       bytes_sent: this.channels.bytesSent,
     };
   }
+}
+
+/**
+ * The target pages to discard, as [first page, page count] runs: pages both sent and dirty,
+ * each widened to its whole host page (`perHost` target pages), adjacent runs merged.
+ */
+export function discardRanges(sent: Bitmap, dirty: Bitmap, perHost: number): [number, number][] {
+  const ranges: [number, number][] = [];
+  for (const [first, length] of sent.andRanges(dirty)) {
+    const start = first - (first % perHost);
+    const end = Math.min(Math.ceil((first + length) / perHost) * perHost, dirty.size);
+    const last = ranges[ranges.length - 1];
+    if (last && last[0] + last[1] >= start) last[1] = Math.max(last[1], end - last[0]);
+    else ranges.push([start, end - start]);
+  }
+  return ranges;
 }

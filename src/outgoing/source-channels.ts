@@ -31,6 +31,8 @@ export class SourceChannels {
   private readonly stallWatch: StallWatch;
   private readonly heartbeat: NodeJS.Timeout;
   private pings = 0;
+  /** PINGs of `roundTrip` waiting for their PONG, by value. */
+  private readonly pongWaiters = new Map<number, () => void>();
   /** Bytes sent on the channels of earlier connections (before a recovery). */
   private bytesOfEarlierChannels = 0;
 
@@ -65,6 +67,29 @@ export class SourceChannels {
 
   get bytesSent(): number {
     return this.bytesOfEarlierChannels + this.main.channel.bytesSent + (this.preempt?.channel.bytesSent ?? 0);
+  }
+
+  /**
+   * A PING on the main channel, resolved (true) by its PONG: the destination has handled
+   * everything sent before it. False when the connection breaks or no PONG comes in time.
+   */
+  async roundTrip(timeoutMs: number): Promise<boolean> {
+    if (this.broken) return false;
+    const value = ++this.pings >>> 0;
+    const { channel, encoder } = this.main;
+    if (encoder.ramOpen) channel.send(encoder.endRam());
+    channel.send(encoder.ping(value));
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        new Promise<boolean>((resolve) => this.pongWaiters.set(value, () => resolve(true))),
+        this.whenBroken().then(() => false),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      this.pongWaiters.delete(value);
+    }
   }
 
   /** Requested pages go on the preempt channel when there is one. */
@@ -120,7 +145,10 @@ export class SourceChannels {
     const { channel, returnPath } = main;
     const pump = () => {
       try {
-        for (let event = returnPath.next(); event; event = returnPath.next()) this.options.onReturnPath(event);
+        for (let event = returnPath.next(); event; event = returnPath.next()) {
+          if (event.type === 'pong') this.pongWaiters.get(event.value)?.();
+          this.options.onReturnPath(event);
+        }
       } catch (error) {
         this.options.onProtocolError(error as Error);
       }

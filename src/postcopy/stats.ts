@@ -25,7 +25,14 @@ export interface PostcopyReport {
   blocktime_ms: number;
   blocktime_per_thread_ms: Record<string, number>;
   latency_us: { avg: number; p50: number; p99: number; histogram: number[]; count: number };
+  /** From LISTEN to RUN here. */
   downtime_ms: number;
+  /**
+   * The destination's share of the switchover: applying every DISCARD (and the syscalls it
+   * took), LISTEN (registering the blocks), and when RUN was applied (epoch milliseconds, to
+   * set beside the source's pause on the same host).
+   */
+  switchover: { discard_ms: number; discard_ranges: number; discard_syscalls: number; listen_ms: number; run_epoch_ms: number };
   total_ms: number;
   postcopy_ms: number;
   throughput_gb_per_s: number;
