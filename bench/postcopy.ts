@@ -311,13 +311,9 @@ async function faultLoaded(name: string, length: number): Promise<PostcopyLatenc
     // Which loads faulted: the destination counts the fault events it read (only the toucher
     // touches this memory). Faulted loads are the slow ones (a fault costs tens of µs at least,
     // a load of a placed page well under one), so they are the `faulted` slowest.
-    // KNOWN EXCEPTION (issue 8): the count lives in IncomingMigration's private FaultService;
-    // the proper fix is a read-only getter on IncomingMigration (src/postcopy/incoming.ts, e.g.
-    // `get faultsRead(): number { return this.faults?.faults ?? 0; }`), left to the change that
-    // owns that file. report.latency_us.count is not the same figure (it misses faults on pages
-    // placed between the fault and its read), so it stays the fallback only.
-    const faultService = (d.migration as unknown as { faults?: { faults?: number } }).faults;
-    const faulted = Math.min(loads, faultService?.faults ?? report.latency_us.count);
+    // (report.latency_us.count is not the same figure: it misses faults on pages placed
+    // between the fault and its read.)
+    const faulted = Math.min(loads, d.migration.faultsRead);
     const all = summarize(touched.latency); // sorts in place
     const slow = touched.latency.subarray(loads - faulted);
     const f = faulted > 0 ? summarize(slow) : { faults: 0, p50_us: 0, p99_us: 0, max_us: 0 };

@@ -140,6 +140,11 @@ export class IncomingMigration extends EventEmitter {
     this.machine.onChange((from, to) => from !== to && this.emit('state', to, from));
   }
 
+  /** Fault events read from the userfaultfd so far (each guest fault once, served or not). */
+  get faultsRead(): number {
+    return this.faults?.faults ?? 0;
+  }
+
   get state(): IncomingState {
     return this.machine.state;
   }
