@@ -18,15 +18,40 @@ import { progressPrinter } from './send.js';
 
 export const RESTORE_OPTIONS = { lazy: 'boolean', eager: 'boolean', 'record-working-set': 'boolean', 'run-seconds': 'string', json: 'boolean' } as const;
 
-export async function restoreCommand(args: string[]): Promise<number> {
+interface RestoreConfig {
+  file: string;
+  lazy: boolean;
+  record: boolean;
+  runSeconds: number;
+  json: boolean;
+}
+
+function restoreConfig(args: string[]): RestoreConfig {
   const [file, ...rest] = args;
   if (file === undefined || file.startsWith('--')) throw new UsageError('restore needs a snapshot FILE: postcopy restore FILE [--lazy | --eager]');
   const o = parseOptions(rest, RESTORE_OPTIONS);
   if (o.lazy && o.eager) throw new UsageError('--lazy and --eager exclude each other');
   const lazy = o.lazy === true;
   if (o['record-working-set'] && !lazy) throw new UsageError('--record-working-set records the faults of a lazy restore: add --lazy');
-  const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
-  const json = o.json === true;
+  return { file, lazy, record: o['record-working-set'] === true, runSeconds: numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600), json: o.json === true };
+}
+
+/** What both restores share: the open file, fresh memory per block, the guests to resume and verify. */
+interface RestoreRun {
+  config: RestoreConfig;
+  reader: SnapshotReader;
+  memory: Mapping[];
+  guestThreads: number;
+  guests: Map<string, Guest>;
+  note: (line: string) => void;
+  resumeGuests(): Promise<unknown>;
+  /** Runs and verifies the resumed guests; the report. */
+  finish(restore: Record<string, unknown>, workingSet: Record<string, unknown>): Promise<Record<string, unknown>>;
+}
+
+export async function restoreCommand(args: string[]): Promise<number> {
+  const config = restoreConfig(args);
+  const { file, lazy } = config;
   const { note } = progressPrinter();
   const started = performance.now();
 
@@ -40,67 +65,74 @@ export async function restoreCommand(args: string[]): Promise<number> {
 
   const guests = new Map<string, Guest>();
   const resuming: Promise<Guest | Error>[] = [];
-  const resumeGuests = () => {
-    for (const b of device.blocks.filter((b) => b.guest)) {
-      resuming.push(Guest.resumeFrom({ memory: guestMemory(b.idstr) }).then((g) => {
-        guests.set(b.idstr, g);
-        return g;
-      }, (error: Error) => new Error(`resuming the guest on block '${b.idstr}' failed: ${error.message}`)));
-    }
+  const run: RestoreRun = {
+    config, reader, memory, guestThreads, guests, note,
+    resumeGuests: () => {
+      for (const b of device.blocks.filter((b) => b.guest)) {
+        resuming.push(Guest.resumeFrom({ memory: guestMemory(b.idstr) }).then((g) => {
+          guests.set(b.idstr, g);
+          return g;
+        }, (error: Error) => new Error(`resuming the guest on block '${b.idstr}' failed: ${error.message}`)));
+      }
+      return Promise.all(resuming);
+    },
+    finish: async (restore, workingSet) => {
+      const resumedMs = performance.now() - started;
+      const verification = await verifyGuests(device, guests, resuming, config.runSeconds);
+      return { ...verification, mode: lazy ? 'lazy' : 'eager', file, restore, working_set: workingSet,
+        timings: { open_ms: round(openedMs), restored_ms: round(resumedMs), total_ms: round(performance.now() - started) } };
+    },
   };
-  const finish = async (restore: Record<string, unknown>, workingSet: Record<string, unknown>) => {
-    const resumedMs = performance.now() - started;
-    const verification = await verifyGuests(device, guests, resuming, runSeconds);
-    return { ...verification, mode: lazy ? 'lazy' : 'eager', file, restore, working_set: workingSet,
-      timings: { open_ms: round(openedMs), restored_ms: round(resumedMs), total_ms: round(performance.now() - started) } };
-  };
-
-  let report: Record<string, unknown>;
-  if (!lazy) {
-    const restore = await restoreEager(reader, memory);
-    note(`restored ${(restore.bytes_read / 2 ** 20).toFixed(0)} MiB in ${restore.seconds} s (${restore.gb_per_s} GB/s), ${restore.zero_pages} zero pages${restore.checksum_verified ? ', checksums verified' : ''}`);
-    resumeGuests();
-    report = await finish({ ...restore }, { used: 0, recorded: 0 });
-  } else {
-    const ws = loadWorkingSet(file, reader, note);
-    const record = o['record-working-set'] === true;
-    const restore = LazyRestore.start(reader, memory, {
-      guestThreads,
-      workingSet: ws.set,
-      recordWorkingSet: record,
-      // recording: only the guest's own faults place pages for its first run, so that the set is its order
-      prefetch: !record,
-      // a thread blocked in a fault cannot be terminated: then the guest is stuck and the process ends
-      stopGuest: async () => {
-        await Promise.all([...guests.values()].map((g) => g.terminate()));
-      },
-    });
-    restore.on('progress', (p: LazyRestoreProgress) => note(formatProgress(p)));
-    resumeGuests();
-    if (record) {
-      Promise.all(resuming).then(() => setTimeout(() => {
-        note(`recorded ${restore.recordedWorkingSet().pages.length} pages of working set; prefetching the rest`);
-        restore.startPrefetch();
-      }, runSeconds * 1000));
-    }
-    try {
-      await restore.finished;
-    } catch (error) {
-      return failed({ ...restore.report(), mode: 'lazy', file, verified: false, error: (error as Error).message, error_code: (error as { code?: string }).code }, json);
-    }
-    const lazyReport = restore.report();
-    note(`every page present after ${lazyReport.all_present_ms} ms: ${lazyReport.pages.by_fault} by fault, ${lazyReport.pages.by_prefetch} prefetched; ${lazyReport.faults} faults, p50 <= ${lazyReport.latency_us.p50} us, p99 <= ${lazyReport.latency_us.p99} us, blocktime ${lazyReport.blocktime_ms} ms`);
-    const recorded = record ? restore.recordedWorkingSet() : undefined;
-    if (recorded) {
-      recorded.save(workingSetPath(file), reader);
-      note(`working set of ${recorded.pages.length} pages saved to ${workingSetPath(file)}`);
-    }
-    report = await finish({ ...lazyReport }, { used: lazyReport.working_set.used, recorded: recorded?.pages.length ?? 0, ...(ws.refused ? { refused: ws.refused } : {}) });
-  }
+  const report = lazy ? await restoreLazily(run) : await restoreEagerly(run);
+  if (report.verified === false && report.error_code !== undefined) return failed(report, config.json);
   reader.close();
   report.peak_rss_mb = peakRssMiB();
-  print(report, json);
+  print(report, config.json);
   return report.verified === true ? 0 : 1;
+}
+
+async function restoreEagerly(run: RestoreRun): Promise<Record<string, unknown>> {
+  const restore = await restoreEager(run.reader, run.memory);
+  run.note(`restored ${(restore.bytes_read / 2 ** 20).toFixed(0)} MiB in ${restore.seconds} s (${restore.gb_per_s} GB/s), ${restore.zero_pages} zero pages${restore.checksum_verified ? ', checksums verified' : ''}`);
+  void run.resumeGuests();
+  return run.finish({ ...restore }, { used: 0, recorded: 0 });
+}
+
+async function restoreLazily(run: RestoreRun): Promise<Record<string, unknown>> {
+  const { config, reader, note } = run;
+  const ws = loadWorkingSet(config.file, reader, note);
+  const restore = LazyRestore.start(reader, run.memory, {
+    guestThreads: run.guestThreads,
+    workingSet: ws.set,
+    recordWorkingSet: config.record,
+    // recording: only the guest's own faults place pages for its first run, so that the set is its order
+    prefetch: !config.record,
+    // a thread blocked in a fault cannot be terminated: then the guest is stuck and the process ends
+    stopGuest: async () => {
+      await Promise.all([...run.guests.values()].map((g) => g.terminate()));
+    },
+  });
+  restore.on('progress', (p: LazyRestoreProgress) => note(formatProgress(p)));
+  const resumed = run.resumeGuests();
+  if (config.record) {
+    void resumed.then(() => setTimeout(() => {
+      note(`recorded ${restore.recordedWorkingSet().pages.length} pages of working set; prefetching the rest`);
+      restore.startPrefetch();
+    }, config.runSeconds * 1000));
+  }
+  try {
+    await restore.finished;
+  } catch (error) {
+    return { ...restore.report(), mode: 'lazy', file: config.file, verified: false, error: (error as Error).message, error_code: (error as { code?: string }).code ?? 'ERR_RESTORE_FAILED' };
+  }
+  const lazyReport = restore.report();
+  note(`every page present after ${lazyReport.all_present_ms} ms: ${lazyReport.pages.by_fault} by fault, ${lazyReport.pages.by_prefetch} prefetched; ${lazyReport.faults} faults, p50 <= ${lazyReport.latency_us.p50} us, p99 <= ${lazyReport.latency_us.p99} us, blocktime ${lazyReport.blocktime_ms} ms`);
+  const recorded = config.record ? restore.recordedWorkingSet() : undefined;
+  if (recorded) {
+    recorded.save(workingSetPath(config.file), reader);
+    note(`working set of ${recorded.pages.length} pages saved to ${workingSetPath(config.file)}`);
+  }
+  return run.finish({ ...lazyReport }, { used: lazyReport.working_set.used, recorded: recorded?.pages.length ?? 0, ...(ws.refused ? { refused: ws.refused } : {}) });
 }
 
 /** The device state the snapshot tool writes for the reference guest (as `send` does). */
