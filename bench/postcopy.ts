@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Mapping } from '../src/kernel/index.js';
 import { RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
-import { IncomingMigration, type GuestBlock, type PostcopyReport } from '../src/postcopy/index.js';
+import { IncomingMigration, type GuestBlock, type PostcopyReport } from '../src/incoming/index.js';
 import { IncomingListener } from '../src/transport/index.js';
 import type { PostcopyMode } from './scenarios.js';
 import { BLOCK_ID, type SourceOutput } from './source.js';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
-import { IncomingMigration, type GuestBlock } from '../src/postcopy/index.js';
+import { IncomingMigration, type GuestBlock } from '../src/incoming/index.js';
 import { IncomingListener, connectChannel, type AcceptedChannel } from '../src/transport/index.js';
 import { StreamEncoder } from '../src/wire/index.js';
 import { patternImage } from './support/serve.js';

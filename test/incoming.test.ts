@@ -2,7 +2,7 @@
 // message naming the field and value (or the state and command), and the process lives on.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { IncomingStateMachine } from '../src/postcopy/index.js';
+import { IncomingStateMachine } from '../src/incoming/index.js';
 import { FrameKind, RamFlag } from '../src/wire/index.js';
 import { PAGE, destination as makeDestination } from './support/destination.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';

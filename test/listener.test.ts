@@ -7,7 +7,7 @@ import { connect, type Socket } from 'node:net';
 import { readdirSync } from 'node:fs';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
 import { IncomingListener, connectChannel, type Endpoint } from '../src/transport/index.js';
-import type { GuestBlock } from '../src/postcopy/index.js';
+import type { GuestBlock } from '../src/incoming/index.js';
 import { ReturnPathDecoder, Role, StreamEncoder } from '../src/wire/index.js';
 import { waitFor } from './support/threads.js';
 

@@ -5,7 +5,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
-import { IncomingMigration, type GuestBlock } from '../src/postcopy/index.js';
+import { IncomingMigration, type GuestBlock } from '../src/incoming/index.js';
 import { OutgoingMigration, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
 import { IncomingListener, connectChannel, type ChannelRole } from '../src/transport/index.js';
 import { Capability } from '../src/wire/index.js';

@@ -5,10 +5,10 @@
 // blocked in a fault with it.
 import { readFileSync } from 'node:fs';
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
-import { IncomingMigration } from '../postcopy/index.js';
+import { IncomingMigration } from '../incoming/index.js';
 import { IncomingListener, formatEndpoint } from '../transport/index.js';
 import { MigrationError } from '../wire/index.js';
-import type { GuestBlock } from '../postcopy/index.js';
+import type { GuestBlock } from '../incoming/index.js';
 import { UsageError, endpointOption, numberOption, parseOptions } from './options.js';
 import { livenessConfig } from './send.js';
 

@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Guest, Mapping, type GuestMemory } from '../index.js';
-import { round } from '../postcopy/stats.js';
+import { round } from '../incoming/stats.js';
 import {
   LazyRestore, SnapshotReader, WorkingSet, WorkingSetError, restoreEager, workingSetPath,
   type LazyRestoreProgress,

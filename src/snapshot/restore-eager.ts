@@ -7,7 +7,7 @@
 // preadSync into an attached view, which pay a worker and addon start each.
 import { performance } from 'node:perf_hooks';
 import type { Mapping } from '../kernel/index.js';
-import { round } from '../postcopy/stats.js';
+import { round } from '../incoming/stats.js';
 import { SnapshotFormatError } from '../wire/snapshot-format.js';
 import { SnapshotReader, readFullyAsync } from './file.js';
 import { checkTargets, runFrom } from './restore-targets.js';
