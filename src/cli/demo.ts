@@ -10,7 +10,8 @@ import { createInterface } from 'node:readline';
 import { exitNow } from '../kernel/index.js';
 import { ChaosProxy, formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
 import { UsageError, choiceOption, intOption, numberOption, parseOptions } from './options.js';
-import { SOURCE_OPTIONS, progressPrinter, runSource, sourceConfig, type SourceConfig } from './send.js';
+import { progressPrinter } from './output.js';
+import { SOURCE_OPTIONS, runSource, sourceConfig, type SourceConfig } from './source-runner.js';
 
 interface Destination {
   child: ChildProcess;

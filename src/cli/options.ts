@@ -1,5 +1,6 @@
 // Command-line options: parsed and validated with messages that name the option and value.
 
+import { readFileSync } from 'node:fs';
 import { parseEndpoint, type Endpoint } from '../transport/index.js';
 
 export class UsageError extends Error {}
@@ -71,4 +72,22 @@ export function choiceOption<T extends string>(value: string | boolean | undefin
     throw new UsageError(`--${option} '${value}' must be one of ${choices.join(', ')}`);
   }
   return value as T;
+}
+
+/** --recover-seconds and --stall-seconds, shared by demo, send and receive. */
+export function livenessConfig(o: Record<string, string | boolean | undefined>): { recoverSeconds: number; stallSeconds: number } {
+  return {
+    recoverSeconds: numberOption(o['recover-seconds'], 'recover-seconds', 30, 0, 3600),
+    stallSeconds: numberOption(o['stall-seconds'], 'stall-seconds', 5, 0.5, 3600),
+  };
+}
+
+/** The token from --token-file, else from POSTCOPY_TOKEN. */
+export function readToken(tokenFile: string | boolean | undefined): string | undefined {
+  if (typeof tokenFile === 'string') {
+    const token = readFileSync(tokenFile, 'utf8').trim();
+    if (!token) throw new UsageError(`--token-file ${tokenFile} is empty`);
+    return token;
+  }
+  return process.env.POSTCOPY_TOKEN || undefined;
 }

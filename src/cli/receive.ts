@@ -3,28 +3,14 @@
 // here lets it run a while, stops it and verifies every page. On any failure it prints the
 // report and the process ends at once (main.ts: exitNow), taking any guest thread still
 // blocked in a fault with it.
-import { readFileSync } from 'node:fs';
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../incoming/index.js';
 import { IncomingListener, formatEndpoint } from '../transport/index.js';
 import { MigrationError } from '../wire/index.js';
 import type { GuestBlock } from '../incoming/index.js';
-import { UsageError, endpointOption, numberOption, parseOptions } from './options.js';
-import { livenessConfig } from './send.js';
-
-export interface DeviceState {
-  session: string;
-  blocks: { idstr: string; guest: boolean; writes: number; threads: number }[];
-}
-
-export function readToken(tokenFile: string | boolean | undefined): string | undefined {
-  if (typeof tokenFile === 'string') {
-    const token = readFileSync(tokenFile, 'utf8').trim();
-    if (!token) throw new UsageError(`--token-file ${tokenFile} is empty`);
-    return token;
-  }
-  return process.env.POSTCOPY_TOKEN || undefined;
-}
+import { UsageError, endpointOption, livenessConfig, numberOption, parseOptions, readToken } from './options.js';
+import { peakRssMiB } from './output.js';
+import { verifyGuests, type DeviceState } from './reference-guest.js';
 
 export const RECEIVE_OPTIONS = {
   listen: 'string', 'token-file': 'string', 'run-seconds': 'string', json: 'boolean',
@@ -118,43 +104,4 @@ export async function receiveCommand(args: string[]): Promise<number> {
   result.report.peak_rss_mb = peakRssMiB();
   say({ event: 'report', ...result.report }, JSON.stringify(result.report, null, 2));
   return result.code;
-}
-
-/**
- * After the last page: every resumed guest must have started, run `runSeconds`, stop cleanly,
- * and verify page by page with no thread failure and no bad page seen by a reader; its write
- * count must have gone on from the source's. `verified: false` always comes with a reason.
- */
-export async function verifyGuests(device: DeviceState | undefined, guests: Map<string, Guest>, resuming: Promise<Guest | Error>[], runSeconds: number) {
-  if (!device) return { verified: false, reason: 'no device state arrived, so no guest was resumed' };
-  const notStarted = (await Promise.all(resuming)).find((g): g is Error => g instanceof Error);
-  if (notStarted) return { verified: false, reason: notStarted.message };
-  await new Promise((r) => setTimeout(r, runSeconds * 1000));
-  await Promise.all([...guests.values()].map((g) => g.stop()));
-  const verification = [];
-  const reasons: string[] = [];
-  for (const b of device.blocks.filter((b) => b.guest)) {
-    const guest = guests.get(b.idstr);
-    if (!guest) {
-      reasons.push(`block '${b.idstr}': no guest was resumed`);
-      continue;
-    }
-    const stats = guest.stats();
-    const v = await guest.verify({ expectWrites: stats.ledgerWrites });
-    const problems = [
-      ...guest.errors.map((e) => e.message),
-      ...guest.badPages().slice(0, 3).map((p) => `reader thread ${p.thread} saw ${p.reason}`),
-      ...(v.ok ? [] : [v.firstBad?.reason ?? 'verification failed']),
-      ...(stats.ledgerWrites < b.writes ? [`${stats.ledgerWrites} writes in the ledger, fewer than the source's ${b.writes}`] : []),
-    ];
-    reasons.push(...problems.map((p) => `block '${b.idstr}': ${p}`));
-    verification.push({ block: b.idstr, ok: problems.length === 0, pages: v.pages, bad: v.bad, first_bad: v.firstBad?.reason, source_writes: b.writes, writes: stats.ledgerWrites });
-  }
-  return reasons.length ? { verified: false, reason: reasons.join('; '), verification } : { verified: true, verification };
-}
-
-/** The process's peak resident memory (VmHWM), in MiB. */
-export function peakRssMiB(): number {
-  const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-  return match ? Math.round(Number(match[1]) / 1024) : 0;
 }

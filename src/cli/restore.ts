@@ -13,8 +13,8 @@ import {
   type LazyRestoreProgress,
 } from '../snapshot/index.js';
 import { UsageError, numberOption, parseOptions } from './options.js';
-import { peakRssMiB, verifyGuests, type DeviceState } from './receive.js';
-import { progressPrinter } from './send.js';
+import { peakRssMiB, progressPrinter } from './output.js';
+import { parseDeviceState, verifyGuests } from './reference-guest.js';
 
 export const RESTORE_OPTIONS = { lazy: 'boolean', eager: 'boolean', 'record-working-set': 'boolean', 'run-seconds': 'string', json: 'boolean' } as const;
 
@@ -133,24 +133,6 @@ async function restoreLazily(run: RestoreRun): Promise<Record<string, unknown>> 
     note(`working set of ${recorded.pages.length} pages saved to ${workingSetPath(config.file)}`);
   }
   return run.finish({ ...lazyReport }, { used: lazyReport.working_set.used, recorded: recorded?.pages.length ?? 0, ...(ws.refused ? { refused: ws.refused } : {}) });
-}
-
-/** The device state the snapshot tool writes for the reference guest (as `send` does). */
-function parseDeviceState(reader: SnapshotReader): DeviceState {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(reader.deviceState.toString('utf8'));
-  } catch (error) {
-    throw new Error(`${reader.file}: the device state is not the reference guest's JSON (${(error as Error).message})`);
-  }
-  const blocks = (parsed as { blocks?: unknown }).blocks;
-  if (!Array.isArray(blocks) || !blocks.every((b) => typeof b?.idstr === 'string' && typeof b.writes === 'number' && typeof b.threads === 'number')) {
-    throw new Error(`${reader.file}: the device state names no guest blocks ({blocks:[{idstr, guest, writes, threads}]})`);
-  }
-  for (const b of blocks as DeviceState['blocks']) {
-    if (b.guest && !reader.blocks.some((r) => r.idstr === b.idstr)) throw new Error(`${reader.file}: the device state names block '${b.idstr}', which the file does not hold`);
-  }
-  return { session: reader.file, blocks };
 }
 
 /** FILE.ws if there is one: a stale or damaged one is not used, and the report says why. */

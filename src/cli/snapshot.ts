@@ -5,8 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { BackgroundSnapshot, type SnapshotProgress, type SnapshotReport, type UnpopulatedMode } from '../snapshot/index.js';
 import { UsageError, choiceOption, numberOption, parseOptions } from './options.js';
-import type { DeviceState } from './receive.js';
-import { guestSetupConfig, startReferenceGuests, type GuestSetup } from './send.js';
+import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
 
 const SNAPSHOT_OPTIONS = {
   out: 'string', size: 'string', blocks: 'string', huge: 'boolean', shared: 'boolean', threads: 'string', pattern: 'string',
@@ -56,10 +55,7 @@ export async function snapshotCommand(args: string[]): Promise<number> {
       },
       resumeGuest: () => guests.forEach((g) => g.resume()),
       deviceState: () => {
-        device = {
-          session: randomUUID(),
-          blocks: [...blocks].map((b, i) => ({ idstr: b.idstr, guest: true, writes: guests[i].stats().ledgerWrites, threads: threadsPerBlock })),
-        };
+        device = deviceStateOf(randomUUID(), blocks, guests, threadsPerBlock);
         return Buffer.from(JSON.stringify(device));
       },
       unpopulated: config.unpopulated,

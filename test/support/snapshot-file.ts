@@ -9,7 +9,7 @@ export interface SnapshotSource {
   mapping: Mapping;
 }
 
-/** The device state the snapshot tool writes for reference guests: see src/cli/receive.ts. */
+/** The device state the snapshot tool writes for reference guests: see src/cli/reference-guest.ts. */
 export function guestDeviceState(blocks: { idstr: string; writes: number; threads: number }[]): Uint8Array {
   return Buffer.from(JSON.stringify({ blocks: blocks.map((b) => ({ ...b, guest: true })) }));
 }

@@ -1,0 +1,76 @@
+// The source side of a migration of the reference guest, as `send` and `demo` run it: starts
+// the guest on fresh blocks, connects to the destination and migrates (precopy, switchover,
+// postcopy), then ends the guest and frees its memory.
+import { randomUUID } from 'node:crypto';
+import { OutgoingMigration, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
+import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
+import { Capability } from '../wire/index.js';
+import { choiceOption, livenessConfig, numberOption, type Spec } from './options.js';
+import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
+
+export const SOURCE_OPTIONS: Spec = {
+  size: 'string', blocks: 'string', huge: 'boolean', threads: 'string', pattern: 'string',
+  'precopy-seconds': 'string', 'no-preempt': 'boolean', fill: 'string', json: 'boolean',
+  'dirty-log': 'string', transport: 'string', 'run-seconds': 'string', 'token-file': 'string', connect: 'string',
+  'recover-seconds': 'string', 'stall-seconds': 'string',
+};
+
+export interface SourceConfig extends GuestSetup {
+  precopySeconds: number;
+  preempt: boolean;
+  dirtyLog?: 'pagemap-scan' | 'uffd-wp';
+  /** How long a connection broken in postcopy may take to come back (0: fail at once). */
+  recoverSeconds: number;
+  /** A silent connection is broken after this long. */
+  stallSeconds: number;
+}
+
+export function sourceConfig(o: Record<string, string | boolean | undefined>): SourceConfig {
+  return {
+    ...guestSetupConfig(o),
+    precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
+    preempt: o['no-preempt'] !== true,
+    dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', ['pagemap-scan', 'uffd-wp'] as const, 'pagemap-scan'),
+    ...livenessConfig(o),
+  };
+}
+
+export interface SourceResult {
+  report: OutgoingReport;
+  sourceWrites: number;
+}
+
+export async function runSource(config: SourceConfig, endpoint: Endpoint, token: string | undefined,
+  onProgress: (p: OutgoingProgress | { phase: 'setup'; message: string }) => void): Promise<SourceResult> {
+  const { blocks, guests, threadsPerBlock } = await startReferenceGuests(config, onProgress);
+  const session = randomUUID();
+  try {
+    const connect = (role: ChannelRole, timeout = 10) => connectChannel<SourceBlock>({
+      endpoint, sessionId: session, role, token, blocks, timeout, capabilities: role === 'main' && config.preempt ? Capability.PREEMPT : 0,
+    });
+    const main = await connect('main');
+    const preempt = config.preempt ? await connect('preempt') : undefined;
+    let device: DeviceState | undefined;
+    const migration = new OutgoingMigration({
+      blocks,
+      main,
+      preempt,
+      reconnect: connect,
+      recoverSeconds: config.recoverSeconds,
+      stallSeconds: config.stallSeconds,
+      precopySeconds: config.precopySeconds,
+      dirtyLog: config.dirtyLog,
+      onProgress,
+      pauseGuest: async () => {
+        await Promise.all(guests.map((g) => g.pause()));
+        device = deviceStateOf(session, blocks, guests, threadsPerBlock);
+      },
+      deviceState: () => Buffer.from(JSON.stringify(device)),
+    });
+    const report = await migration.run();
+    return { report, sourceWrites: device!.blocks.reduce((a, b) => a + b.writes, 0) };
+  } finally {
+    await Promise.all(guests.map((g) => g.terminate()));
+    for (const block of blocks) block.host!.unmap();
+  }
+}
