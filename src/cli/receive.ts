@@ -5,7 +5,7 @@
 // blocked in a fault with it.
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../incoming/index.js';
-import { IncomingListener, formatEndpoint } from '../transport/index.js';
+import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
 import { MigrationError } from '../wire/index.js';
 import type { GuestBlock } from '../incoming/index.js';
 import { UsageError, endpointOption, livenessConfig, numberOption, parseOptions, readToken } from './options.js';
@@ -22,86 +22,131 @@ interface Outcome {
   report: Record<string, unknown>;
 }
 
+interface ReceiveConfig {
+  endpoint: Endpoint;
+  token: string | undefined;
+  runSeconds: number;
+  recoverSeconds: number;
+  stallSeconds: number;
+  json: boolean;
+  exitOnStdinEof: boolean;
+}
+
+/** One line of output: the event as JSON with --json, else the text. */
+type Say = (event: Record<string, unknown>, text: string) => void;
+
 export async function receiveCommand(args: string[]): Promise<number> {
+  const config = receiveConfig(args);
+  const say: Say = (event, text) => console.log(config.json ? JSON.stringify(event) : text);
+  const destination = new ReferenceDestination(config, say);
+  const listener = await destination.listen();
+  destination.follow();
+  const result = await destination.outcome();
+  listener.close();
+  result.report.peak_rss_mb = peakRssMiB();
+  say({ event: 'report', ...result.report }, JSON.stringify(result.report, null, 2));
+  return result.code;
+}
+
+function receiveConfig(args: string[]): ReceiveConfig {
   const o = parseOptions(args, RECEIVE_OPTIONS);
   if (typeof o.listen !== 'string') throw new UsageError('receive needs --listen HOST:PORT or --listen unix:PATH');
   const endpoint = endpointOption(o.listen, '--listen');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw new UsageError('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
-  const { recoverSeconds, stallSeconds } = livenessConfig(o);
-  const json = o.json === true;
-  const say = (event: Record<string, unknown>, text: string) => console.log(json ? JSON.stringify(event) : text);
+  return { endpoint, token, runSeconds, ...livenessConfig(o), json: o.json === true, exitOnStdinEof: o['exit-on-stdin-eof'] === true };
+}
 
-  const guests = new Map<string, Guest>();
+/** The destination of one migration of the reference guest: the engine, and the guests it resumes on RUN. */
+class ReferenceDestination {
+  readonly guests = new Map<string, Guest>();
   /** Each resumed guest, or why it could not resume. */
-  const resuming: Promise<Guest | Error>[] = [];
-  let device: DeviceState | undefined;
-  const migration = new IncomingMigration({
-    blocks: new RamList<Mapping>(),
-    allocate: (b) => new Mapping(b.usedLength, { huge: b.pageSize > 4096, name: b.idstr }),
-    // a thread blocked in a fault cannot be terminated: the CLI ends the process instead
-    stopGuest: async () => {
-      await Promise.all([...guests.values()].map((g) => g.terminate()));
-    },
-    recoverSeconds,
-    stallSeconds,
-  });
-  const listener = new IncomingListener<GuestBlock>({ endpoint, token, allowNoToken: endpoint.kind === 'unix', blocks: migration.blocks });
-  listener.admit = (hello) => migration.admit(hello);
-  listener.on('channel', (accepted) => migration.attach(accepted));
-  listener.on('refused', (reason) => say({ event: 'refused', reason }, `refused a connection: ${reason}`));
-  const bound = await listener.listen();
-  say({ event: 'listening', endpoint: formatEndpoint(bound) }, `listening on ${formatEndpoint(bound)}`);
+  readonly resuming: Promise<Guest | Error>[] = [];
+  device: DeviceState | undefined;
+  readonly migration: IncomingMigration;
 
-  const guestMemory = (idstr: string): GuestMemory => {
-    const block = migration.blocks.byId(idstr)!;
-    return { kind: 'mapping', ...block.host!.descriptor };
-  };
-  migration.on('state', (state) => say({ event: 'state', state }, `state ${state}`));
-  migration.on('paused', (error) => say({ event: 'paused', reason: error.message }, `paused: ${error.message}; waiting up to ${recoverSeconds} s for the source`));
-  migration.on('resumed', () => say({ event: 'resumed', recoveries: migration.recovery.count }, `resumed (recovery ${migration.recovery.count})`));
-  migration.on('device-state', (data) => {
-    device = JSON.parse(Buffer.from(data).toString('utf8')) as DeviceState;
-    migration.guestThreads = device.blocks.reduce((sum, b) => sum + (b.guest ? b.threads : 0), 0);
-  });
+  constructor(private readonly config: ReceiveConfig, private readonly say: Say) {
+    this.migration = new IncomingMigration({
+      blocks: new RamList<Mapping>(),
+      allocate: (b) => new Mapping(b.usedLength, { huge: b.pageSize > 4096, name: b.idstr }),
+      // a thread blocked in a fault cannot be terminated: the CLI ends the process instead
+      stopGuest: async () => {
+        await Promise.all([...this.guests.values()].map((g) => g.terminate()));
+      },
+      recoverSeconds: config.recoverSeconds,
+      stallSeconds: config.stallSeconds,
+    });
+  }
 
-  const result = await new Promise<Outcome>((resolve) => {
-    const interrupt = (why: string) => {
-      migration.fail(new MigrationError('ERR_POSTCOPY_INTERRUPTED', why));
-      resolve({ code: 1, report: { ...migration.report(), verified: false, error: why } });
-    };
-    process.once('SIGINT', () => interrupt('interrupted (SIGINT)'));
-    process.once('SIGTERM', () => interrupt('interrupted (SIGTERM)'));
-    if (o['exit-on-stdin-eof']) {
-      process.stdin.on('end', () => interrupt('the supervising process went away (stdin closed)'));
-      process.stdin.on('error', () => interrupt('the supervising process went away (stdin error)'));
-      process.stdin.resume();
-    }
-    migration.on('run', () => {
-      // fresh guest threads resume the workload from memory alone: they fault on missing pages
-      for (const b of device?.blocks ?? []) {
-        if (!b.guest || guests.has(b.idstr)) continue;
-        resuming.push(Guest.resumeFrom({ memory: guestMemory(b.idstr) }).then((g) => {
-          guests.set(b.idstr, g);
-          return g;
-        }, (error: Error) => {
-          const failure = new MigrationError('ERR_POSTCOPY_GUEST', `resuming the guest on block '${b.idstr}' failed: ${error.message}`);
-          migration.fail(failure);
-          return failure;
-        }));
+  /** Listens where told, admitting one migration (and its reconnections) into the engine. */
+  async listen(): Promise<IncomingListener<GuestBlock>> {
+    const { endpoint, token } = this.config;
+    const migration = this.migration;
+    const listener = new IncomingListener<GuestBlock>({ endpoint, token, allowNoToken: endpoint.kind === 'unix', blocks: migration.blocks });
+    listener.admit = (hello) => migration.admit(hello);
+    listener.on('channel', (accepted) => migration.attach(accepted));
+    listener.on('refused', (reason) => this.say({ event: 'refused', reason }, `refused a connection: ${reason}`));
+    const bound = await listener.listen();
+    this.say({ event: 'listening', endpoint: formatEndpoint(bound) }, `listening on ${formatEndpoint(bound)}`);
+    return listener;
+  }
+
+  /** Says what the migration does, and takes the device state when it arrives. */
+  follow(): void {
+    const { migration, say } = this;
+    migration.on('state', (state) => say({ event: 'state', state }, `state ${state}`));
+    migration.on('paused', (error) => say({ event: 'paused', reason: error.message }, `paused: ${error.message}; waiting up to ${this.config.recoverSeconds} s for the source`));
+    migration.on('resumed', () => say({ event: 'resumed', recoveries: migration.recovery.count }, `resumed (recovery ${migration.recovery.count})`));
+    migration.on('device-state', (data) => {
+      this.device = JSON.parse(Buffer.from(data).toString('utf8')) as DeviceState;
+      migration.guestThreads = this.device.blocks.reduce((sum, b) => sum + (b.guest ? b.threads : 0), 0);
+    });
+  }
+
+  /** How the migration ends: failed or interrupted (code 1), or complete and the guests verified (or not). */
+  outcome(): Promise<Outcome> {
+    const migration = this.migration;
+    return new Promise<Outcome>((resolve) => {
+      const interrupt = (why: string) => {
+        migration.fail(new MigrationError('ERR_POSTCOPY_INTERRUPTED', why));
+        resolve({ code: 1, report: { ...migration.report(), verified: false, error: why } });
+      };
+      process.once('SIGINT', () => interrupt('interrupted (SIGINT)'));
+      process.once('SIGTERM', () => interrupt('interrupted (SIGTERM)'));
+      if (this.config.exitOnStdinEof) {
+        process.stdin.on('end', () => interrupt('the supervising process went away (stdin closed)'));
+        process.stdin.on('error', () => interrupt('the supervising process went away (stdin error)'));
+        process.stdin.resume();
       }
+      migration.on('run', () => this.resumeGuests());
+      migration.on('failed', (error) => resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message, error_code: (error as MigrationError).code } }));
+      migration.on('end', (report) => {
+        verifyGuests(this.device, this.guests, this.resuming, this.config.runSeconds).then(
+          (verification) => resolve({ code: verification.verified ? 0 : 1, report: { ...report, ...verification } }),
+          (error: Error) => resolve({ code: 1, report: { ...report, verified: false, error: error.message } }),
+        );
+      });
     });
-    migration.on('failed', (error) => resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message, error_code: (error as MigrationError).code } }));
-    migration.on('end', (report) => {
-      verifyGuests(device, guests, resuming, runSeconds).then(
-        (verification) => resolve({ code: verification.verified ? 0 : 1, report: { ...report, ...verification } }),
-        (error: Error) => resolve({ code: 1, report: { ...report, verified: false, error: error.message } }),
-      );
-    });
-  });
-  listener.close();
-  result.report.peak_rss_mb = peakRssMiB();
-  say({ event: 'report', ...result.report }, JSON.stringify(result.report, null, 2));
-  return result.code;
+  }
+
+  /** On RUN: fresh guest threads resume the workload from memory alone (they fault on missing pages). */
+  private resumeGuests(): void {
+    for (const b of this.device?.blocks ?? []) {
+      if (!b.guest || this.guests.has(b.idstr)) continue;
+      this.resuming.push(Guest.resumeFrom({ memory: this.guestMemory(b.idstr) }).then((g) => {
+        this.guests.set(b.idstr, g);
+        return g;
+      }, (error: Error) => {
+        const failure = new MigrationError('ERR_POSTCOPY_GUEST', `resuming the guest on block '${b.idstr}' failed: ${error.message}`);
+        this.migration.fail(failure);
+        return failure;
+      }));
+    }
+  }
+
+  private guestMemory(idstr: string): GuestMemory {
+    const block = this.migration.blocks.byId(idstr)!;
+    return { kind: 'mapping', ...block.host!.descriptor };
+  }
 }
