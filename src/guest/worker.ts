@@ -56,7 +56,44 @@ function post(m: WorkerMessage): void {
   parentPort!.postMessage(m);
 }
 
+/** A guest thread's state: its runner, the control words, its stat words and its own counters. */
+interface GuestThread {
+  t: number;
+  runner: ThreadRunner;
+  ctl: Int32Array;
+  stats: Float64Array;
+  /** The first of this thread's stat words. */
+  sw: number;
+  /** Each bad page is reported once per thread; all are counted. */
+  reported: Set<number>;
+  /** This thread's counters (it alone writes their stat words), kept locally. */
+  ops: number;
+  writes: number;
+  reads: number;
+}
+
 function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
+  const thread = attachThread(task);
+  const { ctl, stats, sw } = thread;
+  const interval = task.rate > 0 ? 1000 / task.rate : 0;
+  let next = performance.now();
+  for (;;) {
+    // Epoch before command: if the command changes after we read it, the epoch we wait on
+    // has already moved and the wait returns at once, so a wake-up is never lost.
+    const epoch = Atomics.load(ctl, C_EPOCH);
+    const cmd = Atomics.load(ctl, C_CMD);
+    if (cmd === CMD_RUN && thread.ops < stats[sw + F_TARGET]) {
+      if (!stepOnce(thread)) return;
+      if (interval > 0) next = pace(ctl, epoch, next + interval);
+      continue;
+    }
+    if (!park(thread, cmd, epoch)) return;
+    next = performance.now();
+  }
+}
+
+/** Opens the guest's memory and ledger for thread `task.thread` and says it is ready. */
+function attachThread(task: Extract<WorkerTask, { mode: 'run' }>): GuestThread {
   const i32 = new Int32Array(openGuestMemory(task.memory));
   // The header only: the other threads may be rewriting their slots already.
   const head = readLedgerHeader(i32);
@@ -68,58 +105,64 @@ function runThread(task: Extract<WorkerTask, { mode: 'run' }>): void {
   // The ledger's count, also for a read-only thread (whose runner has its own reader slot).
   stats[sw + F_LEDGER_WRITES] = readSlot(i32, t).writes;
   post({ type: 'ready', thread: t });
+  return { t, runner, ctl, stats, sw, reported: new Set<number>(), ops: stats[sw + F_OPS], writes: stats[sw + F_WRITES], reads: stats[sw + F_READS] };
+}
 
-  const reported = new Set<number>(); // report each bad page once per thread; count them all
-  const interval = task.rate > 0 ? 1000 / task.rate : 0;
-  let next = performance.now();
-  let ops = stats[sw + F_OPS];
-  let writes = stats[sw + F_WRITES];
-  let reads = stats[sw + F_READS];
-  for (;;) {
-    // Epoch before command: if the command changes after we read it, the epoch we wait on
-    // has already moved and the wait returns at once, so a wake-up is never lost.
-    const epoch = Atomics.load(ctl, C_EPOCH);
-    const cmd = Atomics.load(ctl, C_CMD);
-    if (cmd === CMD_RUN && ops < stats[sw + F_TARGET]) {
-      const r = runner.step();
-      if (r === OP_CORRUPT) return failThread(ctl, t, runner.badPage, runner.badReason);
-      stats[sw + F_OPS] = ++ops;
-      if (r === OP_WRITE) {
-        stats[sw + F_WRITES] = ++writes;
-        stats[sw + F_LEDGER_WRITES] = runner.writes;
-      } else {
-        stats[sw + F_READS] = ++reads;
-        if (r === OP_SKIPPED) stats[sw + F_SKIPPED]++;
-        else if (r === OP_BAD) {
-          stats[sw + F_BAD]++;
-          if (!reported.has(runner.badPage)) {
-            reported.add(runner.badPage);
-            post({ type: 'bad', thread: t, page: runner.badPage, reason: runner.badReason });
-          }
-        }
-      }
-      if (interval > 0) {
-        next += interval;
-        const now = performance.now();
-        // Sleep on the epoch word so that a pause or stop interrupts the sleep.
-        if (next > now) Atomics.wait(ctl, C_EPOCH, epoch, next - now);
-        else if (now - next > 1000) next = now; // long stall (e.g. a page fault): no burst to catch up
-      }
-      continue;
-    }
-    // Park between operations: nothing is half-written here.
-    runner.save();
-    Atomics.store(ctl, parkEpochWord(t), epoch);
-    Atomics.store(ctl, stateWord(t), cmd === CMD_STOP ? T_STOPPED : T_PARKED);
-    post({ type: cmd === CMD_STOP ? 'stopped' : 'parked', thread: t, epoch });
-    if (cmd === CMD_STOP) return;
-    // No timeout: a parked thread waits as long as it takes.
-    while (Atomics.load(ctl, C_EPOCH) === epoch) Atomics.wait(ctl, C_EPOCH, epoch);
-    const damage = runner.slotDamage();
-    if (damage !== null) return failThread(ctl, t, 0, damage);
-    Atomics.store(ctl, stateWord(t), T_RUNNING);
-    next = performance.now();
+/** One operation of the workload, counted; false if the thread found corruption and has failed. */
+function stepOnce(thread: GuestThread): boolean {
+  const { runner, stats, sw } = thread;
+  const r = runner.step();
+  if (r === OP_CORRUPT) {
+    failThread(thread.ctl, thread.t, runner.badPage, runner.badReason);
+    return false;
   }
+  stats[sw + F_OPS] = ++thread.ops;
+  if (r === OP_WRITE) {
+    stats[sw + F_WRITES] = ++thread.writes;
+    stats[sw + F_LEDGER_WRITES] = runner.writes;
+    return true;
+  }
+  stats[sw + F_READS] = ++thread.reads;
+  if (r === OP_SKIPPED) stats[sw + F_SKIPPED]++;
+  else if (r === OP_BAD) {
+    stats[sw + F_BAD]++;
+    if (!thread.reported.has(runner.badPage)) {
+      thread.reported.add(runner.badPage);
+      post({ type: 'bad', thread: thread.t, page: runner.badPage, reason: runner.badReason });
+    }
+  }
+  return true;
+}
+
+/** Waits until `next` (the time of the next operation at the set rate); returns it, or now after a long stall. */
+function pace(ctl: Int32Array, epoch: number, next: number): number {
+  const now = performance.now();
+  // Sleep on the epoch word so that a pause or stop interrupts the sleep.
+  if (next > now) Atomics.wait(ctl, C_EPOCH, epoch, next - now);
+  else if (now - next > 1000) return now; // long stall (e.g. a page fault): no burst to catch up
+  return next;
+}
+
+/**
+ * Parks between operations (nothing is half-written here) until the epoch moves; false if the
+ * command was stop, or if the thread's slot was damaged while it was parked (it has failed).
+ */
+function park(thread: GuestThread, cmd: number, epoch: number): boolean {
+  const { ctl, t, runner } = thread;
+  runner.save();
+  Atomics.store(ctl, parkEpochWord(t), epoch);
+  Atomics.store(ctl, stateWord(t), cmd === CMD_STOP ? T_STOPPED : T_PARKED);
+  post({ type: cmd === CMD_STOP ? 'stopped' : 'parked', thread: t, epoch });
+  if (cmd === CMD_STOP) return false;
+  // No timeout: a parked thread waits as long as it takes.
+  while (Atomics.load(ctl, C_EPOCH) === epoch) Atomics.wait(ctl, C_EPOCH, epoch);
+  const damage = runner.slotDamage();
+  if (damage !== null) {
+    failThread(ctl, t, 0, damage);
+    return false;
+  }
+  Atomics.store(ctl, stateWord(t), T_RUNNING);
+  return true;
 }
 
 /** Stop on corruption this thread must not write over, leaving it as found: the controller fails the guest. */
