@@ -100,6 +100,17 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
       socket.destroy();
       return;
     }
+    const nonce = createNonce();
+    const decoder = new StreamDecoder<B>({ blocks: this.options.blocks, header: true, requireHello: true });
+    this.awaitHello(socket, decoder, nonce, (hello) => this.admitChannel(socket, decoder, nonce, hello));
+  }
+
+  /**
+   * Counts the connection as in its handshake, sends the challenge and reads up to the HELLO
+   * (nothing after it), then pauses the socket and hands the HELLO on. A peer with no complete
+   * HELLO within the HELLO timeout or MAX_BYTES_BEFORE_HELLO, or with a bad one, is refused.
+   */
+  private awaitHello(socket: Socket, decoder: StreamDecoder<B>, nonce: Uint8Array, onHello: (hello: HelloFields) => void): void {
     this.pending++;
     let counted = true;
     const settle = () => {
@@ -107,14 +118,14 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
       counted = false;
       clearTimeout(timer);
     };
-    const nonce = createNonce();
-    const decoder = new StreamDecoder<B>({ blocks: this.options.blocks, header: true, requireHello: true });
-    const helloTimeout = this.options.helloTimeout ?? 5;
-    const timer = setTimeout(() => {
+    /** The handshake is over: stop reading; refuse the peer if there is a reason. */
+    const finish = (refusal?: string) => {
       settle();
       socket.off('data', onData);
-      this.refuse(socket, `no HELLO within ${helloTimeout} s`);
-    }, helloTimeout * 1000);
+      if (refusal !== undefined) this.refuse(socket, refusal);
+    };
+    const helloTimeout = this.options.helloTimeout ?? 5;
+    const timer = setTimeout(() => finish(`no HELLO within ${helloTimeout} s`), helloTimeout * 1000);
     socket.on('close', settle);
     socket.write(encodeChallenge(nonce));
     let before = 0;
@@ -123,43 +134,49 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
       try {
         before += chunk.length;
         decoder.push(chunk);
-        // pull only the header and HELLO: nothing after them is decoded before admission
-        for (let event = decoder.next(); event; event = event.type === 'header' ? decoder.next() : undefined) {
-          if (event.type === 'command' && event.cmd === Command.HELLO) hello = event;
-        }
+        hello = pullHello(decoder);
       } catch (error) {
-        settle();
-        socket.off('data', onData);
-        this.refuse(socket, (error as Error).message);
+        finish((error as Error).message);
         return;
       }
       if (!hello) {
-        if (before <= MAX_BYTES_BEFORE_HELLO) return;
-        settle();
-        socket.off('data', onData);
-        this.refuse(socket, `${before} bytes without a complete HELLO`);
+        if (before > MAX_BYTES_BEFORE_HELLO) finish(`${before} bytes without a complete HELLO`);
         return;
       }
-      settle();
-      socket.off('data', onData);
+      finish();
       socket.pause();
-      if (!verifyHelloAuth(hello, this.token, nonce)) {
-        this.refuse(socket, `authentication failed for migration '${hello.sessionId}': wrong or missing token`);
-        return;
-      }
-      if (hello.role !== Role.MAIN && hello.role !== Role.PREEMPT) {
-        this.refuse(socket, `channel role ${roleName(hello.role) ?? hello.role} is not supported`);
-        return;
-      }
-      const reason = this.admit(hello);
-      if (reason) {
-        this.refuse(socket, reason);
-        return;
-      }
-      socket.write(encodeHelloAck(0));
-      const role: ChannelRole = hello.role === Role.MAIN ? 'main' : 'preempt';
-      this.emit('channel', { channel: new Channel(socket, role), decoder, hello });
+      onHello(hello);
     };
     socket.on('data', onData);
   }
+
+  /** A complete HELLO: checks the token and the role, asks `admit`, then acknowledges and emits the channel. */
+  private admitChannel(socket: Socket, decoder: StreamDecoder<B>, nonce: Uint8Array, hello: HelloFields): void {
+    if (!verifyHelloAuth(hello, this.token, nonce)) {
+      this.refuse(socket, `authentication failed for migration '${hello.sessionId}': wrong or missing token`);
+      return;
+    }
+    if (hello.role !== Role.MAIN && hello.role !== Role.PREEMPT) {
+      this.refuse(socket, `channel role ${roleName(hello.role) ?? hello.role} is not supported`);
+      return;
+    }
+    const reason = this.admit(hello);
+    if (reason) {
+      this.refuse(socket, reason);
+      return;
+    }
+    socket.write(encodeHelloAck(0));
+    const role: ChannelRole = hello.role === Role.MAIN ? 'main' : 'preempt';
+    this.emit('channel', { channel: new Channel(socket, role), decoder, hello });
+  }
 }
+
+/** Pulls only the header and HELLO: nothing after them is decoded before admission. */
+function pullHello<B extends BlockShape>(decoder: StreamDecoder<B>): HelloFields | undefined {
+  let hello: HelloFields | undefined;
+  for (let event = decoder.next(); event; event = event.type === 'header' ? decoder.next() : undefined) {
+    if (event.type === 'command' && event.cmd === Command.HELLO) hello = event;
+  }
+  return hello;
+}
+
