@@ -133,6 +133,27 @@ export function checkRamFlags(flags: number): number {
   throw new ProtocolError(`${what()} are an invalid combination`);
 }
 
+/** Throws unless `len` is the payload length COMMAND_LENGTH gives for `cmd`. */
+function checkCommandLength(cmd: number, len: number, context: string): void {
+  const rule = COMMAND_LENGTH[cmd];
+  if (typeof rule === 'number' ? len !== rule : len < rule[0]) {
+    throw new ProtocolError(`${context}: length ${len} does not match (must be ${typeof rule === 'number' ? rule : `at least ${rule[0]}`})`);
+  }
+}
+
+function adviseCommand(payload: PayloadReader): CommandEvent<never> {
+  const context = payload.context;
+  const pageSizeSummary = payload.u64('page size summary');
+  const targetPageSize = payload.u64('target page size');
+  if (!isPageSizeSummary(pageSizeSummary)) {
+    throw new ProtocolError(`${context}: page size summary ${hex(pageSizeSummary)} is not an OR of page sizes from 4 KiB to 1 GiB`);
+  }
+  if (targetPageSize !== TARGET_PAGE_SIZE) {
+    throw new ProtocolError(`${context}: target page size ${hex(targetPageSize)} does not match ${hex(TARGET_PAGE_SIZE)}`);
+  }
+  return { type: 'command', cmd: Command.POSTCOPY_ADVISE, pageSizeSummary, targetPageSize };
+}
+
 export class StreamDecoder<B extends BlockShape = BlockShape> {
   readonly #reader = new ChunkReader();
   readonly #lookup: (idstr: string) => B | undefined;
@@ -298,16 +319,9 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
     const name = commandName(cmd);
     if (name === undefined) throw new ProtocolError(`COMMAND: cmd ${hex(cmd)} is unknown`);
     const context = `COMMAND ${name}`;
-    if (cmd === Command.HELLO) {
-      if (this.#helloSeen) throw new ProtocolError(`${context}: received twice on one channel`);
-    } else {
-      this.#checkHello(context);
-    }
+    this.#checkCommandOrder(cmd, context);
     const len = reader.u16();
-    const rule = COMMAND_LENGTH[cmd];
-    if (typeof rule === 'number' ? len !== rule : len < rule[0]) {
-      throw new ProtocolError(`${context}: length ${len} does not match (must be ${typeof rule === 'number' ? rule : `at least ${rule[0]}`})`);
-    }
+    checkCommandLength(cmd, len, context);
     const payload = new PayloadReader(reader.bytes(len), context);
     switch (cmd) {
       case Command.OPEN_RETURN_PATH:
@@ -318,53 +332,65 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
         return { type: 'command', cmd };
       case Command.PING:
         return { type: 'command', cmd, value: payload.u32('value') };
-      case Command.POSTCOPY_ADVISE: {
-        const pageSizeSummary = payload.u64('page size summary');
-        const targetPageSize = payload.u64('target page size');
-        if (!isPageSizeSummary(pageSizeSummary)) {
-          throw new ProtocolError(`${context}: page size summary ${hex(pageSizeSummary)} is not an OR of page sizes from 4 KiB to 1 GiB`);
-        }
-        if (targetPageSize !== TARGET_PAGE_SIZE) {
-          throw new ProtocolError(`${context}: target page size ${hex(targetPageSize)} does not match ${hex(TARGET_PAGE_SIZE)}`);
-        }
-        return { type: 'command', cmd, pageSizeSummary, targetPageSize };
-      }
+      case Command.POSTCOPY_ADVISE:
+        return adviseCommand(payload);
       case Command.POSTCOPY_RAM_DISCARD:
         return this.#discard(payload, len);
-      case Command.PACKAGED: {
-        const length = payload.u32('length');
-        if (length > this.#maxPackaged) {
-          throw new ProtocolError(`${context}: length ${hex(length)} exceeds the limit ${hex(this.#maxPackaged)}`);
-        }
-        return { type: 'command', cmd, data: reader.bytes(length, this.#copyPages) };
-      }
-      case Command.RECV_BITMAP: {
-        const n = payload.u8('idstr length');
-        if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match idstr length ${n} (must be ${1 + n})`);
-        const idstr = decodeName(payload.slice(n, 'idstr'), `${context}: idstr`);
-        const block = this.#lookup(idstr);
-        if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
-        return { type: 'command', cmd, block, idstr };
-      }
-      case Command.HELLO: {
-        const n = payload.u8('session id length');
-        if (len !== HELLO_FIXED + n || n === 0) {
-          throw new ProtocolError(`${context}: length ${len} does not match session id length ${n} (must be ${HELLO_FIXED + n}, id 1..255 bytes)`);
-        }
-        const sessionId = decodeName(payload.slice(n, 'session id'), `${context}: session id`);
-        const role = payload.u8('role');
-        const roleText = roleName(role);
-        if (roleText === undefined) throw new ProtocolError(`${context}: role ${role} is unknown (0 main, 1 preempt, 2 bulk)`);
-        const index = payload.u8('channel index');
-        if (role !== Role.BULK && index !== 0) throw new ProtocolError(`${context}: channel index ${index} must be 0 for role ${roleText}`);
-        const capabilities = payload.u32('capabilities');
-        const auth = copyBytes(payload.slice(AUTH_BYTES, 'auth')); // own copy: it outlives the chunk
-        this.#helloSeen = true;
-        return { type: 'command', cmd, sessionId, role: role as Role, index, capabilities, auth };
-      }
+      case Command.PACKAGED:
+        return this.#packaged(payload);
+      case Command.RECV_BITMAP:
+        return this.#recvBitmap(payload, len);
+      case Command.HELLO:
+        return this.#hello(payload, len);
     }
     /* c8 ignore next */
     throw new Error(`internal: command ${name} has no decoder`);
+  }
+
+  /** HELLO comes first and once; every other command only after it (when required). */
+  #checkCommandOrder(cmd: number, context: string): void {
+    if (cmd === Command.HELLO) {
+      if (this.#helloSeen) throw new ProtocolError(`${context}: received twice on one channel`);
+    } else {
+      this.#checkHello(context);
+    }
+  }
+
+  /** PACKAGED: the u32 length in the payload, then that many bytes of blob after it. */
+  #packaged(payload: PayloadReader): StreamEvent<B> {
+    const length = payload.u32('length');
+    if (length > this.#maxPackaged) {
+      throw new ProtocolError(`${payload.context}: length ${hex(length)} exceeds the limit ${hex(this.#maxPackaged)}`);
+    }
+    return { type: 'command', cmd: Command.PACKAGED, data: this.#reader.bytes(length, this.#copyPages) };
+  }
+
+  #recvBitmap(payload: PayloadReader, len: number): StreamEvent<B> {
+    const context = payload.context;
+    const n = payload.u8('idstr length');
+    if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match idstr length ${n} (must be ${1 + n})`);
+    const idstr = decodeName(payload.slice(n, 'idstr'), `${context}: idstr`);
+    const block = this.#lookup(idstr);
+    if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
+    return { type: 'command', cmd: Command.RECV_BITMAP, block, idstr };
+  }
+
+  #hello(payload: PayloadReader, len: number): StreamEvent<B> {
+    const context = payload.context;
+    const n = payload.u8('session id length');
+    if (len !== HELLO_FIXED + n || n === 0) {
+      throw new ProtocolError(`${context}: length ${len} does not match session id length ${n} (must be ${HELLO_FIXED + n}, id 1..255 bytes)`);
+    }
+    const sessionId = decodeName(payload.slice(n, 'session id'), `${context}: session id`);
+    const role = payload.u8('role');
+    const roleText = roleName(role);
+    if (roleText === undefined) throw new ProtocolError(`${context}: role ${role} is unknown (0 main, 1 preempt, 2 bulk)`);
+    const index = payload.u8('channel index');
+    if (role !== Role.BULK && index !== 0) throw new ProtocolError(`${context}: channel index ${index} must be 0 for role ${roleText}`);
+    const capabilities = payload.u32('capabilities');
+    const auth = copyBytes(payload.slice(AUTH_BYTES, 'auth')); // own copy: it outlives the chunk
+    this.#helloSeen = true;
+    return { type: 'command', cmd: Command.HELLO, sessionId, role: role as Role, index, capabilities, auth };
   }
 
   #discard(payload: PayloadReader, len: number): StreamEvent<B> {
