@@ -195,6 +195,14 @@ export class PayloadReader {
     const o = this.#take(n, field);
     return this.bytes.subarray(o, o + n);
   }
+
+  /** A payload that is exactly `u8 n, idstr[n]` (RECV_BITMAP in both directions): the idstr. */
+  wholeIdstr(): string {
+    const n = this.u8('idstr length');
+    const len = this.bytes.length;
+    if (len !== 1 + n) throw new ProtocolError(`${this.context}: length ${len} does not match idstr length ${n} (must be ${1 + n})`);
+    return decodeName(this.slice(n, 'idstr'), `${this.context}: idstr`);
+  }
 }
 
 /** The u64 hi:lo as a number, or a protocol error naming `field` when it exceeds 2^53 - 1. */

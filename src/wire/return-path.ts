@@ -54,6 +54,34 @@ function lengthRule(rule: number | number[]): string {
   return rule.join(' or ');
 }
 
+/** Throws unless `len` is a payload length RP_LENGTH allows for `type`. */
+function checkMessageLength(type: number, len: number, context: string): void {
+  const rule = RP_LENGTH[type];
+  if (!lengthOk(rule, len)) throw new ProtocolError(`${context}: length ${len} does not match (must be ${lengthRule(rule)})`);
+}
+
+/** REFUSE: `u8 n, reason` in UTF-8. */
+function refuseMessage(payload: PayloadReader, len: number): ReturnPathEvent<never> {
+  const context = payload.context;
+  const n = payload.u8('reason length');
+  if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match reason length ${n} (must be ${1 + n})`);
+  const bytes = payload.slice(n, 'reason');
+  const reason = decodeUtf8(bytes);
+  if (reason === undefined) throw new ProtocolError(`${context}: reason ${Buffer.from(bytes).toString('hex')} (hex) is not valid UTF-8`);
+  return { type: 'refuse', reason };
+}
+
+/** A page request must be whole target pages inside the block's postcopy length. */
+function checkRequestRange(context: string, start: number, length: number, idstr: string, limit: number): void {
+  if (start % TARGET_PAGE_SIZE !== 0) throw new ProtocolError(`${context}: start ${hex(start)} is not a multiple of ${TARGET_PAGE_SIZE}`);
+  if (length === 0 || length % TARGET_PAGE_SIZE !== 0) {
+    throw new ProtocolError(`${context}: length ${hex(length)} is not a positive multiple of ${TARGET_PAGE_SIZE}`);
+  }
+  if (start + length > limit) {
+    throw new ProtocolError(`${context}: range ${hex(start)}+${hex(length)} extends beyond block '${idstr}' length ${hex(limit)}`);
+  }
+}
+
 /** Incremental decoder of return-path messages; same pull model and guarantees as StreamDecoder. */
 export class ReturnPathDecoder<B extends BlockShape = BlockShape> {
   readonly #reader = new ChunkReader();
@@ -122,8 +150,7 @@ export class ReturnPathDecoder<B extends BlockShape = BlockShape> {
     if (name === undefined) throw new ProtocolError(`return path message type ${hex(type)} is unknown`);
     const context = `return path ${name}`;
     const len = reader.u16();
-    const rule = RP_LENGTH[type];
-    if (!lengthOk(rule, len)) throw new ProtocolError(`${context}: length ${len} does not match (must be ${lengthRule(rule)})`);
+    checkMessageLength(type, len, context);
     const payload = new PayloadReader(reader.bytes(len), context);
     switch (type) {
       case ReturnPathType.SHUT:
@@ -136,68 +163,64 @@ export class ReturnPathDecoder<B extends BlockShape = BlockShape> {
         return { type: 'hello-ack', capabilities: len === 4 ? payload.u32('capabilities') : undefined };
       case ReturnPathType.CHALLENGE:
         return { type: 'challenge', nonce: copyBytes(payload.slice(NONCE_BYTES, 'nonce')) };
-      case ReturnPathType.REFUSE: {
-        const n = payload.u8('reason length');
-        if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match reason length ${n} (must be ${1 + n})`);
-        const bytes = payload.slice(n, 'reason');
-        const reason = decodeUtf8(bytes);
-        if (reason === undefined) throw new ProtocolError(`${context}: reason ${Buffer.from(bytes).toString('hex')} (hex) is not valid UTF-8`);
-        return { type: 'refuse', reason };
-      }
+      case ReturnPathType.REFUSE:
+        return refuseMessage(payload, len);
       case ReturnPathType.REQ_PAGES:
-      case ReturnPathType.REQ_PAGES_ID: {
-        const start = payload.u64('start');
-        const length = payload.u32('length');
-        let block = this.#block;
-        let idstr = this.#blockId;
-        const named = type === ReturnPathType.REQ_PAGES_ID;
-        if (named) {
-          const n = payload.u8('idstr length');
-          if (n === 0 || len !== 13 + n) throw new ProtocolError(`${context}: length ${len} does not match idstr length ${n} (must be ${13 + n}, idstr 1..255 bytes)`);
-          idstr = decodeName(payload.slice(n, 'idstr'), `${context}: idstr`);
-          block = this.#lookup(idstr);
-          if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
-        } else if (block === undefined) {
-          throw new ProtocolError(`${context}: no block named yet (REQ_PAGES_ID must come first)`);
-        }
-        if (start % TARGET_PAGE_SIZE !== 0) throw new ProtocolError(`${context}: start ${hex(start)} is not a multiple of ${TARGET_PAGE_SIZE}`);
-        if (length === 0 || length % TARGET_PAGE_SIZE !== 0) {
-          throw new ProtocolError(`${context}: length ${hex(length)} is not a positive multiple of ${TARGET_PAGE_SIZE}`);
-        }
-        if (start + length > block.postcopyLength) {
-          throw new ProtocolError(`${context}: range ${hex(start)}+${hex(length)} extends beyond block '${idstr}' length ${hex(block.postcopyLength)}`);
-        }
-        this.#block = block;
-        this.#blockId = idstr;
-        return { type: 'req-pages', block, idstr, start, length, named };
-      }
-      case ReturnPathType.RECV_BITMAP: {
-        const n = payload.u8('idstr length');
-        if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match idstr length ${n} (must be ${1 + n})`);
-        const idstr = decodeName(payload.slice(n, 'idstr'), `${context}: idstr`);
-        const block = this.#lookup(idstr);
-        if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
-        // The bitmap and end mark follow the message, outside its u16 length.
-        const size = u64Number(reader.u32(), reader.u32(), `${context}: block '${idstr}' bitmap size`);
-        const bits = Math.floor(block.postcopyLength / TARGET_PAGE_SIZE);
-        const expected = Bitmap.byteLength(bits);
-        if (size !== expected) {
-          throw new ProtocolError(
-            `${context}: block '${idstr}' bitmap size ${hex(size)} does not match ${hex(expected)} (postcopy length ${hex(block.postcopyLength)})`,
-          );
-        }
-        const bytes = reader.bytes(size);
-        const endHi = reader.u32();
-        const endLo = reader.u32();
-        const end = u64BigInt(endHi, endLo);
-        if (end !== RECV_BITMAP_ENDING) {
-          throw new ProtocolError(`${context}: block '${idstr}' end mark ${hex(end)} is not ${hex(RECV_BITMAP_ENDING)}`);
-        }
-        return { type: 'recv-bitmap', block, idstr, bitmap: Bitmap.fromLittleEndianBytes(bytes, bits) };
-      }
+      case ReturnPathType.REQ_PAGES_ID:
+        return this.#reqPages(payload, len, type === ReturnPathType.REQ_PAGES_ID);
+      case ReturnPathType.RECV_BITMAP:
+        return this.#recvBitmap(payload);
     }
     /* c8 ignore next */
     throw new Error(`internal: return path ${name} has no decoder`);
+  }
+
+  /** REQ_PAGES and REQ_PAGES_ID (`named`): the latter names the block, the former reuses it. */
+  #reqPages(payload: PayloadReader, len: number, named: boolean): ReturnPathEvent<B> {
+    const context = payload.context;
+    const start = payload.u64('start');
+    const length = payload.u32('length');
+    let block = this.#block;
+    let idstr = this.#blockId;
+    if (named) {
+      const n = payload.u8('idstr length');
+      if (n === 0 || len !== 13 + n) throw new ProtocolError(`${context}: length ${len} does not match idstr length ${n} (must be ${13 + n}, idstr 1..255 bytes)`);
+      idstr = decodeName(payload.slice(n, 'idstr'), `${context}: idstr`);
+      block = this.#lookup(idstr);
+      if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
+    } else if (block === undefined) {
+      throw new ProtocolError(`${context}: no block named yet (REQ_PAGES_ID must come first)`);
+    }
+    checkRequestRange(context, start, length, idstr, block.postcopyLength);
+    this.#block = block;
+    this.#blockId = idstr;
+    return { type: 'req-pages', block, idstr, start, length, named };
+  }
+
+  /** RECV_BITMAP: the message names the block; `u64 size`, the bitmap and the end mark follow it. */
+  #recvBitmap(payload: PayloadReader): ReturnPathEvent<B> {
+    const context = payload.context;
+    const idstr = payload.wholeIdstr();
+    const block = this.#lookup(idstr);
+    if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
+    // The bitmap and end mark follow the message, outside its u16 length.
+    const reader = this.#reader;
+    const size = u64Number(reader.u32(), reader.u32(), `${context}: block '${idstr}' bitmap size`);
+    const bits = Math.floor(block.postcopyLength / TARGET_PAGE_SIZE);
+    const expected = Bitmap.byteLength(bits);
+    if (size !== expected) {
+      throw new ProtocolError(
+        `${context}: block '${idstr}' bitmap size ${hex(size)} does not match ${hex(expected)} (postcopy length ${hex(block.postcopyLength)})`,
+      );
+    }
+    const bytes = reader.bytes(size);
+    const endHi = reader.u32();
+    const endLo = reader.u32();
+    const end = u64BigInt(endHi, endLo);
+    if (end !== RECV_BITMAP_ENDING) {
+      throw new ProtocolError(`${context}: block '${idstr}' end mark ${hex(end)} is not ${hex(RECV_BITMAP_ENDING)}`);
+    }
+    return { type: 'recv-bitmap', block, idstr, bitmap: Bitmap.fromLittleEndianBytes(bytes, bits) };
   }
 }
 

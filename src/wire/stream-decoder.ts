@@ -339,7 +339,7 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
       case Command.PACKAGED:
         return this.#packaged(payload);
       case Command.RECV_BITMAP:
-        return this.#recvBitmap(payload, len);
+        return this.#recvBitmap(payload);
       case Command.HELLO:
         return this.#hello(payload, len);
     }
@@ -365,11 +365,9 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
     return { type: 'command', cmd: Command.PACKAGED, data: this.#reader.bytes(length, this.#copyPages) };
   }
 
-  #recvBitmap(payload: PayloadReader, len: number): StreamEvent<B> {
+  #recvBitmap(payload: PayloadReader): StreamEvent<B> {
     const context = payload.context;
-    const n = payload.u8('idstr length');
-    if (len !== 1 + n) throw new ProtocolError(`${context}: length ${len} does not match idstr length ${n} (must be ${1 + n})`);
-    const idstr = decodeName(payload.slice(n, 'idstr'), `${context}: idstr`);
+    const idstr = payload.wholeIdstr();
     const block = this.#lookup(idstr);
     if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
     return { type: 'command', cmd: Command.RECV_BITMAP, block, idstr };
