@@ -137,19 +137,27 @@ function checkPickStates(
 }
 
 /**
- * Check a whole guest block: the ledger (every word is checksummed or must be zero; every
- * thread's cursor and RNG against its operation count), every data page (index, magic,
- * reserved flag bits, checksum, owner, busy), the invariant sum(versions) == base * pages +
- * sum(ledger writes), per writer and in total, and, when the replay runs, every page's exact
- * version. Synchronous and touches every page: on real guest memory run it in a worker
- * (verifyInWorker), never on the main thread while a migration may be serving faults.
+ * Problems found, by kind. Structural ledger problems are listed first, then bad pages in page
+ * order, then invariant failures (usually a consequence of a bad page, so they come last).
  */
-export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOptions = {}): VerifyReport {
-  const t0 = performance.now();
-  const maxReport = opts.maxReport ?? 16;
-  const len = buffer.byteLength;
-  const pages = Math.floor(len / PAGE_SIZE);
-  const report: VerifyReport = {
+interface Issues {
+  struct: BadPage[];
+  page: BadPage[];
+  ledger: BadPage[];
+}
+
+/** What the ledger says: who owns which page and what the versions must add up to. */
+interface LedgerState {
+  kind: ReturnType<typeof readLedger>['kind'];
+  info: LedgerInfo | null;
+  slots: SlotState[];
+  base: number;
+  /** Exact expected version of every page (index 0 unused), or null when not replayed. */
+  exp: Uint32Array | null;
+}
+
+function emptyReport(pages: number): VerifyReport {
+  return {
     ok: false,
     pages,
     checked: 0,
@@ -163,32 +171,24 @@ export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOpti
     ledger: null,
     elapsedMs: 0,
   };
-  // Structural ledger problems are listed first, then bad pages in page order, then
-  // invariant failures (usually a consequence of a bad page, so they come last).
-  const structIssues: BadPage[] = [];
-  const pageIssues: BadPage[] = [];
-  const ledgerIssues: BadPage[] = [];
-  const finish = (): VerifyReport => {
-    const all = [...structIssues, ...pageIssues, ...ledgerIssues];
-    report.bad += structIssues.length + ledgerIssues.length;
-    report.badPages = all.slice(0, maxReport);
-    if (all.length > 0) report.firstBad = all[0];
-    report.ok = report.bad === 0;
-    report.elapsedMs = performance.now() - t0;
-    return report;
-  };
-  if (len % PAGE_SIZE !== 0 || pages < 2) {
-    structIssues.push({ page: 0, reason: `block: length ${len} is not a multiple of ${PAGE_SIZE} of at least 2 pages` });
-    return finish();
-  }
-  const i32 = new Int32Array(buffer);
-  const dataPages = pages - 1;
+}
 
-  // Ledger first: it says who owns which page and what the versions must add up to.
+function finishReport(report: VerifyReport, issues: Issues, maxReport: number, t0: number): VerifyReport {
+  const all = [...issues.struct, ...issues.page, ...issues.ledger];
+  report.bad += issues.struct.length + issues.ledger.length;
+  report.badPages = all.slice(0, maxReport);
+  if (all.length > 0) report.firstBad = all[0];
+  report.ok = report.bad === 0;
+  report.elapsedMs = performance.now() - t0;
+  return report;
+}
+
+/** Reads and checks the ledger; fills the report's ledger, ledgerWrites, exact and expectedVersionSum. */
+function checkLedger(i32: Int32Array, dataPages: number, opts: VerifyOptions, report: VerifyReport, issues: Issues): LedgerState {
   const led = readLedger(i32);
   let info: LedgerInfo | null = null;
   let slots: SlotState[] = [];
-  if (led.kind === 'bad') structIssues.push({ page: 0, reason: led.reason });
+  if (led.kind === 'bad') issues.struct.push({ page: 0, reason: led.reason });
   if (led.kind === 'ok') {
     info = led.info;
     slots = led.slots;
@@ -199,16 +199,31 @@ export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOpti
   if (info) {
     base = info.baseVersion;
     for (const s of slots) report.ledgerWrites += s.writes;
-    exp = checkPickStates(info, slots, opts.replay ?? true, opts.replayLimit ?? DEFAULT_REPLAY_LIMIT, ledgerIssues);
+    exp = checkPickStates(info, slots, opts.replay ?? true, opts.replayLimit ?? DEFAULT_REPLAY_LIMIT, issues.ledger);
   } else if (led.kind === 'blank') {
     exp = new Uint32Array(dataPages + 1); // blank ledger: every page must still be version 0
   }
   report.exact = exp !== null;
   report.expectedVersionSum = base * dataPages + report.ledgerWrites;
+  return { kind: led.kind, info, slots, base, exp };
+}
+
+/**
+ * Checks every data page against its header, owner and (when known) exact version; adds to the
+ * report's versionSum, zeroPages and bad. Returns the sum of versions per writer.
+ */
+function checkDataPages(
+  i32: Int32Array,
+  dataPages: number,
+  state: LedgerState,
+  deep: boolean,
+  maxReport: number,
+  report: VerifyReport,
+  pageIssues: BadPage[],
+): Float64Array {
+  const { info, exp } = state;
   const writers = info ? info.writers : 0;
   const perWriter = new Float64Array(Math.max(1, writers));
-  const deep = opts.deep ?? false;
-
   for (let p = 1; p <= dataPages; p++) {
     const owner = info ? ownerOf(p, writers) : -1;
     let reason = checkPage(i32, p, owner, deep);
@@ -233,11 +248,25 @@ export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOpti
     }
   }
   report.checked = dataPages;
+  return perWriter;
+}
 
-  // The invariant that catches a stale (old but self-consistent) page or a stale ledger
-  // even when the replay is off: per writer first, so the message names the thread.
+/**
+ * The invariant that catches a stale (old but self-consistent) page or a stale ledger even
+ * when the replay is off: per writer first, so the message names the thread; then the total
+ * and the expected write counts.
+ */
+function checkVersionSums(
+  state: LedgerState,
+  perWriter: Float64Array,
+  dataPages: number,
+  opts: VerifyOptions,
+  report: VerifyReport,
+  ledgerIssues: BadPage[],
+): void {
+  const { info, slots, base } = state;
   if (info) {
-    for (let t = 0; t < writers; t++) {
+    for (let t = 0; t < info.writers; t++) {
       const want = base * slots[t].partSize + slots[t].writes;
       if (perWriter[t] !== want) {
         ledgerIssues.push({
@@ -251,7 +280,7 @@ export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOpti
     ledgerIssues.push({
       page: 0,
       reason:
-        led.kind === 'blank'
+        state.kind === 'blank'
           ? `ledger: blank but data page versions sum ${report.versionSum}`
           : `ledger: versions sum ${report.versionSum} != writes ${report.ledgerWrites}` +
             (base ? ` + base ${base} x ${dataPages} pages` : ''),
@@ -263,7 +292,34 @@ export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOpti
   if (opts.minWrites !== undefined && report.ledgerWrites < opts.minWrites) {
     ledgerIssues.push({ page: 0, reason: `ledger: ${report.ledgerWrites} writes, expected at least ${opts.minWrites} (stale memory?)` });
   }
-  return finish();
+}
+
+/**
+ * Check a whole guest block: the ledger (every word is checksummed or must be zero; every
+ * thread's cursor and RNG against its operation count), every data page (index, magic,
+ * reserved flag bits, checksum, owner, busy), the invariant sum(versions) == base * pages +
+ * sum(ledger writes), per writer and in total, and, when the replay runs, every page's exact
+ * version. Synchronous and touches every page: on real guest memory run it in a worker
+ * (verifyInWorker), never on the main thread while a migration may be serving faults.
+ */
+export function verify(buffer: ArrayBuffer | SharedArrayBuffer, opts: VerifyOptions = {}): VerifyReport {
+  const t0 = performance.now();
+  const maxReport = opts.maxReport ?? 16;
+  const len = buffer.byteLength;
+  const pages = Math.floor(len / PAGE_SIZE);
+  const report = emptyReport(pages);
+  const issues: Issues = { struct: [], page: [], ledger: [] };
+  if (len % PAGE_SIZE !== 0 || pages < 2) {
+    issues.struct.push({ page: 0, reason: `block: length ${len} is not a multiple of ${PAGE_SIZE} of at least 2 pages` });
+    return finishReport(report, issues, maxReport, t0);
+  }
+  const i32 = new Int32Array(buffer);
+  const dataPages = pages - 1;
+  // Ledger first: it says who owns which page and what the versions must add up to.
+  const state = checkLedger(i32, dataPages, opts, report, issues);
+  const perWriter = checkDataPages(i32, dataPages, state, opts.deep ?? false, maxReport, report, issues.page);
+  checkVersionSums(state, perWriter, dataPages, opts, report, issues.ledger);
+  return finishReport(report, issues, maxReport, t0);
 }
 
 // ---- helpers for tests and diagnostics -------------------------------------------------
