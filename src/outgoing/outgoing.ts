@@ -48,6 +48,8 @@ export interface OutgoingOptions {
   deviceState?: () => Uint8Array;
   dirtyLog?: DirtyLog['kind'];
   onProgress?: (progress: OutgoingProgress) => void;
+  /** Precopy sends at most this many MiB/s (QEMU's max-bandwidth; default: no limit). Postcopy is never limited. */
+  precopyMaxMiBs?: number;
   /**
    * A batch of the stream ends after this many milliseconds (default 0.2), so that a request
    * read meanwhile waits for at most one batch. Even at 0 a batch sends one host page.
@@ -346,6 +348,14 @@ export class OutgoingMigration {
       }
     }
     return performance.now() - start;
+  }
+
+  /** With `precopyMaxMiBs`: waits until the round's pages so far are within the rate since it began. */
+  private async precopyRateLimit(): Promise<void> {
+    const max = this.options.precopyMaxMiBs;
+    if (!max) return;
+    const aheadMs = ((this.counts.precopy - this.roundStart.sent) * MIB_PER_PAGE * 1000) / max - (performance.now() - this.roundStart.at);
+    if (aheadMs > 1) await sleep(aheadMs);
   }
 
   /** Closes the round under way at its sync: its numbers go to the report (the last few) and the totals. */
@@ -718,6 +728,7 @@ export class OutgoingMigration {
         lastProgress = performance.now();
       }
       if (!more()) return;
+      if (kind === 'precopy') await this.precopyRateLimit();
       // always let the return path in between batches (a write the kernel took at once still
       // leaves needDrain set until the next tick), then wait if the socket is really full
       await yieldToLoop();
