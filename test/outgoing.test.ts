@@ -6,12 +6,13 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
 import { IncomingMigration, type GuestBlock } from '../src/incoming/index.js';
-import { OutgoingMigration, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
+import { OutgoingMigration, convergenceJudge, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
 import { IncomingListener, connectChannel, type ChannelRole } from '../src/transport/index.js';
 import { Capability } from '../src/wire/index.js';
 import { patternImage } from './support/serve.js';
 import { featureSkip } from './support/hugepages.js';
 import { waitFor } from './support/threads.js';
+import { startWriter } from './support/writer.js';
 
 const skip = featureSkip('PAGEFAULT_FLAG_WP');
 const SIZE = 8 << 20;
@@ -55,7 +56,7 @@ async function pair(source: Partial<OutgoingOptions>, incoming: { recoverSeconds
     for (const b of [...sourceBlocks, ...destBlocks]) b.host!.unmap();
   };
   const same = () => Buffer.compare(Buffer.from(sourceBlocks.byId('ram0')!.host!.bytes()), Buffer.from(destBlocks.byId('ram0')!.host!.bytes())) === 0;
-  return { migration, outgoing, ended, cleanup, same, listener };
+  return { migration, outgoing, ended, cleanup, same, listener, sourceBlocks };
 }
 
 test('the stream ends when the dirty bitmap is empty, even when every batch window has passed before its first page', { skip, timeout: 60_000 }, async () => {
@@ -124,3 +125,74 @@ for (const preempt of [true, false]) {
     }
   });
 }
+
+/** The per-round numbers add up: each round's pages sum to the precopy total, left = what the next round sent. */
+function assertRoundsAddUp(report: Awaited<ReturnType<OutgoingMigration['run']>>): void {
+  const rounds = report.precopy_rounds;
+  assert.equal(rounds.length, report.rounds);
+  assert.equal(report.precopy_totals.rounds, report.rounds);
+  assert.equal(rounds.reduce((a, r) => a + r.sent_pages, 0), report.pages_sent.precopy);
+  assert.equal(report.precopy_totals.sent_pages, report.pages_sent.precopy);
+  assert.equal(rounds.reduce((a, r) => a + r.dirtied_pages, 0), report.precopy_totals.dirtied_pages);
+  assert.equal(rounds[0].sent_pages, SIZE / 4096, 'the first round sends every page');
+  for (let i = 1; i < rounds.length; i++) assert.equal(rounds[i].sent_pages, rounds[i - 1].left_pages, `round ${i + 1} sends what round ${i} left`);
+  for (const r of rounds) assert.ok(r.ms >= 0 && r.send_mib_s >= 0 && r.dirty_mib_s >= 0, JSON.stringify(r));
+}
+
+test('precopy with a guest writing every page flat out stops as not-converging, long before its time is up; verified', { skip, timeout: 60_000 }, async () => {
+  let writer: { stop(): Promise<void> } | undefined;
+  const progress: unknown[] = [];
+  // the writer dirties every page (the hot set is the whole memory) faster than a link of
+  // 16 MiB/s carries them: each round takes about half a second and finds everything dirty again
+  const p = await pair({
+    precopySeconds: 30,
+    precopyMaxMiBs: 16,
+    pauseGuest: async () => writer!.stop(),
+    onProgress: (e) => e.phase === 'precopy' && progress.push(e),
+  }, { recoverSeconds: 0 });
+  try {
+    writer = await startWriter(p.sourceBlocks.byId('ram0')!.host!);
+    const report = await p.outgoing.run();
+    assert.equal(await p.ended, 'END');
+    assert.ok(p.same(), 'the destination holds the source memory byte for byte');
+    assert.equal(report.precopy_end, 'not-converging', JSON.stringify(report.precopy_rounds));
+    assert.ok(report.precopy_ms < 15_000, `precopy took ${report.precopy_ms} ms of 30 s`);
+    assert.ok(report.rounds >= 3 && report.rounds <= 10, `${report.rounds} rounds`);
+    for (const r of report.precopy_rounds) assert.ok(r.send_mib_s < 20, `rate limited: ${JSON.stringify(r)}`);
+    assertRoundsAddUp(report);
+    assert.ok(report.pages_sent.postcopy + report.pages_sent.requested > 16, 'postcopy moved what precopy could not');
+    assert.ok(progress.some((e) => (e as { precopy?: { lastRound?: unknown } }).precopy?.lastRound), 'progress carries the last round');
+  } finally {
+    await writer?.stop();
+    p.cleanup();
+  }
+});
+
+test('precopy of an idle guest ends as converged after one round; verified', { skip, timeout: 60_000 }, async () => {
+  const p = await pair({ precopySeconds: 30 }, { recoverSeconds: 0 });
+  try {
+    const report = await p.outgoing.run();
+    assert.equal(await p.ended, 'END');
+    assert.ok(p.same(), 'the destination holds the source memory byte for byte');
+    assert.equal(report.precopy_end, 'converged');
+    assert.equal(report.rounds, 1);
+    assert.equal(report.precopy_rounds[0].dirtied_pages, 0);
+    assert.equal(report.pages_sent.postcopy + report.pages_sent.requested, 0, 'nothing was left for postcopy');
+    assertRoundsAddUp(report);
+  } finally {
+    p.cleanup();
+  }
+});
+
+test('the convergence judge: outpaced twice, or a dirty set not halved in 3 rounds, stops; shrinking rounds go on', () => {
+  const run = (rounds: [number, number, number][]) => {
+    const judge = convergenceJudge();
+    return rounds.map(([sent, dirtied, left], i) => judge({ round: i + 1, sent_pages: sent, dirtied_pages: dirtied, left_pages: left }));
+  };
+  // the first round (every page) is never judged; then two outpaced rounds
+  assert.deepEqual(run([[100, 100, 100], [100, 100, 100], [100, 100, 100]]), [false, false, true]);
+  // shrinking by half each round: converging
+  assert.deepEqual(run([[800, 400, 400], [400, 200, 200], [200, 100, 100], [100, 50, 50]]), [false, false, false, false]);
+  // noisy rounds that never get below half of where they were three rounds before
+  assert.deepEqual(run([[800, 500, 500], [500, 400, 400], [400, 450, 450], [450, 300, 300]]), [false, false, false, true]);
+});

@@ -162,13 +162,17 @@ async function failed(error: Error, destination: Destination, chaos: Awaited<Ret
 function humanReport(r: {
   verified: boolean; state: string; bytes_total: number; total_ms: number; downtime_ms: number; blocktime_ms: number; throughput_gb_per_s: number;
   pages: Record<string, number>; latency_us: { avg: number; p50: number; p99: number; count: number }; peak_rss_mb?: number;
-  source: { rounds: number; dirty_log: string; discarded_pages: number; pages_resent: number }; error?: string; reason?: string;
+  source: {
+    rounds: number; dirty_log: string; discarded_pages: number; pages_resent: number; precopy_ms: number; precopy_end: string;
+    precopy_totals: { send_mib_s: number; dirty_mib_s: number };
+  }; error?: string; reason?: string;
   recoveries: number; paused_ms: number; chaos?: { faults: number };
 }): string {
   return [
     '',
     `migration ${r.state}, guest memory ${r.verified ? 'VERIFIED' : 'NOT VERIFIED'}${r.error || r.reason ? `: ${r.error ?? r.reason}` : ''}`,
     `  memory        ${(r.bytes_total / 2 ** 20).toFixed(0)} MiB, dirty log ${r.source.dirty_log}, ${r.source.rounds} precopy round(s)`,
+    ...(r.source.rounds ? [`  precopy       ${r.source.precopy_ms} ms, ended ${r.source.precopy_end}; sent ${r.source.precopy_totals.send_mib_s.toFixed(0)} MiB/s, guest dirtied ${r.source.precopy_totals.dirty_mib_s.toFixed(0)} MiB/s`] : []),
     `  pages         precopy ${r.pages.precopy}, streamed ${r.pages.streamed}, requested ${r.pages.requested}, zero ${r.pages.zero}, discarded ${r.pages.discarded}`,
     `  page requests ${r.latency_us.count}: avg ${r.latency_us.avg} us, p50 <= ${r.latency_us.p50} us, p99 <= ${r.latency_us.p99} us`,
     `  blocktime     ${r.blocktime_ms} ms (all guest threads blocked)`,

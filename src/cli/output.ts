@@ -28,7 +28,15 @@ export function formatProgress(p: OutgoingProgress | { phase: 'setup'; message: 
   const rate = p.elapsedMs > 0 ? mb / (p.elapsedMs / 1000) : 0;
   const recoveries = p.recoveries ? `, ${p.recoveries} recover${p.recoveries === 1 ? 'y' : 'ies'}` : '';
   const reason = p.phase === 'paused' && p.reason ? `: ${p.reason}; reconnecting` : '';
-  return `[${p.phase}${p.phase === 'precopy' ? ` round ${p.round}` : ''}] sent ${p.pagesSent} pages (${mb.toFixed(0)} MiB, ${rate.toFixed(0)} MiB/s), ${p.pagesLeft} left${recoveries}${reason}`;
+  return `[${p.phase}${p.phase === 'precopy' ? ` round ${p.round}` : ''}] sent ${p.pagesSent} pages (${mb.toFixed(0)} MiB, ${rate.toFixed(0)} MiB/s), ${p.pagesLeft} left${precopyRates(p)}${recoveries}${reason}`;
+}
+
+/** Precopy: this round's send rate, and the last round's send and dirty rates (the guest's). */
+function precopyRates(p: OutgoingProgress): string {
+  if (!p.precopy) return '';
+  const last = p.precopy.lastRound;
+  const lastPart = last ? `; round ${last.round}: sent ${last.send_mib_s.toFixed(0)} MiB/s, dirtied ${last.dirty_mib_s.toFixed(0)} MiB/s` : '';
+  return ` (sending ${p.precopy.sendMiBs.toFixed(0)} MiB/s${lastPart})`;
 }
 
 /** The process's peak resident memory (VmHWM), in MiB. */

@@ -36,12 +36,20 @@ export interface OutgoingOptions {
   /** Stop precopy early once fewer pages than this are dirty after a round. */
   convergedPages?: number;
   maxRounds?: number;
+  /**
+   * Stop precopy early once rounds stop helping (default true): the guest dirties as fast as
+   * the rounds send, or the dirty set does not shrink (see convergenceJudge). Postcopy then
+   * moves what is left, once.
+   */
+  stopWhenNotConverging?: boolean;
   /** Parks the guest at a barrier (nothing half-written) for the switchover. */
   pauseGuest: () => Promise<void>;
   /** Device state sent in PACKAGED before RUN. */
   deviceState?: () => Uint8Array;
   dirtyLog?: DirtyLog['kind'];
   onProgress?: (progress: OutgoingProgress) => void;
+  /** Precopy sends at most this many MiB/s (QEMU's max-bandwidth; default: no limit). Postcopy is never limited. */
+  precopyMaxMiBs?: number;
   /**
    * A batch of the stream ends after this many milliseconds (default 0.2), so that a request
    * read meanwhile waits for at most one batch. Even at 0 a batch sends one host page.
@@ -59,7 +67,33 @@ export interface OutgoingProgress {
   recoveries: number;
   /** Why the connection is paused (phase 'paused'). */
   reason?: string;
+  /**
+   * Precopy only: the send rate of the round under way, and the last finished round (with the
+   * guest's dirty rate over it).
+   */
+  precopy?: { sendMiBs: number; lastRound?: PrecopyRound };
 }
+
+/** One precopy round, from the sync before it to the sync that ends it. */
+export interface PrecopyRound {
+  round: number;
+  /** Target pages sent in the round. */
+  sent_pages: number;
+  /** Target pages the guest wrote during the round (found dirty again at its sync). */
+  dirtied_pages: number;
+  /** Pages still to send after the round's sync. */
+  left_pages: number;
+  ms: number;
+  send_mib_s: number;
+  dirty_mib_s: number;
+}
+
+/**
+ * Why precopy ended: few enough pages left ('converged'), rounds that no longer shrink the dirty
+ * set ('not-converging'), `precopySeconds` over ('time'), `maxRounds` done ('rounds'), or no
+ * precopy at all ('skipped').
+ */
+export type PrecopyEnd = 'converged' | 'not-converging' | 'time' | 'rounds' | 'skipped';
 
 export interface DowntimeParts {
   pause: number;
@@ -98,6 +132,11 @@ export interface OutgoingReport {
    */
   discards: { before_pause_pages: number; before_pause_ranges: number; before_pause_ms: number; in_pause_pages: number; in_pause_ranges: number };
   precopy_ms: number;
+  precopy_end: PrecopyEnd;
+  /** The last PRECOPY_ROUNDS_KEPT rounds (all of them when there were no more). */
+  precopy_rounds: PrecopyRound[];
+  /** Over every round, including any no longer in `precopy_rounds`. */
+  precopy_totals: { rounds: number; sent_pages: number; dirtied_pages: number; ms: number; send_mib_s: number; dirty_mib_s: number };
   postcopy_ms: number;
   total_ms: number;
   bytes_sent: number;
@@ -112,6 +151,17 @@ const PRE_PAUSE_DISCARD_ROUNDS = 4;
 /** A batch of the stream ends at this many pages or `batchMs`, whichever comes first. */
 const BATCH_PAGES = 256;
 const HEARTBEAT_MS = 1000;
+/** The report keeps this many precopy rounds (the last ones); the totals cover all. */
+const PRECOPY_ROUNDS_KEPT = 64;
+/**
+ * Precopy is not converging once OUTPACED_ROUNDS rounds in a row dirtied at least what they
+ * sent, or once NOT_HELPING_WINDOW rounds did not shrink the dirty set to WINDOW_SHRINK of
+ * what it was (see convergenceJudge).
+ */
+const OUTPACED_ROUNDS = 2;
+const NOT_HELPING_WINDOW = 3;
+const WINDOW_SHRINK = 0.5;
+const MIB_PER_PAGE = TARGET_PAGE_SIZE / 2 ** 20;
 /** Reconnection attempts back off from the first delay to the last. */
 const RECONNECT_DELAYS_MS = [50, 100, 200, 500, 1000, 2000];
 
@@ -133,6 +183,11 @@ export class OutgoingMigration {
   private cursor: Cursor = { block: 0, page: 0 };
   private phase: OutgoingProgress['phase'] = 'precopy';
   private round = 0;
+  private precopyEnd: PrecopyEnd = 'skipped';
+  private readonly precopyRounds: PrecopyRound[] = [];
+  private readonly precopyTotals = { rounds: 0, sent_pages: 0, dirtied_pages: 0, ms: 0 };
+  /** The round under way: when it began and the precopy page count then. */
+  private roundStart = { at: 0, sent: 0 };
   private readonly started = performance.now();
   private readonly channels: SourceChannels;
   private shut: { status: number } | undefined;
@@ -218,7 +273,17 @@ export class OutgoingMigration {
       elapsedMs: performance.now() - this.started,
       recoveries: this.counts.recoveries,
       reason,
+      precopy: this.phase === 'precopy' ? this.precopyProgress() : undefined,
     });
+  }
+
+  private precopyProgress(): NonNullable<OutgoingProgress['precopy']> {
+    const lastRound = this.precopyRounds[this.precopyRounds.length - 1];
+    const ms = performance.now() - this.roundStart.at;
+    const sent = this.counts.precopy - this.roundStart.sent;
+    // between rounds (just after a sync) the round under way has no rate yet: the last one's
+    const sendMiBs = sent > 0 && ms > 0 ? rate(sent, ms) : lastRound?.send_mib_s ?? 0;
+    return { sendMiBs, lastRound };
   }
 
   async run(): Promise<OutgoingReport> {
@@ -249,20 +314,72 @@ export class OutgoingMigration {
     }
   }
 
-  /** Every page once, then what the guest dirtied, until converged or out of time. */
+  /**
+   * Every page once, then what the guest dirtied, until converged, not converging (rounds that
+   * no longer help: see convergenceJudge), or out of time. Each round is measured from the
+   * sync before it to its own sync: pages sent, pages the guest dirtied, their rates.
+   */
   private async precopy(log: DirtyLog): Promise<number> {
     const start = performance.now();
     if (this.options.precopySeconds <= 0) return 0;
     const deadline = start + this.options.precopySeconds * 1000;
     const converged = this.options.convergedPages ?? 256;
-    while (performance.now() < deadline && this.round < (this.options.maxRounds ?? 1000)) {
+    const maxRounds = this.options.maxRounds ?? 1000;
+    const judge = convergenceJudge();
+    this.precopyEnd = 'time';
+    this.roundStart = { at: start, sent: this.counts.precopy };
+    while (performance.now() < deadline) {
+      if (this.round >= maxRounds) {
+        this.precopyEnd = 'rounds';
+        break;
+      }
       this.round++;
       await this.stream(() => performance.now() < deadline, 'precopy');
-      log.sync();
+      const dirtied = log.sync() / TARGET_PAGE_SIZE;
+      const round = this.recordRound(dirtied);
       this.progress();
-      if (this.totalDirty <= converged) break;
+      if (round.left_pages <= converged) {
+        this.precopyEnd = 'converged';
+        break;
+      }
+      if (judge(round) && this.options.stopWhenNotConverging !== false) {
+        this.precopyEnd = 'not-converging';
+        break;
+      }
     }
     return performance.now() - start;
+  }
+
+  /** With `precopyMaxMiBs`: waits until the round's pages so far are within the rate since it began. */
+  private async precopyRateLimit(): Promise<void> {
+    const max = this.options.precopyMaxMiBs;
+    if (!max) return;
+    const aheadMs = ((this.counts.precopy - this.roundStart.sent) * MIB_PER_PAGE * 1000) / max - (performance.now() - this.roundStart.at);
+    if (aheadMs > 1) await sleep(aheadMs);
+  }
+
+  /** Closes the round under way at its sync: its numbers go to the report (the last few) and the totals. */
+  private recordRound(dirtied: number): PrecopyRound {
+    const now = performance.now();
+    const ms = now - this.roundStart.at;
+    const sent = this.counts.precopy - this.roundStart.sent;
+    const round: PrecopyRound = {
+      round: this.round,
+      sent_pages: sent,
+      dirtied_pages: dirtied,
+      left_pages: this.totalDirty,
+      ms: Math.round(ms * 100) / 100,
+      send_mib_s: rate(sent, ms),
+      dirty_mib_s: rate(dirtied, ms),
+    };
+    this.precopyRounds.push(round);
+    if (this.precopyRounds.length > PRECOPY_ROUNDS_KEPT) this.precopyRounds.shift();
+    this.precopyTotals.rounds++;
+    this.precopyTotals.sent_pages += sent;
+    this.precopyTotals.dirtied_pages += dirtied;
+    this.precopyTotals.ms += ms;
+    this.roundStart = { at: now, sent: this.counts.precopy };
+    return round;
   }
 
   /**
@@ -611,6 +728,7 @@ export class OutgoingMigration {
         lastProgress = performance.now();
       }
       if (!more()) return;
+      if (kind === 'precopy') await this.precopyRateLimit();
       // always let the return path in between batches (a write the kernel took at once still
       // leaves needDrain set until the next tick), then wait if the socket is really full
       await yieldToLoop();
@@ -673,11 +791,46 @@ export class OutgoingMigration {
       pause_epoch_ms: Math.round((performance.timeOrigin + downtime.start) * 1000) / 1000,
       discards: { ...this.discardCounts, before_pause_ms: r2(this.discardCounts.before_pause_ms) },
       precopy_ms: Math.round(precopyMs),
+      precopy_end: this.precopyEnd,
+      precopy_rounds: [...this.precopyRounds],
+      precopy_totals: {
+        ...this.precopyTotals,
+        ms: Math.round(this.precopyTotals.ms),
+        send_mib_s: rate(this.precopyTotals.sent_pages, this.precopyTotals.ms),
+        dirty_mib_s: rate(this.precopyTotals.dirtied_pages, this.precopyTotals.ms),
+      },
       postcopy_ms: Math.round(postcopyMs),
       total_ms: Math.round(performance.now() - this.started),
       bytes_sent: this.channels.bytesSent,
     };
   }
+}
+
+/** Target pages over milliseconds, in MiB/s (two decimals). */
+function rate(pages: number, ms: number): number {
+  return ms > 0 ? Math.round(((pages * MIB_PER_PAGE) / (ms / 1000)) * 100) / 100 : 0;
+}
+
+/**
+ * Whether precopy should give up, judged after each round (in the spirit of QEMU's comparison,
+ * at each bitmap sync, of what the guest dirtied with what was transferred): true once
+ * OUTPACED_ROUNDS rounds in a row saw the guest dirty at least as many pages as they sent (the
+ * dirty rate at least the send rate), or once the dirty set left after a round is still more
+ * than WINDOW_SHRINK times the one left NOT_HELPING_WINDOW rounds before (rounds that do not
+ * help: a noisy round neither stops nor saves precopy). The first round (every page) is not
+ * judged, only remembered.
+ */
+export function convergenceJudge(): (round: Pick<PrecopyRound, 'round' | 'sent_pages' | 'dirtied_pages' | 'left_pages'>) => boolean {
+  const left: number[] = [];
+  let outpaced = 0;
+  return (round) => {
+    left.push(round.left_pages);
+    if (left.length > NOT_HELPING_WINDOW + 1) left.shift();
+    if (round.round === 1) return false;
+    outpaced = round.dirtied_pages >= round.sent_pages ? outpaced + 1 : 0;
+    if (outpaced >= OUTPACED_ROUNDS) return true;
+    return left.length > NOT_HELPING_WINDOW && round.left_pages > left[0] * WINDOW_SHRINK;
+  };
 }
 
 /**
