@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { BackgroundSnapshot, type SnapshotProgress, type SnapshotReport, type UnpopulatedMode } from '../snapshot/index.js';
 import { UsageError, choiceOption, numberOption, parseOptions } from './options.js';
+import { progressPrinter } from './output.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
 
 const SNAPSHOT_OPTIONS = {
@@ -40,7 +41,7 @@ export async function snapshotCommand(args: string[]): Promise<number> {
   const options = parseOptions(args, SNAPSHOT_OPTIONS);
   const config = snapshotConfig(options);
   const json = options.json === true;
-  const note = (line: string) => process.stderr.write(line + '\n');
+  const { note } = progressPrinter();
   const { blocks, guests, threadsPerBlock } = await startReferenceGuests(config, (p) => note(p.message));
   try {
     if (config.warmupSeconds > 0) await new Promise((r) => setTimeout(r, config.warmupSeconds * 1000));

@@ -219,12 +219,12 @@ export class BackgroundSnapshot extends EventEmitter {
       } finally {
         clearInterval(watch);
       }
-      this.checkAllSaved();
+      const present = this.savedPages();
       const seconds = (performance.now() - this.resumedAt) / 1e3;
       this.release();
       // The guest is free from here: what is left costs it nothing.
       const finishing = performance.now();
-      const checksumMs = this.complete(deviceState);
+      const checksumMs = this.complete(present, deviceState);
       return this.report(seconds, pauseMs, plan.unpopulated, deviceState?.length ?? 0, checksumMs, performance.now() - finishing);
     } catch (error) {
       throw await this.abandon(error as Error);
@@ -268,10 +268,9 @@ export class BackgroundSnapshot extends EventEmitter {
    * ~3 GB/s on one core), bitmaps, device state, syncs, trailer, rename. Returns the ms the
    * checksums took.
    */
-  private complete(deviceState: Uint8Array | undefined): number {
+  private complete(present: Bitmap[], deviceState: Uint8Array | undefined): number {
     const started = performance.now();
     const writer = this.writer!;
-    const present = this.blocks.map(presentBitmap);
     const checksums = this.options.pageChecksums ?? true
       ? foldPresentPages(this.blocks.map((b, i) => ({ pageSize: b.pageSize, pages: b.pages, present: present[i] })),
         (block, page, count, into) => readFully(writer.fd, into.subarray(0, count * this.blocks[block].pageSize), writer.pageOffset(block, page), writer.partialPath, 'page data'))
@@ -360,7 +359,7 @@ export class BackgroundSnapshot extends EventEmitter {
     while (first > windowStart && Atomics.compareExchange(b.state, first - 1, PageState.PROTECTED, PageState.FAULT) === PageState.PROTECTED) first--;
     let end = page + 1;
     while (end < windowEnd && Atomics.compareExchange(b.state, end, PageState.PROTECTED, PageState.FAULT) === PageState.PROTECTED) end++;
-    this.aside.slot(slot, (end - first) * ps).set(b.bytes.subarray(first * ps, end * ps));
+    b.bytes.copy(this.aside.slots, slot * this.aside.slotSize, first * ps, end * ps); // no view allocated per fault
     // The faulting page first, alone, so that its thread can go on; then the whole run in one
     // call (above 33 pages the kernel flushes the TLB once instead of page by page, and each
     // flush is a hypercall on a paravirtual host). Left to the walker, the rest would take
@@ -441,16 +440,20 @@ export class BackgroundSnapshot extends EventEmitter {
 
   // ---- end -----------------------------------------------------------------------------
 
-  /** Complete means every page of every block is saved: checked here, page by page. */
-  private checkAllSaved(): void {
-    for (const b of this.blocks) {
+  /**
+   * Complete means every page of every block is saved: checked here, page by page, in the same
+   * pass that builds each block's bitmap of pages present (the SAVED_DATA ones).
+   */
+  private savedPages(): Bitmap[] {
+    return this.blocks.map((b) => {
+      const present = new Bitmap(b.pages);
       for (let p = 0; p < b.pages; p++) {
         const s = Atomics.load(b.state, p);
-        if (s !== PageState.SAVED_DATA && s !== PageState.SAVED_ZERO) {
-          throw new SnapshotError(`internal: page ${p} of block ${b.idstr} is not saved (state ${s}) after the walk`);
-        }
+        if (s === PageState.SAVED_DATA) present.set(p);
+        else if (s !== PageState.SAVED_ZERO) throw new SnapshotError(`internal: page ${p} of block ${b.idstr} is not saved (state ${s}) after the walk`);
       }
-    }
+      return present;
+    });
   }
 
   private fail(error: Error): void {
@@ -528,12 +531,6 @@ export class BackgroundSnapshot extends EventEmitter {
       page_checksums: this.options.pageChecksums ?? true,
     };
   }
-}
-
-function presentBitmap(b: BlockRuntime): Bitmap {
-  const map = new Bitmap(b.pages);
-  for (let p = 0; p < b.pages; p++) if (b.state[p] === PageState.SAVED_DATA) map.set(p);
-  return map;
 }
 
 /**
