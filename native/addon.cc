@@ -1,9 +1,11 @@
 // postcopy native addon: thin, errno-faithful wrappers of mmap/madvise/memfd and userfaultfd.
 // No policy lives here; src/kernel/ is the only user of this module.
+#include <fcntl.h>
 #include <napi.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "errors.h"
 #include "mapping.h"
 #include "userfaultfd.h"
 
@@ -24,12 +26,23 @@ static Napi::Value ExitNow(const Napi::CallbackInfo& info) {
   _exit(code);
 }
 
+// fcntl(F_DUPFD_CLOEXEC): a second descriptor of the same open socket or userfaultfd, so that a
+// worker thread can own one (and close it) while the thread that accepted it closes its own.
+static Napi::Value DuplicateDescriptor(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(info.Env(), "duplicateDescriptor(fd): fd must be a number");
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) ThrowErrno(info.Env(), errno, "fcntl", "F_DUPFD_CLOEXEC of descriptor " + std::to_string(fd));
+  return Napi::Number::New(info.Env(), copy);
+}
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
   DefinePlacement(env, exports);
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("exitNow", Napi::Function::New<ExitNow>(env, "exitNow"));
+  exports.Set("duplicateDescriptor", Napi::Function::New<DuplicateDescriptor>(env, "duplicateDescriptor"));
   exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;

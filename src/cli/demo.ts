@@ -68,7 +68,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     ...(chaos ? { chaos: chaos.summary() } : {}),
     config: {
       size: config.size, blocks: config.blocks, huge: config.huge, threads: config.threads, pattern: config.pattern, precopy_seconds: config.precopySeconds,
-      transport, preempt: config.preempt, recover_seconds: config.recoverSeconds,
+      transport, preempt: config.preempt, channels: config.channels, recover_seconds: config.recoverSeconds,
     },
   };
   if (json) console.log(JSON.stringify(report));

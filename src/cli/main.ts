@@ -32,6 +32,8 @@ demo/send options:
   --precopy-seconds S       precopy before switching to postcopy; 0 = straight to postcopy (default 2)
   --transport tcp|unix      (demo) the channel transport (default tcp)
   --no-preempt              no preempt channel: requested pages queue behind the stream
+  --channels N              bulk channels (0-16, default 0): precopy and the background stream
+                            go on N more connections, each fed and drained by its own thread
   --run-seconds S           how long the destination runs the guest after the last page (default 1)
   --dirty-log KIND          pagemap-scan | uffd-wp (default: the best the kernel offers)
   --chaos SEED              (demo) both channels go through a fault-injecting proxy that cuts

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import { OutgoingMigration, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
 import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
-import { Capability } from '../wire/index.js';
+import { Capability, MAX_BULK_CHANNELS } from '../wire/index.js';
 import { choiceOption, livenessConfig, numberOption, type Spec } from './options.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
 
@@ -12,12 +12,14 @@ export const SOURCE_OPTIONS: Spec = {
   size: 'string', blocks: 'string', huge: 'boolean', threads: 'string', pattern: 'string',
   'precopy-seconds': 'string', 'no-preempt': 'boolean', fill: 'string', json: 'boolean',
   'dirty-log': 'string', transport: 'string', 'run-seconds': 'string', 'token-file': 'string', connect: 'string',
-  'recover-seconds': 'string', 'stall-seconds': 'string',
+  'recover-seconds': 'string', 'stall-seconds': 'string', channels: 'string',
 };
 
 export interface SourceConfig extends GuestSetup {
   precopySeconds: number;
   preempt: boolean;
+  /** Bulk channels (0: pages go on the main channel). */
+  channels: number;
   dirtyLog?: 'pagemap-scan' | 'uffd-wp';
   /** How long a connection broken in postcopy may take to come back (0: fail at once). */
   recoverSeconds: number;
@@ -30,6 +32,7 @@ export function sourceConfig(o: Record<string, string | boolean | undefined>): S
     ...guestSetupConfig(o),
     precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
     preempt: o['no-preempt'] !== true,
+    channels: numberOption(o.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
     dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', ['pagemap-scan', 'uffd-wp'] as const, 'pagemap-scan'),
     ...livenessConfig(o),
   };
@@ -45,16 +48,20 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
   const { blocks, guests, threadsPerBlock } = await startReferenceGuests(config, onProgress);
   const session = randomUUID();
   try {
-    const connect = (role: ChannelRole, timeout = 10) => connectChannel<SourceBlock>({
-      endpoint, sessionId: session, role, token, blocks, timeout, capabilities: role === 'main' && config.preempt ? Capability.PREEMPT : 0,
+    const capabilities = (config.preempt ? Capability.PREEMPT : 0) | (config.channels << Capability.BULK_SHIFT);
+    const connect = (role: ChannelRole, timeout = 10, index = 0) => connectChannel<SourceBlock>({
+      endpoint, sessionId: session, role, index, token, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
     });
     const main = await connect('main');
     const preempt = config.preempt ? await connect('preempt') : undefined;
+    const bulk = [];
+    for (let index = 0; index < config.channels; index++) bulk.push(await connect('bulk', 10, index));
     let device: DeviceState | undefined;
     const migration = new OutgoingMigration({
       blocks,
       main,
       preempt,
+      bulk,
       reconnect: connect,
       recoverSeconds: config.recoverSeconds,
       stallSeconds: config.stallSeconds,

@@ -31,6 +31,7 @@ import {
   type StreamEvent,
 } from '../wire/index.js';
 import { StallWatch, type AcceptedChannel, type Channel } from '../transport/index.js';
+import { BulkReceiver } from './bulk-receiver.js';
 import { endGuestSurely } from './sure-stop.js';
 import { FaultService } from './fault-service.js';
 import { PagePlacer, openForMissing, type GuestBlock } from './placement.js';
@@ -105,6 +106,15 @@ export class IncomingMigration extends EventEmitter {
   /** Channels of the current connection whose EOF has arrived. */
   private readonly ended = new Set<Channel>();
   private sourceComplete = false;
+  /** Bulk channels the source said join (HELLO capability), and those that have, by number. */
+  private expectBulk = 0;
+  private readonly bulk: (BulkReceiver | undefined)[] = [];
+  /** Bulk channels that joined before the blocks were known (MEM_SIZE): started after it. */
+  private pendingBulk: Channel[] = [];
+  private layoutKnown = false;
+  /** MULTIFD_FLUSH on the main channel: its stream waits until every bulk channel has synced. */
+  private awaitingBulkSync = false;
+  private pumpMain: (() => void) | undefined;
   private bulkHeld: { channel: Channel; timer: NodeJS.Timeout } | undefined;
   private lastRequestAt = -Infinity;
   private lastPlacedAt = performance.now();
@@ -170,7 +180,10 @@ export class IncomingMigration extends EventEmitter {
       if (live && !(state === 'LISTENING' || state === 'RUNNING' || state === 'END')) return `migration '${hello.sessionId}' already has a main channel (state ${state})`;
     } else {
       if (!this.main || this.main.closed) return 'the main channel must connect first';
-      if (this.preemptChannel && !this.preemptChannel.closed) return `migration '${hello.sessionId}' already has a preempt channel`;
+      if (hello.role === Role.BULK) {
+        if (hello.index >= this.expectBulk) return `bulk channel ${hello.index}: the main channel announced ${this.expectBulk} bulk channel(s)`;
+        if (this.bulk[hello.index] || this.pendingBulk.some((c) => c.index === hello.index)) return `migration '${hello.sessionId}' already has bulk channel ${hello.index}`;
+      } else if (this.preemptChannel && !this.preemptChannel.closed) return `migration '${hello.sessionId}' already has a preempt channel`;
     }
     this.session = hello.sessionId;
     return undefined;
@@ -188,14 +201,21 @@ export class IncomingMigration extends EventEmitter {
       if (this.state === 'FAILED') return channel.destroy();
       this.main = channel;
       this.expectPreempt = (hello.capabilities & Capability.PREEMPT) !== 0;
+      this.expectBulk = (hello.capabilities & Capability.BULK_MASK) >> Capability.BULK_SHIFT;
       this.requests.resetBlock(); // the new connection has not heard of any block yet
+    } else if (channel.role === 'bulk') {
+      if (decoder.pending > 0) {
+        channel.destroy();
+        return this.fail(new ProtocolError(`${channel.name} channel: ${decoder.pending} byte(s) sent before HELLO_ACK`));
+      }
+      return this.layoutKnown ? this.startBulk(channel) : void this.pendingBulk.push(channel);
     } else {
       this.preemptChannel = channel;
     }
     this.stallWatch.watch(channel);
     const pump = () => {
       try {
-        for (let event = decoder.next(); event; event = decoder.next()) this.handle(event, channel);
+        for (let event = this.awaitingBulkSync ? undefined : decoder.next(); event; event = this.awaitingBulkSync ? undefined : decoder.next()) this.handle(event, channel);
         this.flushRun();
       } catch (error) {
         // an answer that could not be written means a broken connection; anything else is fatal
@@ -221,12 +241,57 @@ export class IncomingMigration extends EventEmitter {
     channel.socket.on('close', () => {
       if (this.isCurrent(channel)) this.channelLost(channel, channel.error!);
     });
+    if (channel.role === 'main') this.pumpMain = pump;
     channel.socket.resume();
     pump();
   }
 
   private isCurrent(channel: Channel): boolean {
     return channel === this.main || channel === this.preemptChannel;
+  }
+
+  /** A bulk channel's worker takes over its connection; after LISTEN it places atomically from the start. */
+  private startBulk(channel: Channel): void {
+    const listening = this.listenAt > 0 ? this.uffd : undefined;
+    const receiver = new BulkReceiver(channel, [...this.blocks], listening, this.settings.stallSeconds * 1000, {
+      applied: (block, ranges, counts) => this.bulkApplied(receiver, block, ranges, counts),
+      synced: () => this.checkBulkSynced(),
+      ended: () => this.checkComplete(),
+      failed: (_, error, connection) => {
+        if (this.bulk[channel.index] !== receiver) return;
+        if (connection) this.connectionLost(error);
+        else this.fail(error);
+      },
+    });
+    this.bulk[channel.index] = receiver;
+  }
+
+  /** What a bulk worker wrote (precopy) or placed: the received bits, and the waits they end. */
+  private bulkApplied(receiver: BulkReceiver, block: GuestBlock, ranges: Float64Array, counts: { pages: number; zero: number; duplicate: number }): void {
+    if (!this.bulk.includes(receiver) || this.state === 'FAILED') return;
+    this.pages.zero += counts.zero;
+    const atomic = this.machine.atomicPlacement;
+    if (atomic) {
+      this.pages.postcopyPlaced += counts.pages - counts.duplicate;
+      this.pages.duplicate += counts.duplicate;
+      this.lastPlacedAt = performance.now();
+    } else {
+      this.pages.precopy += counts.pages;
+    }
+    for (let i = 0; i < ranges.length; i += 2) {
+      block.markReceived(ranges[i], ranges[i + 1]);
+      if (atomic) this.pages.requested += (this.faults?.placed(block, ranges[i], ranges[i + 1]) ?? 0) * (block.pageSize / TARGET_PAGE_SIZE);
+    }
+    if (atomic) this.checkComplete();
+  }
+
+  /** The main stream goes on past MULTIFD_FLUSH once every announced bulk channel has synced. */
+  private checkBulkSynced(): void {
+    if (!this.awaitingBulkSync) return;
+    for (let i = 0; i < this.expectBulk; i++) if (!this.bulk[i]?.synced) return;
+    this.awaitingBulkSync = false;
+    for (const receiver of this.bulk) if (receiver) receiver.synced = false;
+    this.pumpMain?.();
   }
 
   private handle(event: StreamEvent<GuestBlock>, channel: Channel): void {
@@ -240,6 +305,11 @@ export class IncomingMigration extends EventEmitter {
       case 'command':
         this.flushRun(); // commands are ordering points: pages before them are placed first
         return this.command(event, channel);
+      case 'multifd-flush':
+        // what follows (discards, LISTEN) must not overtake a page still on a bulk channel
+        if (channel.role !== 'main' || this.expectBulk === 0) return;
+        this.awaitingBulkSync = true;
+        return this.checkBulkSynced();
       case 'eof':
         this.flushRun();
         // after COMPLETE, pages may still be in flight on the preempt channel
@@ -250,7 +320,7 @@ export class IncomingMigration extends EventEmitter {
         this.stallWatch.unwatch(channel); // nothing more comes on it: silence is expected now
         return this.checkComplete();
       default:
-        return; // header, ram-eos, multifd-flush: framing only
+        return; // header, ram-eos: framing only
     }
   }
 
@@ -268,6 +338,8 @@ export class IncomingMigration extends EventEmitter {
       if (local.pageSize !== b.pageSize) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' page size ${b.pageSize} != local ${local.pageSize}`);
     }
     if (list.length !== this.blocks.size) throw new ProtocolError(`MEM_SIZE: ${list.length} blocks, the destination has ${this.blocks.size}`);
+    this.layoutKnown = true;
+    for (const channel of this.pendingBulk.splice(0)) this.startBulk(channel);
   }
 
   private transition(transition: IncomingTransition): void {
@@ -366,6 +438,7 @@ export class IncomingMigration extends EventEmitter {
     this.faults = new FaultService(uffd, [...this.blocks], (block, offset, length) => this.requestPage(block, offset, length),
       (error) => this.fail(error), this.options.guestThreads ?? 0);
     this.faults.start();
+    for (const receiver of this.bulk) receiver?.listen(uffd);
     this.listenAt = performance.now();
     this.lastPlacedAt = this.listenAt;
     this.livenessTimer = setInterval(() => this.checkLiveness(), LIVENESS_TICK_MS);
@@ -500,7 +573,8 @@ export class IncomingMigration extends EventEmitter {
     if (!missing) return this.end();
     const main = this.main;
     const preemptEnded = !this.expectPreempt || (this.preemptChannel !== undefined && this.ended.has(this.preemptChannel));
-    if (main && this.ended.has(main) && preemptEnded) {
+    const bulkEnded = this.bulk.filter((r) => r?.ended).length === this.expectBulk;
+    if (main && this.ended.has(main) && preemptEnded && bulkEnded) {
       const { block, count, first } = missing;
       this.fail(new MigrationError('ERR_POSTCOPY_MISSING_PAGES',
         `the source completed with pages missing: block '${block.idstr}' lacks ${count} page(s), the first at offset 0x${first.toString(16)}`));
@@ -512,6 +586,7 @@ export class IncomingMigration extends EventEmitter {
     this.endAt = performance.now();
     this.stopTimers();
     this.faults?.stop();
+    this.stopBulk();
     // every page is here: no thread can block any more, so closing is safe
     for (const block of this.blocks) this.uffd?.unregister(block.host!.address, block.host!.length);
     this.uffd?.close();
@@ -525,7 +600,11 @@ export class IncomingMigration extends EventEmitter {
    * has `recoverSeconds` to come back with the same session. Elsewhere it fails.
    */
   private channelLost(channel: Channel, error: Error): void {
-    if (!this.isCurrent(channel) || this.state === 'END' || this.state === 'FAILED') return;
+    if (this.isCurrent(channel)) this.connectionLost(error);
+  }
+
+  private connectionLost(error: Error): void {
+    if (this.state === 'END' || this.state === 'FAILED') return;
     if (this.state === 'PAUSED') {
       // the recovering connection broke too: the bound of the pause still runs
       this.dropChannels();
@@ -557,10 +636,20 @@ export class IncomingMigration extends EventEmitter {
     }
     this.main = undefined;
     this.preemptChannel = undefined;
+    this.stopBulk();
     for (const temp of this.tempPages.values()) temp.reset(); // unplaced: the source sends them again
     this.tempPages.clear();
     this.ended.clear();
     this.sourceComplete = false;
+  }
+
+  /** Stops every bulk channel's worker; pages they applied and did not report are sent again (EEXIST then). */
+  private stopBulk(): void {
+    this.bytesOfEarlierChannels += this.bulkBytesReceived();
+    for (const receiver of this.bulk) receiver?.stop();
+    this.bulk.length = 0;
+    for (const channel of this.pendingBulk.splice(0)) channel.destroy();
+    this.awaitingBulkSync = false;
   }
 
   /** POSTCOPY_RESUME on a new main channel: back to the paused state, every request again. */
@@ -580,6 +669,10 @@ export class IncomingMigration extends EventEmitter {
     channel.send(encodeResumeAck(resumed === 'LISTENING' ? ResumeState.LISTENING : ResumeState.RUNNING));
     this.faults?.resendAll();
     this.emit('resumed');
+  }
+
+  private bulkBytesReceived(): number {
+    return this.bulk.reduce((sum, r) => sum + (r?.bytesReceived ?? 0), 0);
   }
 
   private stopTimers(): void {
@@ -606,6 +699,7 @@ export class IncomingMigration extends EventEmitter {
       }
     }
     this.preemptChannel?.destroy();
+    this.stopBulk(); // before the userfaultfd closes: no worker places anything after that
     this.emit('failed', error);
     if (!this.uffd) return;
     endGuestSurely({
@@ -644,7 +738,8 @@ export class IncomingMigration extends EventEmitter {
       recoveries: this.recovery.count,
       paused_ms: round(this.recovery.pausedMs + (this.state === 'PAUSED' ? performance.now() - this.pausedAt : 0)),
       bytes_total: bytesTotal,
-      bytes_received: this.bytesOfEarlierChannels + (this.main?.bytesReceived ?? 0) + (this.preemptChannel?.bytesReceived ?? 0),
+      bytes_received: this.bytesOfEarlierChannels + (this.main?.bytesReceived ?? 0) + (this.preemptChannel?.bytesReceived ?? 0) + this.bulkBytesReceived(),
+      bulk_channels: this.expectBulk,
       blocktime_ms: round(blocktime?.totalMs ?? 0),
       blocktime_per_thread_ms: blocktimePerThread(blocktime),
       latency_us: latencyReport(this.faults?.latency),

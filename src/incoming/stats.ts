@@ -22,6 +22,8 @@ export interface PostcopyReport {
   bytes_total: number;
   /** Bytes read from the source on every channel, framing included. */
   bytes_received: number;
+  /** Bulk channels of the migration (0: pages came on the main channel). */
+  bulk_channels: number;
   blocktime_ms: number;
   blocktime_per_thread_ms: Record<string, number>;
   latency_us: { avg: number; p50: number; p99: number; histogram: number[]; count: number };

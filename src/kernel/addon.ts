@@ -50,6 +50,7 @@ export interface Addon {
   Userfaultfd: new (options: { userModeOnly?: boolean; fd?: number }) => NativeUserfaultfd;
   gettid(): number;
   exitNow(code: number): never;
+  duplicateDescriptor(fd: number): number;
   pagemapScan(fd: number, arg: BigUint64Array, vec: BigUint64Array): number;
   pageSize: number;
 }

@@ -21,3 +21,11 @@ export function exitNow(code: number, message?: string): never {
   }
   return addon.exitNow(code);
 }
+
+/**
+ * A second descriptor (close-on-exec) of the same open socket or userfaultfd: a worker thread
+ * takes one and closes it when done, independently of the thread that opened the first.
+ */
+export function duplicateDescriptor(fd: number): number {
+  return addon.duplicateDescriptor(fd);
+}

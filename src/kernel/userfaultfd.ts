@@ -384,3 +384,33 @@ export class RangeUnprotector {
     return placement.writeProtect(this.fd, this.start + offset, length, 0);
   }
 }
+
+/**
+ * Places pages into one MISSING-registered range from another thread (a bulk channel's worker):
+ * like RangeUnprotector, every call is checked against the range. The worker owns `fd` (a
+ * duplicate: see duplicateDescriptor), so the owner closing its own never leaves the worker
+ * with a number that could be reused for something else.
+ */
+export class RangePlacer {
+  constructor(
+    readonly fd: number,
+    readonly start: number,
+    readonly length: number,
+  ) {}
+
+  /** Bytes placed, or -errno (-EEXIST: already there; -EFAULT outside the range, no ioctl); wakes waiters. */
+  tryCopy(offset: number, src: ArrayBufferView, length: number, srcOffset = 0): number {
+    if (!(offset >= 0 && length > 0 && offset + length <= this.length)) return EFAULT;
+    return placement.copy(this.fd, this.start + offset, src, length, 0, srcOffset);
+  }
+
+  tryZeropage(offset: number, length: number): number {
+    if (!(offset >= 0 && length > 0 && offset + length <= this.length)) return EFAULT;
+    return placement.zeropage(this.fd, this.start + offset, length, 0);
+  }
+
+  /** Bytes the last call completed before it failed. */
+  get lastCount(): number {
+    return placement.lastCount();
+  }
+}

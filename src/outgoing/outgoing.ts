@@ -14,6 +14,7 @@ import { MigrationError, ResumeState, isConnectionError, type ReturnPathEvent } 
 import type { ChannelRole, ConnectedChannel } from '../transport/index.js';
 import { createDirtyLog, type DirtyLog } from './dirty-log.js';
 import { SourceChannels } from './source-channels.js';
+import { BulkSenders } from './bulk-senders.js';
 
 export type SourceBlock = RamBlock<Mapping>;
 
@@ -23,10 +24,15 @@ export interface OutgoingOptions {
   /** Carries only requested pages, so a request never waits behind the background stream. */
   preempt?: ConnectedChannel<SourceBlock>;
   /**
-   * Opens a channel of this migration again (same session, same token) after a connection
-   * broke in postcopy. Without it a broken connection fails the migration.
+   * Bulk channels (their number announced in the main channel's HELLO): precopy and the
+   * postcopy background stream go on them, in packets, each fed by its own worker thread.
    */
-  reconnect?: (role: ChannelRole, timeoutSeconds: number) => Promise<ConnectedChannel<SourceBlock>>;
+  bulk?: ConnectedChannel<SourceBlock>[];
+  /**
+   * Opens a channel of this migration again (same session, same token) after a connection
+   * broke in postcopy (`index`: a bulk channel's number). Without it a broken connection fails the migration.
+   */
+  reconnect?: (role: ChannelRole, timeoutSeconds: number, index?: number) => Promise<ConnectedChannel<SourceBlock>>;
   /** How long recovery may try to reconnect (default 30 s; 0: a break fails the migration). */
   recoverSeconds?: number;
   /** The return path silent this long means a broken connection (default 5 s). */
@@ -140,6 +146,8 @@ export interface OutgoingReport {
   postcopy_ms: number;
   total_ms: number;
   bytes_sent: number;
+  /** Bulk channels (0: pages went on the main channel). */
+  bulk_channels: number;
 }
 
 /**
@@ -150,6 +158,8 @@ const PRE_PAUSE_DISCARD_ENOUGH = 64;
 const PRE_PAUSE_DISCARD_ROUNDS = 4;
 /** A batch of the stream ends at this many pages or `batchMs`, whichever comes first. */
 const BATCH_PAGES = 256;
+/** Target pages handed to the bulk channels between two looks at the return path. */
+const BULK_BATCH_PAGES = 1024;
 const HEARTBEAT_MS = 1000;
 /** The report keeps this many precopy rounds (the last ones); the totals cover all. */
 const PRECOPY_ROUNDS_KEPT = 64;
@@ -190,6 +200,10 @@ export class OutgoingMigration {
   private roundStart = { at: 0, sent: 0 };
   private readonly started = performance.now();
   private readonly channels: SourceChannels;
+  /** The bulk channels of the current connection, if the migration has any. */
+  private bulk: BulkSenders | undefined;
+  /** Bytes sent on the bulk channels of earlier connections. */
+  private bulkBytesEarlier = 0;
   private shut: { status: number } | undefined;
   private onShut: (() => void) | undefined;
   /** A failure no recovery can heal (a malformed return path, the destination failed). */
@@ -223,6 +237,24 @@ export class OutgoingMigration {
       onProtocolError: (error) => this.failFatally(error),
       phase: () => (this.phase === 'precopy' ? `precopy round ${this.round}` : this.phase),
     });
+    if (options.bulk?.length) this.bulk = this.startBulk(options.bulk);
+  }
+
+  private startBulk(channels: ConnectedChannel<SourceBlock>[]): BulkSenders {
+    const bulk: BulkSenders = new BulkSenders(channels, this.blocks, HEARTBEAT_MS, (error) => this.bulk === bulk && this.channels.markBrokenBy(error));
+    return bulk;
+  }
+
+  /** After a break: the bulk workers of the broken connection stop. */
+  private stopBulk(): void {
+    if (!this.bulk) return;
+    this.bulkBytesEarlier += this.bulk.bytesSent;
+    this.bulk.stop();
+    this.bulk = undefined;
+  }
+
+  private get bytesSent(): number {
+    return this.channels.bytesSent + this.bulkBytesEarlier + (this.bulk?.bytesSent ?? 0);
   }
 
   private onReturnPath(event: ReturnPathEvent<SourceBlock>): void {
@@ -269,7 +301,7 @@ export class OutgoingMigration {
       round: this.round,
       pagesSent: this.counts.precopy + this.counts.postcopy + this.counts.requested,
       pagesLeft: this.totalDirty,
-      bytesSent: this.channels.bytesSent,
+      bytesSent: this.bytesSent,
       elapsedMs: performance.now() - this.started,
       recoveries: this.counts.recoveries,
       reason,
@@ -306,7 +338,8 @@ export class OutgoingMigration {
       return this.report(log.kind, precopyMs, downtime, performance.now() - postcopyStart);
     } catch (error) {
       const failure = this.fatal ?? (isConnectionError(error) ? this.nameBreak(error as Error) : error);
-      this.channels.drop(); // the destination sees the connection end: it fails (or waits to recover)
+      this.channels.drop();
+      this.stopBulk(); // the destination sees the connection end: it fails (or waits to recover)
       throw failure;
     } finally {
       log.stop();
@@ -391,6 +424,12 @@ export class OutgoingMigration {
    */
   private async switchover(log: DirtyLog): Promise<DowntimeParts & { total: number; start: number }> {
     this.phase = 'switchover';
+    if (this.bulk) {
+      // every bulk page before any discard: the destination's main stream waits at the flush
+      this.bulk.sync();
+      const { main } = this.channels;
+      main.channel.send(main.encoder.multifdFlush());
+    }
     await this.discardBeforePause(log);
     this.throwIfBroken();
     const start = performance.now();
@@ -479,6 +518,7 @@ export class OutgoingMigration {
     const left = this.totalDirty;
     if (left !== 0) throw new MigrationError('ERR_POSTCOPY_INTERNAL', `internal: COMPLETE with ${left} page(s) still dirty`);
     const { main, preempt } = this.channels;
+    void this.bulk?.end(); // END after what the workers still hold; the destination waits for it
     if (preempt) {
       if (preempt.encoder.ramOpen) preempt.channel.send(preempt.encoder.endRam());
       preempt.channel.send(preempt.encoder.eof());
@@ -510,6 +550,7 @@ export class OutgoingMigration {
     if (!reconnect || this.recoverSeconds <= 0) throw reason;
     const pausedAt = performance.now();
     const deadline = pausedAt + this.recoverSeconds * 1000;
+    this.stopBulk();
     this.phase = 'paused';
     this.progress(reason.message);
     this.requests = [];
@@ -564,6 +605,12 @@ export class OutgoingMigration {
     }
     if (recovering.ack === ResumeState.LISTENING) this.sendRun(); // RUN had not arrived
     if (this.options.preempt) this.channels.usePreempt(await reconnect('preempt', timeoutSeconds));
+    const bulkCount = this.options.bulk?.length ?? 0;
+    if (bulkCount) {
+      const channels: ConnectedChannel<SourceBlock>[] = [];
+      for (let index = 0; index < bulkCount; index++) channels.push(await reconnect('bulk', timeoutSeconds, index));
+      this.bulk = this.startBulk(channels);
+    }
   }
 
   /** Waits until `done()` (checked on every return-path message), the break of the connection, or the timeout. */
@@ -718,7 +765,8 @@ export class OutgoingMigration {
       this.throwIfBroken();
       if (kind === 'postcopy') this.serveRequests();
       const main = this.channels.main;
-      if (!this.sendBatch(main, kind)) {
+      const bulk = this.bulk;
+      if (!(bulk ? this.sendBatchBulk(bulk, kind) : this.sendBatch(main, kind))) {
         // the bitmap decides when the stream is done, never an empty batch
         if (this.nextDirty()) throw new MigrationError('ERR_POSTCOPY_INTERNAL', 'internal: a stream batch sent nothing while pages are dirty');
         return;
@@ -733,7 +781,8 @@ export class OutgoingMigration {
       // leaves needDrain set until the next tick), then wait if the socket is really full
       await yieldToLoop();
       this.throwIfBroken();
-      if (main.channel.socket.writableNeedDrain) await Promise.race([main.channel.drained(), this.channels.whenBroken()]);
+      if (bulk) await Promise.race([bulk.whenRoom(), this.channels.whenBroken()]);
+      else if (main.channel.socket.writableNeedDrain) await Promise.race([main.channel.drained(), this.channels.whenBroken()]);
     }
   }
 
@@ -759,6 +808,48 @@ export class OutgoingMigration {
     } finally {
       socket.uncork();
     }
+    return sent > 0;
+  }
+
+  /**
+   * One batch for the bulk channels: runs of dirty pages, each within one stripe (so on one
+   * channel), whole host pages of huge-page blocks, up to BULK_BATCH_PAGES. The workers copy;
+   * this only walks the bitmap. False when nothing is dirty.
+   */
+  private sendBatchBulk(bulk: BulkSenders, kind: 'precopy' | 'postcopy'): boolean {
+    const queued: { block: number; pages: number[] }[] = [];
+    const flush = (channel: number) => {
+      const q = queued[channel];
+      if (q) bulk.queue(channel, q.block, q.pages);
+      queued[channel] = undefined!;
+    };
+    let sent = 0;
+    while (sent < BULK_BATCH_PAGES) {
+      const next = this.nextDirty();
+      if (!next) break;
+      const block = this.blocks[next.block];
+      const dirty = this.dirty.get(block)!;
+      const perHost = block.pageSize / TARGET_PAGE_SIZE;
+      let from = next.page;
+      let to: number;
+      if (perHost > 1) {
+        from -= from % perHost;
+        to = from + perHost;
+      } else {
+        const stripe = bulk.stripePages(next.block);
+        to = Math.min(dirty.findNextZero(from), (Math.floor(from / stripe) + 1) * stripe);
+      }
+      const channel = bulk.channelOf(next.block, from);
+      if (queued[channel] && queued[channel].block !== next.block) flush(channel);
+      const q = (queued[channel] ??= { block: next.block, pages: [] });
+      for (let page = from; page < to; page++) q.pages.push(page);
+      dirty.clearRange(from, to - from);
+      this.sent.get(block)!.setRange(from, to - from);
+      this.counts[kind] += to - from;
+      this.cursor = { block: next.block, page: to };
+      sent += to - from;
+    }
+    for (let channel = 0; channel < bulk.count; channel++) flush(channel);
     return sent > 0;
   }
 
@@ -801,7 +892,8 @@ export class OutgoingMigration {
       },
       postcopy_ms: Math.round(postcopyMs),
       total_ms: Math.round(performance.now() - this.started),
-      bytes_sent: this.channels.bytesSent,
+      bytes_sent: this.bytesSent,
+      bulk_channels: this.options.bulk?.length ?? 0,
     };
   }
 }

@@ -99,10 +99,15 @@ export class SourceChannels {
 
   /** Notes a break (the first one names it), drops both channels, and wakes every waiter. */
   markBroken(channel: Channel, error: Error): void {
-    if (this.broken || !this.isCurrent(channel)) return;
+    if (!this.isCurrent(channel)) return;
+    this.markBrokenBy(error.message.startsWith(channel.name) ? error : Object.assign(new Error(`${channel.name} channel: ${error.message}`, { cause: error }), { code: (error as MigrationError).code }));
+  }
+
+  /** A break that names its channel already (a bulk channel's worker). */
+  markBrokenBy(error: Error): void {
+    if (this.broken) return;
     const code = (error as MigrationError).code ?? 'ERR_POSTCOPY_CHANNEL_CLOSED';
-    const message = error.message.startsWith(channel.role) ? error.message : `${channel.role} channel: ${error.message}`;
-    this.broken = new MigrationError(code, `${message} during ${this.options.phase()}`, { cause: error });
+    this.broken = new MigrationError(code, `${error.message} during ${this.options.phase()}`, { cause: (error.cause as Error | undefined) ?? error });
     this.drop();
     this.brokenSignal.resolve();
   }

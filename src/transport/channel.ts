@@ -4,9 +4,10 @@
 // bytes and no close) is noticed within a bound (see StallWatch).
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { duplicateDescriptor } from '../kernel/process.js';
 import { MigrationError } from '../wire/index.js';
 
-export type ChannelRole = 'main' | 'preempt';
+export type ChannelRole = 'main' | 'preempt' | 'bulk';
 
 export class Channel {
   bytesSent = 0;
@@ -15,11 +16,15 @@ export class Channel {
   lastReceivedAt = performance.now();
   private closedError: Error | undefined;
 
-  constructor(readonly socket: Socket, readonly role: ChannelRole) {
+  /** For messages: 'main', 'preempt', 'bulk 2'. */
+  readonly name: string;
+
+  constructor(readonly socket: Socket, readonly role: ChannelRole, readonly index = 0) {
+    this.name = role === 'bulk' ? `bulk ${index}` : role;
     socket.setNoDelay?.(true);
-    socket.on('close', () => (this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${role} channel closed by the peer`)));
+    socket.on('close', () => (this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel closed by the peer`)));
     socket.on('error', (error) => {
-      this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${role} channel: ${error.message}`, { cause: error });
+      this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel: ${error.message}`, { cause: error });
     });
   }
 
@@ -29,7 +34,23 @@ export class Channel {
 
   /** Why the channel is closed (a coded MigrationError), once it is. */
   get error(): Error | undefined {
-    return this.closedError ?? (this.socket.destroyed ? new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.role} channel closed`) : undefined);
+    return this.closedError ?? (this.socket.destroyed ? new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel closed`) : undefined);
+  }
+
+  /**
+   * Hands the connection over to a worker thread: a duplicate of the socket's descriptor (the
+   * worker owns and closes it), after which this side lets go of its own without a word to the
+   * peer (closing one of two descriptors of a socket sends nothing). Only for a channel whose
+   * handshake is over and which has nothing buffered on this side.
+   */
+  takeDescriptor(): number {
+    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new MigrationError('ERR_POSTCOPY_INTERNAL', `internal: the ${this.name} channel has no descriptor to hand over`);
+    const copy = duplicateDescriptor(fd);
+    this.socket.removeAllListeners();
+    this.socket.on('error', () => undefined);
+    this.socket.destroy();
+    return copy;
   }
 
   /** Counts bytes that arrived: the peer is alive. */
@@ -126,7 +147,7 @@ export class StallWatch {
       const silentMs = now - channel.lastReceivedAt;
       if (silentMs < this.stallMs) continue;
       const error = new MigrationError('ERR_POSTCOPY_CHANNEL_STALLED',
-        `${channel.role} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.stallMs / 1000} s)`);
+        `${channel.name} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.stallMs / 1000} s)`);
       this.channels.delete(channel);
       channel.destroy(error);
       this.onStall(channel, error);

@@ -17,6 +17,8 @@ export interface ConnectOptions<B extends BlockShape> {
   endpoint: Endpoint;
   sessionId: string;
   role: ChannelRole;
+  /** A bulk channel's number (0-based). */
+  index?: number;
   token?: string;
   /** Blocks the return path may name in page requests. */
   blocks: BlockLookup<B>;
@@ -35,12 +37,14 @@ export interface ConnectedChannel<B extends BlockShape> {
 export async function connectChannel<B extends BlockShape>(options: ConnectOptions<B>): Promise<ConnectedChannel<B>> {
   const { endpoint } = options;
   const where = formatEndpoint(endpoint);
+  const index = options.role === 'bulk' ? options.index ?? 0 : 0;
+  const name = options.role === 'bulk' ? `bulk ${index}` : options.role;
   const socket: Socket = endpoint.kind === 'unix' ? netConnect(endpoint.path) : netConnect(endpoint.port, endpoint.host);
   socket.setNoDelay(true);
   const returnPath = new ReturnPathDecoder<B>({ blocks: options.blocks });
   const encoder = new StreamEncoder();
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where}: the ${options.role} channel's handshake did not finish within ${options.timeout ?? 10} s`)),
+    const timer = setTimeout(() => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where}: the ${name} channel's handshake did not finish within ${options.timeout ?? 10} s`)),
       (options.timeout ?? 10) * 1000);
     let settled = false;
     const fail = (error: Error) => {
@@ -56,12 +60,12 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
         returnPath.push(chunk);
         for (let event = returnPath.next(); event; event = returnPath.next()) {
           if (event.type === 'challenge') {
-            const role = options.role === 'main' ? Role.MAIN : Role.PREEMPT;
-            const auth = helloAuth(options.token, event.nonce, options.sessionId, role, 0);
+            const role = options.role === 'main' ? Role.MAIN : options.role === 'preempt' ? Role.PREEMPT : Role.BULK;
+            const auth = helloAuth(options.token, event.nonce, options.sessionId, role, index);
             socket.write(encoder.header());
-            socket.write(encoder.hello({ sessionId: options.sessionId, role, index: 0, capabilities: options.capabilities ?? 0, auth }));
+            socket.write(encoder.hello({ sessionId: options.sessionId, role, index, capabilities: options.capabilities ?? 0, auth }));
           } else if (event.type === 'refuse') {
-            return fail(new MigrationError('ERR_POSTCOPY_REFUSED', `${where} refused the ${options.role} channel: ${event.reason}`));
+            return fail(new MigrationError('ERR_POSTCOPY_REFUSED', `${where} refused the ${name} channel: ${event.reason}`));
           } else if (event.type === 'hello-ack') {
             settled = true;
             clearTimeout(timer);
@@ -77,12 +81,12 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
         fail(error as Error);
       }
     };
-    const onClose = () => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where} closed the ${options.role} channel during the handshake`));
+    const onClose = () => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where} closed the ${name} channel during the handshake`));
     const onError = (error: NodeJS.ErrnoException) => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE',
-      `${options.role} channel to ${where}: ${error.code === 'ENOENT' ? 'no such socket' : error.code === 'ECONNREFUSED' ? 'nobody listens there' : error.message}`, { cause: error }));
+      `${name} channel to ${where}: ${error.code === 'ENOENT' ? 'no such socket' : error.code === 'ECONNREFUSED' ? 'nobody listens there' : error.message}`, { cause: error }));
     socket.on('data', onData);
     socket.on('error', onError);
     socket.once('close', onClose);
   });
-  return { channel: new Channel(socket, options.role), encoder, returnPath };
+  return { channel: new Channel(socket, options.role, index), encoder, returnPath };
 }

@@ -156,8 +156,8 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
       this.refuse(socket, `authentication failed for migration '${hello.sessionId}': wrong or missing token`);
       return;
     }
-    if (hello.role !== Role.MAIN && hello.role !== Role.PREEMPT) {
-      this.refuse(socket, `channel role ${roleName(hello.role) ?? hello.role} is not supported`);
+    if (roleName(hello.role) === undefined) {
+      this.refuse(socket, `channel role ${hello.role} is not supported`);
       return;
     }
     const reason = this.admit(hello);
@@ -166,8 +166,8 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
       return;
     }
     socket.write(encodeHelloAck(0));
-    const role: ChannelRole = hello.role === Role.MAIN ? 'main' : 'preempt';
-    this.emit('channel', { channel: new Channel(socket, role), decoder, hello });
+    const role = roleName(hello.role) as ChannelRole;
+    this.emit('channel', { channel: new Channel(socket, role, hello.index), decoder, hello });
   }
 }
 

@@ -111,10 +111,16 @@ export function roleName(role: number): string | undefined {
 /**
  * HELLO capability bits of the main channel. PREEMPT: a preempt channel joins this migration,
  * so the destination waits for its EOF too before it judges whether pages are missing.
+ * Bits 8-15 (BULK_SHIFT) count the bulk channels that join (0: pages go on the main channel).
  */
 export const Capability = {
   PREEMPT: 1,
+  BULK_SHIFT: 8,
+  BULK_MASK: 0xff00,
 } as const;
+
+/** Most bulk channels a migration may open. */
+export const MAX_BULK_CHANNELS = 16;
 
 /** RESUME_ACK value: the state the destination is in after the resume. */
 export const ResumeState = {

@@ -9,3 +9,4 @@ export * from './stream-decoder.js';
 export * from './stream-encoder.js';
 export { ChunkReader, PayloadReader } from './reader.js';
 export * as snapshotFormat from './snapshot-format.js';
+export * from './bulk-packet.js';

@@ -1,0 +1,267 @@
+// One bulk channel of the destination, on its own worker thread: it reads the channel's
+// packets straight into one receive buffer, checks them (BulkPacketDecoder), and applies their
+// pages from where they landed. Before LISTEN a page is a plain write into the block; from
+// LISTEN on it is placed atomically (UFFDIO_COPY of runs of contiguous 4 KiB pages, ZEROPAGE
+// for zero runs, one copy per huge page), which wakes any guest thread faulting on it. The main
+// thread learns what is in memory from 'applied' messages and sets the received bits: a page
+// placed here and not yet reported is only sent again, and EEXIST says it is already there.
+//
+// After a SYNC packet the worker stops reading until the main thread says LISTEN: the main
+// channel's MULTIFD_FLUSH waits for every channel's SYNC, so no precopy write can land after a
+// discard, and no page is written plainly once the block is registered.
+import { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { parentPort, workerData } from 'node:worker_threads';
+import { errnoError } from '../kernel/errors.js';
+import { attachMapping } from '../kernel/mapping.js';
+import { RangePlacer } from '../kernel/userfaultfd.js';
+import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
+import { isZero } from '../memory/zero.js';
+import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, type BulkPacket } from '../wire/bulk-packet.js';
+import { isConnectionError } from '../wire/errors.js';
+import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
+
+/** The receive buffer: several packets, so that one read brings many. */
+const RECEIVE_BYTES = 8 << 20;
+const EEXIST = -17;
+const EAGAIN = -11;
+const MAX_EAGAIN_RETRIES = 1000;
+
+interface Applied {
+  ranges: number[];
+  pages: number;
+  zero: number;
+  duplicate: number;
+}
+
+class BulkWorker {
+  private readonly buffer = Buffer.allocUnsafe(RECEIVE_BYTES);
+  /** Bytes [start, end) of the buffer are received and not yet applied. */
+  private start = 0;
+  private end = 0;
+  private readonly decoder: BulkPacketDecoder;
+  private readonly socket: Socket;
+  private readonly memory: (Buffer | undefined)[];
+  private placers: RangePlacer[] | undefined;
+  private hugePage: Uint8Array | undefined;
+  private zeroHugePage: Uint8Array | undefined;
+  /** After SYNC: nothing more is read or applied until LISTEN. */
+  private waitingForListen = false;
+  private done = false;
+  private lastReceivedAt = performance.now();
+  private bytes = 0;
+  private readonly applied = new Map<number, Applied>();
+  private readonly stallTimer: NodeJS.Timeout;
+
+  constructor(private readonly task: BulkWorkerTask) {
+    this.decoder = new BulkPacketDecoder(task.blocks, task.channel);
+    this.memory = task.blocks.map(() => undefined);
+    if (task.uffdFd !== undefined) this.listen(task.uffdFd);
+    // onread (Node's own option, missing from @types/node's constructor options): reads go
+    // straight into the receive buffer, after what is there already
+    const options = {
+      fd: task.socketFd,
+      readable: true,
+      writable: true,
+      onread: { buffer: () => this.buffer.subarray(this.end), callback: (n: number) => this.received(n) },
+    };
+    this.socket = new Socket(options);
+    this.socket.on('end', () => this.fail(new Error(`${task.channel} channel closed by the peer`), true));
+    this.socket.on('error', (error) => this.fail(new Error(`${task.channel} channel: ${error.message}`), true));
+    this.stallTimer = setInterval(() => this.checkStall(), Math.max(50, task.stallMs / 4));
+    parentPort!.on('message', (m: ToBulkWorker) => this.command(m));
+  }
+
+  private command(m: ToBulkWorker): void {
+    if (this.done) return;
+    if (m.type === 'stop') {
+      this.close();
+      return this.post({ type: 'stopped' });
+    }
+    this.listen(m.uffdFd);
+    if (!this.waitingForListen) return;
+    this.waitingForListen = false;
+    this.lastReceivedAt = performance.now();
+    this.applyBuffered();
+    if (!this.waitingForListen && !this.done) this.socket.resume();
+  }
+
+  private listen(uffdFd: number): void {
+    this.placers = this.task.blocks.map((b) => new RangePlacer(uffdFd, b.address, b.length));
+    this.memory.fill(undefined); // plain writes end here
+  }
+
+  /** onread: `n` more bytes at `end`. False pauses reading (after SYNC, until LISTEN). */
+  private received(n: number): boolean {
+    this.end += n;
+    this.bytes += n;
+    this.lastReceivedAt = performance.now();
+    this.applyBuffered();
+    return !this.waitingForListen && !this.done;
+  }
+
+  private applyBuffered(): void {
+    try {
+      while (!this.waitingForListen && !this.done) {
+        const decoded = this.decoder.decode(this.buffer, this.start, this.end);
+        if (!decoded) break;
+        this.start += decoded.size;
+        this.apply(decoded.packet);
+      }
+      this.report();
+    } catch (error) {
+      return this.fail(error as Error, isConnectionError(error));
+    }
+    if (this.start === this.end) this.start = this.end = 0;
+    else if (this.buffer.length - this.end < MAX_PACKET_BYTES) {
+      // the incomplete packet moves to the front: room for the rest of it and more
+      this.buffer.copyWithin(0, this.start, this.end);
+      this.end -= this.start;
+      this.start = 0;
+    }
+  }
+
+  private apply(packet: BulkPacket): void {
+    if (packet.flags & BulkFlag.END) {
+      this.report();
+      this.close();
+      return this.post({ type: 'ended' });
+    }
+    if (packet.flags & BulkFlag.SYNC) {
+      this.report();
+      if (!this.placers) this.waitingForListen = true;
+      return this.post({ type: 'synced' });
+    }
+    if (packet.normal + packet.zero === 0) return; // keepalive
+    const block = this.task.blocks[packet.block];
+    if (this.placers) {
+      if (block.pageSize === TARGET_PAGE_SIZE) this.placeRuns(packet);
+      else this.placeHugePage(packet, block.pageSize);
+    } else {
+      this.write(packet);
+    }
+  }
+
+  /** Before LISTEN: plain writes; a zero page only where memory is not zero already (untouched stays unallocated). */
+  private write(packet: BulkPacket): void {
+    const { offsets, normal, bytes, dataOffset, block } = packet;
+    const b = this.task.blocks[block];
+    const memory = (this.memory[block] ??= Buffer.from(attachMapping(BigInt(b.address), b.length)));
+    for (let i = 0; i < offsets.length; i++) {
+      const offset = offsets[i];
+      if (i < normal) {
+        const at = dataOffset + i * TARGET_PAGE_SIZE;
+        memory.set(bytes.subarray(at, at + TARGET_PAGE_SIZE), offset);
+      } else if (!isZero(memory, offset, TARGET_PAGE_SIZE)) {
+        memory.fill(0, offset, offset + TARGET_PAGE_SIZE);
+      }
+      this.note(block, offset, TARGET_PAGE_SIZE, i >= normal, false);
+    }
+  }
+
+  /** 4 KiB pages: each run of contiguous offsets is one ioctl, copied straight from the receive buffer. */
+  private placeRuns(packet: BulkPacket): void {
+    const { offsets, normal, bytes, dataOffset, block } = packet;
+    for (let i = 0; i < offsets.length; ) {
+      const zero = i >= normal;
+      const limit = zero ? offsets.length : normal;
+      let j = i + 1;
+      while (j < limit && offsets[j] === offsets[j - 1] + TARGET_PAGE_SIZE) j++;
+      const length = (j - i) * TARGET_PAGE_SIZE;
+      this.placeRun(block, offsets[i], zero ? null : bytes, zero ? 0 : dataOffset + i * TARGET_PAGE_SIZE, length);
+      i = j;
+    }
+  }
+
+  private placeRun(block: number, offset: number, src: Uint8Array | null, srcOffset: number, length: number): void {
+    const placer = this.placers![block];
+    const status = this.retry(() => (src ? placer.tryCopy(offset, src, length, srcOffset) : placer.tryZeropage(offset, length)));
+    const done = status < 0 ? placer.lastCount : length;
+    if (done > 0) this.note(block, offset, done, src === null, false);
+    // a page already there stopped the kernel: the rest one by one
+    for (let at = done; at < length; at += TARGET_PAGE_SIZE) {
+      const page = this.retry(() => (src ? placer.tryCopy(offset + at, src, TARGET_PAGE_SIZE, srcOffset + at) : placer.tryZeropage(offset + at, TARGET_PAGE_SIZE)));
+      if (page < 0 && page !== EEXIST) this.placementFailed(page, block, offset + at, TARGET_PAGE_SIZE, src !== null);
+      this.note(block, offset + at, TARGET_PAGE_SIZE, src === null, page === EEXIST);
+    }
+  }
+
+  /** A huge page: its target pages (one packet holds all of them) gathered, then one atomic copy. */
+  private placeHugePage(packet: BulkPacket, pageSize: number): void {
+    const { offsets, normal, bytes, dataOffset, block } = packet;
+    const host = offsets[0] - (offsets[0] % pageSize);
+    let src: Uint8Array;
+    if (normal === 0) src = this.zeroHugePage ??= new Uint8Array(pageSize);
+    else {
+      src = this.hugePage?.length === pageSize ? this.hugePage : (this.hugePage = new Uint8Array(pageSize));
+      for (let i = 0; i < offsets.length; i++) {
+        const at = offsets[i] - host;
+        if (i < normal) src.set(bytes.subarray(dataOffset + i * TARGET_PAGE_SIZE, dataOffset + (i + 1) * TARGET_PAGE_SIZE), at);
+        else src.fill(0, at, at + TARGET_PAGE_SIZE);
+      }
+    }
+    const status = this.retry(() => this.placers![block].tryCopy(host, src, pageSize));
+    if (status < 0 && status !== EEXIST) this.placementFailed(status, block, host, pageSize, true);
+    this.note(block, host, pageSize, normal === 0, status === EEXIST);
+  }
+
+  private retry(call: () => number): number {
+    let status: number;
+    let tries = 0;
+    do status = call();
+    while (status === EAGAIN && ++tries < MAX_EAGAIN_RETRIES);
+    return status;
+  }
+
+  private placementFailed(status: number, block: number, offset: number, length: number, copy: boolean): never {
+    throw errnoError(status, copy ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)',
+      `${this.task.channel}: block '${this.task.blocks[block].idstr}' offset 0x${offset.toString(16)} length ${length}`);
+  }
+
+  /** Pages now in memory, coalesced into ranges until the next report. */
+  private note(block: number, offset: number, length: number, zero: boolean, duplicate: boolean): void {
+    let a = this.applied.get(block);
+    if (!a) this.applied.set(block, (a = { ranges: [], pages: 0, zero: 0, duplicate: 0 }));
+    const pages = length / TARGET_PAGE_SIZE;
+    a.pages += pages;
+    if (zero) a.zero += pages;
+    if (duplicate) a.duplicate += pages;
+    const r = a.ranges;
+    if (r.length && r[r.length - 2] + r[r.length - 1] === offset) r[r.length - 1] += length;
+    else r.push(offset, length);
+  }
+
+  private report(): void {
+    for (const [block, a] of this.applied) {
+      this.post({ type: 'applied', block, ranges: Float64Array.from(a.ranges), pages: a.pages, zero: a.zero, duplicate: a.duplicate, bytes: this.bytes });
+    }
+    this.applied.clear();
+  }
+
+  private checkStall(): void {
+    if (this.waitingForListen || this.done) return;
+    const silentMs = performance.now() - this.lastReceivedAt;
+    if (silentMs > this.task.stallMs) {
+      this.fail(new Error(`${this.task.channel} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.task.stallMs / 1000} s)`), true);
+    }
+  }
+
+  private fail(error: Error, connection: boolean): void {
+    if (this.done) return;
+    this.close();
+    this.post({ type: 'failed', message: error.message, code: (error as { code?: string }).code ?? 'ERR_POSTCOPY_PROTOCOL', connection });
+  }
+
+  private close(): void {
+    this.done = true;
+    clearInterval(this.stallTimer);
+    this.socket.destroy();
+    this.placers = undefined; // the main thread closes the userfaultfd's duplicate once this thread is gone
+  }
+
+  private post(message: FromBulkWorker): void {
+    parentPort!.postMessage(message);
+  }
+}
+
+new BulkWorker(workerData as BulkWorkerTask);

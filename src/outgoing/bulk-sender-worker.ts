@@ -1,0 +1,95 @@
+// One bulk channel of the source, on its own worker thread: it reads the pages the main thread
+// hands it straight from guest memory, packs them (zero pages as offsets only), and writes
+// the packets. The main thread decides which pages go (the dirty bitmap lives there); this
+// thread does the copying, so the source's main thread is not the bound.
+import { Socket } from 'node:net';
+import { parentPort, workerData } from 'node:worker_threads';
+import { attachMapping } from '../kernel/mapping.js';
+import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
+import { isZero } from '../memory/zero.js';
+import { BulkFlag, encodeBulkHeader } from '../wire/bulk-packet.js';
+import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
+
+/** Target pages in one packet of a 4 KiB block (a huge page's packet holds that page). */
+const PACKET_PAGES = 128;
+
+class BulkSender {
+  private readonly socket: Socket;
+  private readonly memory: Buffer[];
+  private number = 0;
+  private lastWriteAt = Date.now();
+  private done = false;
+  private readonly heartbeat: NodeJS.Timeout;
+
+  constructor(private readonly task: BulkSenderTask) {
+    this.memory = task.blocks.map((b) => Buffer.from(attachMapping(BigInt(b.address), b.length)));
+    this.socket = new Socket({ fd: task.socketFd, readable: true, writable: true });
+    this.socket.setNoDelay(true);
+    this.socket.on('error', (error) => this.fail(`${task.channel} channel: ${error.message}`));
+    this.socket.on('close', () => this.fail(`${task.channel} channel closed`));
+    this.socket.on('data', () => undefined); // the destination sends nothing here; keep reading to see a close
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastWriteAt >= task.heartbeatMs) this.write(encodeBulkHeader({ number: this.number++ }), 0, 0);
+    }, task.heartbeatMs / 2);
+    parentPort!.on('message', (m: ToBulkSender) => this.command(m));
+  }
+
+  private command(m: ToBulkSender): void {
+    if (this.done) return;
+    if (m.type === 'pages') return this.sendPages(m.block, m.pages);
+    this.write(encodeBulkHeader({ flags: m.type === 'sync' ? BulkFlag.SYNC : BulkFlag.END, number: this.number++ }), 0, 0);
+    if (m.type === 'end') {
+      this.done = true;
+      clearInterval(this.heartbeat);
+      this.socket.end(() => {
+        this.socket.destroy();
+        this.post({ type: 'ended' });
+      });
+    }
+  }
+
+  private sendPages(blockIndex: number, pages: Float64Array): void {
+    const block = this.task.blocks[blockIndex];
+    const perPacket = Math.max(PACKET_PAGES, block.pageSize / TARGET_PAGE_SIZE);
+    for (let first = 0; first < pages.length; first += perPacket) {
+      this.sendPacket(blockIndex, pages.subarray(first, Math.min(first + perPacket, pages.length)));
+    }
+  }
+
+  private sendPacket(blockIndex: number, pages: Float64Array): void {
+    const memory = this.memory[blockIndex];
+    const normal: number[] = [];
+    const zero: number[] = [];
+    for (const page of pages) {
+      const offset = page * TARGET_PAGE_SIZE;
+      (isZero(memory, offset, TARGET_PAGE_SIZE) ? zero : normal).push(offset);
+    }
+    const header = encodeBulkHeader({ number: this.number++, idstr: this.task.blocks[blockIndex].idstr, normal, zero });
+    const packet = Buffer.allocUnsafe(header.length + normal.length * TARGET_PAGE_SIZE);
+    header.copy(packet, 0);
+    let at = header.length;
+    for (const offset of normal) at += memory.copy(packet, at, offset, offset + TARGET_PAGE_SIZE);
+    this.write(packet, pages.length, zero.length);
+  }
+
+  private write(packet: Buffer, pages: number, zero: number): void {
+    this.lastWriteAt = Date.now();
+    this.socket.write(packet, (error) => {
+      if (!error) this.post({ type: 'sent', pages, zero, bytes: packet.length });
+    });
+  }
+
+  private fail(message: string): void {
+    if (this.done) return;
+    this.done = true;
+    clearInterval(this.heartbeat);
+    this.socket.destroy();
+    this.post({ type: 'failed', message });
+  }
+
+  private post(message: FromBulkSender): void {
+    parentPort!.postMessage(message);
+  }
+}
+
+new BulkSender(workerData as BulkSenderTask);
