@@ -17,7 +17,7 @@ export interface Destination {
   /** ADVISE, LISTEN, RUN on the main channel; resolves once the destination is RUNNING. */
   startPostcopy(): Promise<void>;
   /** Another channel of the same session (a reconnection, or the preempt channel). */
-  connect(role: ChannelRole, capabilities?: number): Promise<ConnectedChannel<GuestBlock>>;
+  connect(role: ChannelRole, capabilities?: number, index?: number): Promise<ConnectedChannel<GuestBlock>>;
   cleanup(): void;
 }
 
@@ -38,8 +38,8 @@ export async function destination(options: DestinationOptions = {}): Promise<Des
   listener.on('channel', (accepted) => migration.attach(accepted));
   const endpoint = await listener.listen();
   const channels: ConnectedChannel<GuestBlock>[] = [];
-  const connect = async (role: ChannelRole, caps = 0) => {
-    const c = await connectChannel<GuestBlock>({ endpoint, sessionId: 'test', role, token: 'secret', blocks, capabilities: caps });
+  const connect = async (role: ChannelRole, caps = 0, index = 0) => {
+    const c = await connectChannel<GuestBlock>({ endpoint, sessionId: 'test', role, index, token: 'secret', blocks, capabilities: caps });
     channels.push(c);
     return c;
   };
