@@ -1,6 +1,6 @@
 // The torture suite: a seeded loop of real two-process migrations (the demo: a source process
 // and a destination process), each under a hard timeout, each verified page by page by the
-// resumed guest. Sizes, page sizes, patterns, threads, preempt, transport, precopy, dirty log
+// resumed guest. Sizes, page sizes, patterns, threads, preempt, bulk channels, transport, precopy, dirty log
 // and chaos (both channels through the fault-injecting proxy, cut during postcopy) are drawn
 // from the seed. With recovery every run must end verified; without it (--recover-seconds 0)
 // a run whose connection was cut must end FAILED with both processes gone.
@@ -47,6 +47,7 @@ function drawRun(seed: number): Run {
     '--transport', pick(['tcp', 'unix'] as const),
     '--precopy-seconds', String(precopy),
     '--dirty-log', pick(['pagemap-scan', 'uffd-wp'] as const),
+    '--channels', String(pick([0, 0, 1, 2, 4])),
     ...(chaos ? ['--chaos', String(seed)] : []),
     '--recover-seconds', String(recover),
     '--stall-seconds', '3',
@@ -78,7 +79,7 @@ async function migrate(run: Run): Promise<Outcome> {
     assert.equal(result.code, 1, context);
     assert.equal(r.state, 'FAILED', context);
     assert.equal(r.verified, false, context);
-    assert.match(String(r.error), /(main|preempt) channel|stalled|closed|recover/, context);
+    assert.match(String(r.error), /(main|preempt|bulk \d+) channel|stalled|closed|recover/, context);
     assert.equal(typeof r.destination_exit, 'number', `the destination did not exit\n${context}`);
     return { run, ms: Date.now() - start, verified: false, recoveries: 0, faults };
   }
