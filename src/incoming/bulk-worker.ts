@@ -23,6 +23,8 @@ import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protoc
 
 /** The receive buffer: several packets, so that one read brings many. */
 const RECEIVE_BYTES = 8 << 20;
+/** A read gets at least this much room (the buffer grows if unapplied bytes leave less). */
+const MIN_READ_BYTES = 64 << 10;
 const EEXIST = -17;
 const EAGAIN = -11;
 const MAX_EAGAIN_RETRIES = 1000;
@@ -35,7 +37,7 @@ interface Applied {
 }
 
 class BulkWorker {
-  private readonly buffer = Buffer.allocUnsafe(RECEIVE_BYTES);
+  private buffer = Buffer.allocUnsafe(RECEIVE_BYTES);
   /** Bytes [start, end) of the buffer are received and not yet applied. */
   private start = 0;
   private end = 0;
@@ -63,7 +65,7 @@ class BulkWorker {
       fd: task.socketFd,
       readable: true,
       writable: true,
-      onread: { buffer: () => this.buffer.subarray(this.end), callback: (n: number) => this.received(n) },
+      onread: { buffer: () => this.readTarget(), callback: (n: number) => this.received(n) },
     };
     this.socket = new Socket(options);
     this.socket.on('end', () => this.fail(new Error(`${task.channel} channel closed by the peer`), true));
@@ -91,6 +93,27 @@ class BulkWorker {
     this.memory.fill(undefined); // plain writes end here
   }
 
+  /**
+   * onread: where the next read goes. Node asks right after each read callback and keeps the
+   * answer until the following read, so this is the one place the buffer's layout may change:
+   * moving bytes anywhere else would leave the pending read pointing at the old `end`.
+   */
+  private readTarget(): Buffer {
+    if (this.start === this.end) this.start = this.end = 0;
+    else if (this.buffer.length - this.end < MAX_PACKET_BYTES) {
+      // the incomplete packet (or, paused after SYNC, the unapplied ones) moves to the front
+      this.buffer.copyWithin(0, this.start, this.end);
+      this.end -= this.start;
+      this.start = 0;
+      if (this.buffer.length - this.end < MIN_READ_BYTES) {
+        const bigger = Buffer.allocUnsafe(this.buffer.length * 2);
+        this.buffer.copy(bigger, 0, 0, this.end);
+        this.buffer = bigger;
+      }
+    }
+    return this.buffer.subarray(this.end);
+  }
+
   /** onread: `n` more bytes at `end`. False pauses reading (after SYNC, until LISTEN). */
   private received(n: number): boolean {
     this.end += n;
@@ -110,14 +133,7 @@ class BulkWorker {
       }
       this.report();
     } catch (error) {
-      return this.fail(error as Error, isConnectionError(error));
-    }
-    if (this.start === this.end) this.start = this.end = 0;
-    else if (this.buffer.length - this.end < MAX_PACKET_BYTES) {
-      // the incomplete packet moves to the front: room for the rest of it and more
-      this.buffer.copyWithin(0, this.start, this.end);
-      this.end -= this.start;
-      this.start = 0;
+      this.fail(error as Error, isConnectionError(error));
     }
   }
 
