@@ -114,6 +114,8 @@ export class IncomingMigration extends EventEmitter {
   private layoutKnown = false;
   /** MULTIFD_FLUSH on the main channel: its stream waits until every bulk channel has synced. */
   private awaitingBulkSync = false;
+  /** Main-channel events decoded while waiting at the flush, applied in order after it. */
+  private readonly deferred: StreamEvent<GuestBlock>[] = [];
   private pumpMain: (() => void) | undefined;
   private bulkHeld: { channel: Channel; timer: NodeJS.Timeout } | undefined;
   private lastRequestAt = -Infinity;
@@ -215,7 +217,14 @@ export class IncomingMigration extends EventEmitter {
     this.stallWatch.watch(channel);
     const pump = () => {
       try {
-        for (let event = this.awaitingBulkSync ? undefined : decoder.next(); event; event = this.awaitingBulkSync ? undefined : decoder.next()) this.handle(event, channel);
+        while (!this.awaitingBulkSync && this.deferred.length) this.handle(this.deferred.shift()!, channel);
+        for (let event = decoder.next(); event; event = decoder.next()) {
+          if (!this.awaitingBulkSync) this.handle(event, channel);
+          // waiting at MULTIFD_FLUSH: everything waits but PING, whose PONG keeps the source's
+          // stall watch content while the bulk channels drain (a PONG here says "alive", not "done")
+          else if (event.type === 'command' && event.cmd === Command.PING) this.handle(event, channel);
+          else this.deferred.push(event);
+        }
         this.flushRun();
       } catch (error) {
         // an answer that could not be written means a broken connection; anything else is fatal
@@ -650,6 +659,7 @@ export class IncomingMigration extends EventEmitter {
     this.bulk.length = 0;
     for (const channel of this.pendingBulk.splice(0)) channel.destroy();
     this.awaitingBulkSync = false;
+    this.deferred.length = 0;
   }
 
   /** POSTCOPY_RESUME on a new main channel: back to the paused state, every request again. */

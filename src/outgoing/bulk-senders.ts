@@ -16,7 +16,7 @@ const WORKER_PATH = join(__dirname, 'bulk-sender-worker.js');
 /** Target pages of a 4 KiB block that go on the same channel, in a row. */
 const STRIPE_PAGES = 64;
 /** Pages queued to one worker and not yet written to its socket: more waits (bounds the memory held). */
-const MAX_IN_FLIGHT_PAGES = 2048;
+const MAX_IN_FLIGHT_PAGES = 1024;
 
 export class BulkSenders {
   readonly count: number;

@@ -241,7 +241,12 @@ export class OutgoingMigration {
   }
 
   private startBulk(channels: ConnectedChannel<SourceBlock>[]): BulkSenders {
-    const bulk: BulkSenders = new BulkSenders(channels, this.blocks, HEARTBEAT_MS, (error) => this.bulk === bulk && this.channels.markBrokenBy(error));
+    const bulk: BulkSenders = new BulkSenders(channels, this.blocks, HEARTBEAT_MS, (error) => {
+      if (this.bulk !== bulk) return;
+      // a worker that crashed is a bug, not a broken connection: no recovery would heal it
+      if ((error as MigrationError).code === 'ERR_POSTCOPY_INTERNAL') this.failFatally(error);
+      else this.channels.markBrokenBy(error);
+    });
     return bulk;
   }
 

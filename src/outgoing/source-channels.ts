@@ -71,7 +71,9 @@ export class SourceChannels {
 
   /**
    * A PING on the main channel, resolved (true) by its PONG: the destination has handled
-   * everything sent before it. False when the connection breaks or no PONG comes in time.
+   * everything sent before it (with bulk channels, except while its main stream waits at the
+   * switchover's MULTIFD_FLUSH: PINGs are answered at once then). False when the connection
+   * breaks or no PONG comes in time.
    */
   async roundTrip(timeoutMs: number): Promise<boolean> {
     if (this.broken) return false;
