@@ -6,8 +6,11 @@
 //                     preempt (connectChannel), MEM_SIZE, ADVISE, LISTEN, RUN, then nothing but
 //                     answers: each REQ_PAGES(_ID) from the return path is answered with its page
 //                     on the preempt channel (one corked write per request, as the project's
-//                     OutgoingMigration.serveRequests does). No background stream. Once every
-//                     page of the block has been sent: EOS/EOF on preempt, COMPLETE/EOF on main.
+//                     OutgoingMigration.serveRequests does). No background stream; a PING on
+//                     both channels every second, as the project's source sends (a channel
+//                     silent for the destination's stallSeconds, 5 s, counts as broken). Once
+//                     every page of the block has been sent: EOS/EOF on preempt, COMPLETE/EOF on
+//                     main.
 //   --mode outgoing   the project's OutgoingMigration with precopySeconds 0 and a preempt
 //                     channel: straight to postcopy, the background scan streams every page
 //                     while page requests jump the queue on the preempt channel. With
@@ -27,6 +30,8 @@ import { mainThreadStats, processCpuMs } from './stats.js';
 
 export const BLOCK_ID = 'bench.ram';
 export const PAGE_FILL = 0x5a;
+/** The requests-only source's heartbeat, as OutgoingMigration's. */
+const HEARTBEAT_MS = 1000;
 
 export interface SourceOutput {
   mode: 'requests' | 'outgoing';
@@ -96,7 +101,18 @@ async function requestsOnly(endpoint: Endpoint, token: string | undefined, sessi
   const cpuBefore = processCpuMs();
   const t0 = performance.now();
 
+  // the destination sees the source alive while no page is asked for (a PING goes outside RAM frames)
+  let pings = 0;
+  const heartbeat = setInterval(() => {
+    pings++;
+    for (const c of [main, preempt]) {
+      if (c.encoder.ramOpen) c.channel.send(c.encoder.endRam());
+      c.channel.send(c.encoder.ping(pings));
+    }
+  }, HEARTBEAT_MS);
+
   const finish = () => {
+    clearInterval(heartbeat);
     const p = preempt.encoder;
     if (p.ramOpen) preempt.channel.send(p.endRam());
     preempt.channel.send(p.eof());
@@ -122,7 +138,7 @@ async function requestsOnly(endpoint: Endpoint, token: string | undefined, sessi
 
   const status = await returnPath(main, (event) => {
     if (event.type === 'req-pages') serve(event);
-  });
+  }).finally(() => clearInterval(heartbeat));
   const after = mainThreadStats();
   const wall = performance.now() - t0;
   main.channel.close();
