@@ -11,7 +11,9 @@
 //                          block, while the project's OutgoingMigration streams every page flat
 //                          out (precopySeconds 0, preempt channel). Target p99 < 2 ms absolute.
 //   postcopy-throughput    GB/s placed during the postcopy phase of a migration straight to
-//                          postcopy, nobody touching the memory. Compared with the floor's copy-64k.
+//                          postcopy, nobody touching the memory, with the table's number of bulk
+//                          channels (postcopy-throughput-channels: 2). Compared with the floor's
+//                          stream-4k (one sender thread, one receiver thread, one connection).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -20,9 +22,10 @@ import { Mapping } from '../src/kernel/index.js';
 import { RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
 import { IncomingMigration, type GuestBlock, type PostcopyReport } from '../src/incoming/index.js';
 import { IncomingListener } from '../src/transport/index.js';
-import type { PostcopyMode } from './scenarios.js';
+import { killOnExit } from './children.js';
+import type { PostcopySpec } from './scenarios.js';
 import { BLOCK_ID, type SourceOutput } from './source.js';
-import { floorOrder, mainThreadStats, round2, round3, summarize, type ThreadStats } from './stats.js';
+import { floorOrder, mainThreadStats, processCpuMs, round2, round3, summarize, type ThreadStats } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 import type {
   LatencyResult,
@@ -51,54 +54,36 @@ export function streamLength(length: number): number {
   return Math.min(4 * length, GIB);
 }
 
-export async function postcopyScenario(name: string, length: number, mode: PostcopyMode): Promise<PostcopyLatencyResult<PostcopyFaultDetails | PostcopyLoadedDetails> | PostcopyThroughputResult> {
-  if (mode === 'fault') return faultOnly(name, Math.max(PAGE * 64, Math.floor(length / 4 / PAGE) * PAGE));
-  if (mode === 'loaded') return faultLoaded(name, streamLength(length));
-  return throughput(name, streamLength(length));
+export async function postcopyScenario(name: string, length: number, spec: PostcopySpec): Promise<PostcopyLatencyResult<PostcopyFaultDetails | PostcopyLoadedDetails> | PostcopyThroughputResult> {
+  if (spec.mode === 'fault') {
+    if (spec.channels) throw new Error(`${name}: the requests-only source has no bulk channels`);
+    return faultOnly(name, Math.max(PAGE * 64, Math.floor(length / 4 / PAGE) * PAGE));
+  }
+  if (spec.mode === 'loaded') return faultLoaded(name, streamLength(length), spec.channels);
+  return throughput(name, streamLength(length), spec.channels);
 }
 
 // ---- the source child ------------------------------------------------------------------------
-
-const children = new Set<ChildProcess>();
-let hooked = false;
-
-function killChildren(): void {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-}
-
-/** Whatever ends this process (error, exit, SIGINT/SIGTERM/SIGHUP), the source child dies with it. */
-function hookCleanup(): void {
-  if (hooked) return;
-  hooked = true;
-  process.on('exit', killChildren);
-  for (const [signal, number] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const) {
-    process.on(signal, () => {
-      killChildren();
-      process.exit(128 + number);
-    });
-  }
-}
 
 interface Source {
   child: ChildProcess;
   output: Promise<SourceOutput>;
 }
 
-function spawnSource(mode: 'requests' | 'outgoing', port: number, token: string, bytes: number): Source {
-  hookCleanup();
+function spawnSource(mode: 'requests' | 'outgoing', port: number, token: string, bytes: number, channels = 0): Source {
   // our own node flags go along (e.g. --cpu-prof, to profile both sides of one run)
-  const child = spawn(process.execPath, [...process.execArgv, join(__dirname, 'main.js'), 'postcopy-source', '--mode', mode, '--port', String(port), '--bytes', String(bytes)], {
+  const args = ['postcopy-source', '--mode', mode, '--port', String(port), '--bytes', String(bytes), '--channels', String(channels)];
+  const child = spawn(process.execPath, [...process.execArgv, join(__dirname, 'main.js'), ...args], {
     // stdin stays open for as long as we live: the child exits when it closes (bench/source.ts)
     stdio: ['pipe', 'pipe', 'inherit'],
     env: { ...process.env, POSTCOPY_BENCH_TOKEN: token },
   });
-  children.add(child);
+  killOnExit(child);
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
   const output = new Promise<SourceOutput>((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (code, signal) => {
-      children.delete(child);
       if (code !== 0) return reject(new Error(`postcopy-source --mode ${mode}: ${signal ? `killed by ${signal}` : `exit ${code}`}`));
       try {
         resolve(JSON.parse(out.trim().split('\n').pop() ?? ''));
@@ -121,8 +106,11 @@ interface Destination {
   token: string;
   run: Promise<void>;
   end: Promise<PostcopyReport>;
-  /** performance.timeOrigin-based ms of RUN received and of the end, and the main thread's stats then. */
-  at: { run: number; end: number; runStats?: ThreadStats; endStats?: ThreadStats };
+  /**
+   * performance.timeOrigin-based ms of RUN received and of the end, and the main thread's stats
+   * and the whole process's CPU ms then.
+   */
+  at: { run: number; end: number; runStats?: ThreadStats; endStats?: ThreadStats; runCpuMs?: number; endCpuMs?: number };
 }
 
 async function destination(length: number, guestThreads: number): Promise<Destination> {
@@ -139,12 +127,14 @@ async function destination(length: number, guestThreads: number): Promise<Destin
   const run = new Promise<void>((resolve) => migration.once('run', () => {
     at.run = performance.timeOrigin + performance.now();
     at.runStats = mainThreadStats();
+    at.runCpuMs = processCpuMs();
     resolve();
   }));
   const end = new Promise<PostcopyReport>((resolve, reject) => {
     migration.once('end', (report: PostcopyReport) => {
       at.end = performance.timeOrigin + performance.now();
       at.endStats = mainThreadStats();
+      at.endCpuMs = processCpuMs();
       resolve(report);
     });
     migration.once('failed', reject);
@@ -290,7 +280,7 @@ function samplePages(pages: number, count: number): Uint32Array {
   return v.slice(0, count);
 }
 
-async function faultLoaded(name: string, length: number): Promise<PostcopyLatencyResult<PostcopyLoadedDetails>> {
+async function faultLoaded(name: string, length: number, channels: number): Promise<PostcopyLatencyResult<PostcopyLoadedDetails>> {
   const pages = length / PAGE;
   const loads = Math.min(LOADED_LOADS, Math.floor(pages / 8));
   const order = samplePages(pages, loads);
@@ -299,7 +289,7 @@ async function faultLoaded(name: string, length: number): Promise<PostcopyLatenc
     const toucher = startToucher(d.mapping, order, loads);
     trackWorker(toucher.worker);
     await Promise.race([toucher.ready, fail]);
-    const source = spawnSource('outgoing', d.port, d.token, length);
+    const source = spawnSource('outgoing', d.port, d.token, length, channels);
     track(source);
     await Promise.race([d.run, fail]);
     const before = mainThreadStats();
@@ -353,15 +343,17 @@ async function faultLoaded(name: string, length: number): Promise<PostcopyLatenc
 
 // ---- postcopy-throughput ---------------------------------------------------------------------
 
-async function throughput(name: string, length: number): Promise<PostcopyThroughputResult> {
+async function throughput(name: string, length: number, channels: number): Promise<PostcopyThroughputResult> {
   const d = await destination(length, 0);
   return session(name, d, async (fail, track) => {
-    const source = spawnSource('outgoing', d.port, d.token, length);
+    const source = spawnSource('outgoing', d.port, d.token, length, channels);
     track(source);
     const report = await Promise.race([d.end, fail]);
     const src = await Promise.race([source.output, fail]);
+    if (report.bulk_channels !== channels) throw new Error(`${name}: the destination saw ${report.bulk_channels} bulk channel(s), not ${channels}`);
     const pages = report.pages.streamed + report.pages.requested;
     const dest = d.at.runStats && d.at.endStats ? { cpuMs: (d.at.endStats.cpuNs - d.at.runStats.cpuNs) / 1e6, sleeps: d.at.endStats.sleeps - d.at.runStats.sleeps } : undefined;
+    const destProcessMs = d.at.runCpuMs !== undefined && d.at.endCpuMs !== undefined ? d.at.endCpuMs - d.at.runCpuMs : undefined;
     const wallMs = d.at.end - d.at.run;
     return {
       scenario: name,
@@ -380,6 +372,9 @@ async function throughput(name: string, length: number): Promise<PostcopyThrough
         dest_main_sleeps_per_ms: dest ? round3(dest.sleeps / wallMs) : null,
         source_main_busy: round3(src.cpu_ms / src.wall_ms),
         source_main_sleeps_per_ms: round3(src.sleeps / src.wall_ms),
+        dest_process_busy: destProcessMs !== undefined ? round3(destProcessMs / wallMs) : null,
+        source_process_busy: round3(src.process_cpu_ms / src.wall_ms),
+        bulk_channels: report.bulk_channels,
         source_postcopy_ms: src.report?.postcopy_ms ?? null,
       },
     };

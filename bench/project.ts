@@ -1,4 +1,5 @@
 // Runs one of the project's scenarios as the table (bench/scenarios.ts) describes it.
+import { migrationScenario } from './migration.js';
 import { postcopyScenario } from './postcopy.js';
 import { restoreScenario } from './restore.js';
 import { projectScenarioNames, projectSpec } from './scenarios.js';
@@ -11,7 +12,9 @@ export async function runScenario(name: string, length: number): Promise<Result>
   if (!spec) throw new Error(`unknown scenario '${name}' (${projectScenarioNames().join(', ')})`);
   switch (spec.kind) {
     case 'postcopy':
-      return postcopyScenario(name, length, spec.mode);
+      return postcopyScenario(name, length, spec);
+    case 'migration':
+      return migrationScenario(name, spec); // its own size: --mib does not apply
     case 'snapshot':
       return snapshotScenario(name, length, spec.claimPages);
     case 'restore':

@@ -2,7 +2,7 @@
 // target and whether it is met), printed as a table or as one JSON object per line.
 import { cpus, loadavg, release } from 'node:os';
 import type { BenchOptions, RunResults } from './runner.js';
-import type { Scenario } from './scenarios.js';
+import type { LatencyScenario, MigrationScenario, Scenario, ThroughputScenario } from './scenarios.js';
 import type { Details, Kind, Measured } from './types.js';
 
 /** The bounds a row is held to, as printed in its JSON `target`. */
@@ -44,6 +44,16 @@ export interface Row {
   write_fault_p50_us?: number | null;
   floor_write_fault_p50_us?: number | null;
   write_fault_p50_ratio?: number | null;
+  // migration (no floor: `reference` is what it is set beside)
+  channels?: number;
+  total_ms?: number | null;
+  downtime_ms?: number | null;
+  blocktime_ms?: number | null;
+  /** Power-of-two bucket bounds (the destination's request histogram). */
+  request_p50_us?: number | null;
+  request_p99_us?: number | null;
+  bytes_sent?: number | null;
+  reference?: string;
   details?: Details;
   skipped?: string;
   floor_skipped?: string;
@@ -63,71 +73,85 @@ export function buildRows(selected: readonly Scenario[], results: RunResults, op
   return selected.map((s) => {
     const ours: Measured =
       s.project.kind === 'floor-only' ? { scenario: s.name, skipped: s.project.why } : results.oursBest.get(s.name) ?? { scenario: s.name, skipped: 'not run' };
-    const floorName = s.floor ?? s.name;
-    const floor = results.floorBest.get(floorName) ?? { scenario: floorName, skipped: `no ${floorName} result from the floor` };
     const row: Row = { scenario: s.name, kind: s.kind };
-    if (s.floor) row.floor_scenario = s.floor;
-    if (s.kind === 'latency') {
-      Object.assign(row, {
-        p50_us: ours.p50_us ?? null,
-        p99_us: ours.p99_us ?? null,
-        max_us: ours.max_us ?? null,
-        faults: ours.faults ?? null,
-        faults_per_s: ours.faults_per_s ?? null,
-        floor_p50_us: floor.p50_us ?? null,
-        floor_p99_us: floor.p99_us ?? null,
-        floor_max_us: floor.max_us ?? null,
-        floor_faults_per_s: floor.faults_per_s ?? null,
-        ratio: ratio(ours.p50_us, floor.p50_us),
-        p99_ratio: ratio(ours.p99_us, floor.p99_us),
-        handler_sleeps_per_fault: ours.handler_sleeps_per_fault ?? null,
-        handler_cpu_us_per_fault: ours.handler_cpu_us_per_fault ?? null,
-      });
-      if (s.target) {
-        // each bound the target sets must hold; null when a figure it needs is missing
-        const checks: (boolean | null)[] = [];
-        const target: RowTarget = (row.target = {});
-        if (s.target.p50 !== undefined) {
-          target.ratio_max = s.target.p50;
-          checks.push(row.ratio == null ? null : row.ratio <= s.target.p50);
-        }
-        if (s.target.p99 !== undefined) {
-          target.p99_ratio_max = s.target.p99;
-          checks.push(row.p99_ratio == null ? null : row.p99_ratio <= s.target.p99);
-        }
-        if (s.target.p99Us !== undefined) {
-          target.p99_us_below = s.target.p99Us;
-          checks.push(row.p99_us == null ? null : row.p99_us < s.target.p99Us);
-        }
-        row.on_target = checks.includes(null) ? null : checks.every(Boolean);
-      }
+    let floorSkipped: string | undefined;
+    if (s.kind === 'migration') {
+      migrationRow(row, s, ours);
     } else {
-      Object.assign(row, {
-        gb_per_s: ours.gb_per_s ?? null,
-        us_per_4k: ours.us_per_4k ?? null,
-        floor_gb_per_s: floor.gb_per_s ?? null,
-        floor_us_per_4k: floor.us_per_4k ?? null,
-        ratio: ratio(ours.gb_per_s, floor.gb_per_s),
-      });
-      const target: RowTarget = (row.target = { ratio_min: s.target.min });
-      row.on_target = row.ratio == null ? null : row.ratio >= s.target.min;
-      if (s.target.faultP50 !== undefined) {
-        row.write_fault_p50_us = ours.details?.write_fault_p50_us ?? null;
-        row.floor_write_fault_p50_us = floor.p50_us ?? null;
-        row.write_fault_p50_ratio = ratio(row.write_fault_p50_us, row.floor_write_fault_p50_us);
-        target.write_fault_p50_ratio_max = s.target.faultP50;
-        const faultsOk = row.write_fault_p50_ratio === null ? null : row.write_fault_p50_ratio <= s.target.faultP50;
-        row.on_target = row.on_target === null || faultsOk === null ? null : row.on_target && faultsOk;
-      }
+      const floorName = s.floor ?? s.name;
+      const floor: Measured = results.floorBest.get(floorName) ?? { scenario: floorName, skipped: `no ${floorName} result from the floor` };
+      if (s.floor) row.floor_scenario = s.floor;
+      if (s.kind === 'latency') latencyRow(row, s, ours, floor);
+      else throughputRow(row, s, ours, floor);
+      floorSkipped = floor.skipped;
     }
     if (ours.details) row.details = ours.details;
     if (ours.skipped) row.skipped = ours.skipped;
-    if (floor.skipped) row.floor_skipped = floor.skipped;
+    if (floorSkipped) row.floor_skipped = floorSkipped;
     row.mib = options.mib;
     row.runs = options.runs;
     if (options.cpu !== null) row.cpu = options.cpu;
     return row;
   });
+}
+
+type Figure = Exclude<keyof Measured, 'scenario' | 'skipped' | 'details'>;
+
+/** The named figures of a result (as `prefix` + name), null where it has none. */
+function figures(m: Measured, names: readonly Figure[], prefix = ''): Record<string, number | null> {
+  return Object.fromEntries(names.map((name) => [prefix + name, m[name] ?? null]));
+}
+
+function latencyRow(row: Row, s: LatencyScenario, ours: Measured, floor: Measured): void {
+  Object.assign(
+    row,
+    figures(ours, ['p50_us', 'p99_us', 'max_us', 'faults', 'faults_per_s']),
+    figures(floor, ['p50_us', 'p99_us', 'max_us', 'faults_per_s'], 'floor_'),
+    { ratio: ratio(ours.p50_us, floor.p50_us), p99_ratio: ratio(ours.p99_us, floor.p99_us) },
+    figures(ours, ['handler_sleeps_per_fault', 'handler_cpu_us_per_fault']),
+  );
+  if (!s.target) return;
+  // each bound the target sets must hold; null when a figure it needs is missing
+  const checks: (boolean | null)[] = [];
+  const target: RowTarget = (row.target = {});
+  if (s.target.p50 !== undefined) {
+    target.ratio_max = s.target.p50;
+    checks.push(row.ratio == null ? null : row.ratio <= s.target.p50);
+  }
+  if (s.target.p99 !== undefined) {
+    target.p99_ratio_max = s.target.p99;
+    checks.push(row.p99_ratio == null ? null : row.p99_ratio <= s.target.p99);
+  }
+  if (s.target.p99Us !== undefined) {
+    target.p99_us_below = s.target.p99Us;
+    checks.push(row.p99_us == null ? null : row.p99_us < s.target.p99Us);
+  }
+  row.on_target = checks.includes(null) ? null : checks.every(Boolean);
+}
+
+function throughputRow(row: Row, s: ThroughputScenario, ours: Measured, floor: Measured): void {
+  Object.assign(
+    row,
+    figures(ours, ['gb_per_s', 'us_per_4k']),
+    figures(floor, ['gb_per_s', 'us_per_4k'], 'floor_'),
+    { ratio: ratio(ours.gb_per_s, floor.gb_per_s) },
+  );
+  const target: RowTarget = (row.target = { ratio_min: s.target.min });
+  row.on_target = row.ratio == null ? null : row.ratio >= s.target.min;
+  if (s.target.faultP50 === undefined) return;
+  row.write_fault_p50_us = ours.details?.write_fault_p50_us ?? null;
+  row.floor_write_fault_p50_us = floor.p50_us ?? null;
+  row.write_fault_p50_ratio = ratio(row.write_fault_p50_us, row.floor_write_fault_p50_us);
+  target.write_fault_p50_ratio_max = s.target.faultP50;
+  const faultsOk = row.write_fault_p50_ratio === null ? null : row.write_fault_p50_ratio <= s.target.faultP50;
+  row.on_target = row.on_target === null || faultsOk === null ? null : row.on_target && faultsOk;
+}
+
+/** A whole migration: its own figures and the reference they stand beside; no floor, no ratio. */
+function migrationRow(row: Row, s: MigrationScenario, ours: Measured): void {
+  row.channels = s.project.channels;
+  Object.assign(row, figures(ours, ['total_ms', 'downtime_ms', 'blocktime_ms', 'request_p50_us', 'request_p99_us', 'bytes_sent']));
+  row.reference = s.reference;
 }
 
 // ---- printout ----------------------------------------------------------------------------------
@@ -155,6 +179,9 @@ function targetText(r: Row): string {
   if (t.write_fault_p50_ratio_max !== undefined) parts.push(`write-fault p50 ratio ≤ ${t.write_fault_p50_ratio_max}`);
   return parts.length ? `${parts.join(', ')}: ${verdict(r)}` : '';
 }
+
+/** Width of a table's scenario column: its longest name and two spaces, at least 23. */
+const nameWidth = (rows: Row[]): number => Math.max(23, ...rows.map((r) => r.scenario.length + 2));
 
 /** The floor's own scenarios (same name on both sides): latency, then throughput. */
 function sameNameTables(rows: Row[], out: string[]): void {
@@ -211,8 +238,9 @@ function throughputDetails(r: Row, d: Details, out: string[]): void {
     out.push(`${indent}${d.write_faults} faulted writes: p50 ${f(d.write_fault_p50_us)} µs (floor ${f(r.floor_write_fault_p50_us)}, ratio ${f(r.write_fault_p50_ratio)}), ` +
       `p99 ${f(d.write_fault_p99_us)} µs; pause ${f(d.pause_ms)} ms; ${d.pages_by_fault} pages saved by faults, engine service p50 ${f(d.engine_fault_p50_us, 1)} µs`);
   } else {
-    out.push(`${indent}${d.pages_streamed! + d.pages_requested!} pages in ${f(d.postcopy_ms, 0)} ms (${f(r.us_per_4k)} µs per 4 KiB); ` +
-      `main thread busy: destination ${f(d.dest_main_busy)}, source ${f(d.source_main_busy)} (1 = never idle)`);
+    out.push(`${indent}${d.pages_streamed! + d.pages_requested!} pages in ${f(d.postcopy_ms, 0)} ms (${f(r.us_per_4k)} µs per 4 KiB), ${d.bulk_channels} bulk channel(s); ` +
+      `main thread busy: destination ${f(d.dest_main_busy)}, source ${f(d.source_main_busy)} (1 = never idle); ` +
+      `all threads: destination ${f(d.dest_process_busy)}, source ${f(d.source_process_busy)} CPUs`);
   }
 }
 
@@ -220,14 +248,15 @@ function throughputDetails(r: Row, d: Details, out: string[]): void {
 function otherFloorTables(rows: Row[], out: string[]): void {
   const pc = rows.filter((r) => r.floor_scenario);
   if (!pc.length) return;
+  const w = nameWidth(pc);
   out.push('');
   out.push('postcopy over loopback TCP (destination in the scenario process, source in a child process), snapshot and restore; ratio = project /');
   out.push('the floor scenario under "vs". Latency: the toucher\'s own clock around each faulting load, µs (lower is better).');
   const plat = pc.filter((r) => r.kind === 'latency');
   if (plat.length) {
-    out.push(`${'scenario'.padEnd(23)}${'vs'.padEnd(11)}${pad('project p50', 12)}${pad('p99', 10)}${pad('floor p50', 11)}${pad('p99', 9)}${pad('ratio p50', 11)}${pad('p99', 8)}  target`);
+    out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(11)}${pad('project p50', 12)}${pad('p99', 10)}${pad('floor p50', 11)}${pad('p99', 9)}${pad('ratio p50', 11)}${pad('p99', 8)}  target`);
     for (const r of plat) {
-      const line = `${r.scenario.padEnd(23)}${r.floor_scenario!.padEnd(11)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 10)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
+      const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(11)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 10)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
         `${pad(f(r.ratio), 11)}${pad(f(r.p99_ratio), 8)}  ${targetText(r)}`;
       out.push(withNotes(line.trimEnd(), r));
       if (r.details) latencyDetails(r, r.details, out);
@@ -235,13 +264,37 @@ function otherFloorTables(rows: Row[], out: string[]): void {
   }
   const pthr = pc.filter((r) => r.kind === 'throughput');
   if (pthr.length) {
-    out.push(`${'scenario'.padEnd(23)}${'vs'.padEnd(11)}${pad('project GB/s', 12)}${pad('floor GB/s', 12)}${pad('ratio', 8)}  target`);
+    out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(11)}${pad('project GB/s', 12)}${pad('floor GB/s', 12)}${pad('ratio', 8)}  target`);
     for (const r of pthr) {
-      const line = `${r.scenario.padEnd(23)}${r.floor_scenario!.padEnd(11)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 12)}${pad(f(r.ratio), 8)}  ${targetText(r)}`;
+      const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(11)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 12)}${pad(f(r.ratio), 8)}  ${targetText(r)}`;
       out.push(withNotes(line.trimEnd(), r));
       if (r.details) throughputDetails(r, r.details, out);
     }
   }
+}
+
+/** Whole migrations: their own figures, and the references they stand beside (no ratio). */
+function migrationTable(rows: Row[], out: string[]): void {
+  const mig = rows.filter((r) => r.kind === 'migration');
+  if (!mig.length) return;
+  const w = nameWidth(mig);
+  const indent = ''.padEnd(4);
+  out.push('');
+  out.push('whole migrations of the reference guest (`postcopy demo --json`, its own destination process; no floor): the source\'s total time');
+  out.push('and downtime, the destination\'s blocktime and page requests (fault read to placed; histogram bucket bounds, µs)');
+  out.push(`${'scenario'.padEnd(w)}${pad('channels', 9)}${pad('total ms', 10)}${pad('downtime ms', 13)}${pad('blocktime ms', 14)}${pad('req p50', 9)}${pad('p99', 8)}${pad('sent MiB', 10)}`);
+  for (const r of mig) {
+    const line = `${r.scenario.padEnd(w)}${pad(r.channels ?? '—', 9)}${pad(f(r.total_ms, 0), 10)}${pad(f(r.downtime_ms), 13)}${pad(f(r.blocktime_ms, 0), 14)}` +
+      `${pad(f(r.request_p50_us, 0), 9)}${pad(f(r.request_p99_us, 0), 8)}${pad(f(r.bytes_sent == null ? null : r.bytes_sent / 2 ** 20, 0), 10)}`;
+    out.push(withNotes(line, r));
+    const d = r.details;
+    if (!d || d.precopy_ms === undefined) continue;
+    const parts = Object.entries(d.downtime_parts_ms ?? {}).map(([k, v]) => `${k} ${f(v)}`).join(', ');
+    out.push(`${indent}precopy ${d.precopy_ms} ms (sent ${f(d.precopy_send_mib_s, 0)} MiB/s, the guest dirtied ${f(d.precopy_dirty_mib_s, 0)} MiB/s); ` +
+      `postcopy ${f(d.postcopy_ms, 0)} ms at ${f(d.postcopy_gb_per_s, 3)} GB/s; pages ${d.pages_precopy} precopy, ${d.pages_streamed} streamed, ${d.pages_requested} requested (avg ${f(d.request_avg_us, 0)} µs)`);
+    out.push(`${indent}downtime parts (ms): ${parts}; pause to RUN applied ${f(d.downtime_to_run_ms)} ms; destination peak RSS ${d.destination_peak_rss_mb ?? '—'} MiB`);
+  }
+  for (const reference of new Set(mig.map((r) => r.reference))) if (reference) out.push(`beside: ${reference}`);
 }
 
 /** The human table: a heading with the run's conditions, then the tables. */
@@ -255,5 +308,6 @@ export function printTable(rows: Row[], results: RunResults, options: BenchOptio
   out.push(`floor: ${results.floorSource} (cc -O2 -pthread), run in this invocation; 1-min load average ${results.loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after`);
   sameNameTables(rows, out);
   otherFloorTables(rows, out);
+  migrationTable(rows, out);
   process.stdout.write(out.join('\n') + '\n');
 }

@@ -1,8 +1,11 @@
-// The one table of bench scenarios, in the floor's order, then the postcopy, snapshot and
-// restore scenarios. For each: its kind, how the project runs it (or that only the floor has
-// it), the floor scenario it is compared with, the project issue's target, and which figure
+// The one table of bench scenarios, in the floor's order, then the postcopy, snapshot,
+// restore and whole-migration scenarios. For each: its kind, how the project runs it (or that
+// only the floor has it), the floor scenario it is compared with (a migration has none: it
+// stands beside a reference measured elsewhere), the project issue's target, and which figure
 // picks the best of --runs. Pure data: the launcher side (bench/cli.ts, runner.ts, report.ts)
 // reads it without loading any scenario's code, and bench/project.ts runs what it says.
+
+import type { Pattern } from '../src/guest/index.js';
 
 export type PostcopyMode = 'fault' | 'loaded' | 'throughput';
 export type RestoreMode = 'eager' | 'lazy' | 'lazy-faults';
@@ -25,6 +28,25 @@ export interface PlaceSpec {
 export interface PostcopySpec {
   kind: 'postcopy';
   mode: PostcopyMode;
+  /**
+   * Bulk channels the source opens besides main and preempt (0: pages go on the main channel).
+   * Only the project's OutgoingMigration has them: 0 for mode 'fault'.
+   */
+  channels: number;
+}
+/**
+ * A whole migration of the reference guest: `postcopy demo --json` with these options, in a
+ * child process (bench/migration.ts). Its size is its own: --mib does not apply.
+ */
+export interface MigrationSpec {
+  kind: 'migration';
+  /** Guest memory, as `--size` takes it. */
+  size: string;
+  threads: number;
+  pattern: Pattern;
+  precopySeconds: number;
+  /** Bulk channels (0: pages go on the main channel). */
+  channels: number;
 }
 /** A background snapshot into a file while a writer thread writes (bench/snapshot.ts). */
 export interface SnapshotSpec {
@@ -41,7 +63,7 @@ export interface FloorOnly {
   kind: 'floor-only';
   why: string;
 }
-export type ProjectSpec = FaultSpec | PlaceSpec | PostcopySpec | SnapshotSpec | RestoreSpec;
+export type ProjectSpec = FaultSpec | PlaceSpec | PostcopySpec | MigrationSpec | SnapshotSpec | RestoreSpec;
 
 /** Latency targets: project/floor at most (p50, p99), or an absolute p99 in µs (below). */
 export interface LatencyTarget {
@@ -71,12 +93,27 @@ export interface ThroughputScenario extends Common {
   kind: 'throughput';
   target: ThroughputTarget;
 }
-export type Scenario = LatencyScenario | ThroughputScenario;
+/**
+ * A whole migration, reported as it is (total time, downtime, blocktime, request latency,
+ * bytes sent) beside `reference`: figures measured elsewhere on a different workload, so no
+ * ratio and no floor. Best of --runs: the shortest total time.
+ */
+export interface MigrationScenario {
+  name: string;
+  kind: 'migration';
+  project: MigrationSpec;
+  reference: string;
+}
+export type Scenario = LatencyScenario | ThroughputScenario | MigrationScenario;
 
 const PAGE = 4096;
 const HUGE = 2 * 1024 * 1024;
 const fault = (pageSize: number, threads: number, wp = false): FaultSpec => ({ kind: 'fault', pageSize, huge: pageSize > PAGE, wp, threads });
 const place = (run: number, zero = false): PlaceSpec => ({ kind: 'place', run, zero });
+const postcopy = (mode: PostcopyMode, channels = 0): PostcopySpec => ({ kind: 'postcopy', mode, channels });
+/** The issue's migration: a 1 GiB reference guest, two threads writing random pages flat out, 1 s of precopy. */
+const migration1g = (channels: number): MigrationSpec => ({ kind: 'migration', size: '1G', threads: 2, pattern: 'random', precopySeconds: 1, channels });
+const QEMU_1G = 'QEMU 7.2 here (preempt; guest writing one byte per random page flat out): total 1.7 s, downtime 1 ms, blocktime 425 ms';
 
 export const SCENARIOS: readonly Scenario[] = [
   { name: 'missing-4k', kind: 'latency', project: fault(PAGE, 1), target: { p50: 1.25, p99: 1.5 } },
@@ -89,9 +126,11 @@ export const SCENARIOS: readonly Scenario[] = [
   { name: 'copy-1m', kind: 'throughput', project: place(1 << 20), target: { min: 0.9 } },
   { name: 'zeropage-4k', kind: 'throughput', project: place(PAGE, true), target: { min: 0.9 } },
   // a real migration over loopback TCP, source in a child process (bench/postcopy.ts)
-  { name: 'postcopy-fault', kind: 'latency', project: { kind: 'postcopy', mode: 'fault' }, floor: 'remote-4k', target: { p50: 2 } },
-  { name: 'postcopy-fault-loaded', kind: 'latency', project: { kind: 'postcopy', mode: 'loaded' }, floor: 'remote-4k', target: { p99Us: 2000 }, best: 'p99' },
-  { name: 'postcopy-throughput', kind: 'throughput', project: { kind: 'postcopy', mode: 'throughput' }, floor: 'copy-64k', target: { min: 0.5 } },
+  // (each against a floor scenario of the same run: remote-4k for faults, stream-4k for the stream)
+  { name: 'postcopy-fault', kind: 'latency', project: postcopy('fault'), floor: 'remote-4k', target: { p50: 2 } },
+  { name: 'postcopy-fault-loaded', kind: 'latency', project: postcopy('loaded'), floor: 'remote-4k', target: { p99Us: 2000 }, best: 'p99' },
+  { name: 'postcopy-throughput', kind: 'throughput', project: postcopy('throughput'), floor: 'stream-4k', target: { min: 0.8 } },
+  { name: 'postcopy-throughput-channels', kind: 'throughput', project: postcopy('throughput', 2), floor: 'stream-4k', target: { min: 1.0 } },
   // a background snapshot into a file while a writer thread writes (bench/snapshot.ts)
   { name: 'snapshot', kind: 'throughput', project: { kind: 'snapshot' }, floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
   { name: 'snapshot-1page', kind: 'throughput', project: { kind: 'snapshot', claimPages: 1 }, floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
@@ -101,6 +140,9 @@ export const SCENARIOS: readonly Scenario[] = [
   { name: 'restore-eager', kind: 'throughput', project: { kind: 'restore', mode: 'eager' }, floor: 'copy-64k', target: { min: 0.8 } },
   { name: 'restore-lazy', kind: 'latency', project: { kind: 'restore', mode: 'lazy' }, floor: 'missing-4k' },
   { name: 'restore-lazy-faults', kind: 'latency', project: { kind: 'restore', mode: 'lazy-faults' }, floor: 'missing-4k' },
+  // whole migrations of the CLI's reference guest (`postcopy demo`, bench/migration.ts): no floor
+  { name: 'migration-1g', kind: 'migration', project: migration1g(0), reference: QEMU_1G },
+  { name: 'migration-1g-channels', kind: 'migration', project: migration1g(2), reference: QEMU_1G },
 ];
 
 export function scenarioNamed(name: string): Scenario | undefined {

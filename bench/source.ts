@@ -6,11 +6,16 @@
 //                     preempt (connectChannel), MEM_SIZE, ADVISE, LISTEN, RUN, then nothing but
 //                     answers: each REQ_PAGES(_ID) from the return path is answered with its page
 //                     on the preempt channel (one corked write per request, as the project's
-//                     OutgoingMigration.serveRequests does). No background stream. Once every
-//                     page of the block has been sent: EOS/EOF on preempt, COMPLETE/EOF on main.
+//                     OutgoingMigration.serveRequests does). No background stream; a PING on
+//                     both channels every second, as the project's source sends (a channel
+//                     silent for the destination's stallSeconds, 5 s, counts as broken). Once
+//                     every page of the block has been sent: EOS/EOF on preempt, COMPLETE/EOF on
+//                     main.
 //   --mode outgoing   the project's OutgoingMigration with precopySeconds 0 and a preempt
 //                     channel: straight to postcopy, the background scan streams every page
-//                     while page requests jump the queue on the preempt channel.
+//                     while page requests jump the queue on the preempt channel. With
+//                     --channels N (N > 0), N bulk channels carry the stream, each fed by a
+//                     worker, as `postcopy send --channels N` does (src/cli/source-runner.ts).
 //
 // The token comes in $POSTCOPY_BENCH_TOKEN. The process prints one JSON line (what it did, and
 // its main thread's CPU time while it served) and exits; it also exits when its stdin closes,
@@ -19,12 +24,14 @@ import { randomUUID } from 'node:crypto';
 import { Mapping } from '../src/kernel/index.js';
 import { Bitmap, RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
 import { OutgoingMigration, type OutgoingReport, type SourceBlock } from '../src/outgoing/index.js';
-import { connectChannel, type ConnectedChannel } from '../src/transport/index.js';
-import type { ReturnPathEvent } from '../src/wire/index.js';
-import { mainThreadStats } from './stats.js';
+import { connectChannel, type ChannelRole, type ConnectedChannel, type Endpoint } from '../src/transport/index.js';
+import { Capability, MAX_BULK_CHANNELS, type ReturnPathEvent } from '../src/wire/index.js';
+import { mainThreadStats, processCpuMs } from './stats.js';
 
 export const BLOCK_ID = 'bench.ram';
 export const PAGE_FILL = 0x5a;
+/** The requests-only source's heartbeat, as OutgoingMigration's. */
+const HEARTBEAT_MS = 1000;
 
 export interface SourceOutput {
   mode: 'requests' | 'outgoing';
@@ -33,6 +40,8 @@ export interface SourceOutput {
   wall_ms: number;
   /** Voluntary context switches of the main thread over the same span (times it went idle). */
   sleeps: number;
+  /** CPU time of every thread (main and bulk workers) over the same span, ms. */
+  process_cpu_ms: number;
   requests: number;
   pages_sent: number;
   /** OutgoingMigration's report (--mode outgoing). */
@@ -44,16 +53,19 @@ export async function sourceMain(args: string[]): Promise<SourceOutput> {
   let port = NaN;
   let host = '127.0.0.1';
   let length = NaN;
+  let channels = 0;
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === '--mode') mode = args[++i];
     else if (a === '--port') port = Number(args[++i]);
     else if (a === '--host') host = args[++i];
     else if (a === '--bytes') length = Number(args[++i]);
+    else if (a === '--channels') channels = Number(args[++i]);
     else throw new Error(`postcopy-source: unknown argument '${a}'`);
   }
-  if ((mode !== 'requests' && mode !== 'outgoing') || !(port > 0) || !(length > 0) || length % TARGET_PAGE_SIZE) {
-    throw new Error('usage: node dist/bench/main.js postcopy-source --mode requests|outgoing --port N --bytes N [--host H]');
+  const channelsOk = Number.isInteger(channels) && channels >= 0 && channels <= MAX_BULK_CHANNELS && (mode === 'outgoing' || channels === 0);
+  if ((mode !== 'requests' && mode !== 'outgoing') || !(port > 0) || !(length > 0) || length % TARGET_PAGE_SIZE || !channelsOk) {
+    throw new Error(`usage: node dist/bench/main.js postcopy-source --mode requests|outgoing --port N --bytes N [--host H] [--channels 0-${MAX_BULK_CHANNELS} (outgoing only)]`);
   }
   // never outlive the scenario process: it holds our stdin open until it is done with us
   process.stdin.on('end', () => process.exit(3));
@@ -61,18 +73,17 @@ export async function sourceMain(args: string[]): Promise<SourceOutput> {
   process.stdin.resume();
 
   const token = process.env.POSTCOPY_BENCH_TOKEN;
-  const endpoint = { kind: 'tcp' as const, host, port };
+  const endpoint: Endpoint = { kind: 'tcp', host, port };
   const sessionId = `bench-${randomUUID()}`;
   return mode === 'requests'
     ? requestsOnly(endpoint, token, sessionId, length)
-    : outgoing(endpoint, token, sessionId, length);
+    : outgoing(endpoint, token, sessionId, length, channels);
 }
 
-async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number }, token: string | undefined,
-                            sessionId: string, length: number): Promise<SourceOutput> {
+async function requestsOnly(endpoint: Endpoint, token: string | undefined, sessionId: string, length: number): Promise<SourceOutput> {
   const block = new RamBlock<undefined>({ idstr: BLOCK_ID, usedLength: length });
   const blocks = new RamList([block]);
-  const main = await connectChannel({ endpoint, sessionId, role: 'main', token, blocks });
+  const main = await connectChannel({ endpoint, sessionId, role: 'main', token, blocks, capabilities: Capability.PREEMPT });
   const preempt = await connectChannel({ endpoint, sessionId, role: 'preempt', token, blocks });
   const page = new Uint8Array(TARGET_PAGE_SIZE).fill(PAGE_FILL);
   const sent = new Bitmap(block.targetPages);
@@ -87,9 +98,21 @@ async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number 
   main.channel.send(m.listen());
   main.channel.send(m.run());
   const before = mainThreadStats();
+  const cpuBefore = processCpuMs();
   const t0 = performance.now();
 
+  // the destination sees the source alive while no page is asked for (a PING goes outside RAM frames)
+  let pings = 0;
+  const heartbeat = setInterval(() => {
+    pings++;
+    for (const c of [main, preempt]) {
+      if (c.encoder.ramOpen) c.channel.send(c.encoder.endRam());
+      c.channel.send(c.encoder.ping(pings));
+    }
+  }, HEARTBEAT_MS);
+
   const finish = () => {
+    clearInterval(heartbeat);
     const p = preempt.encoder;
     if (p.ramOpen) preempt.channel.send(p.endRam());
     preempt.channel.send(p.eof());
@@ -115,7 +138,7 @@ async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number 
 
   const status = await returnPath(main, (event) => {
     if (event.type === 'req-pages') serve(event);
-  });
+  }).finally(() => clearInterval(heartbeat));
   const after = mainThreadStats();
   const wall = performance.now() - t0;
   main.channel.close();
@@ -126,6 +149,7 @@ async function requestsOnly(endpoint: { kind: 'tcp'; host: string; port: number 
     cpu_ms: (after.cpuNs - before.cpuNs) / 1e6,
     wall_ms: wall,
     sleeps: after.sleeps - before.sleeps,
+    process_cpu_ms: processCpuMs() - cpuBefore,
     requests,
     pages_sent: pagesSent,
   };
@@ -155,27 +179,35 @@ function returnPath<B extends RamBlock<unknown>>(main: ConnectedChannel<B>, hand
   });
 }
 
-async function outgoing(endpoint: { kind: 'tcp'; host: string; port: number }, token: string | undefined,
-                        sessionId: string, length: number): Promise<SourceOutput> {
+async function outgoing(endpoint: Endpoint, token: string | undefined, sessionId: string, length: number, channels: number): Promise<SourceOutput> {
   const mapping = new Mapping(length, { name: BLOCK_ID });
   try {
     // every page non-zero: each goes as a 4 KiB PAGE record and is placed with UFFDIO_COPY
     mapping.bytes().fill(PAGE_FILL);
     const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: BLOCK_ID, usedLength: length, host: mapping })]);
-    const main = await connectChannel<SourceBlock>({ endpoint, sessionId, role: 'main', token, blocks });
-    const preempt = await connectChannel<SourceBlock>({ endpoint, sessionId, role: 'preempt', token, blocks });
+    // main announces preempt and the bulk channels, which connect after it (as the CLI does)
+    const capabilities = Capability.PREEMPT | (channels << Capability.BULK_SHIFT);
+    const connect = (role: ChannelRole, index = 0) =>
+      connectChannel<SourceBlock>({ endpoint, sessionId, role, index, token, blocks, capabilities: role === 'main' ? capabilities : 0 });
+    const main = await connect('main');
+    const preempt = await connect('preempt');
+    const bulk: ConnectedChannel<SourceBlock>[] = [];
+    for (let index = 0; index < channels; index++) bulk.push(await connect('bulk', index));
     let before = mainThreadStats();
+    let cpuBefore = processCpuMs();
     let t0 = performance.now();
     const migration = new OutgoingMigration({
       blocks,
       main,
       preempt,
+      bulk,
       precopySeconds: 0,
       pauseGuest: async () => undefined,
       onProgress: (p) => {
         // reported once, right after RUN has been sent: start the clocks there
         if (p.phase === 'switchover') {
           before = mainThreadStats();
+          cpuBefore = processCpuMs();
           t0 = performance.now();
         }
       },
@@ -187,6 +219,7 @@ async function outgoing(endpoint: { kind: 'tcp'; host: string; port: number }, t
       cpu_ms: (after.cpuNs - before.cpuNs) / 1e6,
       wall_ms: performance.now() - t0,
       sleeps: after.sleeps - before.sleeps,
+      process_cpu_ms: processCpuMs() - cpuBefore,
       requests: report.requests.received,
       pages_sent: report.pages_sent.postcopy + report.pages_sent.requested,
       report,

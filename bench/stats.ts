@@ -68,3 +68,9 @@ export function mainThreadStats(): ThreadStats {
     return { sleeps: NaN, cpuNs: NaN };
   }
 }
+
+/** CPU time of every thread of this process so far (user + system), in ms. */
+export function processCpuMs(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1000;
+}

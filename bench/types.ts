@@ -1,8 +1,9 @@
 // Types shared by the scenario table (bench/scenarios.ts), the scenario implementations
-// (bench/uffd.ts, postcopy.ts, snapshot.ts, restore.ts) and the report (bench/report.ts). It
-// imports nothing, so that none of those modules has to import another for a type.
+// (bench/uffd.ts, postcopy.ts, migration.ts, snapshot.ts, restore.ts) and the report
+// (bench/report.ts). It imports nothing, so that none of those modules has to import another
+// for a type.
 
-export type Kind = 'latency' | 'throughput';
+export type Kind = 'latency' | 'throughput' | 'migration';
 
 export interface LatencyResult {
   scenario: string;
@@ -32,12 +33,30 @@ export interface ThroughputResult {
   us_per_4k: number;
 }
 
+/** A whole migration (bench/migration.ts): no floor, reported beside the scenario's reference. */
+export interface MigrationResult {
+  scenario: string;
+  kind: 'migration';
+  /** The source's: from the migration's start (channels connected) to COMPLETE, as QEMU's "total time". */
+  total_ms: number;
+  /** The source's: the guest paused here until RUN was sent. */
+  downtime_ms: number;
+  /** The destination's: time every guest thread was blocked on a missing page at once. */
+  blocktime_ms: number;
+  /** The destination's page requests, fault read to page placed: power-of-two bucket bounds. */
+  request_p50_us: number;
+  request_p99_us: number;
+  /** Every channel, framing included. */
+  bytes_sent: number;
+  details: MigrationDetails;
+}
+
 export interface Skipped {
   scenario: string;
   skipped: string;
 }
 
-export type Result = LatencyResult | ThroughputResult | Skipped;
+export type Result = LatencyResult | ThroughputResult | MigrationResult | Skipped;
 
 // ---- the extra figures of each scenario family (a result's `details`) ------------------------
 
@@ -89,7 +108,38 @@ export interface PostcopyThroughputDetails {
   dest_main_sleeps_per_ms: number | null;
   source_main_busy: number;
   source_main_sleeps_per_ms: number;
+  /**
+   * CPU time of every thread of each process over the postcopy phase / its wall time (the
+   * main threads and the bulk channels' workers; 2 = both of this VM's CPUs).
+   */
+  dest_process_busy: number | null;
+  source_process_busy: number;
+  bulk_channels: number;
   source_postcopy_ms: number | null;
+}
+
+/** migration-1g, migration-1g-channels (bench/migration.ts): the rest of the demo's report. */
+export interface MigrationDetails {
+  verified: boolean;
+  guest_bytes: number;
+  bulk_channels: number;
+  precopy_ms: number;
+  /** Precopy over all its rounds: what the source sent, and what the guest dirtied meanwhile. */
+  precopy_send_mib_s: number;
+  precopy_dirty_mib_s: number;
+  postcopy_ms: number;
+  /** Pages placed in postcopy / time from RUN to the end (the destination's). */
+  postcopy_gb_per_s: number;
+  pages_precopy: number;
+  pages_streamed: number;
+  pages_requested: number;
+  request_avg_us: number;
+  /** From the source's pause to RUN applied at the destination (both on this host). */
+  downtime_to_run_ms: number | null;
+  /** The source's downtime by part (pause, sync, discard, commands, write). */
+  downtime_parts_ms: Record<string, number>;
+  destination_total_ms: number;
+  destination_peak_rss_mb: number | null;
 }
 
 /** snapshot, snapshot-1page (bench/snapshot.ts). */
@@ -137,7 +187,8 @@ export type Details = Partial<
     PostcopyThroughputDetails &
     SnapshotDetails &
     RestoreEagerDetails &
-    RestoreLazyDetails
+    RestoreLazyDetails &
+    MigrationDetails
 >;
 
 /**
@@ -156,5 +207,11 @@ export interface Measured {
   handler_cpu_us_per_fault?: number;
   gb_per_s?: number;
   us_per_4k?: number;
+  total_ms?: number;
+  downtime_ms?: number;
+  blocktime_ms?: number;
+  request_p50_us?: number;
+  request_p99_us?: number;
+  bytes_sent?: number;
   details?: Details;
 }
