@@ -1,7 +1,9 @@
-// One bulk channel of the source, on its own worker thread: it reads the pages the main thread
-// hands it straight from guest memory, packs them (zero pages as offsets only), and writes
-// the packets. The main thread decides which pages go (the dirty bitmap lives there); this
-// thread does the copying, so the source's main thread is not the bound.
+// One bulk channel of the source, on its own worker thread: it looks at the pages the main
+// thread hands it (zero pages go as offsets only) and writes the packets, the page data
+// straight from guest memory. The main thread decides which pages go (the dirty bitmap lives
+// there); this thread does the rest, so the source's main thread is not the bound. A page the
+// guest writes after it was looked at goes as it is then: the dirty log has it dirty again
+// (in postcopy the source's guest is paused).
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
@@ -29,7 +31,7 @@ class BulkSender {
     this.socket.on('close', () => this.fail(`${task.channel} channel closed`));
     this.socket.on('data', () => undefined); // the destination sends nothing here; keep reading to see a close
     this.heartbeat = setInterval(() => {
-      if (Date.now() - this.lastWriteAt >= task.heartbeatMs) this.write(encodeBulkHeader({ number: this.number++ }), 0, 0);
+      if (Date.now() - this.lastWriteAt >= task.heartbeatMs) this.writeHeader(encodeBulkHeader({ number: this.number++ }));
     }, task.heartbeatMs / 2);
     parentPort!.on('message', (m: ToBulkSender) => this.command(m));
   }
@@ -37,7 +39,7 @@ class BulkSender {
   private command(m: ToBulkSender): void {
     if (this.done) return;
     if (m.type === 'pages') return this.sendPages(m.block, m.pages);
-    this.write(encodeBulkHeader({ flags: m.type === 'sync' ? BulkFlag.SYNC : BulkFlag.END, number: this.number++ }), 0, 0);
+    this.writeHeader(encodeBulkHeader({ flags: m.type === 'sync' ? BulkFlag.SYNC : BulkFlag.END, number: this.number++ }));
     if (m.type === 'end') {
       this.done = true;
       clearInterval(this.heartbeat);
@@ -56,6 +58,11 @@ class BulkSender {
     }
   }
 
+  /**
+   * One packet, without copying: its header, then the normal pages straight from guest memory
+   * (a run of contiguous pages as one piece), corked into one writev. Fresh buffers are not
+   * free here: on this kind of VM every first touch of a page costs ~13 µs.
+   */
   private sendPacket(blockIndex: number, pages: Float64Array): void {
     const memory = this.memory[blockIndex];
     const normal: number[] = [];
@@ -65,18 +72,28 @@ class BulkSender {
       (isZero(memory, offset, TARGET_PAGE_SIZE) ? zero : normal).push(offset);
     }
     const header = encodeBulkHeader({ number: this.number++, idstr: this.task.blocks[blockIndex].idstr, normal, zero });
-    const packet = Buffer.allocUnsafe(header.length + normal.length * TARGET_PAGE_SIZE);
-    header.copy(packet, 0);
-    let at = header.length;
-    for (const offset of normal) at += memory.copy(packet, at, offset, offset + TARGET_PAGE_SIZE);
-    this.write(packet, pages.length, zero.length);
+    const pieces: Uint8Array[] = [header];
+    for (let i = 0; i < normal.length; ) {
+      let j = i + 1;
+      while (j < normal.length && normal[j] === normal[j - 1] + TARGET_PAGE_SIZE) j++;
+      pieces.push(memory.subarray(normal[i], normal[j - 1] + TARGET_PAGE_SIZE));
+      i = j;
+    }
+    this.write(pieces, pages.length, zero.length, header.length + normal.length * TARGET_PAGE_SIZE);
   }
 
-  private write(packet: Buffer, pages: number, zero: number): void {
+  private writeHeader(header: Buffer): void {
+    this.write([header], 0, 0, header.length);
+  }
+
+  private write(pieces: Uint8Array[], pages: number, zero: number, bytes: number): void {
     this.lastWriteAt = Date.now();
-    this.socket.write(packet, (error) => {
-      if (!error) this.post({ type: 'sent', pages, zero, bytes: packet.length });
+    if (pieces.length > 1) this.socket.cork();
+    for (let i = 0; i < pieces.length - 1; i++) this.socket.write(pieces[i]);
+    this.socket.write(pieces[pieces.length - 1], (error) => {
+      if (!error) this.post({ type: 'sent', pages, zero, bytes });
     });
+    if (pieces.length > 1) this.socket.uncork();
   }
 
   private fail(message: string): void {
