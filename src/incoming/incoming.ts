@@ -217,9 +217,10 @@ export class IncomingMigration extends EventEmitter {
     this.stallWatch.watch(channel);
     const pump = () => {
       try {
-        while (!this.awaitingBulkSync && this.deferred.length) this.handle(this.deferred.shift()!, channel);
+        const main = channel === this.main;
+        while (main && !this.awaitingBulkSync && this.deferred.length) this.handle(this.deferred.shift()!, channel);
         for (let event = decoder.next(); event; event = decoder.next()) {
-          if (!this.awaitingBulkSync) this.handle(event, channel);
+          if (!main || !this.awaitingBulkSync) this.handle(event, channel);
           // waiting at MULTIFD_FLUSH: everything waits but PING, whose PONG keeps the source's
           // stall watch content while the bulk channels drain (a PONG here says "alive", not "done")
           else if (event.type === 'command' && event.cmd === Command.PING) this.handle(event, channel);
@@ -294,12 +295,17 @@ export class IncomingMigration extends EventEmitter {
     if (atomic) this.checkComplete();
   }
 
-  /** The main stream goes on past MULTIFD_FLUSH once every announced bulk channel has synced. */
-  private checkBulkSynced(): void {
-    if (!this.awaitingBulkSync) return;
-    for (let i = 0; i < this.expectBulk; i++) if (!this.bulk[i]?.synced) return;
-    this.awaitingBulkSync = false;
+  /** At MULTIFD_FLUSH: whether every announced bulk channel has synced (and if so, the next flush starts afresh). */
+  private bulkSynced(): boolean {
+    for (let i = 0; i < this.expectBulk; i++) if (!this.bulk[i]?.synced) return false;
     for (const receiver of this.bulk) if (receiver) receiver.synced = false;
+    return true;
+  }
+
+  /** A bulk channel synced: the main stream goes on past MULTIFD_FLUSH once all have. */
+  private checkBulkSynced(): void {
+    if (!this.awaitingBulkSync || !this.bulkSynced()) return;
+    this.awaitingBulkSync = false;
     this.pumpMain?.();
   }
 
@@ -317,8 +323,8 @@ export class IncomingMigration extends EventEmitter {
       case 'multifd-flush':
         // what follows (discards, LISTEN) must not overtake a page still on a bulk channel
         if (channel.role !== 'main' || this.expectBulk === 0) return;
-        this.awaitingBulkSync = true;
-        return this.checkBulkSynced();
+        this.awaitingBulkSync = !this.bulkSynced();
+        return;
       case 'eof':
         this.flushRun();
         // after COMPLETE, pages may still be in flight on the preempt channel

@@ -822,11 +822,11 @@ export class OutgoingMigration {
    * this only walks the bitmap. False when nothing is dirty.
    */
   private sendBatchBulk(bulk: BulkSenders, kind: 'precopy' | 'postcopy'): boolean {
-    const queued: { block: number; pages: number[] }[] = [];
+    const queued: ({ block: number; pages: number[] } | undefined)[] = [];
     const flush = (channel: number) => {
       const q = queued[channel];
       if (q) bulk.queue(channel, q.block, q.pages);
-      queued[channel] = undefined!;
+      queued[channel] = undefined;
     };
     let sent = 0;
     while (sent < BULK_BATCH_PAGES) {
@@ -845,7 +845,7 @@ export class OutgoingMigration {
         to = Math.min(dirty.findNextZero(from), (Math.floor(from / stripe) + 1) * stripe);
       }
       const channel = bulk.channelOf(next.block, from);
-      if (queued[channel] && queued[channel].block !== next.block) flush(channel);
+      if (queued[channel] && queued[channel]!.block !== next.block) flush(channel);
       const q = (queued[channel] ??= { block: next.block, pages: [] });
       for (let page = from; page < to; page++) q.pages.push(page);
       dirty.clearRange(from, to - from);
