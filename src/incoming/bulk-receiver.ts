@@ -76,7 +76,6 @@ export class BulkReceiver {
 
   /** From now on pages are placed atomically through `uffd` (the worker gets its own descriptor). */
   listen(uffd: Userfaultfd): void {
-    this.synced = false;
     this.send({ type: 'listen', uffdFd: this.duplicate(uffd) });
   }
 

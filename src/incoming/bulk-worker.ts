@@ -22,7 +22,7 @@ import { isConnectionError } from '../wire/errors.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
 
 /** The receive buffer: several packets, so that one read brings many. */
-const RECEIVE_BYTES = 8 << 20;
+const RECEIVE_BYTES = 4 << 20;
 /** A read gets at least this much room (the buffer grows if unapplied bytes leave less). */
 const MIN_READ_BYTES = 64 << 10;
 const EEXIST = -17;
