@@ -287,12 +287,9 @@ export class IncomingMigration extends EventEmitter {
       case Command.POSTCOPY_ADVISE:
         this.transition('POSTCOPY_ADVISE');
         return this.advise(event.pageSizeSummary);
-      case Command.POSTCOPY_RAM_DISCARD: {
-        const first = this.state !== 'DISCARD';
+      case Command.POSTCOPY_RAM_DISCARD:
         this.transition('POSTCOPY_RAM_DISCARD');
-        if (first) this.prepareDiscard();
         return this.discard(event.block, event.ranges);
-      }
       case Command.POSTCOPY_LISTEN: {
         const start = performance.now();
         this.transition('POSTCOPY_LISTEN');
@@ -327,6 +324,7 @@ export class IncomingMigration extends EventEmitter {
   private advise(pageSizeSummary: number): void {
     const local = this.blocks.pageSizeSummary;
     if (pageSizeSummary !== local) throw new ProtocolError(`POSTCOPY_ADVISE: page size summary 0x${pageSizeSummary.toString(16)} != local 0x${local.toString(16)}`);
+    this.noTransparentHugePages();
     this.uffd = openForMissing(this.blocks);
     this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
       this.lastPlacedAt = performance.now();
@@ -336,8 +334,13 @@ export class IncomingMigration extends EventEmitter {
     });
   }
 
-  /** First discard ends precopy: no transparent huge pages from here (a discard must drop 4 KiB). */
-  private prepareDiscard(): void {
+  /**
+   * No transparent huge pages, from before the first precopy page: a page written in precopy
+   * would otherwise bring in a whole 2 MiB of zeros around it (THP "always", e.g. Debian's
+   * kernels), present at LISTEN, so the pages there never fault and stay zero (or stale after a
+   * discard). And a discard must drop 4 KiB.
+   */
+  private noTransparentHugePages(): void {
     for (const block of this.blocks) {
       const mapping = block.host!;
       if (!mapping.huge && !mapping.shared) mapping.madvise(0, mapping.length, 'nohugepage');

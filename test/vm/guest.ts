@@ -58,16 +58,20 @@ function cliStep(name: string, args: string[], timeoutS: number, check: (report:
   console.log(`\n== ${name}: postcopy ${args.join(' ')}`);
   const r = node([CLI, ...args, '--json'], timeoutS, true);
   const report = lastJson(r.stdout);
-  const wrong = r.why ?? (report ? check(report) : 'no JSON report');
+  const wrong = report ? check(report) ?? r.why : r.why ?? 'no JSON report';
   const detail = report ? describe(report) : '';
   console.log(`${wrong ? 'FAILED' : 'ok'}: ${name} ${detail}${wrong ? `: ${wrong}` : ''} (${r.ms} ms)`);
   return { name, ok: !wrong, ms: r.ms, detail: wrong ? `${detail}: ${wrong}`.replace(/^: /, '') : detail };
 }
 
+function notVerified(report: Record<string, any>): string {
+  return `not verified: ${String(report.reason ?? report.error ?? 'no reason given').slice(0, 600)}`;
+}
+
 function migration(kind: string): StepResult {
   return cliStep(`migration (dirty log ${kind})`,
     ['demo', '--size', SIZE, '--threads', '2', '--precopy-seconds', '1', '--run-seconds', '0.5', '--dirty-log', kind], 180,
-    (r) => (r.verified !== true ? 'not verified' : r.source?.dirty_log !== kind ? `used dirty log ${r.source?.dirty_log}` : undefined),
+    (r) => (r.verified !== true ? notVerified(r) : r.source?.dirty_log !== kind ? `used dirty log ${r.source?.dirty_log}` : undefined),
     (r) => `verified ${r.verified}, ${r.source?.rounds} precopy round(s), ${r.pages?.requested} pages requested, ${r.total_ms} ms`);
 }
 
@@ -79,7 +83,7 @@ function snapshotAndRestore(features: FeatureReport): StepResult[] {
     (r) => `unpopulated ${r.unpopulated}, ${r.pages?.written} pages written, ${r.write_faults?.count} write faults, pause ${r.pause_ms} ms`);
   if (!snapshot.ok) return [snapshot];
   const restore = cliStep('lazy restore', ['restore', file, '--lazy', '--run-seconds', '0.5'], 180,
-    (r) => (r.verified !== true ? 'not verified' : undefined),
+    (r) => (r.verified !== true ? notVerified(r) : undefined),
     (r) => `verified ${r.verified}, mode ${r.mode}`);
   return [snapshot, restore];
 }
