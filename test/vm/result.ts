@@ -6,12 +6,18 @@ export const RESULT_MARK = 'POSTCOPY-VM-RESULT ';
 
 /** The kernel-layer tests: each detects what the kernel lacks and skips, saying why. */
 export const KERNEL_TESTS = ['ioctls', 'writeprotect', 'faults', 'pagemap', 'kernel-safety', 'memory', 'dirty-log'];
+/** Tests left out in the VM: eight threads faulting together take 12-18 s each under TCG, and the 1- and 2-thread runs cover the same kernel paths. */
+export const NOT_IN_VM = '8 thread|eight threads';
+const NOT_RUN_REASON = 'test name does not match pattern';
 
 export interface TestCounts {
   tests: number;
   pass: number;
   fail: number;
+  /** Skipped by the kernel test itself (a feature missing), not counting `notRun`. */
   skipped: number;
+  /** Left out on purpose in the VM (too slow under TCG): see NOT_IN_VM. */
+  notRun: number;
   /** Skipped tests and the reason each printed. */
   skips: { name: string; reason: string }[];
 }
@@ -34,7 +40,8 @@ export interface VmResult {
 
 export function tapCounts(tap: string): TestCounts {
   const count = (name: string) => Number(new RegExp(`^# ${name} (\\d+)$`, 'm').exec(tap)?.[1] ?? 0);
-  const skips = [...tap.matchAll(/^\s*ok \d+ - (.*?) # SKIP ?(.*)$/gm)].map((m) => ({ name: m[1], reason: m[2] }));
-  return { tests: count('tests'), pass: count('pass'), fail: count('fail'), skipped: count('skipped'), skips };
+  const all = [...tap.matchAll(/^\s*ok \d+ - (.*?) # SKIP ?(.*)$/gm)].map((m) => ({ name: m[1], reason: m[2] }));
+  const skips = all.filter((s) => s.reason !== NOT_RUN_REASON);
+  const notRun = all.length - skips.length;
+  return { tests: count('tests') - notRun, pass: count('pass'), fail: count('fail'), skipped: count('skipped') - notRun, notRun, skips };
 }
-
