@@ -1,7 +1,8 @@
 // The test VM's initramfs: busybox, the node binary and the shared libraries it and the addon
 // need (ldd, the dynamic loader included), the built project (dist/src, dist/test, the addon,
 // package.json, the runtime node_modules) and test/vm/init.sh as /init. Written uncompressed
-// (the kernel unpacks it faster than gzip under TCG) and cached under ~/.cache/postcopy-vm,
+// (103 MiB; measured under TCG on 6.12, the init starts 6.8 s after QEMU, 6.9 s with gzip -1
+// at 42 MiB: no gain, and no compression step) and cached under ~/.cache/postcopy-vm,
 // keyed by a hash of every input, so a run whose inputs have not changed reuses it.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
