@@ -92,6 +92,8 @@ test('a malformed packet on a real bulk channel fails the migration, naming the 
   try {
     const { channel, encoder } = d.source;
     channel.send(encoder.memSize([{ idstr: 'ram0', usedLength: 1 << 21, pageSize: PAGE }]));
+    channel.send(encoder.endRam());
+    channel.send(encoder.advise(PAGE)); // bulk workers start at ADVISE
     const bulk = await d.connect('bulk', 0, 0);
     bulk.channel.send(packet({ number: 0, idstr: 'ram0', normal: [3 * PAGE] }));
     const bad = packet({ number: 1, idstr: 'ram0', normal: [PAGE] });
@@ -113,6 +115,8 @@ test('bulk: precopy pages, SYNC and postcopy pages in one read; after LISTEN the
     const { channel, encoder } = d.source;
     const block = d.blocks.byId('ram0')!;
     channel.send(encoder.memSize([{ idstr: 'ram0', usedLength: 1 << 21, pageSize: PAGE }]));
+    channel.send(encoder.endRam());
+    channel.send(encoder.advise(PAGE));
     const bulk = await d.connect('bulk', 0, 0);
     // precopy page 1, SYNC, then postcopy pages 2-3 and a zero page 4, all in one write: the
     // worker must hold the postcopy pages until LISTEN, then place them atomically
@@ -123,7 +127,9 @@ test('bulk: precopy pages, SYNC and postcopy pages in one read; after LISTEN the
     ]));
     channel.send(encoder.multifdFlush());
     channel.send(encoder.endRam());
-    await d.startPostcopy();
+    channel.send(encoder.listen());
+    channel.send(encoder.run());
+    await waitFor(() => d.migration.state === 'RUNNING', 5000, 'RUNNING');
     await waitFor(() => block.isReceived(4 * PAGE), 5000, 'the postcopy packet placed');
     // more reads after LISTEN land after what is buffered, never over it
     let number = 3;

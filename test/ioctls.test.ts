@@ -4,7 +4,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { Mapping, Userfaultfd } from '../src/kernel/index.js';
+import { Mapping, Userfaultfd, hasFeatures } from '../src/kernel/index.js';
 import { patternImage } from './support/serve.js';
 import { featureSkip } from './support/hugepages.js';
 import { startToucher, waitFor } from './support/threads.js';
@@ -92,5 +92,24 @@ test('a fault held with DONTWAKE placement wakes only on WAKE', { skip: featureS
   } finally {
     uffd.close();
     mapping.unmap();
+  }
+});
+
+test('MOVE and POISON where the kernel lacks them, or the descriptor was not opened for MOVE: refused naming the feature, not a bare EINVAL', { skip: featureSkip() }, (t) => {
+  const memory = new Mapping(4 * 4096);
+  const source = new Mapping(4096);
+  const uffd = Userfaultfd.open();
+  try {
+    uffd.register(memory.address, memory.length, 'missing');
+    const unsupported = (pattern: RegExp) => (error: Error & { code?: string }) => error.code === 'ERR_POSTCOPY_UNSUPPORTED' && pattern.test(error.message);
+    if (hasFeatures('POISON')) t.diagnostic('this kernel has POISON: not refused');
+    else assert.throws(() => uffd.poison(memory.address, 4096), unsupported(/^ioctl\(UFFDIO_POISON\): this kernel \(.*\) does not grant POISON \(Linux 6\.6\+\)$/));
+    const move = () => uffd.move(memory.address, source.address, 4096);
+    if (hasFeatures('MOVE')) assert.throws(move, unsupported(/^ioctl\(UFFDIO_MOVE\): this userfaultfd was not opened with it/));
+    else assert.throws(move, unsupported(/^ioctl\(UFFDIO_MOVE\): this kernel \(.*\) does not grant MOVE \(Linux 6\.8\+\)$/));
+  } finally {
+    uffd.close();
+    memory.unmap();
+    source.unmap();
   }
 });

@@ -7,6 +7,7 @@ import { Capability, ResumeState, type ReturnPathEvent } from '../src/wire/index
 import type { GuestBlock } from '../src/incoming/index.js';
 import { PAGE, destination, filledPage, returnPath } from './support/destination.js';
 import { featureSkip } from './support/hugepages.js';
+import { probeFeatures, type Userfaultfd } from '../src/kernel/index.js';
 import { sleep, startToucher, waitFor } from './support/threads.js';
 
 const skip = featureSkip();
@@ -229,5 +230,32 @@ test('a guest that cannot be stopped after a failure is declared stuck within th
     await guest.worker.terminate();
   } finally {
     d.cleanup();
+  }
+});
+
+test('no POISON (kernels before 6.6) and no stopGuest: after a failure the descriptor stays open, so a later access blocks instead of reading zeros', { skip }, async () => {
+  const { features } = probeFeatures();
+  const hadPoison = features.POISON;
+  features.POISON = false; // as on 6.1: every part asks this (cached) report what the kernel has
+  try {
+    const d = await destination({ recoverSeconds: 0, stallSeconds: 5 });
+    try {
+      await d.startPostcopy();
+      const uffd = (d.migration as unknown as { uffd: Userfaultfd }).uffd;
+      assert.equal(uffd.features.has('POISON'), false);
+      d.source.channel.destroy();
+      await d.failed;
+      assert.equal(uffd.closed, false, 'the descriptor stays open: closing it would wake an access onto a zero page');
+      const guest = startToucher(d.mapping, [5]);
+      await sleep(300);
+      assert.equal(guest.settled(), false, 'a later access blocks: never a zero page');
+      uffd.close(); // the test stands in for the end of the process
+      await guest.done;
+      await guest.worker.terminate();
+    } finally {
+      d.cleanup();
+    }
+  } finally {
+    features.POISON = hadPoison;
   }
 });

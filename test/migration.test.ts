@@ -4,8 +4,12 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 import { runCli, startReceiver } from './support/cli.js';
+import { probeFeatures } from '../src/kernel/index.js';
+import { dirtyLogKinds } from '../src/outgoing/index.js';
 
 const canMigrate = featureSkip('PAGEFAULT_FLAG_WP');
+const softDirtySkip = () => !probeFeatures().available ? `no userfaultfd: ${probeFeatures().reason}`
+  : dirtyLogKinds([{ shared: false, huge: false }]).includes('soft-dirty') ? false : `kernel ${probeFeatures().kernel} has no soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)`;
 
 async function demo(args: string[]) {
   const result = await runCli(['demo', '--json', '--run-seconds', '0.3', ...args]);
@@ -32,6 +36,12 @@ test('TCP, 4 KiB pages, guest writing during precopy: discards happen, verified'
   assert.ok(r.pages.precopy > 0);
   assert.ok(r.pages.discarded > 0, 'the guest wrote during precopy, so pages were discarded');
   assert.ok(r.source.rounds >= 1);
+});
+
+test('any kernel: the soft-dirty dirty log (the guest held for each sync) catches every write, verified', { skip: softDirtySkip(), timeout: 120_000 }, async () => {
+  const r = await demo(['--size', '32M', '--threads', '2', '--precopy-seconds', '1', '--dirty-log', 'soft-dirty']);
+  assert.equal(r.source.dirty_log, 'soft-dirty');
+  assert.ok(r.pages.discarded > 0);
 });
 
 test('older kernels: the synchronous write-protect dirty log catches every write, verified', { skip: canMigrate, timeout: 120_000 }, async () => {

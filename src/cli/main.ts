@@ -35,7 +35,8 @@ demo/send options:
   --channels N              bulk channels (0-16, default 0): precopy and the background stream
                             go on N more connections, each fed and drained by its own thread
   --run-seconds S           how long the destination runs the guest after the last page (default 1)
-  --dirty-log KIND          pagemap-scan | uffd-wp (default: the best the kernel offers)
+  --dirty-log KIND          pagemap-scan | uffd-wp | soft-dirty (default: the best the kernel
+                            offers, in that order; soft-dirty parks the guest for each sync)
   --chaos SEED              (demo) both channels go through a fault-injecting proxy that cuts
                             them at points chosen from SEED during postcopy; the migration must
                             recover and verify (the report counts the recoveries)

@@ -2,7 +2,7 @@
 // the guest on fresh blocks, connects to the destination and migrates (precopy, switchover,
 // postcopy), then ends the guest and frees its memory.
 import { randomUUID } from 'node:crypto';
-import { OutgoingMigration, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
+import { DIRTY_LOG_KINDS, OutgoingMigration, type DirtyLogKind, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
 import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
 import { Capability, MAX_BULK_CHANNELS } from '../wire/index.js';
 import { choiceOption, livenessConfig, numberOption, type Spec } from './options.js';
@@ -20,7 +20,7 @@ export interface SourceConfig extends GuestSetup {
   preempt: boolean;
   /** Bulk channels (0: pages go on the main channel). */
   channels: number;
-  dirtyLog?: 'pagemap-scan' | 'uffd-wp';
+  dirtyLog?: DirtyLogKind;
   /** How long a connection broken in postcopy may take to come back (0: fail at once). */
   recoverSeconds: number;
   /** A silent connection is broken after this long. */
@@ -33,7 +33,7 @@ export function sourceConfig(o: Record<string, string | boolean | undefined>): S
     precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
     preempt: o['no-preempt'] !== true,
     channels: numberOption(o.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
-    dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', ['pagemap-scan', 'uffd-wp'] as const, 'pagemap-scan'),
+    dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', DIRTY_LOG_KINDS, 'pagemap-scan'),
     ...livenessConfig(o),
   };
 }
@@ -67,6 +67,8 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
       stallSeconds: config.stallSeconds,
       precopySeconds: config.precopySeconds,
       dirtyLog: config.dirtyLog,
+      // every guest's threads parked at once (soft-dirty: no write between reading and clearing)
+      holdGuest: (critical) => guests.reduceRight((inner, g) => () => g.hold(inner), critical)(),
       onProgress,
       pauseGuest: async () => {
         await Promise.all(guests.map((g) => g.pause()));

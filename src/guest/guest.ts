@@ -42,6 +42,8 @@ const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 64 
 
 /** How long stop() on a failed guest waits for its threads to finish their operation. */
 const FAILED_STOP_GRACE_MS = 1000;
+/** A word nobody notifies: `hold` sleeps on it for a few microseconds at a time. */
+const HOLD_SLEEP = new Int32Array(new SharedArrayBuffer(4));
 
 export interface RunOptions {
   /** Per-thread budget: each thread parks after this many operations (default: no limit). */
@@ -335,6 +337,27 @@ export class Guest extends EventEmitter {
     this.resume();
     await new Promise((r) => setTimeout(r, ms));
     await this.pause();
+  }
+
+  /**
+   * Runs `critical` with every thread parked between two operations, then lets them run on:
+   * synchronous (this thread waits for the others in Atomics.wait, at most `timeoutMs`), for
+   * the instant a dirty log must read and re-arm with no write in between. A guest that is not
+   * running is still already.
+   */
+  hold(critical: () => void, timeoutMs = 5000): void {
+    if (this.state !== 'running') return critical();
+    this.broadcast(CMD_PAUSE);
+    try {
+      const deadline = performance.now() + timeoutMs;
+      while (!this.allParked()) {
+        if (performance.now() > deadline) throw new Error(`guest.hold: the threads did not park within ${timeoutMs} ms`);
+        Atomics.wait(HOLD_SLEEP, 0, 0, 0.05);
+      }
+      critical();
+    } finally {
+      this.broadcast(CMD_RUN);
+    }
   }
 
   /** Resolves when every thread is parked (e.g. after its `ops` budget), without commanding anything. */

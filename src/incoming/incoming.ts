@@ -109,9 +109,9 @@ export class IncomingMigration extends EventEmitter {
   /** Bulk channels the source said join (HELLO capability), and those that have, by number. */
   private expectBulk = 0;
   private readonly bulk: (BulkReceiver | undefined)[] = [];
-  /** Bulk channels that joined before the blocks were known (MEM_SIZE): started after it. */
+  /** Bulk channels that joined before ADVISE (blocks checked, no THP): started at it. */
   private pendingBulk: Channel[] = [];
-  private layoutKnown = false;
+  private bulkReady = false;
   /** MULTIFD_FLUSH on the main channel: its stream waits until every bulk channel has synced. */
   private awaitingBulkSync = false;
   /** Main-channel events decoded while waiting at the flush, applied in order after it. */
@@ -210,7 +210,7 @@ export class IncomingMigration extends EventEmitter {
         channel.destroy();
         return this.fail(new ProtocolError(`${channel.name} channel: ${decoder.pending} byte(s) sent before HELLO_ACK`));
       }
-      return this.layoutKnown ? this.startBulk(channel) : void this.pendingBulk.push(channel);
+      return this.bulkReady ? this.startBulk(channel) : void this.pendingBulk.push(channel);
     } else {
       this.preemptChannel = channel;
     }
@@ -353,8 +353,6 @@ export class IncomingMigration extends EventEmitter {
       if (local.pageSize !== b.pageSize) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' page size ${b.pageSize} != local ${local.pageSize}`);
     }
     if (list.length !== this.blocks.size) throw new ProtocolError(`MEM_SIZE: ${list.length} blocks, the destination has ${this.blocks.size}`);
-    this.layoutKnown = true;
-    for (const channel of this.pendingBulk.splice(0)) this.startBulk(channel);
   }
 
   private transition(transition: IncomingTransition): void {
@@ -374,12 +372,9 @@ export class IncomingMigration extends EventEmitter {
       case Command.POSTCOPY_ADVISE:
         this.transition('POSTCOPY_ADVISE');
         return this.advise(event.pageSizeSummary);
-      case Command.POSTCOPY_RAM_DISCARD: {
-        const first = this.state !== 'DISCARD';
+      case Command.POSTCOPY_RAM_DISCARD:
         this.transition('POSTCOPY_RAM_DISCARD');
-        if (first) this.prepareDiscard();
         return this.discard(event.block, event.ranges);
-      }
       case Command.POSTCOPY_LISTEN: {
         const start = performance.now();
         this.transition('POSTCOPY_LISTEN');
@@ -414,7 +409,11 @@ export class IncomingMigration extends EventEmitter {
   private advise(pageSizeSummary: number): void {
     const local = this.blocks.pageSizeSummary;
     if (pageSizeSummary !== local) throw new ProtocolError(`POSTCOPY_ADVISE: page size summary 0x${pageSizeSummary.toString(16)} != local 0x${local.toString(16)}`);
+    this.noTransparentHugePages();
     this.uffd = openForMissing(this.blocks);
+    // bulk workers write precopy pages from now on, never into a THP region
+    this.bulkReady = true;
+    for (const channel of this.pendingBulk.splice(0)) this.startBulk(channel);
     this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
       this.lastPlacedAt = performance.now();
       const requested = this.faults?.placed(block, offset, length) ?? 0;
@@ -423,8 +422,13 @@ export class IncomingMigration extends EventEmitter {
     });
   }
 
-  /** First discard ends precopy: no transparent huge pages from here (a discard must drop 4 KiB). */
-  private prepareDiscard(): void {
+  /**
+   * No transparent huge pages, from before the first precopy page: a page written in precopy
+   * would otherwise bring in a whole 2 MiB of zeros around it (THP "always", e.g. Debian's
+   * kernels), present at LISTEN, so the pages there never fault and stay zero (or stale after a
+   * discard). And a discard must drop 4 KiB.
+   */
+  private noTransparentHugePages(): void {
     for (const block of this.blocks) {
       const mapping = block.host!;
       if (!mapping.huge && !mapping.shared) mapping.madvise(0, mapping.length, 'nohugepage');

@@ -22,10 +22,17 @@ export interface FailedGuest {
 }
 
 /**
+ * Descriptors left open on purpose after a failure without POISON and without stopGuest: held
+ * here for the life of the process, so that collecting their owner never closes them.
+ */
+const keptOpen = new Set<Userfaultfd>();
+
+/**
  * With `stopGuest`: wait for it (at most `stopTimeoutMs`), then close. Without it the engine has
  * no guest to wait for: threads blocked now are stuck; otherwise the missing pages are poisoned
  * (a later access gets SIGBUS, never zeros) where the kernel can (UFFDIO_POISON, 6.6+) and the
- * descriptor closes, else it stays open (a later access blocks: pass `stopGuest`).
+ * descriptor closes, else it stays open for the life of the process (a later access blocks for
+ * ever rather than read zeros: pass `stopGuest`).
  */
 export function endGuestSurely(guest: FailedGuest, why: string): void {
   const { uffd } = guest;
@@ -38,6 +45,7 @@ export function endGuestSurely(guest: FailedGuest, why: string): void {
     if (guest.waiting) return guest.stuck(`${why} while guest threads wait for pages that will never arrive, and no stopGuest was given`);
     guest.stopFaults();
     if (poisonMissing(uffd, guest.blocks)) uffd.close();
+    else keptOpen.add(uffd); // closed later, even by garbage collection, it would wake a later access onto zeros
     return;
   }
   const timer = setTimeout(() => guest.stuck(`${why} and the guest did not stop within ${guest.stopTimeoutMs} ms`), guest.stopTimeoutMs);

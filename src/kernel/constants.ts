@@ -44,6 +44,19 @@ export const FEATURE_USES: Record<Feature, string> = {
   MOVE: 'UFFDIO_MOVE',
 };
 
+/** The Linux release that brought each feature newer than 5.0 (named in "does not grant" errors). */
+export const FEATURE_SINCE: Partial<Record<Feature, string>> = {
+  PAGEFAULT_FLAG_WP: '5.7',
+  MINOR_HUGETLBFS: '5.13',
+  MINOR_SHMEM: '5.14',
+  EXACT_ADDRESS: '5.18',
+  WP_HUGETLBFS_SHMEM: '5.19',
+  WP_UNPOPULATED: '6.4',
+  POISON: '6.6',
+  WP_ASYNC: '6.7',
+  MOVE: '6.8',
+};
+
 /** ioctl numbers' bit positions in the masks UFFDIO_API and UFFDIO_REGISTER return. */
 export const IOCTLS = {
   REGISTER: 0x00,

@@ -18,6 +18,7 @@ import {
   COPY_MODE_DONTWAKE,
   COPY_MODE_WP,
   FEATURES,
+  FEATURE_SINCE,
   IOCTLS,
   MOVE_MODE_ALLOW_SRC_HOLES,
   MOVE_MODE_DONTWAKE,
@@ -67,8 +68,10 @@ function position(address: Address): number {
 
 export class UnsupportedFeatureError extends Error {
   readonly code = 'ERR_POSTCOPY_UNSUPPORTED';
-  constructor(readonly missing: string[], what: string) {
-    super(`${what}: this kernel does not grant ${missing.join(', ')}`);
+  /** `why`: instead of "this kernel does not grant ...", when the kernel has it but this use lacks it. */
+  constructor(readonly missing: string[], what: string, why?: string) {
+    const named = missing.map((f) => (f in FEATURE_SINCE ? `${f} (Linux ${FEATURE_SINCE[f as Feature]}+)` : f));
+    super(`${what}: ${why ?? `this kernel (${probeFeatures().kernel}) does not grant ${named.join(', ')}`}`);
   }
 }
 
@@ -202,6 +205,7 @@ export class Userfaultfd {
   poison(start: Address, length: number, options: WakeOption = {}): number {
     const mode = options.dontWake ? POISON_MODE_DONTWAKE : 0;
     this.guard('ioctl(UFFDIO_POISON)', 'start', start, length);
+    this.requireKernel('POISON', 'ioctl(UFFDIO_POISON)');
     return this.check(placement.poison(this.descriptor, start, length, mode), 'ioctl(UFFDIO_POISON)', start, length);
   }
 
@@ -213,6 +217,8 @@ export class Userfaultfd {
     const mode = (options.dontWake ? MOVE_MODE_DONTWAKE : 0) | (options.allowSrcHoles ? MOVE_MODE_ALLOW_SRC_HOLES : 0);
     this.guard('ioctl(UFFDIO_MOVE)', 'dst', dst, length);
     if (!mappingHolding(position(src), length)) throw this.refusal('ioctl(UFFDIO_MOVE)', 'src', src, length);
+    this.requireKernel('MOVE', 'ioctl(UFFDIO_MOVE)');
+    if (!this.features.has('MOVE')) throw new UnsupportedFeatureError(['MOVE'], 'ioctl(UFFDIO_MOVE)', 'this userfaultfd was not opened with it (features: [\'MOVE\'])');
     return this.check(placement.move(this.descriptor, dst, src, length, mode), 'ioctl(UFFDIO_MOVE)', dst, length);
   }
 
@@ -284,6 +290,11 @@ export class Userfaultfd {
     this.native.close();
     this.descriptor = -1;
     this.ranges = [];
+  }
+
+  /** A call the running kernel does not have fails naming the feature, not with the kernel's bare EINVAL. */
+  private requireKernel(feature: Feature, syscall: string): void {
+    if (!probeFeatures().features[feature]) throw new UnsupportedFeatureError([feature], syscall);
   }
 
   private check(status: number, syscall: string, start: Address, length: number): number {

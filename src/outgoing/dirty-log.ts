@@ -1,8 +1,10 @@
 // The source's dirty log, behind one interface, chosen by what the kernel offers:
 // PAGEMAP_SCAN + UFFD_FEATURE_WP_ASYNC (6.7+: writes are recorded without a fault, one ioctl
 // reports and re-arms), else synchronous userfaultfd write-protect (each first write to a
-// page since the last sync faults once; the handler records it and lets the writer go on).
-import { PagemapScanner, Userfaultfd, hasFeatures, type Mapping } from '../kernel/index.js';
+// page since the last sync faults once; the handler records it and lets the writer go on),
+// else soft-dirty bits (any kernel, not hugetlb: for shared memory before WP_HUGETLBFS_SHMEM).
+import { release } from 'node:os';
+import { Mapping, PagemapScanner, SoftDirtyReader, Userfaultfd, hasFeatures } from '../kernel/index.js';
 
 export interface TrackedRange {
   mapping: Mapping;
@@ -10,8 +12,18 @@ export interface TrackedRange {
   onDirty: (offset: number, length: number) => void;
 }
 
+export type DirtyLogKind = 'pagemap-scan' | 'uffd-wp' | 'soft-dirty';
+export const DIRTY_LOG_KINDS: readonly DirtyLogKind[] = ['pagemap-scan', 'uffd-wp', 'soft-dirty'];
+
+/**
+ * Runs `critical` with every writer of the tracked memory held still (between two writes),
+ * and lets them go on after it. The soft-dirty log needs it: it reads the bits and clears them
+ * in two steps, and a write between the two would be lost.
+ */
+export type HoldWriters = (critical: () => void) => void;
+
 export interface DirtyLog {
-  readonly kind: 'pagemap-scan' | 'uffd-wp';
+  readonly kind: DirtyLogKind;
   /** Write-protects every tracked range: from now on writes are recorded. */
   start(): void;
   /**
@@ -22,10 +34,58 @@ export interface DirtyLog {
   stop(): void;
 }
 
-export function createDirtyLog(ranges: TrackedRange[], prefer?: DirtyLog['kind']): DirtyLog {
-  const asyncOk = hasFeatures('PAGEFAULT_FLAG_WP', 'WP_ASYNC', 'WP_UNPOPULATED') && ranges.every((r) => !r.mapping.shared && !r.mapping.huge || hasFeatures('WP_HUGETLBFS_SHMEM'));
-  if (asyncOk && prefer !== 'uffd-wp') return new PagemapDirtyLog(ranges);
-  return new WriteProtectDirtyLog(ranges);
+/** The dirty logs this kernel offers for memory like this, best first. */
+export function dirtyLogKinds(memory: { shared: boolean; huge: boolean }[]): DirtyLogKind[] {
+  const kinds: DirtyLogKind[] = [];
+  const writeProtect = hasFeatures('PAGEFAULT_FLAG_WP') && (memory.every((m) => !m.shared && !m.huge) || hasFeatures('WP_HUGETLBFS_SHMEM'));
+  if (writeProtect && hasFeatures('WP_ASYNC', 'WP_UNPOPULATED')) kinds.push('pagemap-scan');
+  if (writeProtect) kinds.push('uffd-wp');
+  if (memory.every((m) => !m.huge) && softDirtyWorks()) kinds.push('soft-dirty');
+  return kinds;
+}
+
+/**
+ * The best dirty log the kernel offers for these ranges, or `prefer` (which must be offered).
+ * `holdWriters` is needed for soft-dirty only.
+ */
+export function createDirtyLog(ranges: TrackedRange[], prefer?: DirtyLogKind, holdWriters?: HoldWriters): DirtyLog {
+  const offered = dirtyLogKinds(ranges.map((r) => r.mapping));
+  const what = ranges.some((r) => r.mapping.huge) ? 'hugetlb memory' : ranges.some((r) => r.mapping.shared) ? 'shared memory' : 'this memory';
+  if (prefer && !offered.includes(prefer)) {
+    throw new Error(`dirty log ${prefer}: not possible for ${what} on kernel ${release()} (offered: ${offered.join(', ') || 'none'})`);
+  }
+  const kind = prefer ?? offered[0];
+  switch (kind) {
+    case 'pagemap-scan':
+      return new PagemapDirtyLog(ranges);
+    case 'uffd-wp':
+      return new WriteProtectDirtyLog(ranges);
+    case 'soft-dirty':
+      if (!holdWriters) throw new Error('dirty log soft-dirty: it reads and clears the bits in two steps, so it needs holdWriters (OutgoingOptions.holdGuest) to hold the guest still between them');
+      return new SoftDirtyLog(ranges, holdWriters);
+    default:
+      throw new Error(`no dirty log for ${what} on kernel ${release()}: write-protect needs PAGEFAULT_FLAG_WP${what === 'this memory' ? '' : ' and WP_HUGETLBFS_SHMEM (5.19+)'}, and soft-dirty bits ${what === 'hugetlb memory' ? 'do not exist on hugetlb' : 'do not work here (CONFIG_MEM_SOFT_DIRTY)'}`);
+  }
+}
+
+let softDirty: boolean | undefined;
+
+/** Whether a written page reads soft-dirty (false without CONFIG_MEM_SOFT_DIRTY: the bit is never set). */
+function softDirtyWorks(): boolean {
+  if (softDirty !== undefined) return softDirty;
+  const probe = new Mapping(4096);
+  let reader: SoftDirtyReader | undefined;
+  try {
+    reader = new SoftDirtyReader(1);
+    new Uint8Array(probe.view())[0] = 1;
+    softDirty = reader.scanSoftDirty(probe.base, probe.base + probe.length, () => undefined) > 0;
+  } catch {
+    softDirty = false;
+  } finally {
+    reader?.close();
+    probe.unmap();
+  }
+  return softDirty;
 }
 
 function protectAll(uffd: Userfaultfd, ranges: TrackedRange[]): void {
@@ -112,5 +172,45 @@ class WriteProtectDirtyLog implements DirtyLog {
   stop(): void {
     this.uffd?.close();
     this.uffd = undefined;
+  }
+}
+
+/**
+ * Soft-dirty bits: start() clears them; a sync reads them for every tracked range and clears
+ * them again, with the writers held still (`holdWriters`) so that no write falls between the
+ * read and the clear. clear_refs clears (and write-protects) the page table entries of the
+ * whole process, not only the tracked ranges: the source process only tracks guest memory,
+ * and its own memory pays one write fault per page after each sync, nothing more. Pages never
+ * touched have no page table entry and read clean (they hold zeros, as sent).
+ */
+class SoftDirtyLog implements DirtyLog {
+  readonly kind = 'soft-dirty';
+  private reader: SoftDirtyReader | undefined;
+
+  constructor(private readonly ranges: TrackedRange[], private readonly holdWriters: HoldWriters) {}
+
+  start(): void {
+    this.reader = new SoftDirtyReader();
+    SoftDirtyReader.clearSoftDirty();
+  }
+
+  sync(options: { final?: boolean } = {}): number {
+    let bytes = 0;
+    const readAndClear = () => {
+      for (const { mapping, onDirty } of this.ranges) {
+        bytes += this.reader!.scanSoftDirty(mapping.base, mapping.base + mapping.length, (start, end) =>
+          onDirty(start - mapping.base, end - start));
+      }
+      if (!options.final) SoftDirtyReader.clearSoftDirty();
+    };
+    // the final sync comes with the guest paused: nothing to hold, nothing to re-arm
+    if (options.final) readAndClear();
+    else this.holdWriters(readAndClear);
+    return bytes;
+  }
+
+  stop(): void {
+    this.reader?.close();
+    this.reader = undefined;
   }
 }

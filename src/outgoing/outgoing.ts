@@ -12,7 +12,7 @@ import type { Mapping } from '../kernel/index.js';
 import { Bitmap, TARGET_PAGE_SIZE, isZeroPage, type RamBlock, type RamList } from '../memory/index.js';
 import { MigrationError, ResumeState, isConnectionError, type ReturnPathEvent } from '../wire/index.js';
 import type { ChannelRole, ConnectedChannel } from '../transport/index.js';
-import { createDirtyLog, type DirtyLog } from './dirty-log.js';
+import { createDirtyLog, type DirtyLog, type HoldWriters } from './dirty-log.js';
 import { SourceChannels } from './source-channels.js';
 import { BulkSenders } from './bulk-senders.js';
 
@@ -53,6 +53,8 @@ export interface OutgoingOptions {
   /** Device state sent in PACKAGED before RUN. */
   deviceState?: () => Uint8Array;
   dirtyLog?: DirtyLog['kind'];
+  /** Holds the guest still while `critical` runs (synchronously); the soft-dirty dirty log needs it. */
+  holdGuest?: HoldWriters;
   onProgress?: (progress: OutgoingProgress) => void;
   /** Precopy sends at most this many MiB/s (QEMU's max-bandwidth; default: no limit). Postcopy is never limited. */
   precopyMaxMiBs?: number;
@@ -327,7 +329,7 @@ export class OutgoingMigration {
     const log = createDirtyLog(this.blocks.map((block) => ({
       mapping: block.host!,
       onDirty: (offset, length) => this.dirty.get(block)!.setRange(offset / TARGET_PAGE_SIZE, length / TARGET_PAGE_SIZE),
-    })), this.options.dirtyLog);
+    })), this.options.dirtyLog, this.options.holdGuest);
     try {
       const { main } = this.channels;
       main.channel.send(main.encoder.openReturnPath());

@@ -1,0 +1,111 @@
+// Runs inside the test VM (started by test/vm/init.sh, from /postcopy): the feature table, the
+// kernel-layer tests, a small migration per dirty log the kernel offers, a background snapshot
+// and a lazy restore, each in a child process with a time bound. Prints one line
+// `POSTCOPY-VM-RESULT {json}` (a VmResult) for the host (test/vm/host.ts) to read.
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { probeFeatures, type FeatureReport } from '../../src/kernel/index.js';
+import { dirtyLogKinds } from '../../src/outgoing/index.js';
+import { KERNEL_TESTS, RESULT_MARK, VM_TEST_ENV, tapCounts, type StepResult, type TestCounts, type VmResult } from './result.js';
+
+const CLI = 'dist/src/cli/main.js';
+const SIZE = '32M';
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  ms: number;
+  why?: string;
+}
+
+/** Runs node with `args`; stderr and (unless captured) stdout go to the console. */
+function node(args: string[], timeoutS: number, capture = false): Run {
+  const started = Date.now();
+  const r = spawnSync(process.execPath, args, { env: { ...process.env, ...VM_TEST_ENV }, stdio: ['ignore', capture ? 'pipe' : 'inherit', 'inherit'], encoding: 'utf8', timeout: timeoutS * 1000, killSignal: 'SIGKILL', maxBuffer: 64 << 20 });
+  const ms = Date.now() - started;
+  const why = r.error ? (r.signal === 'SIGKILL' ? `killed after ${timeoutS} s` : r.error.message) : r.status !== 0 ? `exit ${r.status ?? r.signal}` : undefined;
+  return { status: r.status, stdout: r.stdout ?? '', ms, why };
+}
+
+/** The last line of a `--json` run, parsed. */
+function lastJson(stdout: string): Record<string, any> | undefined {
+  const line = stdout.trim().split('\n').pop();
+  try {
+    return line ? JSON.parse(line) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function kernelTests(): StepResult {
+  const files = KERNEL_TESTS.map((t) => `dist/test/${t}.test.js`);
+  const tapFile = '/tmp/kernel-tests.tap';
+  const r = node(['--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tapFile}`, ...files], 420);
+  let tests: TestCounts | undefined;
+  try {
+    tests = tapCounts(readFileSync(tapFile, 'utf8'));
+  } catch {
+    // no TAP: the run died before writing it; the step fails below
+  }
+  const ok = r.status === 0 && !!tests && tests.fail === 0 && tests.tests > 0;
+  const detail = tests ? `${tests.tests} tests: ${tests.pass} pass, ${tests.fail} fail, ${tests.skipped} skipped (${tests.notRun} left out under TCG)` : 'no test report';
+  return { name: 'kernel tests', ok, ms: r.ms, detail: r.why ? `${detail} (${r.why})` : detail, tests };
+}
+
+/** A CLI command with --json that must exit 0; `check` names what is wrong with its report, if anything. */
+function cliStep(name: string, args: string[], timeoutS: number, check: (report: Record<string, any>) => string | undefined,
+  describe: (report: Record<string, any>) => string): StepResult {
+  console.log(`\n== ${name}: postcopy ${args.join(' ')}`);
+  const r = node([CLI, ...args, '--json'], timeoutS, true);
+  const report = lastJson(r.stdout);
+  const wrong = report ? check(report) ?? r.why : r.why ?? 'no JSON report';
+  const detail = report ? describe(report) : '';
+  console.log(`${wrong ? 'FAILED' : 'ok'}: ${name} ${detail}${wrong ? `: ${wrong}` : ''} (${r.ms} ms)`);
+  return { name, ok: !wrong, ms: r.ms, detail: wrong ? `${detail}: ${wrong}`.replace(/^: /, '') : detail };
+}
+
+function notVerified(report: Record<string, any>): string {
+  return `not verified: ${String(report.reason ?? report.error ?? 'no reason given').slice(0, 600)}`;
+}
+
+function migration(kind: string): StepResult {
+  return cliStep(`migration (dirty log ${kind})`,
+    ['demo', '--size', SIZE, '--threads', '2', '--precopy-seconds', '1', '--run-seconds', '0.5', '--dirty-log', kind], 180,
+    (r) => (r.verified !== true ? notVerified(r) : r.source?.dirty_log !== kind ? `used dirty log ${r.source?.dirty_log}` : undefined),
+    (r) => `verified ${r.verified}, ${r.source?.rounds} precopy round(s), ${r.pages?.requested} pages requested, ${r.total_ms} ms`);
+}
+
+function snapshotAndRestore(features: FeatureReport): StepResult[] {
+  const file = '/tmp/vm.snap';
+  const expected = features.features.WP_UNPOPULATED ? 'kernel' : 'populate';
+  const snapshot = cliStep('background snapshot', ['snapshot', '--out', file, '--size', SIZE, '--threads', '2', '--warmup-seconds', '0.3'], 180,
+    (r) => (r.unpopulated !== expected ? `unpopulated ${r.unpopulated}, expected ${expected} on this kernel` : undefined),
+    (r) => `unpopulated ${r.unpopulated}, ${r.pages?.written} pages written, ${r.write_faults?.count} write faults, pause ${r.pause_ms} ms`);
+  if (!snapshot.ok) return [snapshot];
+  const restore = cliStep('lazy restore', ['restore', file, '--lazy', '--run-seconds', '0.5'], 180,
+    (r) => (r.verified !== true ? notVerified(r) : undefined),
+    (r) => `verified ${r.verified}, mode ${r.mode}`);
+  return [snapshot, restore];
+}
+
+function main(): void {
+  const only = /(?:^|\s)postcopy\.steps=(\S+)/.exec(readFileSync('/proc/cmdline', 'utf8'))?.[1]?.split(',');
+  const wanted = (step: string) => !only || only.includes(step);
+  const features = probeFeatures();
+  const steps: StepResult[] = [];
+  if (wanted('features')) node([CLI, 'features'], 60);
+  if (!features.available) {
+    steps.push({ name: 'userfaultfd', ok: false, ms: 0, detail: features.reason ?? 'not available' });
+  } else {
+    if (wanted('tests')) steps.push(kernelTests());
+    if (wanted('migration')) {
+      const kinds = dirtyLogKinds([{ shared: false, huge: false }]);
+      for (const kind of kinds) steps.push(migration(kind));
+    }
+    if (wanted('snapshot')) steps.push(...snapshotAndRestore(features));
+  }
+  const result: VmResult = { kernel: features.kernel, features, steps, ok: steps.every((s) => s.ok) };
+  console.log(`\n${RESULT_MARK}${JSON.stringify(result)}`);
+}
+
+main();
