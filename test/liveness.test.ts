@@ -176,7 +176,7 @@ test('recovery: PAUSED keeps pages and blocked threads; RECV_BITMAP and RESUME b
 test('no recovery within the bound: FAILED, naming the cause and the bound', { skip }, async () => {
   const d = await destination({ recoverSeconds: 0.5 });
   try {
-    const { channel, encoder: e } = d.source;
+    const { channel } = d.source;
     await d.startPostcopy();
     channel.destroy();
     const error = (await d.failed) as Error & { code: string };
@@ -213,7 +213,7 @@ test('a guest that cannot be stopped after a failure is declared stuck within th
     },
   });
   try {
-    const { channel, encoder: e } = d.source;
+    const { channel } = d.source;
     await d.startPostcopy();
     const events = returnPath(d.source);
     const guest = startToucher(d.mapping, [7]);

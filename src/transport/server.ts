@@ -10,7 +10,6 @@ import { EventEmitter } from 'node:events';
 import {
   Command,
   MigrationError,
-  Role,
   StreamDecoder,
   createNonce,
   encodeChallenge,
