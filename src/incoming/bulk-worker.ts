@@ -14,10 +14,11 @@ import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { errnoError } from '../kernel/errors.js';
 import { attachMapping } from '../kernel/mapping.js';
+import { SelfMemory } from '../kernel/self-memory.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
 import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { isZero } from '../memory/zero.js';
-import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, type BulkPacket } from '../wire/bulk-packet.js';
+import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, MAX_PACKET_PAGES, type BulkPacket } from '../wire/bulk-packet.js';
 import { isConnectionError } from '../wire/errors.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
 
@@ -43,7 +44,12 @@ class BulkWorker {
   private end = 0;
   private readonly decoder: BulkPacketDecoder;
   private readonly socket: Socket;
+  /** Precopy writes go through /proc/self/mem (see SelfMemory); `memory` views where it cannot be opened. */
+  private selfMemory = SelfMemory.open();
   private readonly memory: (Buffer | undefined)[];
+  /** What a run of zero pages holds now (precopy: only pages not already zero are written). */
+  private zeroCheck: Buffer | undefined;
+  private readonly zeroPage = Buffer.alloc(TARGET_PAGE_SIZE);
   private placers: RangePlacer[] | undefined;
   private hugePage: Uint8Array | undefined;
   private zeroHugePage: Uint8Array | undefined;
@@ -158,20 +164,46 @@ class BulkWorker {
     }
   }
 
-  /** Before LISTEN: plain writes; a zero page only where memory is not zero already (untouched stays unallocated). */
+  /**
+   * Before LISTEN: plain writes, one per run of contiguous pages; a zero page only where memory
+   * is not zero already (untouched memory stays unallocated).
+   */
   private write(packet: BulkPacket): void {
     const { offsets, normal, bytes, dataOffset, block } = packet;
+    for (let i = 0; i < offsets.length; ) {
+      const zero = i >= normal;
+      const limit = zero ? offsets.length : normal;
+      let j = i + 1;
+      while (j < limit && offsets[j] === offsets[j - 1] + TARGET_PAGE_SIZE) j++;
+      const length = (j - i) * TARGET_PAGE_SIZE;
+      if (zero) this.writeZeros(block, offsets[i], length);
+      else this.writeRun(block, offsets[i], bytes, dataOffset + i * TARGET_PAGE_SIZE, length);
+      this.note(block, offsets[i], length, zero, false);
+      i = j;
+    }
+  }
+
+  private writeRun(block: number, offset: number, src: Uint8Array, srcOffset: number, length: number): void {
     const b = this.task.blocks[block];
+    if (this.selfMemory) return this.selfMemory.write(b.address + offset, src, srcOffset, length);
     const memory = (this.memory[block] ??= Buffer.from(attachMapping(BigInt(b.address), b.length)));
-    for (let i = 0; i < offsets.length; i++) {
-      const offset = offsets[i];
-      if (i < normal) {
-        const at = dataOffset + i * TARGET_PAGE_SIZE;
-        memory.set(bytes.subarray(at, at + TARGET_PAGE_SIZE), offset);
-      } else if (!isZero(memory, offset, TARGET_PAGE_SIZE)) {
-        memory.fill(0, offset, offset + TARGET_PAGE_SIZE);
-      }
-      this.note(block, offset, TARGET_PAGE_SIZE, i >= normal, false);
+    memory.set(src.subarray(srcOffset, srcOffset + length), offset);
+  }
+
+  private writeZeros(block: number, offset: number, length: number): void {
+    const b = this.task.blocks[block];
+    let now: Uint8Array;
+    let at: number;
+    if (this.selfMemory) {
+      now = this.zeroCheck ??= Buffer.allocUnsafe(MAX_PACKET_PAGES * TARGET_PAGE_SIZE);
+      at = 0;
+      this.selfMemory.read(b.address + offset, now, 0, length);
+    } else {
+      now = this.memory[block] ??= Buffer.from(attachMapping(BigInt(b.address), b.length));
+      at = offset;
+    }
+    for (let page = 0; page < length; page += TARGET_PAGE_SIZE) {
+      if (!isZero(now, at + page, TARGET_PAGE_SIZE)) this.writeRun(block, offset + page, this.zeroPage, 0, TARGET_PAGE_SIZE);
     }
   }
 
@@ -272,6 +304,8 @@ class BulkWorker {
     this.done = true;
     clearInterval(this.stallTimer);
     this.socket.destroy();
+    this.selfMemory?.close();
+    this.selfMemory = undefined;
     this.placers = undefined; // the main thread closes the userfaultfd's duplicate once this thread is gone
   }
 

@@ -10,7 +10,7 @@
 // and a guest that cannot be stopped ends the process (see docs/architecture.md).
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { Mapping, Userfaultfd, exitNow } from '../kernel/index.js';
+import { Mapping, SelfMemory, Userfaultfd, exitNow } from '../kernel/index.js';
 import { RamBlock, RamList, TARGET_PAGE_SIZE, isZeroPage } from '../memory/index.js';
 import {
   Capability,
@@ -38,6 +38,8 @@ import { PagePlacer, openForMissing, type GuestBlock } from './placement.js';
 import { IncomingStateMachine, type IncomingState, type IncomingTransition } from './state.js';
 import { blocktimePerThread, latencyReport, round, type PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
+
+const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 
 /** Longest the bulk stream is held back for waiting threads before it is read again. */
 const BULK_HOLD_MS = 1;
@@ -97,6 +99,9 @@ export class IncomingMigration extends EventEmitter {
   private faults: FaultService | undefined;
   private readonly tempPages = new Map<Channel, TempPage>();
   private readonly views = new Map<GuestBlock, Uint8Array>();
+  /** Precopy writes through /proc/self/mem (null: not available, store directly). */
+  private selfMemory: SelfMemory | null | undefined;
+  private readonly zeroCheck = new Uint8Array(TARGET_PAGE_SIZE);
   private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, zero: false, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
   private session: string | undefined;
   private main: Channel | undefined;
@@ -454,6 +459,8 @@ export class IncomingMigration extends EventEmitter {
     const uffd = this.uffd!;
     for (const block of this.blocks) uffd.register(block.host!.address, block.host!.length, 'missing');
     this.views.clear();
+    this.selfMemory?.close();
+    this.selfMemory = null;
     this.faults = new FaultService(uffd, [...this.blocks], (block, offset, length) => this.requestPage(block, offset, length),
       (error) => this.fail(error), this.options.guestThreads ?? 0);
     this.faults.start();
@@ -563,10 +570,21 @@ export class IncomingMigration extends EventEmitter {
 
   /** Before LISTEN nothing is registered: pages are plain writes. */
   private writePrecopy(block: GuestBlock, offset: number, data: Uint8Array | null): void {
-    let view = this.views.get(block);
-    if (!view) this.views.set(block, (view = block.host!.bytes()));
-    if (data) view.set(data, offset);
-    else if (!isZeroPage(view, offset)) view.fill(0, offset, offset + TARGET_PAGE_SIZE); // untouched memory stays unallocated
+    const self = (this.selfMemory ??= SelfMemory.open() ?? null);
+    if (self) {
+      // through the kernel: no page fault per fresh page (see SelfMemory)
+      const address = block.host!.base + offset;
+      if (data) self.write(address, data, 0, TARGET_PAGE_SIZE);
+      else {
+        self.read(address, this.zeroCheck, 0, TARGET_PAGE_SIZE);
+        if (!isZeroPage(this.zeroCheck)) self.write(address, ZERO_PAGE, 0, TARGET_PAGE_SIZE); // untouched memory stays unallocated
+      }
+    } else {
+      let view = this.views.get(block);
+      if (!view) this.views.set(block, (view = block.host!.bytes()));
+      if (data) view.set(data, offset);
+      else if (!isZeroPage(view, offset)) view.fill(0, offset, offset + TARGET_PAGE_SIZE);
+    }
     block.markReceived(offset, TARGET_PAGE_SIZE);
     this.pages.precopy++;
   }
@@ -720,6 +738,8 @@ export class IncomingMigration extends EventEmitter {
     }
     this.preemptChannel?.destroy();
     this.stopBulk(); // before the userfaultfd closes: no worker places anything after that
+    this.selfMemory?.close();
+    this.selfMemory = null;
     this.emit('failed', error);
     if (!this.uffd) return;
     endGuestSurely({

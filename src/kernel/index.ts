@@ -8,3 +8,4 @@ export * from './userfaultfd.js';
 export type { Address } from './addon.js';
 export * from './pagemap.js';
 export * from './process.js';
+export * from './self-memory.js';
