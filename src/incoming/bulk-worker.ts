@@ -37,6 +37,21 @@ interface Applied {
   duplicate: number;
 }
 
+/**
+ * Calls `run` for each run of contiguous offsets of a packet, normal pages first: byte offset,
+ * length, and where its data starts in the packet's bytes (-1 for a run of zero pages).
+ */
+function forEachRun(packet: BulkPacket, run: (offset: number, length: number, dataAt: number) => void): void {
+  const { offsets, normal, dataOffset } = packet;
+  for (let i = 0; i < offsets.length; ) {
+    const limit = i < normal ? normal : offsets.length;
+    let j = i + 1;
+    while (j < limit && offsets[j] === offsets[j - 1] + TARGET_PAGE_SIZE) j++;
+    run(offsets[i], (j - i) * TARGET_PAGE_SIZE, i < normal ? dataOffset + i * TARGET_PAGE_SIZE : -1);
+    i = j;
+  }
+}
+
 class BulkWorker {
   private buffer = Buffer.allocUnsafe(RECEIVE_BYTES);
   /** Bytes [start, end) of the buffer are received and not yet applied. */
@@ -169,18 +184,11 @@ class BulkWorker {
    * is not zero already (untouched memory stays unallocated).
    */
   private write(packet: BulkPacket): void {
-    const { offsets, normal, bytes, dataOffset, block } = packet;
-    for (let i = 0; i < offsets.length; ) {
-      const zero = i >= normal;
-      const limit = zero ? offsets.length : normal;
-      let j = i + 1;
-      while (j < limit && offsets[j] === offsets[j - 1] + TARGET_PAGE_SIZE) j++;
-      const length = (j - i) * TARGET_PAGE_SIZE;
-      if (zero) this.writeZeros(block, offsets[i], length);
-      else this.writeRun(block, offsets[i], bytes, dataOffset + i * TARGET_PAGE_SIZE, length);
-      this.note(block, offsets[i], length, zero, false);
-      i = j;
-    }
+    forEachRun(packet, (offset, length, dataAt) => {
+      if (dataAt < 0) this.writeZeros(packet.block, offset, length);
+      else this.writeRun(packet.block, offset, packet.bytes, dataAt, length);
+      this.note(packet.block, offset, length, dataAt < 0, false);
+    });
   }
 
   private writeRun(block: number, offset: number, src: Uint8Array, srcOffset: number, length: number): void {
@@ -209,16 +217,7 @@ class BulkWorker {
 
   /** 4 KiB pages: each run of contiguous offsets is one ioctl, copied straight from the receive buffer. */
   private placeRuns(packet: BulkPacket): void {
-    const { offsets, normal, bytes, dataOffset, block } = packet;
-    for (let i = 0; i < offsets.length; ) {
-      const zero = i >= normal;
-      const limit = zero ? offsets.length : normal;
-      let j = i + 1;
-      while (j < limit && offsets[j] === offsets[j - 1] + TARGET_PAGE_SIZE) j++;
-      const length = (j - i) * TARGET_PAGE_SIZE;
-      this.placeRun(block, offsets[i], zero ? null : bytes, zero ? 0 : dataOffset + i * TARGET_PAGE_SIZE, length);
-      i = j;
-    }
+    forEachRun(packet, (offset, length, dataAt) => this.placeRun(packet.block, offset, dataAt < 0 ? null : packet.bytes, Math.max(0, dataAt), length));
   }
 
   private placeRun(block: number, offset: number, src: Uint8Array | null, srcOffset: number, length: number): void {
