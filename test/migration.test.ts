@@ -3,7 +3,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
-import { runCli, startReceiver } from './support/cli.js';
+import { runCli, startReceiver, verifiedDemo } from './support/cli.js';
 import { probeFeatures } from '../src/kernel/index.js';
 import { dirtyLogKinds } from '../src/outgoing/index.js';
 
@@ -11,47 +11,28 @@ const canMigrate = featureSkip('PAGEFAULT_FLAG_WP');
 const softDirtySkip = () => !probeFeatures().available ? `no userfaultfd: ${probeFeatures().reason}`
   : dirtyLogKinds([{ shared: false, huge: false }]).includes('soft-dirty') ? false : `kernel ${probeFeatures().kernel} has no soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)`;
 
-async function demo(args: string[]) {
-  const result = await runCli(['demo', '--json', '--run-seconds', '0.3', ...args]);
-  assert.ok(result.report, `no JSON report (exit ${result.code})\n${result.stderr.slice(-2000)}`);
-  const r = result.report!;
-  assert.equal(r.verified, true, `not verified: ${JSON.stringify(r.verification ?? r.error)}\n${result.stderr.slice(-1500)}`);
-  assert.equal(r.state, 'END');
-  assert.equal(result.code, 0);
-  for (const key of ['bytes_total', 'blocktime_ms', 'downtime_ms', 'total_ms', 'throughput_gb_per_s']) assert.equal(typeof r[key], 'number', key);
-  for (const key of ['precopy', 'streamed', 'requested', 'zero', 'discarded']) assert.equal(typeof r.pages[key], 'number', `pages.${key}`);
-  assert.ok(Array.isArray(r.latency_us.histogram));
-  // every page arrived: a discarded page came again in postcopy; without precopy, each page
-  // came exactly once
-  const pages = r.bytes_total / 4096;
-  const postcopy = r.pages.streamed + r.pages.requested;
-  assert.ok(postcopy >= r.pages.discarded, JSON.stringify(r.pages));
-  assert.ok(r.pages.precopy + postcopy >= pages, JSON.stringify(r.pages));
-  if (r.pages.precopy === 0) assert.equal(postcopy, pages, JSON.stringify(r.pages));
-  return r;
-}
 
 test('TCP, 4 KiB pages, guest writing during precopy: discards happen, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '32M', '--threads', '2', '--pattern', 'random', '--precopy-seconds', '1']);
+  const r = await verifiedDemo(['--size', '32M', '--threads', '2', '--pattern', 'random', '--precopy-seconds', '1']);
   assert.ok(r.pages.precopy > 0);
   assert.ok(r.pages.discarded > 0, 'the guest wrote during precopy, so pages were discarded');
   assert.ok(r.source.rounds >= 1);
 });
 
 test('any kernel: the soft-dirty dirty log (the guest held for each sync) catches every write, verified', { skip: softDirtySkip(), timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '32M', '--threads', '2', '--precopy-seconds', '1', '--dirty-log', 'soft-dirty']);
+  const r = await verifiedDemo(['--size', '32M', '--threads', '2', '--precopy-seconds', '1', '--dirty-log', 'soft-dirty']);
   assert.equal(r.source.dirty_log, 'soft-dirty');
   assert.ok(r.pages.discarded > 0);
 });
 
 test('older kernels: the synchronous write-protect dirty log catches every write, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '32M', '--threads', '2', '--precopy-seconds', '1', '--dirty-log', 'uffd-wp']);
+  const r = await verifiedDemo(['--size', '32M', '--threads', '2', '--precopy-seconds', '1', '--dirty-log', 'uffd-wp']);
   assert.equal(r.source.dirty_log, 'uffd-wp');
   assert.ok(r.pages.discarded > 0);
 });
 
 test('Unix socket, straight to postcopy: every page by request or stream, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '256M', '--threads', '2', '--precopy-seconds', '0', '--transport', 'unix']);
+  const r = await verifiedDemo(['--size', '256M', '--threads', '2', '--precopy-seconds', '0', '--transport', 'unix']);
   assert.equal(r.pages.precopy, 0);
   assert.equal(r.pages.discarded, 0);
   assert.ok(r.pages.requested > 0, 'the resumed guest faulted on pages that had not arrived');
@@ -59,25 +40,25 @@ test('Unix socket, straight to postcopy: every page by request or stream, verifi
 });
 
 test('2 MiB hugetlb blocks, verified', { skip: canMigrate || featureSkip('MISSING_HUGETLBFS') || hugeSkip(34), timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '32M', '--huge', '--threads', '2', '--precopy-seconds', '0.5']);
+  const r = await verifiedDemo(['--size', '32M', '--huge', '--threads', '2', '--precopy-seconds', '0.5']);
   assert.equal(r.bytes_total, 32 << 20);
 });
 
 test('several blocks of different sizes, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '48M', '--blocks', '3', '--threads', '3', '--precopy-seconds', '0.5']);
+  const r = await verifiedDemo(['--size', '48M', '--blocks', '3', '--threads', '3', '--precopy-seconds', '0.5']);
   assert.equal(r.verification.length, 3);
   const sizes = new Set(r.verification.map((v: { pages: number }) => v.pages));
   assert.equal(sizes.size, 3, 'blocks have different sizes');
 });
 
 test('eight guest threads faulting at once, straight to postcopy, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '256M', '--threads', '8', '--precopy-seconds', '0']);
+  const r = await verifiedDemo(['--size', '256M', '--threads', '8', '--precopy-seconds', '0']);
   assert.ok(r.pages.requested > 0);
   assert.ok(Object.keys(r.blocktime_per_thread_ms).length >= 2, 'several threads waited on pages');
 });
 
 test('read-only guest: zero-page heavy, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
-  const r = await demo(['--size', '32M', '--threads', '2', '--pattern', 'read', '--precopy-seconds', '0']);
+  const r = await verifiedDemo(['--size', '32M', '--threads', '2', '--pattern', 'read', '--precopy-seconds', '0']);
   assert.ok(r.pages.zero > r.bytes_total / 4096 / 2, `zero pages ${r.pages.zero}`);
 });
 
@@ -149,7 +130,7 @@ for (const recover of [0, 1]) {
 
 for (const seed of [2, 3]) {
   test(`demo --chaos ${seed}: both channels cut${seed % 4 === 3 ? ' and stalled' : ''} in postcopy, recovered, verified`, { skip: canMigrate, timeout: 120_000 }, async () => {
-    const r = await demo(['--size', '64M', '--threads', '3', '--precopy-seconds', '0', '--stall-seconds', '2', '--chaos', String(seed)]);
+    const r = await verifiedDemo(['--size', '64M', '--threads', '3', '--precopy-seconds', '0', '--stall-seconds', '2', '--chaos', String(seed)]);
     assert.ok(r.chaos.faults > 0, JSON.stringify(r.chaos));
     assert.ok(r.recoveries > 0 && r.source.recoveries > 0, `recoveries: destination ${r.recoveries}, source ${r.source.recoveries}`);
     assert.ok(r.paused_ms > 0);

@@ -17,18 +17,16 @@ import { attachMapping } from '../kernel/mapping.js';
 import { SelfMemory } from '../kernel/self-memory.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
 import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
-import { isZero } from '../memory/zero.js';
+import { ZERO_PAGE, isZero } from '../memory/zero.js';
 import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, MAX_PACKET_PAGES, type BulkPacket } from '../wire/bulk-packet.js';
 import { isConnectionError } from '../wire/errors.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
+import { EEXIST, retryOnEagain } from './placement.js';
 
 /** The receive buffer: several packets, so that one read brings many. */
 const RECEIVE_BYTES = 4 << 20;
 /** A read gets at least this much room (the buffer grows if unapplied bytes leave less). */
 const MIN_READ_BYTES = 64 << 10;
-const EEXIST = -17;
-const EAGAIN = -11;
-const MAX_EAGAIN_RETRIES = 1000;
 
 interface Applied {
   ranges: number[];
@@ -64,7 +62,6 @@ class BulkWorker {
   private readonly memory: (Buffer | undefined)[];
   /** What a run of zero pages holds now (precopy: only pages not already zero are written). */
   private zeroCheck: Buffer | undefined;
-  private readonly zeroPage = Buffer.alloc(TARGET_PAGE_SIZE);
   private placers: RangePlacer[] | undefined;
   private hugePage: Uint8Array | undefined;
   private zeroHugePage: Uint8Array | undefined;
@@ -211,7 +208,7 @@ class BulkWorker {
       at = offset;
     }
     for (let page = 0; page < length; page += TARGET_PAGE_SIZE) {
-      if (!isZero(now, at + page, TARGET_PAGE_SIZE)) this.writeRun(block, offset + page, this.zeroPage, 0, TARGET_PAGE_SIZE);
+      if (!isZero(now, at + page, TARGET_PAGE_SIZE)) this.writeRun(block, offset + page, ZERO_PAGE, 0, TARGET_PAGE_SIZE);
     }
   }
 
@@ -222,12 +219,12 @@ class BulkWorker {
 
   private placeRun(block: number, offset: number, src: Uint8Array | null, srcOffset: number, length: number): void {
     const placer = this.placers![block];
-    const status = this.retry(() => (src ? placer.tryCopy(offset, src, length, srcOffset) : placer.tryZeropage(offset, length)));
+    const status = retryOnEagain(() => (src ? placer.tryCopy(offset, src, length, srcOffset) : placer.tryZeropage(offset, length)));
     const done = status < 0 ? placer.lastCount : length;
     if (done > 0) this.note(block, offset, done, src === null, false);
     // a page already there stopped the kernel: the rest one by one
     for (let at = done; at < length; at += TARGET_PAGE_SIZE) {
-      const page = this.retry(() => (src ? placer.tryCopy(offset + at, src, TARGET_PAGE_SIZE, srcOffset + at) : placer.tryZeropage(offset + at, TARGET_PAGE_SIZE)));
+      const page = retryOnEagain(() => (src ? placer.tryCopy(offset + at, src, TARGET_PAGE_SIZE, srcOffset + at) : placer.tryZeropage(offset + at, TARGET_PAGE_SIZE)));
       if (page < 0 && page !== EEXIST) this.placementFailed(page, block, offset + at, TARGET_PAGE_SIZE, src !== null);
       this.note(block, offset + at, TARGET_PAGE_SIZE, src === null, page === EEXIST);
     }
@@ -247,17 +244,9 @@ class BulkWorker {
         else src.fill(0, at, at + TARGET_PAGE_SIZE);
       }
     }
-    const status = this.retry(() => this.placers![block].tryCopy(host, src, pageSize));
+    const status = retryOnEagain(() => this.placers![block].tryCopy(host, src, pageSize));
     if (status < 0 && status !== EEXIST) this.placementFailed(status, block, host, pageSize, true);
     this.note(block, host, pageSize, normal === 0, status === EEXIST);
-  }
-
-  private retry(call: () => number): number {
-    let status: number;
-    let tries = 0;
-    do status = call();
-    while (status === EAGAIN && ++tries < MAX_EAGAIN_RETRIES);
-    return status;
   }
 
   private placementFailed(status: number, block: number, offset: number, length: number, copy: boolean): never {

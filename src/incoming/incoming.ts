@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { Mapping, SelfMemory, Userfaultfd, exitNow } from '../kernel/index.js';
-import { RamBlock, RamList, TARGET_PAGE_SIZE, isZeroPage } from '../memory/index.js';
+import { RamBlock, RamList, TARGET_PAGE_SIZE, ZERO_PAGE, isZeroPage } from '../memory/index.js';
 import {
   Capability,
   Command,
@@ -38,8 +38,6 @@ import { PagePlacer, openForMissing, type GuestBlock } from './placement.js';
 import { IncomingStateMachine, type IncomingState, type IncomingTransition } from './state.js';
 import { blocktimePerThread, latencyReport, round, type PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
-
-const ZERO_PAGE = new Uint8Array(TARGET_PAGE_SIZE);
 
 /** Longest the bulk stream is held back for waiting threads before it is read again. */
 const BULK_HOLD_MS = 1;

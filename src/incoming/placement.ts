@@ -3,9 +3,18 @@
 import { Userfaultfd, errnoError, hasFeatures, type Feature, type Mapping } from '../kernel/index.js';
 import { TARGET_PAGE_SIZE, type RamBlock } from '../memory/index.js';
 
-const EEXIST = -17;
+export const EEXIST = -17;
 const EAGAIN = -11;
 const MAX_EAGAIN_RETRIES = 1000;
+
+/** A placement call, again while the kernel says EAGAIN (the address space was changing), within a bound. */
+export function retryOnEagain(call: () => number): number {
+  let status: number;
+  let tries = 0;
+  do status = call();
+  while (status === EAGAIN && ++tries < MAX_EAGAIN_RETRIES);
+  return status;
+}
 
 export type GuestBlock = RamBlock<Mapping>;
 
@@ -40,13 +49,11 @@ export class PagePlacer {
     const mapping = block.host!;
     const address = mapping.base + hostOffset;
     const size = block.pageSize;
-    let status: number;
-    let tries = 0;
-    do {
-      if (src) status = this.uffd.tryCopy(address, src, size, 0, srcOffset);
-      else if (size === TARGET_PAGE_SIZE) status = this.uffd.tryZeropage(address, size);
-      else status = this.uffd.tryCopy(address, (this.zeroHugePage ??= new Uint8Array(size)), size);
-    } while (status === EAGAIN && ++tries < MAX_EAGAIN_RETRIES);
+    const status = retryOnEagain(() => {
+      if (src) return this.uffd.tryCopy(address, src, size, 0, srcOffset);
+      if (size === TARGET_PAGE_SIZE) return this.uffd.tryZeropage(address, size);
+      return this.uffd.tryCopy(address, (this.zeroHugePage ??= new Uint8Array(size)), size);
+    });
     if (status === EEXIST) this.alreadyPresent++;
     else if (status < 0) throw errnoError(status, src || size !== TARGET_PAGE_SIZE ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)', `block '${block.idstr}' offset 0x${hostOffset.toString(16)} length ${size}`);
     block.markReceived(hostOffset, size);

@@ -377,46 +377,48 @@ export class Userfaultfd {
 }
 
 /**
- * Un-protects pages of one write-protected range from another thread (a snapshot walker on a
- * worker): a Userfaultfd lives on the thread that opened it, so a worker gets its descriptor
- * and one registered range, and every call is checked against that range. The owner keeps
- * the descriptor open and the range registered until the worker has stopped.
+ * One registered range, driven from another thread (a Userfaultfd lives on the thread that
+ * opened it): the worker gets a descriptor and the range, and every call is checked against
+ * the range, a call outside it returning -EFAULT without an ioctl.
  */
-export class RangeUnprotector {
+abstract class RangeOfAnotherThread {
   constructor(
     readonly fd: number,
     readonly start: number,
     readonly length: number,
   ) {}
 
+  protected outside(offset: number, length: number): boolean {
+    return !(offset >= 0 && length > 0 && offset + length <= this.length);
+  }
+}
+
+/**
+ * Un-protects pages of one write-protected range from a snapshot walker on a worker. The owner
+ * keeps the descriptor open and the range registered until the worker has stopped.
+ */
+export class RangeUnprotector extends RangeOfAnotherThread {
   /** 0, or -errno (-EFAULT for a range outside this one, without an ioctl); wakes waiters. */
   tryUnprotect(offset: number, length: number): number {
-    if (!(offset >= 0 && length > 0 && offset + length <= this.length)) return EFAULT;
+    if (this.outside(offset, length)) return EFAULT;
     return placement.writeProtect(this.fd, this.start + offset, length, 0);
   }
 }
 
 /**
- * Places pages into one MISSING-registered range from another thread (a bulk channel's worker):
- * like RangeUnprotector, every call is checked against the range. The worker owns `fd` (a
- * duplicate: see duplicateDescriptor), so the owner closing its own never leaves the worker
- * with a number that could be reused for something else.
+ * Places pages into one MISSING-registered range from a bulk channel's worker. The worker's
+ * `fd` is a duplicate (see duplicateDescriptor), closed by the owner only once the worker has
+ * exited, so no descriptor number can be reused under it.
  */
-export class RangePlacer {
-  constructor(
-    readonly fd: number,
-    readonly start: number,
-    readonly length: number,
-  ) {}
-
+export class RangePlacer extends RangeOfAnotherThread {
   /** Bytes placed, or -errno (-EEXIST: already there; -EFAULT outside the range, no ioctl); wakes waiters. */
   tryCopy(offset: number, src: ArrayBufferView, length: number, srcOffset = 0): number {
-    if (!(offset >= 0 && length > 0 && offset + length <= this.length)) return EFAULT;
+    if (this.outside(offset, length)) return EFAULT;
     return placement.copy(this.fd, this.start + offset, src, length, 0, srcOffset);
   }
 
   tryZeropage(offset: number, length: number): number {
-    if (!(offset >= 0 && length > 0 && offset + length <= this.length)) return EFAULT;
+    if (this.outside(offset, length)) return EFAULT;
     return placement.zeropage(this.fd, this.start + offset, length, 0);
   }
 

@@ -1,5 +1,8 @@
 import { TARGET_PAGE_SIZE } from './ramblock.js';
 
+/** A page of zeros to write from (never written to). */
+export const ZERO_PAGE: Uint8Array = new Uint8Array(TARGET_PAGE_SIZE);
+
 /** Zeros to compare with; grows to the largest length asked for (a huge page at most). */
 let zeros = Buffer.alloc(TARGET_PAGE_SIZE);
 

@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import assert from 'node:assert/strict';
 
 export const CLI = join(__dirname, '..', '..', 'src', 'cli', 'main.js');
 
@@ -69,4 +70,29 @@ export async function startReceiver(args: string[], env: Record<string, string>)
   };
   const listening = await waitFor((e) => e.event === 'listening', 20_000);
   return { child, endpoint: listening.endpoint, events, exited, waitFor };
+}
+
+/**
+ * `postcopy demo --json` with `args` (and --run-seconds 0.3) that must verify: the report's
+ * shape, and every page arrived (a discarded page came again in postcopy; without precopy,
+ * each page came exactly once).
+ */
+export async function verifiedDemo(args: string[]): Promise<Record<string, any>> {
+  const result = await runCli(['demo', '--json', '--run-seconds', '0.3', ...args]);
+  assert.ok(result.report, `no JSON report (exit ${result.code})\n${result.stderr.slice(-2000)}`);
+  const r = result.report!;
+  assert.equal(r.verified, true, `not verified: ${JSON.stringify(r.verification ?? r.error)}\n${result.stderr.slice(-1500)}`);
+  assert.equal(r.state, 'END');
+  assert.equal(result.code, 0);
+  for (const key of ['bytes_total', 'blocktime_ms', 'downtime_ms', 'total_ms', 'throughput_gb_per_s']) assert.equal(typeof r[key], 'number', key);
+  for (const key of ['precopy', 'streamed', 'requested', 'zero', 'discarded']) assert.equal(typeof r.pages[key], 'number', `pages.${key}`);
+  assert.ok(Array.isArray(r.latency_us.histogram));
+  // every page arrived: a discarded page came again in postcopy; without precopy, each page
+  // came exactly once
+  const pages = r.bytes_total / 4096;
+  const postcopy = r.pages.streamed + r.pages.requested;
+  assert.ok(postcopy >= r.pages.discarded, JSON.stringify(r.pages));
+  assert.ok(r.pages.precopy + postcopy >= pages, JSON.stringify(r.pages));
+  if (r.pages.precopy === 0) assert.equal(postcopy, pages, JSON.stringify(r.pages));
+  return r;
 }
