@@ -1,6 +1,6 @@
 // The torture suite: a seeded loop of real two-process migrations (the demo: a source process
 // and a destination process), each under a hard timeout, each verified page by page by the
-// resumed guest. Sizes, page sizes, patterns, threads, preempt, bulk channels, transport, precopy, dirty log
+// resumed guest. Sizes, page sizes, patterns, fill, threads, preempt, bulk channels, transport, precopy, dirty log
 // and chaos (both channels through the fault-injecting proxy, cut during postcopy) are drawn
 // from the seed. With recovery every run must end verified; without it (--recover-seconds 0)
 // a run whose connection was cut must end FAILED with both processes gone.
@@ -43,6 +43,8 @@ function drawRun(seed: number): Run {
     ...(huge ? ['--huge'] : []),
     '--pattern', pick(['sequential', 'random', 'hotset', 'read'] as const),
     '--threads', String(1 + Math.floor(r() * 8)),
+    // memory never touched goes unread as zero pages until the guest writes it
+    ...(r() < 0.3 ? ['--fill', '0'] : []),
     ...(r() < 0.2 ? ['--no-preempt'] : []),
     '--transport', pick(['tcp', 'unix'] as const),
     '--precopy-seconds', String(precopy),

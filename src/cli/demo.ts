@@ -164,6 +164,7 @@ function humanReport(r: {
   pages: Record<string, number>; latency_us: { avg: number; p50: number; p99: number; count: number }; peak_rss_mb?: number;
   source: {
     rounds: number; dirty_log: string; discarded_pages: number; pages_resent: number; precopy_ms: number; precopy_end: string;
+    pages_sent: { untouched: number };
     precopy_totals: { send_mib_s: number; dirty_mib_s: number };
   }; error?: string; reason?: string;
   recoveries: number; paused_ms: number; chaos?: { faults: number };
@@ -173,7 +174,7 @@ function humanReport(r: {
     `migration ${r.state}, guest memory ${r.verified ? 'VERIFIED' : 'NOT VERIFIED'}${r.error || r.reason ? `: ${r.error ?? r.reason}` : ''}`,
     `  memory        ${(r.bytes_total / 2 ** 20).toFixed(0)} MiB, dirty log ${r.source.dirty_log}, ${r.source.rounds} precopy round(s)`,
     ...(r.source.rounds ? [`  precopy       ${r.source.precopy_ms} ms, ended ${r.source.precopy_end}; sent ${r.source.precopy_totals.send_mib_s.toFixed(0)} MiB/s, guest dirtied ${r.source.precopy_totals.dirty_mib_s.toFixed(0)} MiB/s`] : []),
-    `  pages         precopy ${r.pages.precopy}, streamed ${r.pages.streamed}, requested ${r.pages.requested}, zero ${r.pages.zero}, discarded ${r.pages.discarded}`,
+    `  pages         precopy ${r.pages.precopy}, streamed ${r.pages.streamed}, requested ${r.pages.requested}, zero ${r.pages.zero}${r.source.pages_sent.untouched ? ` (${r.source.pages_sent.untouched} never touched on the source: sent unread)` : ''}, discarded ${r.pages.discarded}`,
     `  page requests ${r.latency_us.count}: avg ${r.latency_us.avg} us, p50 <= ${r.latency_us.p50} us, p99 <= ${r.latency_us.p99} us`,
     `  blocktime     ${r.blocktime_ms} ms (all guest threads blocked)`,
     `  downtime      ${r.downtime_ms} ms; total ${r.total_ms} ms; postcopy ${r.throughput_gb_per_s} GB/s${r.peak_rss_mb ? `; destination peak RSS ${r.peak_rss_mb} MiB` : ''}`,

@@ -29,6 +29,8 @@ demo/send options:
   --huge                    2 MiB hugetlb blocks
   --threads N               guest threads (default 2)
   --pattern P               sequential | random | hotset | read (default random)
+  --fill N                  passes writing every page before the guest runs (default 1, 0 for
+                            read): 0 leaves memory untouched until the guest writes it
   --precopy-seconds S       precopy before switching to postcopy; 0 = straight to postcopy (default 2)
   --transport tcp|unix      (demo) the channel transport (default tcp)
   --no-preempt              no preempt channel: requested pages queue behind the stream

@@ -1,7 +1,7 @@
 // The pagemap, two ways. PAGEMAP_SCAN (Linux 6.7+): with a userfaultfd opened with WP_ASYNC and the range
 // write-protected, the kernel records writes without faulting, and one ioctl both reports
 // the written pages and write-protects them again. This is the cheapest dirty log there is.
-// Soft-dirty bits (any kernel): cleared for the whole process, read entry by entry.
+// /proc/self/pagemap read entry by entry (any kernel): soft-dirty bits, unpopulated pages.
 import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { addon } from './addon.js';
 import { argumentError, errnoError, hex } from './errors.js';
@@ -71,25 +71,30 @@ export class PagemapScanner {
 
 /** /proc/PID/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst). */
 export const PM_SOFT_DIRTY = 1n << 55n;
+export const PM_SWAP = 1n << 62n;
 export const PM_PRESENT = 1n << 63n;
 const PAGEMAP_ENTRY_BYTES = 8;
+/** The same bits in an entry's high 32-bit word (entries are little-endian u64). */
+const SOFT_DIRTY_HIGH = Number(PM_SOFT_DIRTY >> 32n);
+const PRESENT_OR_SWAP_HIGH = Number((PM_PRESENT | PM_SWAP) >> 32n) | 0;
 
 /**
- * Soft-dirty bits (CONFIG_MEM_SOFT_DIRTY, any kernel since 3.11): `clearSoftDirty()` clears
- * them and write-protects every page table entry of the whole process (clear_refs is per
- * process, not per range); the first write to a page afterwards sets its bit, which the
- * pagemap reports. Pages never touched have no entry and read as clean. Not on hugetlb.
+ * /proc/self/pagemap read entry by entry, on any kernel:
+ * - soft-dirty bits (CONFIG_MEM_SOFT_DIRTY, since 3.11): `clearSoftDirty()` clears them and
+ *   write-protects every page table entry of the whole process (clear_refs is per process, not
+ *   per range); the first write to a page afterwards sets its bit. Pages never touched have no
+ *   entry and read as clean. Not on hugetlb.
+ * - unpopulated pages: neither present nor swapped. In private memory such a page has never
+ *   been written (or was discarded), so it reads as zeros, and reading it would fault it in.
  */
-export class SoftDirtyReader {
+export class PagemapReader {
   private fd: number;
-  private readonly entries: BigUint64Array;
-  private readonly bytes: Uint8Array;
+  private readonly words: Uint32Array;
 
   /** `capacity`: pagemap entries read per pread. */
   constructor(capacity = 8192) {
     this.fd = openSync('/proc/self/pagemap', 'r');
-    this.entries = new BigUint64Array(capacity);
-    this.bytes = new Uint8Array(this.entries.buffer);
+    this.words = new Uint32Array(capacity * 2);
   }
 
   /** Clears every soft-dirty bit of this process (`echo 4 > /proc/self/clear_refs`). */
@@ -102,29 +107,44 @@ export class SoftDirtyReader {
    * bit is set (start and end page-aligned). Returns the number of bytes reported.
    */
   scanSoftDirty(start: number, end: number, onRange: (start: number, end: number) => void): number {
+    return this.scan('scanSoftDirty', start, end, (high) => (high & SOFT_DIRTY_HIGH) !== 0, onRange);
+  }
+
+  /**
+   * Calls `onRange(start, end)` for every run of pages in [start, end) that are neither present
+   * nor swapped out (start and end page-aligned). Returns the number of bytes reported. Only
+   * in private memory does that prove a page reads as zeros: a shared page can sit in the page
+   * cache without being mapped here.
+   */
+  scanUnpopulated(start: number, end: number, onRange: (start: number, end: number) => void): number {
+    return this.scan('scanUnpopulated', start, end, (high) => (high & PRESENT_OR_SWAP_HIGH) === 0, onRange);
+  }
+
+  private scan(what: string, start: number, end: number, matches: (high: number) => boolean, onRange: (start: number, end: number) => void): number {
     const page = addon.pageSize;
-    if (start % page || end % page || end < start) throw new RangeError(`scanSoftDirty: ${hex(start)}..${hex(end)} is not a page-aligned range`);
-    let bytes = 0;
+    if (start % page || end % page || end < start) throw new RangeError(`${what}: ${hex(start)}..${hex(end)} is not a page-aligned range`);
+    const bytes = new Uint8Array(this.words.buffer);
+    let reported = 0;
     let runStart = -1;
     for (let at = start; at < end; ) {
-      const count = Math.min(this.entries.length, (end - at) / page);
-      const read = readSync(this.fd, this.bytes, 0, count * PAGEMAP_ENTRY_BYTES, (at / page) * PAGEMAP_ENTRY_BYTES);
+      const count = Math.min(this.words.length / 2, (end - at) / page);
+      const read = readSync(this.fd, bytes, 0, count * PAGEMAP_ENTRY_BYTES, (at / page) * PAGEMAP_ENTRY_BYTES);
       if (read !== count * PAGEMAP_ENTRY_BYTES) throw new Error(`/proc/self/pagemap: read ${read} of ${count * PAGEMAP_ENTRY_BYTES} bytes at ${hex(at)}`);
       for (let i = 0; i < count; i++, at += page) {
-        const dirty = (this.entries[i] & PM_SOFT_DIRTY) !== 0n;
-        if (dirty && runStart < 0) runStart = at;
-        else if (!dirty && runStart >= 0) {
+        const match = matches(this.words[2 * i + 1]);
+        if (match && runStart < 0) runStart = at;
+        else if (!match && runStart >= 0) {
           onRange(runStart, at);
-          bytes += at - runStart;
+          reported += at - runStart;
           runStart = -1;
         }
       }
     }
     if (runStart >= 0) {
       onRange(runStart, end);
-      bytes += end - runStart;
+      reported += end - runStart;
     }
-    return bytes;
+    return reported;
   }
 
   close(): void {

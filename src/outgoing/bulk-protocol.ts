@@ -18,8 +18,11 @@ export interface BulkSenderTask {
 }
 
 export type ToBulkSender =
-  /** Send these target pages (indices, ascending; whole host pages of a huge-page block) as they are now. */
-  | { type: 'pages'; block: number; pages: Float64Array }
+  /**
+   * Send these target pages (indices, ascending; whole host pages of a huge-page block) as they
+   * are now; where `untouched` is 1, the page was never populated: a zero page, not read.
+   */
+  | { type: 'pages'; block: number; pages: Float64Array; untouched: Uint8Array }
   /** A SYNC packet after everything queued. */
   | { type: 'sync' }
   /** The END packet after everything queued, then close. */

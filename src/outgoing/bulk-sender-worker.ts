@@ -38,7 +38,7 @@ class BulkSender {
 
   private command(m: ToBulkSender): void {
     if (this.done) return;
-    if (m.type === 'pages') return this.sendPages(m.block, m.pages);
+    if (m.type === 'pages') return this.sendPages(m.block, m.pages, m.untouched);
     this.writeHeader(encodeBulkHeader({ flags: m.type === 'sync' ? BulkFlag.SYNC : BulkFlag.END, number: this.number++ }));
     if (m.type === 'end') {
       this.done = true;
@@ -50,11 +50,12 @@ class BulkSender {
     }
   }
 
-  private sendPages(blockIndex: number, pages: Float64Array): void {
+  private sendPages(blockIndex: number, pages: Float64Array, untouched: Uint8Array): void {
     const block = this.task.blocks[blockIndex];
     const perPacket = Math.max(PACKET_PAGES, block.pageSize / TARGET_PAGE_SIZE);
     for (let first = 0; first < pages.length; first += perPacket) {
-      this.sendPacket(blockIndex, pages.subarray(first, Math.min(first + perPacket, pages.length)));
+      const end = Math.min(first + perPacket, pages.length);
+      this.sendPacket(blockIndex, pages.subarray(first, end), untouched.subarray(first, end));
     }
   }
 
@@ -63,14 +64,14 @@ class BulkSender {
    * (a run of contiguous pages as one piece), corked into one writev. Fresh buffers are not
    * free here: on this kind of VM every first touch of a page costs ~13 µs.
    */
-  private sendPacket(blockIndex: number, pages: Float64Array): void {
+  private sendPacket(blockIndex: number, pages: Float64Array, untouched: Uint8Array): void {
     const memory = this.memory[blockIndex];
     const normal: number[] = [];
     const zero: number[] = [];
-    for (const page of pages) {
+    pages.forEach((page, i) => {
       const offset = page * TARGET_PAGE_SIZE;
-      (isZero(memory, offset, TARGET_PAGE_SIZE) ? zero : normal).push(offset);
-    }
+      (untouched[i] === 1 || isZero(memory, offset, TARGET_PAGE_SIZE) ? zero : normal).push(offset);
+    });
     const header = encodeBulkHeader({ number: this.number++, idstr: this.task.blocks[blockIndex].idstr, normal, zero });
     const pieces: Uint8Array[] = [header];
     for (let i = 0; i < normal.length; ) {

@@ -57,11 +57,11 @@ export class BulkSenders {
     return (Math.floor(page / this.stripePages(blockIndex)) + blockIndex) % this.count;
   }
 
-  /** Queues target pages (ascending) of one block on a channel. */
-  queue(channel: number, blockIndex: number, pages: readonly number[]): void {
+  /** Queues target pages (ascending) of one block on a channel; `untouched[i]` 1: pages[i] is zero, go unread. */
+  queue(channel: number, blockIndex: number, pages: readonly number[], untouched: readonly number[]): void {
     if (this.stopped || !pages.length) return;
     this.inFlight[channel] += pages.length;
-    this.post(channel, { type: 'pages', block: blockIndex, pages: Float64Array.from(pages) });
+    this.post(channel, { type: 'pages', block: blockIndex, pages: Float64Array.from(pages), untouched: Uint8Array.from(untouched) });
   }
 
   get hasRoom(): boolean {

@@ -4,7 +4,7 @@
 // page since the last sync faults once; the handler records it and lets the writer go on),
 // else soft-dirty bits (any kernel, not hugetlb: for shared memory before WP_HUGETLBFS_SHMEM).
 import { release } from 'node:os';
-import { Mapping, PagemapScanner, SoftDirtyReader, Userfaultfd, hasFeatures } from '../kernel/index.js';
+import { Mapping, PagemapScanner, PagemapReader, Userfaultfd, hasFeatures } from '../kernel/index.js';
 
 export interface TrackedRange {
   mapping: Mapping;
@@ -24,6 +24,12 @@ export type HoldWriters = (critical: () => void) => void;
 
 export interface DirtyLog {
   readonly kind: DirtyLogKind;
+  /**
+   * What the pagemap shows of a never-touched page once start() has run: still unpopulated;
+   * marked (write-protecting it left a marker, which the pagemap reports as swapped); or
+   * populated (start() populated every page to protect it).
+   */
+  readonly untouchedOnceArmed: 'unpopulated' | 'marked' | 'populated';
   /** Write-protects every tracked range: from now on writes are recorded. */
   start(): void;
   /**
@@ -74,9 +80,9 @@ let softDirty: boolean | undefined;
 function softDirtyWorks(): boolean {
   if (softDirty !== undefined) return softDirty;
   const probe = new Mapping(4096);
-  let reader: SoftDirtyReader | undefined;
+  let reader: PagemapReader | undefined;
   try {
-    reader = new SoftDirtyReader(1);
+    reader = new PagemapReader(1);
     new Uint8Array(probe.view())[0] = 1;
     softDirty = reader.scanSoftDirty(probe.base, probe.base + probe.length, () => undefined) > 0;
   } catch {
@@ -97,6 +103,7 @@ function protectAll(uffd: Userfaultfd, ranges: TrackedRange[]): void {
 
 class PagemapDirtyLog implements DirtyLog {
   readonly kind = 'pagemap-scan';
+  readonly untouchedOnceArmed = 'marked';
   private uffd: Userfaultfd | undefined;
   private scanner: PagemapScanner | undefined;
 
@@ -126,6 +133,7 @@ class PagemapDirtyLog implements DirtyLog {
 
 class WriteProtectDirtyLog implements DirtyLog {
   readonly kind = 'uffd-wp';
+  readonly untouchedOnceArmed = hasFeatures('WP_UNPOPULATED') ? 'marked' : 'populated';
   private uffd: Userfaultfd | undefined;
   /** Pages written since the last sync: [range index, offset, length] triples. */
   private written: number[] = [];
@@ -135,7 +143,7 @@ class WriteProtectDirtyLog implements DirtyLog {
   start(): void {
     const needsShared = this.ranges.some((r) => r.mapping.shared || r.mapping.huge);
     const features: ('PAGEFAULT_FLAG_WP' | 'WP_UNPOPULATED' | 'WP_HUGETLBFS_SHMEM')[] = ['PAGEFAULT_FLAG_WP'];
-    if (hasFeatures('WP_UNPOPULATED')) features.push('WP_UNPOPULATED');
+    if (this.untouchedOnceArmed === 'marked') features.push('WP_UNPOPULATED');
     else for (const { mapping } of this.ranges) mapping.madvise(0, mapping.length, 'populateWrite');
     if (needsShared) features.push('WP_HUGETLBFS_SHMEM');
     const uffd = (this.uffd = Userfaultfd.open({ features }));
@@ -185,13 +193,14 @@ class WriteProtectDirtyLog implements DirtyLog {
  */
 class SoftDirtyLog implements DirtyLog {
   readonly kind = 'soft-dirty';
-  private reader: SoftDirtyReader | undefined;
+  readonly untouchedOnceArmed = 'unpopulated';
+  private reader: PagemapReader | undefined;
 
   constructor(private readonly ranges: TrackedRange[], private readonly holdWriters: HoldWriters) {}
 
   start(): void {
-    this.reader = new SoftDirtyReader();
-    SoftDirtyReader.clearSoftDirty();
+    this.reader = new PagemapReader();
+    PagemapReader.clearSoftDirty();
   }
 
   sync(options: { final?: boolean } = {}): number {
@@ -201,7 +210,7 @@ class SoftDirtyLog implements DirtyLog {
         bytes += this.reader!.scanSoftDirty(mapping.base, mapping.base + mapping.length, (start, end) =>
           onDirty(start - mapping.base, end - start));
       }
-      if (!options.final) SoftDirtyReader.clearSoftDirty();
+      if (!options.final) PagemapReader.clearSoftDirty();
     };
     // the final sync comes with the guest paused: nothing to hold, nothing to re-arm
     if (options.final) readAndClear();
