@@ -3,7 +3,7 @@
 // and a lazy restore, each in a child process with a time bound. Prints one line
 // `POSTCOPY-VM-RESULT {json}` (a VmResult) for the host (test/vm/host.ts) to read.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { probeFeatures, type FeatureReport } from '../../src/kernel/index.js';
 import { dirtyLogKinds } from '../../src/outgoing/index.js';
 import { KERNEL_TESTS, RESULT_MARK, VM_TEST_ENV, tapCounts, type StepResult, type TestCounts, type VmResult } from './result.js';
@@ -68,12 +68,44 @@ function notVerified(report: Record<string, any>): string {
   return `not verified: ${String(report.reason ?? report.error ?? 'no reason given').slice(0, 600)}`;
 }
 
-/** One migration per dirty log; every other one on 2 bulk channels (their workers, and the userfaultfd duplicated for them). */
-function migration(kind: string, channels: number): StepResult {
-  return cliStep(`migration (dirty log ${kind}, ${channels} bulk channel(s))`,
-    ['demo', '--size', SIZE, '--threads', '2', '--precopy-seconds', '1', '--run-seconds', '0.5', '--dirty-log', kind, '--channels', String(channels)], 180,
-    (r) => (r.verified !== true ? notVerified(r) : r.source?.dirty_log !== kind ? `used dirty log ${r.source?.dirty_log}` : r.bulk_channels !== channels ? `${r.bulk_channels} bulk channels` : undefined),
-    (r) => `verified ${r.verified}, ${r.source?.rounds} precopy round(s), ${r.pages?.requested} pages requested, ${r.total_ms} ms`);
+const THP = '/sys/kernel/mm/transparent_hugepage/enabled';
+
+/** Runs `step` with transparent huge pages set to `mode` (if the kernel has them), then as before. */
+function withThp<T>(mode: string, step: () => T): T {
+  let before: string | undefined;
+  try {
+    before = /\[(\w+)\]/.exec(readFileSync(THP, 'utf8'))?.[1];
+    if (before && before !== mode) writeFileSync(THP, mode);
+  } catch {
+    before = undefined; // no THP in this kernel
+  }
+  try {
+    return step();
+  } finally {
+    if (before && before !== mode) writeFileSync(THP, before);
+  }
+}
+
+/**
+ * One migration per dirty log; every other one on 2 bulk channels (their workers, and the
+ * userfaultfd duplicated for them). The first runs as the kernel boots (Debian: THP "always") on
+ * a filled guest. The others start the guest on untouched memory (`--fill 0`, a hot set written
+ * while precopy runs) with THP "madvise" (with "always" one write populates 2 MiB and a hot set
+ * soon touches every huge page): the source must send what is still untouched unread, except
+ * where arming the log populates every page (uffd-wp before WP_UNPOPULATED).
+ */
+function migration(kind: string, channels: number, untouched: boolean, features: FeatureReport): StepResult {
+  const args = ['demo', '--size', SIZE, '--threads', '2', '--precopy-seconds', '1', '--run-seconds', '0.5', '--dirty-log', kind, '--channels', String(channels)];
+  const populates = kind === 'uffd-wp' && !features.features.WP_UNPOPULATED;
+  const unreadWrong = (n: number | undefined) => (!untouched ? undefined
+    : populates ? (n === 0 ? undefined : `${n} pages sent unread, where arming populates`)
+      : n! > 0 ? undefined : `${n} pages sent unread: untouched memory was read`);
+  const run = () => cliStep(`migration (dirty log ${kind}, ${channels} bulk channel(s)${untouched ? ', untouched memory' : ''})`,
+    untouched ? [...args, '--pattern', 'hotset', '--fill', '0'] : args, 180,
+    (r) => (r.verified !== true ? notVerified(r) : r.source?.dirty_log !== kind ? `used dirty log ${r.source?.dirty_log}`
+      : r.bulk_channels !== channels ? `${r.bulk_channels} bulk channels` : unreadWrong(r.source?.pages_sent?.untouched)),
+    (r) => `verified ${r.verified}, ${r.source?.rounds} precopy round(s), ${r.pages?.requested} pages requested, ${r.source?.pages_sent?.untouched} sent unread, ${r.total_ms} ms`);
+  return untouched ? withThp('madvise', run) : run();
 }
 
 function snapshotAndRestore(features: FeatureReport): StepResult[] {
@@ -101,7 +133,7 @@ function main(): void {
     if (wanted('tests')) steps.push(kernelTests());
     if (wanted('migration')) {
       const kinds = dirtyLogKinds([{ shared: false, huge: false }]);
-      kinds.forEach((kind, i) => steps.push(migration(kind, i % 2 === 1 ? 2 : 0)));
+      kinds.forEach((kind, i) => steps.push(migration(kind, i % 2 === 1 ? 2 : 0, i > 0, features)));
     }
     if (wanted('snapshot')) steps.push(...snapshotAndRestore(features));
   }
