@@ -375,8 +375,10 @@ export class OutgoingMigration {
    * Arms the dirty log and finds the untouched pages, with no write unseen in between. Where
    * arming leaves them unpopulated (soft-dirty), the pagemap is read after it. Where it marks
    * them (write-protect with WP_UNPOPULATED; the pagemap reports a marker as swapped), it is read
-   * before, with the guest held until the log is armed: ~40 ms per GiB here. Without holdGuest,
-   * or where arming populates every page anyway, there is nothing to find.
+   * before, with the guest held until the log is armed: ~40 ms per GiB here, plus parking the
+   * guest's threads. A first read without the hold tells whether any page is untouched at all:
+   * a guest that has touched everything is never held. Without holdGuest, or where arming
+   * populates every page anyway, there is nothing to find.
    */
   private startDirtyLog(log: DirtyLog): void {
     const start = performance.now();
@@ -384,7 +386,7 @@ export class OutgoingMigration {
     if (log.untouchedOnceArmed === 'unpopulated') {
       log.start();
       this.findUntouched();
-    } else if (log.untouchedOnceArmed === 'marked' && hold) {
+    } else if (log.untouchedOnceArmed === 'marked' && hold && this.findUntouched()) {
       hold(() => {
         this.findUntouched();
         log.start();
@@ -395,15 +397,17 @@ export class OutgoingMigration {
 
   /**
    * Which pages of private memory are unpopulated (no write after this goes unreported: the log
-   * is armed, or the guest is held until it is). Every sync clears the bits of what it reports.
+   * is armed, or the guest is held until it is); true if any. Every sync clears the bits of what
+   * it reports.
    * A shared page can be in the page cache without being mapped here: shared blocks are read.
    */
-  private findUntouched(): void {
+  private findUntouched(): boolean {
+    this.untouched.clear();
     let reader: PagemapReader;
     try {
       reader = new PagemapReader();
     } catch {
-      return; // no procfs: every page is read
+      return false; // no procfs: every page is read
     }
     try {
       for (const block of this.blocks) {
@@ -418,6 +422,7 @@ export class OutgoingMigration {
     } finally {
       reader.close();
     }
+    return this.untouched.size > 0;
   }
 
   /**
