@@ -6,7 +6,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
-import { PagemapReader } from '../src/kernel/index.js';
+import { PM_PRESENT, PagemapReader } from '../src/kernel/index.js';
 import { IncomingMigration, type GuestBlock } from '../src/incoming/index.js';
 import { OutgoingMigration, convergenceJudge, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
 import { IncomingListener, connectChannel, type ChannelRole } from '../src/transport/index.js';
@@ -197,7 +197,7 @@ function notPresent(mapping: Mapping, pages: number[]): number[] {
     const entry = Buffer.alloc(8);
     return pages.filter((page) => {
       readSync(fd, entry, 0, 8, ((mapping.base + page * 4096) / 4096) * 8);
-      return (entry.readBigUInt64LE(0) & (1n << 63n)) === 0n;
+      return (entry.readBigUInt64LE(0) & PM_PRESENT) === 0n;
     });
   } finally {
     closeSync(fd);

@@ -53,14 +53,13 @@ async function runKernel(kernel: Kernel, image: string, accel: Accel, timeoutS: 
   const failedBoots: string[] = [];
   for (let attempt = 1; ; attempt++) {
     const run = await bootOnce(kernel, image, accel, timeoutS, steps, attempt);
-    run.failedBoots = failedBoots;
-    if (run.boot.bootMs !== undefined || attempt === BOOT_ATTEMPTS) return run;
+    if (run.boot.bootMs !== undefined || attempt === BOOT_ATTEMPTS) return { ...run, failedBoots };
     failedBoots.push(`boot ${attempt}: ${run.failure}`);
     log(`${kernel.release}: boot ${attempt} died before the init started (${run.failure}); booting again`);
   }
 }
 
-async function bootOnce(kernel: Kernel, image: string, accel: Accel, timeoutS: number, steps: string | undefined, attempt: number): Promise<KernelRun> {
+async function bootOnce(kernel: Kernel, image: string, accel: Accel, timeoutS: number, steps: string | undefined, attempt: number): Promise<Omit<KernelRun, 'failedBoots'>> {
   log(`booting ${kernel.release} (${accel})${attempt > 1 ? `, attempt ${attempt} of ${BOOT_ATTEMPTS}` : ''}`);
   let result: VmResult | undefined;
   let badResult: string | undefined;
@@ -87,7 +86,7 @@ async function bootOnce(kernel: Kernel, image: string, accel: Accel, timeoutS: n
   const failure = bootResult.killed ? `killed: ${bootResult.killed}${died}`
     : badResult ?? (!result ? `no ${RESULT_MARK.trim()} line (qemu exit ${bootResult.exitCode})${died}`
       : !result.ok ? `failed: ${result.steps.filter((s) => !s.ok).map((s) => s.name).join(', ')}` : undefined);
-  return { kernel, boot: bootResult, result, failure, failedBoots: [] };
+  return { kernel, boot: bootResult, result, failure };
 }
 
 function summary(run: KernelRun): string[] {
