@@ -10,9 +10,10 @@ import { Bitmap } from '../src/memory/index.js';
 import { SnapshotIncompleteError, SnapshotReader, SnapshotWriter } from '../src/snapshot/index.js';
 import { SnapshotFormatError, encodeHeader, planLayout, type SnapshotBlockSpec, type SnapshotLayout } from '../src/wire/snapshot-format.js';
 import { seededRandom } from '../src/transport/index.js';
+import { loopSeed } from './support/seed.js';
 import { MiB, fillPages, randomBytes, tempDir, writeSnapshot, type WrittenSnapshot } from './support/snapshot.js';
 
-const SEED = Number(process.env.POSTCOPY_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 32));
+const SEED = loopSeed('POSTCOPY_FUZZ_SEED', 20261203);
 const FLIPS = Number(process.env.POSTCOPY_SNAPSHOT_FLIPS ?? 4000);
 console.log(`snapshot-format: seed ${SEED} (POSTCOPY_FUZZ_SEED=${SEED} reproduces), ${FLIPS} byte flips`);
 

@@ -5,18 +5,20 @@
 // from the seed. With recovery every run must end verified; without it (--recover-seconds 0)
 // a run whose connection was cut must end FAILED with both processes gone.
 //
-//   POSTCOPY_TORTURE_SEED=N      replay a loop (each run prints its own seed too)
+//   POSTCOPY_TORTURE_SEED=N      replay a loop (each run prints its own seed too); 'random'
+//                                draws one (npm test runs a fixed seed, the soak fresh ones)
 //   POSTCOPY_TORTURE_RUNS=N      runs in the loop (default 24)
 //   POSTCOPY_TORTURE_MINUTES=M   run for M minutes instead (npm run soak -- --minutes M)
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { seededRandom } from '../src/transport/index.js';
 import { runCli } from './support/cli.js';
+import { loopSeed } from './support/seed.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 
 const skip = featureSkip('PAGEFAULT_FLAG_WP');
-const masterSeed = Number(process.env.POSTCOPY_TORTURE_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const minutes = Number(process.env.POSTCOPY_TORTURE_MINUTES ?? 0);
+const masterSeed = loopSeed('POSTCOPY_TORTURE_SEED', minutes ? undefined : 20261203);
 const runs = Number(process.env.POSTCOPY_TORTURE_RUNS ?? 24);
 /** Hard bound on one migration, set-up and verification included. */
 const RUN_TIMEOUT_MS = 120_000;

@@ -140,18 +140,27 @@ async function startChaos(seed: number, target: Endpoint, transport: 'tcp' | 'un
   return { proxy, endpoint, summary };
 }
 
-/** The source failed: the destination's account too, and whether it exited (it must). */
+/**
+ * The source failed: the destination's account too, and whether it exited (it must). When the
+ * source failed because the destination did (SHUT with a failure status), the destination's
+ * error is the cause and leads the one line.
+ */
 async function failed(error: Error, destination: Destination, chaos: Awaited<ReturnType<typeof startChaos>> | undefined, json: boolean): Promise<number> {
   const code = await Promise.race([destination.exited, new Promise<number>((r) => setTimeout(() => r(-1), 10_000))]);
   destination.child.kill('SIGKILL');
   const dest = destination.report();
   const exitNote = code >= 0 ? `destination exited ${code}` : 'the destination did not exit within 10 s';
-  if (!json) throw new Error(`${error.message}${dest?.error ? `; destination: ${dest.error}` : ''}; ${exitNote}`);
+  const sourceCode = (error as Error & { code?: string }).code;
+  const causedByDestination = sourceCode === 'ERR_POSTCOPY_PEER_FAILED' && typeof dest?.error === 'string';
+  const message = causedByDestination ? `destination: ${dest!.error} (source: ${error.message})`
+    : `${error.message}${dest?.error ? `; destination: ${dest.error}` : ''}`;
+  if (!json) throw new Error(`${message}; ${exitNote}`);
   console.log(JSON.stringify({
     state: 'FAILED',
     verified: false,
-    error: error.message,
-    error_code: (error as Error & { code?: string }).code,
+    error: message,
+    error_code: causedByDestination ? dest!.error_code : sourceCode,
+    source: { error: error.message, error_code: sourceCode },
     destination: dest ? { state: dest.state, error: dest.error, error_code: dest.error_code } : undefined,
     destination_exit: code >= 0 ? code : null,
     ...(chaos ? { chaos: chaos.summary() } : {}),

@@ -29,9 +29,10 @@ export type ToBulkWorker =
 export type FromBulkWorker =
   /**
    * Pages of one block now in memory (written, placed, or already there), as (offset, length)
-   * byte pairs; `zero` of them were zero pages, `duplicate` were already present.
+   * byte pairs; `zero` of them were zero pages. The main thread counts what is new by the
+   * received bits.
    */
-  | { type: 'applied'; block: number; ranges: Float64Array; pages: number; zero: number; duplicate: number; bytes: number }
+  | { type: 'applied'; block: number; ranges: Float64Array; pages: number; zero: number; bytes: number }
   /** A SYNC packet: everything before it is applied. The worker reads on after 'listen'. */
   | { type: 'synced' }
   /** The END packet: the channel is done, its socket closed. */

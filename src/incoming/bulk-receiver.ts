@@ -16,7 +16,7 @@ const STOP_GRACE_MS = 1000;
 
 export interface BulkReceiverEvents {
   /** Pages of `block` in memory now (byte ranges). */
-  applied(block: GuestBlock, ranges: Float64Array, counts: { pages: number; zero: number; duplicate: number }): void;
+  applied(block: GuestBlock, ranges: Float64Array, counts: { pages: number; zero: number }): void;
   synced(receiver: BulkReceiver): void;
   ended(receiver: BulkReceiver): void;
   /** A ProtocolError or placement error (`connection` false), or a broken connection. */

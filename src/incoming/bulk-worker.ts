@@ -20,6 +20,7 @@ import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { ZERO_PAGE, isZero } from '../memory/zero.js';
 import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, MAX_PACKET_PAGES, type BulkPacket } from '../wire/bulk-packet.js';
 import { isConnectionError } from '../wire/errors.js';
+import { channelClosedMessage } from '../transport/channel.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
 import { EEXIST, retryOnEagain } from './placement.js';
 
@@ -32,7 +33,6 @@ interface Applied {
   ranges: number[];
   pages: number;
   zero: number;
-  duplicate: number;
 }
 
 /**
@@ -86,8 +86,8 @@ class BulkWorker {
       onread: { buffer: () => this.readTarget(), callback: (n: number) => this.received(n) },
     };
     this.socket = new Socket(options);
-    this.socket.on('end', () => this.fail(new Error(`${task.channel} channel closed by the peer`), true));
-    this.socket.on('error', (error) => this.fail(new Error(`${task.channel} channel: ${error.message}`), true));
+    this.socket.on('end', () => this.fail(new Error(channelClosedMessage(task.channel)), true));
+    this.socket.on('error', (error) => this.fail(new Error(channelClosedMessage(task.channel, error)), true));
     this.stallTimer = setInterval(() => this.checkStall(), Math.max(50, task.stallMs / 4));
     parentPort!.on('message', (m: ToBulkWorker) => this.command(m));
   }
@@ -184,7 +184,7 @@ class BulkWorker {
     forEachRun(packet, (offset, length, dataAt) => {
       if (dataAt < 0) this.writeZeros(packet.block, offset, length);
       else this.writeRun(packet.block, offset, packet.bytes, dataAt, length);
-      this.note(packet.block, offset, length, dataAt < 0, false);
+      this.note(packet.block, offset, length, dataAt < 0);
     });
   }
 
@@ -221,12 +221,12 @@ class BulkWorker {
     const placer = this.placers![block];
     const status = retryOnEagain(() => (src ? placer.tryCopy(offset, src, length, srcOffset) : placer.tryZeropage(offset, length)));
     const done = status < 0 ? placer.lastCount : length;
-    if (done > 0) this.note(block, offset, done, src === null, false);
+    if (done > 0) this.note(block, offset, done, src === null);
     // a page already there stopped the kernel: the rest one by one
     for (let at = done; at < length; at += TARGET_PAGE_SIZE) {
       const page = retryOnEagain(() => (src ? placer.tryCopy(offset + at, src, TARGET_PAGE_SIZE, srcOffset + at) : placer.tryZeropage(offset + at, TARGET_PAGE_SIZE)));
       if (page < 0 && page !== EEXIST) this.placementFailed(page, block, offset + at, TARGET_PAGE_SIZE, src !== null);
-      this.note(block, offset + at, TARGET_PAGE_SIZE, src === null, page === EEXIST);
+      this.note(block, offset + at, TARGET_PAGE_SIZE, src === null);
     }
   }
 
@@ -246,7 +246,7 @@ class BulkWorker {
     }
     const status = retryOnEagain(() => this.placers![block].tryCopy(host, src, pageSize));
     if (status < 0 && status !== EEXIST) this.placementFailed(status, block, host, pageSize, true);
-    this.note(block, host, pageSize, normal === 0, status === EEXIST);
+    this.note(block, host, pageSize, normal === 0);
   }
 
   private placementFailed(status: number, block: number, offset: number, length: number, copy: boolean): never {
@@ -254,14 +254,13 @@ class BulkWorker {
       `${this.task.channel}: block '${this.task.blocks[block].idstr}' offset 0x${offset.toString(16)} length ${length}`);
   }
 
-  /** Pages now in memory, coalesced into ranges until the next report. */
-  private note(block: number, offset: number, length: number, zero: boolean, duplicate: boolean): void {
+  /** Pages now in memory (placed, or already there), coalesced into ranges until the next report. */
+  private note(block: number, offset: number, length: number, zero: boolean): void {
     let a = this.applied.get(block);
-    if (!a) this.applied.set(block, (a = { ranges: [], pages: 0, zero: 0, duplicate: 0 }));
+    if (!a) this.applied.set(block, (a = { ranges: [], pages: 0, zero: 0 }));
     const pages = length / TARGET_PAGE_SIZE;
     a.pages += pages;
     if (zero) a.zero += pages;
-    if (duplicate) a.duplicate += pages;
     const r = a.ranges;
     if (r.length && r[r.length - 2] + r[r.length - 1] === offset) r[r.length - 1] += length;
     else r.push(offset, length);
@@ -269,7 +268,7 @@ class BulkWorker {
 
   private report(): void {
     for (const [block, a] of this.applied) {
-      this.post({ type: 'applied', block, ranges: Float64Array.from(a.ranges), pages: a.pages, zero: a.zero, duplicate: a.duplicate, bytes: this.bytes });
+      this.post({ type: 'applied', block, ranges: Float64Array.from(a.ranges), pages: a.pages, zero: a.zero, bytes: this.bytes });
     }
     this.applied.clear();
   }

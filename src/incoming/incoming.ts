@@ -137,7 +137,7 @@ export class IncomingMigration extends EventEmitter {
   private endAt = 0;
   private readonly settings: Required<Omit<IncomingOptions, 'blocks' | 'allocate' | 'guestThreads' | 'stopGuest'>>;
   /** Pages placed in postcopy (by the stream or on request), precopy pages written, and more. */
-  readonly pages = { precopy: 0, postcopyPlaced: 0, requested: 0, zero: 0, discarded: 0, duplicate: 0 };
+  readonly pages = { precopy: 0, postcopyPlaced: 0, requested: 0, zero: 0, discarded: 0, duplicate: 0, missingAtListen: 0 };
   readonly recovery = { count: 0, pausedMs: 0 };
 
   constructor(private readonly options: IncomingOptions = {}) {
@@ -280,22 +280,16 @@ export class IncomingMigration extends EventEmitter {
   }
 
   /** What a bulk worker wrote (precopy) or placed: the received bits, and the waits they end. */
-  private bulkApplied(receiver: BulkReceiver, block: GuestBlock, ranges: Float64Array, counts: { pages: number; zero: number; duplicate: number }): void {
+  private bulkApplied(receiver: BulkReceiver, block: GuestBlock, ranges: Float64Array, counts: { pages: number; zero: number }): void {
     if (!this.bulk.includes(receiver) || this.state === 'FAILED') return;
     this.pages.zero += counts.zero;
-    const atomic = this.machine.atomicPlacement;
-    if (atomic) {
-      this.pages.postcopyPlaced += counts.pages - counts.duplicate;
-      this.pages.duplicate += counts.duplicate;
-      this.lastPlacedAt = performance.now();
-    } else {
+    if (!this.machine.atomicPlacement) {
       this.pages.precopy += counts.pages;
+      for (let i = 0; i < ranges.length; i += 2) block.markReceived(ranges[i], ranges[i + 1]);
+      return;
     }
-    for (let i = 0; i < ranges.length; i += 2) {
-      block.markReceived(ranges[i], ranges[i + 1]);
-      if (atomic) this.pages.requested += (this.faults?.placed(block, ranges[i], ranges[i + 1]) ?? 0) * (block.pageSize / TARGET_PAGE_SIZE);
-    }
-    if (atomic) this.checkComplete();
+    for (let i = 0; i < ranges.length; i += 2) this.postcopyPlaced(block, ranges[i], ranges[i + 1], block.markReceived(ranges[i], ranges[i + 1]));
+    this.checkComplete();
   }
 
   /** At MULTIFD_FLUSH: whether every announced bulk channel has synced (and if so, the next flush starts afresh). */
@@ -417,12 +411,22 @@ export class IncomingMigration extends EventEmitter {
     // bulk workers write precopy pages from now on, never into a THP region
     this.bulkReady = true;
     for (const channel of this.pendingBulk.splice(0)) this.startBulk(channel);
-    this.placer = new PagePlacer(this.uffd, (block, offset, length) => {
-      this.lastPlacedAt = performance.now();
-      const requested = this.faults?.placed(block, offset, length) ?? 0;
-      this.pages.requested += requested * (block.pageSize / TARGET_PAGE_SIZE);
+    this.placer = new PagePlacer(this.uffd, (block, offset, length, fresh) => {
+      this.postcopyPlaced(block, offset, length, fresh);
       if (this.bulkHeld && this.faults!.waiting === 0) this.releaseBulk();
     });
+  }
+
+  /**
+   * Pages placed in postcopy, by any channel: counted by their received bits, so each page
+   * missing at LISTEN counts exactly once (`fresh`), whoever placed it first; a page placed
+   * again (a bulk worker's unreported placement before a break, sent again) is a duplicate.
+   */
+  private postcopyPlaced(block: GuestBlock, offset: number, length: number, fresh: number): void {
+    this.lastPlacedAt = performance.now();
+    this.pages.postcopyPlaced += fresh;
+    this.pages.duplicate += length / TARGET_PAGE_SIZE - fresh;
+    this.pages.requested += (this.faults?.placed(block, offset, length) ?? 0) * (block.pageSize / TARGET_PAGE_SIZE);
   }
 
   /**
@@ -462,6 +466,7 @@ export class IncomingMigration extends EventEmitter {
     this.faults = new FaultService(uffd, [...this.blocks], (block, offset, length) => this.requestPage(block, offset, length),
       (error) => this.fail(error), this.options.guestThreads ?? 0);
     this.faults.start();
+    for (const block of this.blocks) this.pages.missingAtListen += block.receivedMap.size - block.receivedMap.count();
     for (const receiver of this.bulk) receiver?.listen(uffd);
     this.listenAt = performance.now();
     this.lastPlacedAt = this.listenAt;
@@ -505,7 +510,6 @@ export class IncomingMigration extends EventEmitter {
         this.pages.duplicate++;
         return;
       }
-      this.pages.postcopyPlaced++;
       return this.addToRun(block, offset, data);
     }
     let temp = this.tempPages.get(channel);
@@ -514,10 +518,7 @@ export class IncomingMigration extends EventEmitter {
     const hostOffset = temp.hostOffset;
     const perHost = block.pageSize / TARGET_PAGE_SIZE;
     if (block.isHostPageReceived(hostOffset)) this.pages.duplicate += perHost;
-    else {
-      this.pages.postcopyPlaced += perHost;
-      this.placer!.place(block, hostOffset, temp.allZero ? null : temp.buffer);
-    }
+    else this.placer!.place(block, hostOffset, temp.allZero ? null : temp.buffer);
     temp.reset();
     this.checkComplete();
   }
@@ -771,6 +772,7 @@ export class IncomingMigration extends EventEmitter {
         zero: this.pages.zero,
         discarded: this.pages.discarded,
         duplicate: this.pages.duplicate,
+        missing_at_listen: this.pages.missingAtListen,
       },
       requests: { sent: this.faults?.requests ?? 0, resent: this.faults?.resent ?? 0 },
       recoveries: this.recovery.count,

@@ -40,8 +40,11 @@ export class PagePlacer {
 
   constructor(
     private readonly uffd: Userfaultfd,
-    /** Called after the received bits are set, to end the waits of the threads behind them. */
-    private readonly onPlaced: (block: GuestBlock, offset: number, length: number) => void,
+    /**
+     * Called after the received bits are set, to end the waits of the threads behind them;
+     * `fresh`: target pages whose bit this placement set (the others were received already).
+     */
+    private readonly onPlaced: (block: GuestBlock, offset: number, length: number, fresh: number) => void,
   ) {}
 
   /** Places one host page from `src` (at `srcOffset`), or zeros when `src` is null. */
@@ -56,8 +59,7 @@ export class PagePlacer {
     });
     if (status === EEXIST) this.alreadyPresent++;
     else if (status < 0) throw errnoError(status, src || size !== TARGET_PAGE_SIZE ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)', `block '${block.idstr}' offset 0x${hostOffset.toString(16)} length ${size}`);
-    block.markReceived(hostOffset, size);
-    this.onPlaced(block, hostOffset, size);
+    this.onPlaced(block, hostOffset, size, block.markReceived(hostOffset, size));
   }
 
   /**
@@ -69,10 +71,7 @@ export class PagePlacer {
     const address = block.host!.base + offset;
     const status = src ? this.uffd.tryCopy(address, src, length) : this.uffd.tryZeropage(address, length);
     const done = status < 0 ? this.uffd.lastCount : length;
-    if (done > 0) {
-      block.markReceived(offset, done);
-      this.onPlaced(block, offset, done);
-    }
+    if (done > 0) this.onPlaced(block, offset, done, block.markReceived(offset, done));
     for (let at = done; at < length; at += TARGET_PAGE_SIZE) this.place(block, offset + at, src, at);
   }
 }

@@ -6,13 +6,15 @@ export const LATENCY_BUCKETS = 24; // bucket i holds latencies in [2^(i-1), 2^i)
 
 export interface PostcopyReport {
   state: string;
-  /** duplicate: arrived again after placement (a request raced the stream); placed once. */
   /**
-   * streamed: placed in postcopy from the background stream; requested: placed in postcopy
-   * after a guest thread faulted on them; duplicate: arrived again after placement (a request
-   * raced the stream), placed once.
+   * Target pages. precopy: written before LISTEN (a page sent in several rounds counts each
+   * time); missing_at_listen: not in memory when postcopy began (never sent, or discarded);
+   * each of those is placed exactly once afterwards, as streamed (the background stream) or
+   * requested (a guest thread faulted on it), so streamed + requested = missing_at_listen;
+   * duplicate: arrived again after it was placed (a request raced the stream, or a page placed
+   * before a broken connection came again), not placed twice.
    */
-  pages: { precopy: number; streamed: number; requested: number; zero: number; discarded: number; duplicate: number };
+  pages: { precopy: number; streamed: number; requested: number; zero: number; discarded: number; duplicate: number; missing_at_listen: number };
   /** Page requests sent to the source; `resent`: asked again (timeout, or after a recovery). */
   requests: { sent: number; resent: number };
   /** Broken connections recovered from, and the time spent PAUSED. */

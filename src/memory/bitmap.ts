@@ -121,14 +121,16 @@ export class Bitmap {
     return false;
   }
 
-  setRange(start: number, count: number): void {
+  /** Sets [start, start+count); returns how many of those bits were clear before. */
+  setRange(start: number, count: number): number {
     this.#checkRange(start, count);
-    this.#applyRange(start, start + count, true);
+    return this.#applyRange(start, start + count, true);
   }
 
-  clearRange(start: number, count: number): void {
+  /** Clears [start, start+count); returns how many of those bits were set before. */
+  clearRange(start: number, count: number): number {
     this.#checkRange(start, count);
-    this.#applyRange(start, start + count, false);
+    return -this.#applyRange(start, start + count, false);
   }
 
   /** True when every bit of [start, start+count) is set (true for count 0). */
@@ -272,8 +274,9 @@ export class Bitmap {
     }
   }
 
-  #applyRange(start: number, end: number, value: boolean): void {
-    if (start === end) return;
+  /** Sets or clears [start, end); returns the change in the population count. */
+  #applyRange(start: number, end: number, value: boolean): number {
+    if (start === end) return 0;
     const words = this.#words;
     const first = start >>> 5;
     const last = (end - 1) >>> 5;
@@ -290,6 +293,7 @@ export class Bitmap {
       }
     }
     this.#count += delta;
+    return delta;
   }
 
   #maskTail(): void {

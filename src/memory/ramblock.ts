@@ -119,10 +119,14 @@ export class RamBlock<H = unknown> {
     return this.receivedMap.isRangeSet(start, this.targetPagesPerHostPage);
   }
 
-  /** Sets the received bits of [offset, offset+length); both target-page aligned. */
-  markReceived(offset: number, length: number): void {
+  /**
+   * Sets the received bits of [offset, offset+length); both target-page aligned. Returns how
+   * many target pages were not received before: the count of pages placed is exact whoever
+   * placed a page first.
+   */
+  markReceived(offset: number, length: number): number {
     this.#checkRange('markReceived', offset, length);
-    this.receivedMap.setRange(offset / TARGET_PAGE_SIZE, length / TARGET_PAGE_SIZE);
+    return this.receivedMap.setRange(offset / TARGET_PAGE_SIZE, length / TARGET_PAGE_SIZE);
   }
 
   /** Clears the received bits of [offset, offset+length) (a discard); target-page aligned. */

@@ -11,6 +11,7 @@ import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { isZero } from '../memory/zero.js';
 import { BulkFlag, encodeBulkHeader } from '../wire/bulk-packet.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
+import { channelClosedMessage } from '../transport/channel.js';
 
 /** Target pages in one packet of a 4 KiB block (a huge page's packet holds that page). */
 const PACKET_PAGES = 128;
@@ -27,8 +28,8 @@ class BulkSender {
     this.memory = task.blocks.map((b) => Buffer.from(attachMapping(BigInt(b.address), b.length)));
     this.socket = new Socket({ fd: task.socketFd, readable: true, writable: true });
     this.socket.setNoDelay(true);
-    this.socket.on('error', (error) => this.fail(`${task.channel} channel: ${error.message}`));
-    this.socket.on('close', () => this.fail(`${task.channel} channel closed`));
+    this.socket.on('error', (error) => this.fail(channelClosedMessage(task.channel, error)));
+    this.socket.on('close', () => this.fail(channelClosedMessage(task.channel)));
     this.socket.on('data', () => undefined); // the destination sends nothing here; keep reading to see a close
     this.heartbeat = setInterval(() => {
       if (Date.now() - this.lastWriteAt >= task.heartbeatMs) this.writeHeader(encodeBulkHeader({ number: this.number++ }));

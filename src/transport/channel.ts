@@ -9,6 +9,20 @@ import { MigrationError } from '../wire/index.js';
 
 export type ChannelRole = 'main' | 'preempt' | 'bulk';
 
+/** Socket errors that mean the peer closed or reset the connection. */
+const PEER_CLOSED = new Set(['ECONNRESET', 'EPIPE']);
+
+/**
+ * Why a channel's connection ended, one description per cause: the peer going away reads
+ * "closed by the peer" whether this side saw an EOF, a reset on read or a reset on write
+ * (which of those a dying peer produces is a race); other socket errors are named as they are.
+ */
+export function channelClosedMessage(name: string, error?: Error): string {
+  if (!error) return `${name} channel closed by the peer`;
+  const code = (error as NodeJS.ErrnoException).code;
+  return code && PEER_CLOSED.has(code) ? `${name} channel closed by the peer (${error.message})` : `${name} channel: ${error.message}`;
+}
+
 export class Channel {
   bytesSent = 0;
   bytesReceived = 0;
@@ -22,9 +36,9 @@ export class Channel {
   constructor(readonly socket: Socket, readonly role: ChannelRole, readonly index = 0) {
     this.name = role === 'bulk' ? `bulk ${index}` : role;
     socket.setNoDelay?.(true);
-    socket.on('close', () => (this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel closed by the peer`)));
+    socket.on('close', () => (this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', channelClosedMessage(this.name))));
     socket.on('error', (error) => {
-      this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel: ${error.message}`, { cause: error });
+      this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', channelClosedMessage(this.name, error), { cause: error });
     });
   }
 
