@@ -19,13 +19,13 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Mapping } from '../src/kernel/index.js';
-import { RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
+import { RamBlock, RamList } from '../src/memory/index.js';
 import { IncomingMigration, type GuestBlock, type PostcopyReport } from '../src/incoming/index.js';
 import { IncomingListener } from '../src/transport/index.js';
 import { killOnExit } from './children.js';
 import type { PostcopySpec } from './scenarios.js';
 import { BLOCK_ID, type SourceOutput } from './source.js';
-import { floorOrder, mainThreadStats, processCpuMs, round2, round3, summarize, type ThreadStats } from './stats.js';
+import { floorOrder, mainThreadStats, processCpuMs, summarize, type ThreadStats } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 import type {
   LatencyResult,
@@ -34,6 +34,7 @@ import type {
   PostcopyThroughputDetails,
   ThroughputResult,
 } from './types.js';
+import { round, TARGET_PAGE_SIZE } from '../src/base/index.js';
 
 const PAGE = TARGET_PAGE_SIZE;
 const GIB = 1 << 30;
@@ -242,8 +243,8 @@ async function faultOnly(name: string, length: number): Promise<PostcopyLatencyR
       kind: 'latency',
       ...summarize(touched.latency),
       faults_per_s: Math.round(n / seconds),
-      handler_sleeps_per_fault: round3((after.sleeps - before.sleeps) / n),
-      handler_cpu_us_per_fault: round3((after.cpuNs - before.cpuNs) / 1e3 / n),
+      handler_sleeps_per_fault: round((after.sleeps - before.sleeps) / n, 3),
+      handler_cpu_us_per_fault: round((after.cpuNs - before.cpuNs) / 1e3 / n, 3),
       details: {
         bytes: length,
         requested: report.pages.requested,
@@ -253,8 +254,8 @@ async function faultOnly(name: string, length: number): Promise<PostcopyLatencyR
         dest_request_p50_bound_us: report.latency_us.p50,
         dest_request_p99_bound_us: report.latency_us.p99,
         source_requests: src.requests,
-        source_cpu_us_per_request: src.requests ? round3((src.cpu_ms * 1000) / src.requests) : null,
-        source_sleeps_per_request: src.requests ? round3(src.sleeps / src.requests) : null,
+        source_cpu_us_per_request: src.requests ? round((src.cpu_ms * 1000) / src.requests, 3) : null,
+        source_sleeps_per_request: src.requests ? round(src.sleeps / src.requests, 3) : null,
         postcopy_ms: report.postcopy_ms,
       },
     };
@@ -316,8 +317,8 @@ async function faultLoaded(name: string, length: number, channels: number): Prom
       p99_us: f.p99_us,
       max_us: all.max_us,
       faults_per_s: Math.round(faulted / seconds),
-      handler_sleeps_per_fault: faulted ? round3((after.sleeps - before.sleeps) / faulted) : 0,
-      handler_cpu_us_per_fault: faulted ? round3((after.cpuNs - before.cpuNs) / 1e3 / faulted) : 0,
+      handler_sleeps_per_fault: faulted ? round((after.sleeps - before.sleeps) / faulted, 3) : 0,
+      handler_cpu_us_per_fault: faulted ? round((after.cpuNs - before.cpuNs) / 1e3 / faulted, 3) : 0,
       details: {
         bytes: length,
         loads,
@@ -331,9 +332,9 @@ async function faultLoaded(name: string, length: number, channels: number): Prom
         streamed: report.pages.streamed,
         dest_request_avg_us: report.latency_us.avg,
         dest_request_p99_bound_us: report.latency_us.p99,
-        toucher_ms: round2(touched.end - touched.start),
+        toucher_ms: round(touched.end - touched.start),
         // the toucher ran while the stream was still going (it must, for the figure to mean "loaded")
-        toucher_done_before_end_ms: round2(d.at.end - touched.end),
+        toucher_done_before_end_ms: round(d.at.end - touched.end),
         stream_gb_per_s: report.throughput_gb_per_s,
         postcopy_ms: report.postcopy_ms,
       },
@@ -360,7 +361,7 @@ async function throughput(name: string, length: number, channels: number): Promi
       kind: 'throughput',
       bytes: pages * PAGE,
       gb_per_s: report.throughput_gb_per_s,
-      us_per_4k: round3((report.postcopy_ms * 1000) / pages),
+      us_per_4k: round((report.postcopy_ms * 1000) / pages, 3),
       details: {
         bytes: length,
         postcopy_ms: report.postcopy_ms,
@@ -368,12 +369,12 @@ async function throughput(name: string, length: number, channels: number): Promi
         pages_requested: report.pages.requested,
         pages_zero: report.pages.zero,
         // share of the postcopy phase each side's main thread spent on a CPU (1 = never idle)
-        dest_main_busy: dest ? round3(dest.cpuMs / wallMs) : null,
-        dest_main_sleeps_per_ms: dest ? round3(dest.sleeps / wallMs) : null,
-        source_main_busy: round3(src.cpu_ms / src.wall_ms),
-        source_main_sleeps_per_ms: round3(src.sleeps / src.wall_ms),
-        dest_process_busy: destProcessMs !== undefined ? round3(destProcessMs / wallMs) : null,
-        source_process_busy: round3(src.process_cpu_ms / src.wall_ms),
+        dest_main_busy: dest ? round(dest.cpuMs / wallMs, 3) : null,
+        dest_main_sleeps_per_ms: dest ? round(dest.sleeps / wallMs, 3) : null,
+        source_main_busy: round(src.cpu_ms / src.wall_ms, 3),
+        source_main_sleeps_per_ms: round(src.sleeps / src.wall_ms, 3),
+        dest_process_busy: destProcessMs !== undefined ? round(destProcessMs / wallMs, 3) : null,
+        source_process_busy: round(src.process_cpu_ms / src.wall_ms, 3),
         bulk_channels: report.bulk_channels,
         source_postcopy_ms: src.report?.postcopy_ms ?? null,
       },

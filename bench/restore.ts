@@ -34,10 +34,11 @@ import { Worker } from 'node:worker_threads';
 import { Bitmap } from '../src/memory/bitmap.js';
 import { Mapping } from '../src/kernel/index.js';
 import { LazyRestore, SnapshotReader, SnapshotWriter, restoreEager, writeFully } from '../src/snapshot/index.js';
-import { floorOrder, mainThreadStats, round2, round3, summarize } from './stats.js';
+import { floorOrder, mainThreadStats, summarize } from './stats.js';
 import type { RestoreMode } from './scenarios.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 import type { LatencyResult, RestoreEagerDetails, RestoreLazyDetails, ThroughputResult } from './types.js';
+import { round } from '../src/base/index.js';
 
 const PAGE = 4096;
 /** The pattern repeats every 256 pages: page i holds (i | 1) & 0xff in every byte. */
@@ -154,10 +155,10 @@ async function eager(name: string, reader: SnapshotReader, target: Mapping): Pro
     scenario: name,
     kind: 'throughput',
     bytes: report.bytes,
-    gb_per_s: round3(report.bytes / seconds / 1e9),
-    us_per_4k: round3((seconds / (report.bytes / PAGE)) * 1e6),
+    gb_per_s: round(report.bytes / seconds / 1e9, 3),
+    us_per_4k: round((seconds / (report.bytes / PAGE)) * 1e6, 3),
     details: {
-      restore_ms: round2(seconds * 1000),
+      restore_ms: round(seconds * 1000),
       bytes_read: report.bytes_read,
       report_gb_per_s: report.gb_per_s,
       checksum_verified: report.checksum_verified,
@@ -199,15 +200,15 @@ async function lazy(name: string, reader: SnapshotReader, target: Mapping, prefe
     kind: 'latency',
     ...summary,
     faults_per_s: Math.round(summary.faults / (toucherMs / 1000)),
-    handler_sleeps_per_fault: round3((after.sleeps - before.sleeps) / summary.faults),
-    handler_cpu_us_per_fault: round3((after.cpuNs - before.cpuNs) / 1e3 / summary.faults),
+    handler_sleeps_per_fault: round((after.sleeps - before.sleeps) / summary.faults, 3),
+    handler_cpu_us_per_fault: round((after.cpuNs - before.cpuNs) / 1e3 / summary.faults, 3),
     details: {
       prefetch,
       loads: loads.faults,
       faulted: summary.faults,
       loads_p50_us: loads.p50_us,
       loads_p99_us: loads.p99_us,
-      toucher_ms: round2(toucherMs),
+      toucher_ms: round(toucherMs),
       all_present_ms: report.all_present_ms!,
       restore_faults: report.faults,
       pages_by_fault: report.pages.by_fault,

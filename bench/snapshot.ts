@@ -11,9 +11,10 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Mapping } from '../src/kernel/index.js';
 import { BackgroundSnapshot, SnapshotReader } from '../src/snapshot/index.js';
-import { floorOrder, round3, summarize } from './stats.js';
+import { floorOrder, summarize } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 import type { SnapshotDetails, ThroughputResult } from './types.js';
+import { round } from '../src/base/index.js';
 
 const PAGE = 4096;
 const FAULTED_US = 2;
@@ -67,7 +68,7 @@ export async function snapshotScenario(name: string, length: number, claimPages?
       kind: 'throughput',
       bytes: length,
       gb_per_s: report.gb_per_s,
-      us_per_4k: round3((report.seconds / pages) * 1e6),
+      us_per_4k: round((report.seconds / pages) * 1e6, 3),
       details: {
         write_faults: summary.faults,
         write_fault_p50_us: summary.p50_us,

@@ -22,11 +22,12 @@
 // so that it never outlives the scenario process that spawned it, however that one ends.
 import { randomUUID } from 'node:crypto';
 import { Mapping } from '../src/kernel/index.js';
-import { Bitmap, RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
+import { Bitmap, RamBlock, RamList } from '../src/memory/index.js';
 import { OutgoingMigration, type OutgoingReport, type SourceBlock } from '../src/outgoing/index.js';
 import { connectChannel, type ChannelRole, type ConnectedChannel, type Endpoint } from '../src/transport/index.js';
 import { Capability, MAX_BULK_CHANNELS, type ReturnPathEvent } from '../src/wire/index.js';
 import { mainThreadStats, processCpuMs } from './stats.js';
+import { TARGET_PAGE_SIZE } from '../src/base/index.js';
 
 export const BLOCK_ID = 'bench.ram';
 export const PAGE_FILL = 0x5a;

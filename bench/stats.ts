@@ -1,6 +1,7 @@
 // Shared by the bench process and its toucher workers: the floor's page order and its
 // percentile conventions, so that both sides are summarised the same way.
 import { readFileSync } from 'node:fs';
+import { round } from '../src/base/index.js';
 
 /**
  * The page order of uffd-floor.c's shuffle(): Fisher–Yates driven by the same xorshift64
@@ -36,19 +37,13 @@ export function summarize(latencyUs: Float64Array): LatencySummary {
   const n = latencyUs.length;
   return {
     faults: n,
-    p50_us: round2(latencyUs[n >>> 1]),
-    p99_us: round2(latencyUs[Math.floor(n * 0.99)]),
-    max_us: round2(latencyUs[n - 1]),
+    p50_us: round(latencyUs[n >>> 1]),
+    p99_us: round(latencyUs[Math.floor(n * 0.99)]),
+    max_us: round(latencyUs[n - 1]),
   };
 }
 
-export function round2(x: number): number {
-  return Math.round(x * 100) / 100;
-}
 
-export function round3(x: number): number {
-  return Math.round(x * 1000) / 1000;
-}
 
 export interface ThreadStats {
   /** Voluntary context switches: times the thread went idle. */

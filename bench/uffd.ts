@@ -12,9 +12,10 @@ import {
   type Feature,
 } from '../src/kernel/index.js';
 import type { FaultSpec, PlaceSpec } from './scenarios.js';
-import { floorOrder, mainThreadStats, round3, summarize } from './stats.js';
+import { floorOrder, mainThreadStats, summarize } from './stats.js';
 import type { ToucherData, ToucherResult } from './toucher.js';
 import type { Result } from './types.js';
+import { round } from '../src/base/index.js';
 
 const PAGE = 4096;
 const EEXIST = 17;
@@ -145,8 +146,8 @@ export async function faultScenario(name: string, length: number, spec: FaultSpe
     kind: 'latency',
     ...summarize(latency),
     faults_per_s: Math.round(latency.length / seconds),
-    handler_sleeps_per_fault: round3((after.sleeps - before.sleeps) / latency.length),
-    handler_cpu_us_per_fault: round3((after.cpuNs - before.cpuNs) / 1e3 / latency.length),
+    handler_sleeps_per_fault: round((after.sleeps - before.sleeps) / latency.length, 3),
+    handler_cpu_us_per_fault: round((after.cpuNs - before.cpuNs) / 1e3 / latency.length, 3),
   };
 }
 
@@ -175,7 +176,7 @@ export function placeScenario(name: string, length: number, spec: PlaceSpec): Re
     scenario: name,
     kind: 'throughput',
     bytes: length,
-    gb_per_s: round3(length / seconds / 1e9),
-    us_per_4k: round3((seconds / (length / PAGE)) * 1e6),
+    gb_per_s: round(length / seconds / 1e9, 3),
+    us_per_4k: round((seconds / (length / PAGE)) * 1e6, 3),
   };
 }

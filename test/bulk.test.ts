@@ -3,11 +3,12 @@
 // channels (4 KiB and hugetlb, with precopy and straight to postcopy), verified page by page.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { BULK_MAGIC, BulkFlag, BulkPacketDecoder, Capability, MAX_PACKET_PAGES, ProtocolError, encodeBulkHeader, type BulkBlockInfo } from '../src/wire/index.js';
+import { BULK_MAGIC, BulkFlag, BulkPacketDecoder, Capability, MAX_PACKET_PAGES, encodeBulkHeader, type BulkBlockInfo } from '../src/wire/index.js';
 import { PAGE, destination } from './support/destination.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 import { verifiedDemo } from './support/cli.js';
 import { waitFor } from './support/threads.js';
+import { ProtocolError } from '../src/base/index.js';
 
 const blocks: BulkBlockInfo[] = [
   { idstr: 'ram0', length: 1 << 20, pageSize: PAGE },

@@ -2,7 +2,8 @@
 // arithmetic, RamList.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { Bitmap, RamBlock, RamList, TARGET_PAGE_SIZE } from '../src/memory/index.js';
+import { Bitmap, RamBlock, RamList } from '../src/memory/index.js';
+import { TARGET_PAGE_SIZE } from '../src/base/index.js';
 
 const MiB = 1024 * 1024;
 const HUGE = 2 * MiB;

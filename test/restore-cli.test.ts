@@ -68,7 +68,7 @@ test('restore --lazy --record-working-set saves FILE.ws; the next lazy restore p
   assert.equal(stale.code, 0, stale.stderr);
   assert.equal(stale.report!.verified, true);
   assert.equal(stale.report!.working_set.used, 0);
-  assert.match(stale.report!.working_set.refused, /^stale: recorded for another snapshot/);
+  assert.match(stale.report!.working_set.refused, /working set refused: stale: recorded for another snapshot/);
 });
 
 test('restore refuses a damaged or incomplete file with one line naming why', { skip }, async () => {

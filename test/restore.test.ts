@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Guest, Mapping } from '../src/index.js';
 import {
-  LazyRestore, RestoreTargetError, SnapshotReader, WorkingSet, WorkingSetError, restoreEager, workingSetPath,
+  LazyRestore, SnapshotReader, WorkingSet, restoreEager, workingSetPath,
   type LazyRestoreOptions,
 } from '../src/snapshot/index.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
@@ -115,7 +115,7 @@ test('restores refuse targets that do not fit, naming the block and the mismatch
   withSnapshot(PAGE, async ({ reader, targets }) => {
     const small = new Mapping(MiB * 3);
     try {
-      await assert.rejects(restoreEager(reader, targets.slice(0, 2)), (e: Error) => e instanceof RestoreTargetError && /has 3 block\(s\) \('dense', 'sparse', 'zero'\), 2 target/.test(e.message));
+      await assert.rejects(restoreEager(reader, targets.slice(0, 2)), (e: Error & { code?: string }) => e.code === 'ERR_RESTORE_TARGET' && /has 3 block\(s\) \('dense', 'sparse', 'zero'\), 2 target/.test(e.message));
       const wrong = [targets[0], small, targets[2]];
       await assert.rejects(restoreEager(reader, wrong), /block 'sparse' \(#1\) of .* is 4194304 bytes, its target mapping 3145728/);
       assert.throws(() => LazyRestore.start(reader, wrong), /block 'sparse' \(#1\) of .* is 4194304 bytes, its target mapping 3145728/);
@@ -269,7 +269,7 @@ test('working set: recorded in fault order, saved beside the snapshot, refused w
     const damaged = readFileSync(ws);
     damaged[40] ^= 1;
     writeFileSync(ws + '.bad', damaged);
-    assert.throws(() => WorkingSet.load(ws + '.bad', reader), (e: Error) => e instanceof WorkingSetError && /checksum .* does not match its contents/.test(e.message));
+    assert.throws(() => WorkingSet.load(ws + '.bad', reader), (e: Error & { code?: string }) => e.code === 'ERR_WORKING_SET' && /checksum .* does not match its contents/.test(e.message));
     const other = fileName();
     fillPages(srcs[0].mapping, [0], 77);
     writeSnapshot(other, srcs);

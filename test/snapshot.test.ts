@@ -9,7 +9,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Guest, Mapping, verifyInWorker, type Pattern } from '../src/index.js';
 import { seededRandom } from '../src/transport/endpoint.js';
-import { BackgroundSnapshot, SnapshotIncompleteError, SnapshotReader, type SnapshotBlock, type SnapshotReport, type UnpopulatedMode } from '../src/snapshot/index.js';
+import {
+  BackgroundSnapshot,
+  SnapshotIncompleteError,
+  SnapshotReader,
+  type SnapshotBlock,
+  type SnapshotReport,
+  type UnpopulatedMode,
+} from '../src/snapshot/index.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 import { CLI, runCli } from './support/cli.js';
 import { loopSeed } from './support/seed.js';

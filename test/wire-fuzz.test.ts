@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { Bitmap, RamBlock, RamList } from '../src/memory/index.js';
 import {
   Command,
-  ProtocolError,
   ReturnPathDecoder,
   ReturnPathEncoder,
   Role,
@@ -24,6 +23,7 @@ import {
   type StreamEvent,
 } from '../src/wire/index.js';
 import { seededRandom } from '../src/transport/index.js';
+import { ProtocolError } from '../src/base/index.js';
 
 const SEED = Number(process.env.POSTCOPY_FUZZ_SEED ?? 0x5eed1234);
 const PAGE = 4096;

@@ -6,7 +6,6 @@ import { createHmac } from 'node:crypto';
 import { Bitmap, RamBlock, RamList } from '../src/memory/index.js';
 import {
   Command,
-  ProtocolError,
   RamFlag,
   ReturnPathDecoder,
   ReturnPathEncoder,
@@ -46,6 +45,7 @@ import {
   type StreamDecoderOptions,
   type StreamEvent,
 } from '../src/wire/index.js';
+import { ProtocolError } from '../src/base/index.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -9,9 +9,10 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { exitNow } from '../kernel/index.js';
 import { ChaosProxy, formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
-import { UsageError, choiceOption, intOption, numberOption, parseOptions } from './options.js';
+import { usage, choiceOption, intOption, numberOption, parseOptions } from './options.js';
 import { progressPrinter } from './output.js';
 import { SOURCE_OPTIONS, runSource, sourceConfig, type SourceConfig } from './source-runner.js';
+import { round } from '../base/index.js';
 
 interface Destination {
   child: ChildProcess;
@@ -25,7 +26,7 @@ interface Destination {
 
 export async function demoCommand(args: string[]): Promise<number> {
   const o = parseOptions(args, { ...SOURCE_OPTIONS, chaos: 'string' });
-  if (o.connect !== undefined || o['token-file'] !== undefined) throw new UsageError('demo starts its own destination: --connect and --token-file are for send');
+  if (o.connect !== undefined || o['token-file'] !== undefined) throw usage('demo starts its own destination: --connect and --token-file are for send');
   const config = sourceConfig(o);
   const transport = choiceOption(o.transport, 'transport', ['tcp', 'unix'] as const, 'tcp');
   const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
@@ -63,7 +64,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     ...dest,
     downtime_ms: source.report.downtime_ms,
     // both processes on this host: from the source's pause to RUN applied here
-    downtime_to_run_ms: dest.switchover ? Math.round(((dest.switchover as { run_epoch_ms: number }).run_epoch_ms - source.report.pause_epoch_ms) * 100) / 100 : undefined,
+    downtime_to_run_ms: dest.switchover ? round((dest.switchover as { run_epoch_ms: number }).run_epoch_ms - source.report.pause_epoch_ms) : undefined,
     source: source.report,
     ...(chaos ? { chaos: chaos.summary() } : {}),
     config: {

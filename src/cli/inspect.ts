@@ -4,12 +4,12 @@
 import { existsSync } from 'node:fs';
 import { PARTIAL_SUFFIX, SnapshotReader, type SnapshotStatus } from '../snapshot/index.js';
 import { SnapshotFlag } from '../wire/snapshot-format.js';
-import { UsageError, parseOptions } from './options.js';
+import { usage, parseOptions } from './options.js';
 
 export function inspectCommand(args: string[]): number {
   const files = args.filter((a) => !a.startsWith('--'));
   const o = parseOptions(args.filter((a) => a.startsWith('--')), { json: 'boolean' });
-  if (files.length !== 1) throw new UsageError(files.length ? `inspect takes one FILE, not ${files.length}: ${files.join(' ')}` : 'inspect needs a FILE');
+  if (files.length !== 1) throw usage(files.length ? `inspect takes one FILE, not ${files.length}: ${files.join(' ')}` : 'inspect needs a FILE');
   const report = inspectFile(files[0]);
   if (o.json) console.log(JSON.stringify(report));
   else printReport(report);

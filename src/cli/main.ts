@@ -4,7 +4,7 @@ import { exitNow } from '../kernel/index.js';
 import { demoCommand } from './demo.js';
 import { featuresCommand } from './features.js';
 import { inspectCommand } from './inspect.js';
-import { UsageError } from './options.js';
+import { errorCode } from '../base/index.js';
 import { receiveCommand } from './receive.js';
 import { restoreCommand } from './restore.js';
 import { sendCommand } from './send.js';
@@ -112,8 +112,8 @@ process.stderr.on('error', () => undefined);
 main(process.argv.slice(2)).then(
   (code) => exitNow(code),
   (error: Error) => {
-    const hint = error instanceof UsageError ? '\n(postcopy --help lists the options)' : '';
-    exitNow(error instanceof UsageError ? 2 : 1, `postcopy: ${error.message}${hint}`);
+    const isUsage = errorCode(error) === 'ERR_POSTCOPY_USAGE';
+    exitNow(isUsage ? 2 : 1, `postcopy: ${error.message}${isUsage ? '\n(postcopy --help lists the options)' : ''}`);
   },
 );
 process.on('uncaughtException', (error) => exitNow(1, `postcopy: internal error: ${error.stack ?? error.message}`));

@@ -6,11 +6,11 @@
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../incoming/index.js';
 import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
-import { MigrationError } from '../wire/index.js';
 import type { GuestBlock } from '../incoming/index.js';
-import { UsageError, endpointOption, livenessConfig, numberOption, parseOptions, readToken } from './options.js';
+import { usage, endpointOption, livenessConfig, numberOption, parseOptions, readToken } from './options.js';
 import { peakRssMiB } from './output.js';
 import { verifyGuests, type DeviceState } from './reference-guest.js';
+import { PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export const RECEIVE_OPTIONS = {
   listen: 'string', 'token-file': 'string', 'run-seconds': 'string', json: 'boolean',
@@ -50,10 +50,10 @@ export async function receiveCommand(args: string[]): Promise<number> {
 
 function receiveConfig(args: string[]): ReceiveConfig {
   const o = parseOptions(args, RECEIVE_OPTIONS);
-  if (typeof o.listen !== 'string') throw new UsageError('receive needs --listen HOST:PORT or --listen unix:PATH');
+  if (typeof o.listen !== 'string') throw usage('receive needs --listen HOST:PORT or --listen unix:PATH');
   const endpoint = endpointOption(o.listen, '--listen');
   const token = readToken(o['token-file']);
-  if (endpoint.kind === 'tcp' && !token) throw new UsageError('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
+  if (endpoint.kind === 'tcp' && !token) throw usage('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
   return { endpoint, token, runSeconds, ...livenessConfig(o), json: o.json === true, exitOnStdinEof: o['exit-on-stdin-eof'] === true };
 }
@@ -69,7 +69,7 @@ class ReferenceDestination {
   constructor(private readonly config: ReceiveConfig, private readonly say: Say) {
     this.migration = new IncomingMigration({
       blocks: new RamList<Mapping>(),
-      allocate: (b) => new Mapping(b.usedLength, { huge: b.pageSize > 4096, name: b.idstr }),
+      allocate: (b) => new Mapping(b.usedLength, { huge: b.pageSize > TARGET_PAGE_SIZE, name: b.idstr }),
       // a thread blocked in a fault cannot be terminated: the CLI ends the process instead
       stopGuest: async () => {
         await Promise.all([...this.guests.values()].map((g) => g.terminate()));
@@ -109,7 +109,7 @@ class ReferenceDestination {
     const migration = this.migration;
     return new Promise<Outcome>((resolve) => {
       const interrupt = (why: string) => {
-        migration.fail(new MigrationError('ERR_POSTCOPY_INTERRUPTED', why));
+        migration.fail(new PostcopyError('ERR_POSTCOPY_INTERRUPTED', why));
         resolve({ code: 1, report: { ...migration.report(), verified: false, error: why } });
       };
       process.once('SIGINT', () => interrupt('interrupted (SIGINT)'));
@@ -120,7 +120,7 @@ class ReferenceDestination {
         process.stdin.resume();
       }
       migration.on('run', () => this.resumeGuests());
-      migration.on('failed', (error) => resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message, error_code: (error as MigrationError).code } }));
+      migration.on('failed', (error) => resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message, error_code: (error as PostcopyError).code } }));
       migration.on('end', (report) => {
         verifyGuests(this.device, this.guests, this.resuming, this.config.runSeconds).then(
           (verification) => resolve({ code: verification.verified ? 0 : 1, report: { ...report, ...verification } }),
@@ -138,7 +138,7 @@ class ReferenceDestination {
         this.guests.set(b.idstr, g);
         return g;
       }, (error: Error) => {
-        const failure = new MigrationError('ERR_POSTCOPY_GUEST', `resuming the guest on block '${b.idstr}' failed: ${error.message}`);
+        const failure = new PostcopyError('ERR_POSTCOPY_GUEST', `resuming the guest on block '${b.idstr}' failed: ${error.message}`);
         this.migration.fail(failure);
         return failure;
       }));

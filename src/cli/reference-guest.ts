@@ -5,7 +5,7 @@
 // guest ran on, stopped cleanly and verifies page by page.
 import { Guest, GUEST_PATTERNS, Mapping, RamBlock, RamList, freeHugePages, type Pattern } from '../index.js';
 import type { SnapshotReader } from '../snapshot/index.js';
-import { UsageError, choiceOption, intOption, parseSize } from './options.js';
+import { usage, choiceOption, intOption, parseSize } from './options.js';
 
 /** The device state of the reference guest: what a resumed guest needs to go on and be verified. */
 export interface DeviceState {
@@ -30,8 +30,8 @@ export function guestSetupConfig(o: Record<string, string | boolean | undefined>
   const size = typeof o.size === 'string' ? parseSize(o.size, '--size') : 256 * 2 ** 20;
   const blocks = intOption(o.blocks, 'blocks', 1, 1, 64);
   const unit = huge ? 2 * 2 ** 20 : 4096;
-  if (size % unit !== 0) throw new UsageError(`--size ${o.size} is not a multiple of the ${huge ? '2 MiB huge' : '4 KiB'} page size`);
-  if (size / unit < blocks * 2) throw new UsageError(`--size ${o.size} is too small for ${blocks} blocks (each needs at least 2 pages)`);
+  if (size % unit !== 0) throw usage(`--size ${o.size} is not a multiple of the ${huge ? '2 MiB huge' : '4 KiB'} page size`);
+  if (size / unit < blocks * 2) throw usage(`--size ${o.size} is too small for ${blocks} blocks (each needs at least 2 pages)`);
   const pattern = choiceOption(o.pattern, 'pattern', GUEST_PATTERNS, 'random');
   return {
     size,
@@ -60,7 +60,7 @@ export async function startReferenceGuests(config: GuestSetup, onProgress: (p: {
   threadsPerBlock: number;
 }> {
   if (config.huge && freeHugePages() < config.size / (2 * 2 ** 20)) {
-    throw new UsageError(`--huge needs ${config.size / (2 * 2 ** 20)} free 2 MiB huge pages, the kernel has ${freeHugePages()}`);
+    throw usage(`--huge needs ${config.size / (2 * 2 ** 20)} free 2 MiB huge pages, the kernel has ${freeHugePages()}`);
   }
   const unit = config.huge ? 2 * 2 ** 20 : 4096;
   const blocks = new RamList<Mapping>();

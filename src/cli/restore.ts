@@ -7,14 +7,15 @@
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Guest, Mapping, type GuestMemory } from '../index.js';
-import { round } from '../incoming/stats.js';
 import {
-  LazyRestore, SnapshotReader, WorkingSet, WorkingSetError, restoreEager, workingSetPath,
+  LazyRestore, SnapshotReader, WorkingSet, restoreEager, workingSetPath,
   type LazyRestoreProgress,
 } from '../snapshot/index.js';
-import { UsageError, numberOption, parseOptions } from './options.js';
+import { usage, numberOption, parseOptions } from './options.js';
 import { peakRssMiB, progressPrinter } from './output.js';
 import { parseDeviceState, verifyGuests } from './reference-guest.js';
+import type { PostcopyError } from '../base/index.js';
+import { round, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export const RESTORE_OPTIONS = { lazy: 'boolean', eager: 'boolean', 'record-working-set': 'boolean', 'run-seconds': 'string', json: 'boolean' } as const;
 
@@ -28,11 +29,11 @@ interface RestoreConfig {
 
 function restoreConfig(args: string[]): RestoreConfig {
   const [file, ...rest] = args;
-  if (file === undefined || file.startsWith('--')) throw new UsageError('restore needs a snapshot FILE: postcopy restore FILE [--lazy | --eager]');
+  if (file === undefined || file.startsWith('--')) throw usage('restore needs a snapshot FILE: postcopy restore FILE [--lazy | --eager]');
   const o = parseOptions(rest, RESTORE_OPTIONS);
-  if (o.lazy && o.eager) throw new UsageError('--lazy and --eager exclude each other');
+  if (o.lazy && o.eager) throw usage('--lazy and --eager exclude each other');
   const lazy = o.lazy === true;
-  if (o['record-working-set'] && !lazy) throw new UsageError('--record-working-set records the faults of a lazy restore: add --lazy');
+  if (o['record-working-set'] && !lazy) throw usage('--record-working-set records the faults of a lazy restore: add --lazy');
   return { file, lazy, record: o['record-working-set'] === true, runSeconds: numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600), json: o.json === true };
 }
 
@@ -58,7 +59,7 @@ export async function restoreCommand(args: string[]): Promise<number> {
   const reader = SnapshotReader.open(file); // refuses an incomplete or damaged file, naming why
   const device = parseDeviceState(reader);
   const guestThreads = device.blocks.reduce((sum, b) => sum + (b.guest ? b.threads : 0), 0);
-  const memory = reader.blocks.map((b) => new Mapping(b.usedLength, { huge: b.pageSize > 4096, name: b.idstr }));
+  const memory = reader.blocks.map((b) => new Mapping(b.usedLength, { huge: b.pageSize > TARGET_PAGE_SIZE, name: b.idstr }));
   const guestMemory = (idstr: string): GuestMemory => ({ kind: 'mapping', ...memory[reader.blocks.findIndex((b) => b.idstr === idstr)].descriptor });
   const openedMs = performance.now() - started;
   note(`${file}: ${reader.blocks.length} block(s), ${(memory.reduce((s, m) => s + m.length, 0) / 2 ** 20).toFixed(0)} MiB, ${guestThreads} guest thread(s); ${lazy ? 'lazy' : 'eager'} restore`);
@@ -144,9 +145,9 @@ function loadWorkingSet(file: string, reader: SnapshotReader, note: (line: strin
     note(`prefetching the working set of ${set.pages.length} pages first (${path})`);
     return { set };
   } catch (error) {
-    if (!(error instanceof WorkingSetError)) throw error;
-    note(`${error.message}; restoring without it`);
-    return { refused: error.reason };
+    if ((error as PostcopyError).code !== 'ERR_WORKING_SET') throw error;
+    note(`${(error as Error).message}; restoring without it`);
+    return { refused: (error as Error).message };
   }
 }
 

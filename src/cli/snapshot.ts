@@ -4,7 +4,7 @@
 // threads and its ledger's write count at the instant of the snapshot.
 import { randomUUID } from 'node:crypto';
 import { BackgroundSnapshot, type SnapshotProgress, type SnapshotReport, type UnpopulatedMode } from '../snapshot/index.js';
-import { UsageError, choiceOption, numberOption, parseOptions } from './options.js';
+import { usage, choiceOption, numberOption, parseOptions } from './options.js';
 import { progressPrinter } from './output.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
 
@@ -21,7 +21,7 @@ interface SnapshotConfig extends GuestSetup {
 }
 
 function snapshotConfig(o: Record<string, string | boolean | undefined>): SnapshotConfig {
-  if (typeof o.out !== 'string' || !o.out) throw new UsageError('snapshot needs --out FILE');
+  if (typeof o.out !== 'string' || !o.out) throw usage('snapshot needs --out FILE');
   return {
     ...guestSetupConfig(o),
     out: o.out,

@@ -14,8 +14,10 @@
 //   w4..w1023    body: xorshift32 stream seeded from (index, version), never zero
 // A page that is entirely zero is a valid version-0 page: memory starts zeroed and the guest
 // never runs an initialisation pass over the data pages.
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 
-export const PAGE_SIZE = 4096;
+
+export const PAGE_SIZE = TARGET_PAGE_SIZE;
 export const PAGE_WORDS = 1024;
 export const HEADER_WORDS = 4;
 export const BODY_WORDS = PAGE_WORDS - HEADER_WORDS;

@@ -5,10 +5,10 @@ import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { duplicateDescriptor, type Userfaultfd } from '../kernel/index.js';
-import { MigrationError, ProtocolError } from '../wire/index.js';
 import type { Channel } from '../transport/index.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
 import type { GuestBlock } from './placement.js';
+import { PostcopyError, ProtocolError } from '../base/index.js';
 
 const WORKER_PATH = join(__dirname, 'bulk-worker.js');
 /** How long a worker asked to stop may take before it is terminated. */
@@ -46,7 +46,7 @@ export class BulkReceiver {
     this.worker = new Worker(WORKER_PATH, { workerData: task });
     this.worker.on('message', (m: FromBulkWorker) => this.message(m));
     this.worker.on('exit', () => this.uffdFds.splice(0).forEach((fd) => closeSync(fd)));
-    this.worker.on('error', (error) => this.events.failed(this, new MigrationError('ERR_POSTCOPY_INTERNAL', `${this.name} worker: ${error.message}`, { cause: error }), false));
+    this.worker.on('error', (error) => this.events.failed(this, new PostcopyError('ERR_POSTCOPY_INTERNAL', `${this.name} worker: ${error.message}`, { cause: error }), false));
   }
 
   private message(m: FromBulkWorker): void {
@@ -65,7 +65,7 @@ export class BulkReceiver {
       case 'failed': {
         this.stopped = true;
         void this.worker.terminate();
-        const error = m.connection ? new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', m.message)
+        const error = m.connection ? new PostcopyError('ERR_POSTCOPY_CHANNEL_CLOSED', m.message)
           : m.code === 'ERR_POSTCOPY_PROTOCOL' ? new ProtocolError(m.message) : Object.assign(new Error(m.message), { code: m.code });
         return this.events.failed(this, error, m.connection);
       }

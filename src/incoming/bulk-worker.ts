@@ -16,13 +16,12 @@ import { errnoError } from '../kernel/errors.js';
 import { attachMapping } from '../kernel/mapping.js';
 import { SelfMemory } from '../kernel/self-memory.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
-import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { ZERO_PAGE, isZero } from '../memory/zero.js';
 import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, MAX_PACKET_PAGES, type BulkPacket } from '../wire/bulk-packet.js';
-import { isConnectionError } from '../wire/errors.js';
 import { channelClosedMessage } from '../transport/channel.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
-import { EEXIST, retryOnEagain } from './placement.js';
+import { retryOnEagain } from './placement.js';
+import { EEXIST, hex, isConnectionError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** The receive buffer: several packets, so that one read brings many. */
 const RECEIVE_BYTES = 4 << 20;
@@ -251,7 +250,7 @@ class BulkWorker {
 
   private placementFailed(status: number, block: number, offset: number, length: number, copy: boolean): never {
     throw errnoError(status, copy ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)',
-      `${this.task.channel}: block '${this.task.blocks[block].idstr}' offset 0x${offset.toString(16)} length ${length}`);
+      `${this.task.channel}: block '${this.task.blocks[block].idstr}' offset ${hex(offset)} length ${length}`);
   }
 
   /** Pages now in memory (placed, or already there), coalesced into ranges until the next report. */

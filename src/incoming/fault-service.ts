@@ -6,8 +6,8 @@
 import { performance } from 'node:perf_hooks';
 import type { EventBatch, Userfaultfd } from '../kernel/index.js';
 import type { GuestBlock } from './placement.js';
-import { MigrationError } from '../wire/index.js';
 import { Blocktime, LatencyHistogram } from './stats.js';
+import { hex, PostcopyError } from '../base/index.js';
 
 /** Asks the source for a host page; false when no connection can carry the request now. */
 export type PageRequester = (block: GuestBlock, offset: number, length: number) => boolean;
@@ -148,7 +148,7 @@ export class FaultService {
       const address = batch.address(i);
       const index = this.blockAt(address);
       if (index < 0) {
-        this.onError(new MigrationError('ERR_POSTCOPY_INTERNAL', `fault at 0x${address.toString(16)} is outside every block`));
+        this.onError(new PostcopyError('ERR_POSTCOPY_INTERNAL', `fault at ${hex(address)} is outside every block`));
         continue;
       }
       const block = this.blocks[index];

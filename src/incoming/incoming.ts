@@ -11,12 +11,10 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { Mapping, SelfMemory, Userfaultfd, exitNow } from '../kernel/index.js';
-import { RamBlock, RamList, TARGET_PAGE_SIZE, ZERO_PAGE, isZeroPage } from '../memory/index.js';
+import { RamBlock, RamList, ZERO_PAGE, isZeroPage } from '../memory/index.js';
 import {
   Capability,
   Command,
-  MigrationError,
-  ProtocolError,
   ResumeState,
   ReturnPathEncoder,
   Role,
@@ -25,7 +23,6 @@ import {
   encodeRecvBitmap,
   encodeResumeAck,
   encodeShut,
-  isConnectionError,
   type HelloFields,
   type MemSizeBlock,
   type StreamEvent,
@@ -36,8 +33,9 @@ import { endGuestSurely } from './sure-stop.js';
 import { FaultService } from './fault-service.js';
 import { PagePlacer, openForMissing, type GuestBlock } from './placement.js';
 import { IncomingStateMachine, type IncomingState, type IncomingTransition } from './state.js';
-import { blocktimePerThread, latencyReport, round, type PostcopyReport } from './stats.js';
+import { blocktimePerThread, latencyReport, type PostcopyReport } from './stats.js';
 import { TempPage } from './temp-page.js';
+import { hex, isConnectionError, PostcopyError, ProtocolError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** Longest the bulk stream is held back for waiting threads before it is read again. */
 const BULK_HOLD_MS = 1;
@@ -200,7 +198,7 @@ export class IncomingMigration extends EventEmitter {
     if (channel.role === 'main') {
       // a new main channel means the source saw the old one die: pause (or, after END, just drop it)
       if (this.main && !this.main.closed) {
-        if (this.machine.atomicPlacement) this.channelLost(this.main, new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', 'the source opened a new main channel'));
+        if (this.machine.atomicPlacement) this.channelLost(this.main, new PostcopyError('ERR_POSTCOPY_CHANNEL_CLOSED', 'the source opened a new main channel'));
         else this.dropChannels();
       }
       if (this.state === 'FAILED') return channel.destroy();
@@ -346,7 +344,7 @@ export class IncomingMigration extends EventEmitter {
     for (const b of list) {
       const local = this.blocks.byId(b.idstr);
       if (!local) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' does not exist here`);
-      if (local.usedLength !== b.usedLength) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' used length 0x${b.usedLength.toString(16)} != local 0x${local.usedLength.toString(16)}`);
+      if (local.usedLength !== b.usedLength) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' used length ${hex(b.usedLength)} != local ${hex(local.usedLength)}`);
       if (local.pageSize !== b.pageSize) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' page size ${b.pageSize} != local ${local.pageSize}`);
     }
     if (list.length !== this.blocks.size) throw new ProtocolError(`MEM_SIZE: ${list.length} blocks, the destination has ${this.blocks.size}`);
@@ -405,7 +403,7 @@ export class IncomingMigration extends EventEmitter {
   /** ADVISE: can this kernel do what the blocks need? Then get the userfaultfd ready. */
   private advise(pageSizeSummary: number): void {
     const local = this.blocks.pageSizeSummary;
-    if (pageSizeSummary !== local) throw new ProtocolError(`POSTCOPY_ADVISE: page size summary 0x${pageSizeSummary.toString(16)} != local 0x${local.toString(16)}`);
+    if (pageSizeSummary !== local) throw new ProtocolError(`POSTCOPY_ADVISE: page size summary ${hex(pageSizeSummary)} != local ${hex(local)}`);
     this.noTransparentHugePages();
     this.uffd = openForMissing(this.blocks);
     // bulk workers write precopy pages from now on, never into a THP region
@@ -475,7 +473,7 @@ export class IncomingMigration extends EventEmitter {
 
   private requestPage(block: GuestBlock, offset: number, length: number): boolean {
     if (this.state === 'FAILED') {
-      this.guestStuck(`a guest thread faulted on block '${block.idstr}' offset 0x${offset.toString(16)} after the migration failed (${this.machine.failure?.message})`);
+      this.guestStuck(`a guest thread faulted on block '${block.idstr}' offset ${hex(offset)} after the migration failed (${this.machine.failure?.message})`);
     }
     if (!this.main || this.main.closed || this.state === 'PAUSED') return false; // sent again on resume
     this.lastRequestAt = performance.now();
@@ -496,8 +494,8 @@ export class IncomingMigration extends EventEmitter {
     const boundMs = this.settings.noProgressSeconds * 1000;
     const oldest = faults.oldestWait;
     if (oldest && now - oldest.since > boundMs && now - this.lastPlacedAt > boundMs && this.main) {
-      const error = new MigrationError('ERR_POSTCOPY_NO_PROGRESS',
-        `no progress: block '${oldest.block.idstr}' offset 0x${oldest.hostOffset.toString(16)} requested ${((now - oldest.since) / 1000).toFixed(1)} s ago, nothing placed for ${((now - this.lastPlacedAt) / 1000).toFixed(1)} s`);
+      const error = new PostcopyError('ERR_POSTCOPY_NO_PROGRESS',
+        `no progress: block '${oldest.block.idstr}' offset ${hex(oldest.hostOffset)} requested ${((now - oldest.since) / 1000).toFixed(1)} s ago, nothing placed for ${((now - this.lastPlacedAt) / 1000).toFixed(1)} s`);
       this.channelLost(this.main, error);
     }
   }
@@ -612,8 +610,8 @@ export class IncomingMigration extends EventEmitter {
     const bulkEnded = this.bulk.filter((r) => r?.ended).length === this.expectBulk;
     if (main && this.ended.has(main) && preemptEnded && bulkEnded) {
       const { block, count, first } = missing;
-      this.fail(new MigrationError('ERR_POSTCOPY_MISSING_PAGES',
-        `the source completed with pages missing: block '${block.idstr}' lacks ${count} page(s), the first at offset 0x${first.toString(16)}`));
+      this.fail(new PostcopyError('ERR_POSTCOPY_MISSING_PAGES',
+        `the source completed with pages missing: block '${block.idstr}' lacks ${count} page(s), the first at offset ${hex(first)}`));
     }
   }
 
@@ -648,14 +646,14 @@ export class IncomingMigration extends EventEmitter {
     }
     if (!this.machine.allows('CONNECTION_LOST') || this.settings.recoverSeconds <= 0) {
       const missing = this.machine.atomicPlacement ? ' (postcopy: pages still missing)' : '';
-      return this.fail(new MigrationError((error as MigrationError).code ?? 'ERR_POSTCOPY_CHANNEL_CLOSED', `${error.message} in state ${this.state}${missing}`, { cause: error }));
+      return this.fail(new PostcopyError((error as PostcopyError).code ?? 'ERR_POSTCOPY_CHANNEL_CLOSED', `${error.message} in state ${this.state}${missing}`, { cause: error }));
     }
     this.flushRun(); // whole pages already decoded are good: keep them
     this.transition('CONNECTION_LOST');
     this.pausedAt = performance.now();
     this.dropChannels();
     this.recoveryDeadline = setTimeout(() => {
-      this.fail(new MigrationError('ERR_POSTCOPY_RECOVERY_TIMEOUT',
+      this.fail(new PostcopyError('ERR_POSTCOPY_RECOVERY_TIMEOUT',
         `connection lost (${error.message}) and the source did not come back within ${this.settings.recoverSeconds} s`, { cause: error }));
     }, this.settings.recoverSeconds * 1000);
     this.emit('paused', error);

@@ -1,10 +1,9 @@
 // Atomic placement of whole host pages into registered blocks. EEXIST means the page is
 // already there (placed by another channel, or a request raced the stream): never data loss.
 import { Userfaultfd, errnoError, hasFeatures, type Feature, type Mapping } from '../kernel/index.js';
-import { TARGET_PAGE_SIZE, type RamBlock } from '../memory/index.js';
+import { type RamBlock } from '../memory/index.js';
+import { EAGAIN, EEXIST, hex, TARGET_PAGE_SIZE } from '../base/index.js';
 
-export const EEXIST = -17;
-const EAGAIN = -11;
 const MAX_EAGAIN_RETRIES = 1000;
 
 /** A placement call, again while the kernel says EAGAIN (the address space was changing), within a bound. */
@@ -58,7 +57,7 @@ export class PagePlacer {
       return this.uffd.tryCopy(address, (this.zeroHugePage ??= new Uint8Array(size)), size);
     });
     if (status === EEXIST) this.alreadyPresent++;
-    else if (status < 0) throw errnoError(status, src || size !== TARGET_PAGE_SIZE ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)', `block '${block.idstr}' offset 0x${hostOffset.toString(16)} length ${size}`);
+    else if (status < 0) throw errnoError(status, src || size !== TARGET_PAGE_SIZE ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)', `block '${block.idstr}' offset ${hex(hostOffset)} length ${size}`);
     this.onPlaced(block, hostOffset, size, block.markReceived(hostOffset, size));
   }
 

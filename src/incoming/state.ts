@@ -1,6 +1,7 @@
 // The destination's postcopy state machine (QEMU's PostcopyState plus PAUSED and FAILED).
 // Every command is checked against the state it arrives in: a stream that sends them out of
 // order fails the migration with a message naming both.
+import { PostcopyError } from '../base/index.js';
 
 export type IncomingState = 'NONE' | 'ADVISE' | 'DISCARD' | 'LISTENING' | 'RUNNING' | 'END' | 'PAUSED' | 'FAILED';
 
@@ -26,10 +27,6 @@ const TRANSITIONS: Record<IncomingTransition, { from: IncomingState[]; to: Incom
   POSTCOPY_RESUME: { from: ['PAUSED'], to: 'RUNNING' },
 };
 
-export class StateError extends Error {
-  readonly code = 'ERR_POSTCOPY_STATE';
-}
-
 export class IncomingStateMachine {
   private current: IncomingState = 'NONE';
   /** The state a lost connection paused: RESUME returns there (LISTENING still waits for RUN). */
@@ -50,11 +47,11 @@ export class IncomingStateMachine {
     this.listeners.push(listener);
   }
 
-  /** Applies a transition or throws a StateError naming the state and the command. */
+  /** Applies a transition or throws (ERR_POSTCOPY_STATE) naming the state and the command. */
   apply(transition: IncomingTransition): IncomingState {
     const rule = TRANSITIONS[transition];
     if (!rule.from.includes(this.current)) {
-      throw new StateError(`${transition} is not allowed in state ${this.current} (allowed in ${rule.from.join(', ')})`);
+      throw new PostcopyError('ERR_POSTCOPY_STATE', `${transition} is not allowed in state ${this.current} (allowed in ${rule.from.join(', ')})`);
     }
     let to = rule.to;
     if (transition === 'CONNECTION_LOST') this.pausedFrom = this.current;

@@ -1,6 +1,8 @@
 // Postcopy statistics as QEMU 10.1 reports them: total blocktime (time during which every
 // guest thread was blocked), blocktime per thread, page-request latency (average and a
 // histogram of power-of-two microsecond buckets), page counts, bytes, durations, downtime.
+import { round } from '../base/index.js';
+
 
 export const LATENCY_BUCKETS = 24; // bucket i holds latencies in [2^(i-1), 2^i) µs; bucket 0: < 1 µs
 
@@ -40,11 +42,6 @@ export interface PostcopyReport {
   total_ms: number;
   postcopy_ms: number;
   throughput_gb_per_s: number;
-}
-
-export function round(value: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(value * f) / f;
 }
 
 /** The `latency_us` of a report. */

@@ -4,8 +4,8 @@
 // cannot be ended from JavaScript) is declared stuck: `stuck` ends those threads, by default
 // by ending the process (exitNow). See docs/architecture.md, "Ending for sure".
 import type { Userfaultfd } from '../kernel/index.js';
-import { TARGET_PAGE_SIZE } from '../memory/index.js';
 import type { GuestBlock } from './placement.js';
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 export interface FailedGuest {
   uffd: Userfaultfd;

@@ -3,8 +3,7 @@
 // page is never split across channels, so a target page of another host page arriving
 // before this one is complete is a protocol error.
 import type { RamBlock } from '../memory/index.js';
-import { ProtocolError } from '../wire/index.js';
-import { TARGET_PAGE_SIZE } from '../memory/index.js';
+import { hex, ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export class TempPage {
   readonly buffer: Uint8Array;
@@ -37,14 +36,14 @@ export class TempPage {
       this.allZero = true;
     } else if (this.block !== block || this.hostOffset !== hostOffset) {
       throw new ProtocolError(
-        `non-same host page on channel ${this.channel}: gathering block '${this.block!.idstr}' host page 0x${this.hostOffset.toString(16)} ` +
-          `(${this.targetPages} of ${this.block!.pageSize / TARGET_PAGE_SIZE} target pages), received block '${block.idstr}' offset 0x${offset.toString(16)}`,
+        `non-same host page on channel ${this.channel}: gathering block '${this.block!.idstr}' host page ${hex(this.hostOffset)} ` +
+          `(${this.targetPages} of ${this.block!.pageSize / TARGET_PAGE_SIZE} target pages), received block '${block.idstr}' offset ${hex(offset)}`,
       );
     }
     const at = offset - hostOffset;
     const index = at / TARGET_PAGE_SIZE;
     if (this.seen[index]) {
-      throw new ProtocolError(`target page at offset 0x${offset.toString(16)} of block '${block.idstr}' sent twice within host page 0x${hostOffset.toString(16)} on channel ${this.channel}`);
+      throw new ProtocolError(`target page at offset ${hex(offset)} of block '${block.idstr}' sent twice within host page ${hex(hostOffset)} on channel ${this.channel}`);
     }
     this.seen[index] = 1;
     if (data) {

@@ -1,4 +1,5 @@
-// Errors of the kernel layer, shaped like Node's own. Every error src/kernel/ throws has a code:
+// Errors of the kernel layer, shaped like Node's own (the ERR_POSTCOPY_* codes are listed with
+// the others in src/base/errors.ts). Every error src/kernel/ throws has a code:
 //   EEXIST, EINVAL, EBADF, ...  a syscall failed; also `errno` (negative, as libuv reports it)
 //                               and `syscall` ('ioctl(UFFDIO_COPY)'); the message names the range
 //   ERR_POSTCOPY_RANGE          a range call refused before any syscall: not inside a range
@@ -46,9 +47,4 @@ export function argumentError(name: string, value: unknown, isAddress: boolean):
   }
   const types = isAddress ? 'bigint or number' : 'number';
   return coded(new TypeError(`The "${name}" argument must be of type ${types}. Received type ${typeof value}`), 'ERR_INVALID_ARG_TYPE');
-}
-
-/** `0x` and the hexadecimal digits: addresses, offsets, lengths and codes in error messages (every layer's). */
-export function hex(value: bigint | number): string {
-  return '0x' + value.toString(16);
 }

@@ -4,7 +4,8 @@
 // /proc/self/pagemap read entry by entry (any kernel): soft-dirty bits, unpopulated pages.
 import { closeSync, openSync, readSync, writeFileSync } from 'node:fs';
 import { addon } from './addon.js';
-import { argumentError, errnoError, hex } from './errors.js';
+import { hex } from '../base/index.js';
+import { argumentError, errnoError } from './errors.js';
 
 export const PM_SCAN_WP_MATCHING = 1n;
 export const PM_SCAN_CHECK_WPASYNC = 2n;

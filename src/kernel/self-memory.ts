@@ -5,6 +5,7 @@
 // copy: 256 MiB of precopy pages took 765 ms as stores and 76 ms through /proc/self/mem.
 // The first access from user space later pays its fault as a placed page would.
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { hex } from '../base/index.js';
 
 export class SelfMemory {
   private fd: number;
@@ -31,7 +32,7 @@ export class SelfMemory {
   read(address: number, dst: Uint8Array, dstOffset: number, length: number): void {
     for (let done = 0; done < length; ) {
       const n = readSync(this.fd, dst, dstOffset + done, length - done, address + done);
-      if (n === 0) throw new Error(`read of /proc/self/mem at 0x${(address + done).toString(16)} returned nothing`);
+      if (n === 0) throw new Error(`read of /proc/self/mem at ${hex((address + done))} returned nothing`);
       done += n;
     }
   }

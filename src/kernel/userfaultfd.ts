@@ -32,7 +32,8 @@ import {
   type Ioctl,
   type RegisterMode,
 } from './constants.js';
-import { argumentError, coded, errnoError, hex, type CodedError } from './errors.js';
+import { argumentError, coded, errnoError, type CodedError } from './errors.js';
+import { EBADF, EFAULT, hex, PostcopyError } from '../base/index.js';
 import { EventBatch } from './events.js';
 import { probeFeatures } from './features.js';
 
@@ -47,9 +48,6 @@ export interface WakeOption {
   /** Leave blocked threads asleep (wake them later with `wake`). */
   dontWake?: boolean;
 }
-
-const EBADF = -9;
-const EFAULT = -14;
 
 /** A range registered on this descriptor, inside one Mapping. */
 interface Registered {
@@ -66,12 +64,12 @@ function position(address: Address): number {
   return typeof address === 'number' ? address : typeof address === 'bigint' ? Number(address) : NaN;
 }
 
-export class UnsupportedFeatureError extends Error {
-  readonly code = 'ERR_POSTCOPY_UNSUPPORTED';
+export class UnsupportedFeatureError extends PostcopyError {
   /** `why`: instead of "this kernel does not grant ...", when the kernel has it but this use lacks it. */
   constructor(readonly missing: string[], what: string, why?: string) {
     const named = missing.map((f) => (f in FEATURE_SINCE ? `${f} (Linux ${FEATURE_SINCE[f as Feature]}+)` : f));
-    super(`${what}: ${why ?? `this kernel (${probeFeatures().kernel}) does not grant ${named.join(', ')}`}`);
+    super('ERR_POSTCOPY_UNSUPPORTED', `${what}: ${why ?? `this kernel (${probeFeatures().kernel}) does not grant ${named.join(', ')}`}`);
+    this.name = 'UnsupportedFeatureError';
   }
 }
 

@@ -1,10 +1,8 @@
 // A region of guest memory as migration sees it (QEMU's RAMBlock, reduced to what postcopy
 // needs). It does not own memory: the postcopy layer hangs its mapping on `host`.
-import { hex } from '../kernel/errors.js';
 import { Bitmap } from './bitmap.js';
+import { hex, TARGET_PAGE_SIZE } from '../base/index.js';
 
-/** The migration unit: every offset on the wire and every received-map bit is one 4 KiB page. */
-export const TARGET_PAGE_SIZE = 4096;
 
 const MAX_IDSTR_BYTES = 255; // it travels behind a u8 length
 /** 1 GiB hugetlb is the largest host page Linux offers. */

@@ -1,4 +1,4 @@
-import { TARGET_PAGE_SIZE } from './ramblock.js';
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** A page of zeros to write from (never written to). */
 export const ZERO_PAGE: Uint8Array = new Uint8Array(TARGET_PAGE_SIZE);

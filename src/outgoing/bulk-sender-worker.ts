@@ -7,11 +7,11 @@
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
-import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { isZero } from '../memory/zero.js';
 import { BulkFlag, encodeBulkHeader } from '../wire/bulk-packet.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
 import { channelClosedMessage } from '../transport/channel.js';
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** Target pages in one packet of a 4 KiB block (a huge page's packet holds that page). */
 const PACKET_PAGES = 128;

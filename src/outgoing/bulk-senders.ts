@@ -6,11 +6,10 @@
 // commands of the switchover.
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { TARGET_PAGE_SIZE } from '../memory/index.js';
 import type { ConnectedChannel } from '../transport/index.js';
-import { MigrationError } from '../wire/index.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
 import type { SourceBlock } from './outgoing.js';
+import { PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 const WORKER_PATH = join(__dirname, 'bulk-sender-worker.js');
 /** Target pages of a 4 KiB block that go on the same channel, in a row. */
@@ -42,7 +41,7 @@ export class BulkSenders {
       };
       const worker = new Worker(WORKER_PATH, { workerData: task });
       worker.on('message', (m: FromBulkSender) => this.message(index, m));
-      worker.on('error', (error) => this.broken(new MigrationError('ERR_POSTCOPY_INTERNAL', `${channel.name} worker: ${error.message}`, { cause: error })));
+      worker.on('error', (error) => this.broken(new PostcopyError('ERR_POSTCOPY_INTERNAL', `${channel.name} worker: ${error.message}`, { cause: error })));
       return worker;
     });
   }
@@ -113,7 +112,7 @@ export class BulkSenders {
         void this.workers[index].terminate();
         return this.checkEnded();
       case 'failed':
-        return this.broken(new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', m.message));
+        return this.broken(new PostcopyError('ERR_POSTCOPY_CHANNEL_CLOSED', m.message));
     }
   }
 

@@ -5,6 +5,7 @@
 // else soft-dirty bits (any kernel, not hugetlb: for shared memory before WP_HUGETLBFS_SHMEM).
 import { release } from 'node:os';
 import { Mapping, PagemapScanner, PagemapReader, Userfaultfd, hasFeatures } from '../kernel/index.js';
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 export interface TrackedRange {
   mapping: Mapping;
@@ -79,7 +80,7 @@ let softDirty: boolean | undefined;
 /** Whether a written page reads soft-dirty (false without CONFIG_MEM_SOFT_DIRTY: the bit is never set). */
 function softDirtyWorks(): boolean {
   if (softDirty !== undefined) return softDirty;
-  const probe = new Mapping(4096);
+  const probe = new Mapping(TARGET_PAGE_SIZE);
   let reader: PagemapReader | undefined;
   try {
     reader = new PagemapReader(1);

@@ -9,12 +9,13 @@
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
 import { PagemapReader, type Mapping } from '../kernel/index.js';
-import { Bitmap, TARGET_PAGE_SIZE, isZeroPage, type RamBlock, type RamList } from '../memory/index.js';
-import { MigrationError, ResumeState, isConnectionError, type ReturnPathEvent } from '../wire/index.js';
+import { Bitmap, isZeroPage, type RamBlock, type RamList } from '../memory/index.js';
+import { ResumeState, type ReturnPathEvent } from '../wire/index.js';
 import type { ChannelRole, ConnectedChannel } from '../transport/index.js';
 import { createDirtyLog, type DirtyLog, type HoldWriters } from './dirty-log.js';
 import { SourceChannels } from './source-channels.js';
 import { BulkSenders } from './bulk-senders.js';
+import { isConnectionError, PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export type SourceBlock = RamBlock<Mapping>;
 
@@ -259,7 +260,7 @@ export class OutgoingMigration {
     const bulk: BulkSenders = new BulkSenders(channels, this.blocks, HEARTBEAT_MS, (error) => {
       if (this.bulk !== bulk) return;
       // a worker that crashed is a bug, not a broken connection: no recovery would heal it
-      if ((error as MigrationError).code === 'ERR_POSTCOPY_INTERNAL') this.failFatally(error);
+      if ((error as PostcopyError).code === 'ERR_POSTCOPY_INTERNAL') this.failFatally(error);
       else this.channels.markBrokenBy(error);
     });
     return bulk;
@@ -288,7 +289,7 @@ export class OutgoingMigration {
         return;
       case 'shut':
         this.shut = { status: event.status };
-        if (event.status !== 0) this.failFatally(new MigrationError('ERR_POSTCOPY_PEER_FAILED', `the destination failed (status ${event.status}) during ${this.phase}`));
+        if (event.status !== 0) this.failFatally(new PostcopyError('ERR_POSTCOPY_PEER_FAILED', `the destination failed (status ${event.status}) during ${this.phase}`));
         this.onShut?.();
         return;
       case 'recv-bitmap':
@@ -474,23 +475,23 @@ export class OutgoingMigration {
     const now = performance.now();
     const ms = now - this.roundStart.at;
     const sent = this.counts.precopy - this.roundStart.sent;
-    const round: PrecopyRound = {
+    const record: PrecopyRound = {
       round: this.round,
       sent_pages: sent,
       dirtied_pages: dirtied,
       left_pages: this.totalDirty,
-      ms: Math.round(ms * 100) / 100,
+      ms: round(ms),
       send_mib_s: rate(sent, ms),
       dirty_mib_s: rate(dirtied, ms),
     };
-    this.precopyRounds.push(round);
+    this.precopyRounds.push(record);
     if (this.precopyRounds.length > PRECOPY_ROUNDS_KEPT) this.precopyRounds.shift();
     this.precopyTotals.rounds++;
     this.precopyTotals.sent_pages += sent;
     this.precopyTotals.dirtied_pages += dirtied;
     this.precopyTotals.ms += ms;
     this.roundStart = { at: now, sent: this.counts.precopy };
-    return round;
+    return record;
   }
 
   /**
@@ -594,7 +595,7 @@ export class OutgoingMigration {
    */
   private async complete(): Promise<boolean> {
     const left = this.totalDirty;
-    if (left !== 0) throw new MigrationError('ERR_POSTCOPY_INTERNAL', `internal: COMPLETE with ${left} page(s) still dirty`);
+    if (left !== 0) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', `internal: COMPLETE with ${left} page(s) still dirty`);
     const { main, preempt } = this.channels;
     void this.bulk?.end(); // END after what the workers still hold; the destination waits for it
     if (preempt) {
@@ -637,7 +638,7 @@ export class OutgoingMigration {
     for (let attempt = 0; ; attempt++) {
       const remainingMs = deadline - performance.now();
       if (remainingMs <= 0) {
-        throw new MigrationError('ERR_POSTCOPY_RECOVERY_TIMEOUT',
+        throw new PostcopyError('ERR_POSTCOPY_RECOVERY_TIMEOUT',
           `${reason.message}; no recovery within ${this.recoverSeconds} s (last attempt: ${lastError.message})`, { cause: lastError });
       }
       try {
@@ -645,11 +646,11 @@ export class OutgoingMigration {
         break;
       } catch (error) {
         if (this.fatal) throw this.fatal;
-        if ((error as MigrationError).code === 'ERR_POSTCOPY_REFUSED') throw error; // the destination said no for good
+        if ((error as PostcopyError).code === 'ERR_POSTCOPY_REFUSED') throw error; // the destination said no for good
         const cause = ((error as Error).cause as NodeJS.ErrnoException | undefined)?.code;
         if (cause === 'ECONNREFUSED' || cause === 'ENOENT') {
           // the host answers but nobody listens: the destination process, and its guest, are gone
-          throw new MigrationError('ERR_POSTCOPY_PEER_FAILED', `${reason.message}; the destination is gone (${(error as Error).message})`, { cause: error });
+          throw new PostcopyError('ERR_POSTCOPY_PEER_FAILED', `${reason.message}; the destination is gone (${(error as Error).message})`, { cause: error });
         }
         lastError = error as Error;
         this.channels.drop();
@@ -698,7 +699,7 @@ export class OutgoingMigration {
     while (!done()) {
       if (this.channels.broken) throw this.channels.broken;
       const left = timeoutMs - (performance.now() - start);
-      if (left <= 0) throw new MigrationError('ERR_POSTCOPY_CHANNEL_STALLED', `no ${what} within ${timeoutSeconds.toFixed(1)} s`);
+      if (left <= 0) throw new PostcopyError('ERR_POSTCOPY_CHANNEL_STALLED', `no ${what} within ${timeoutSeconds.toFixed(1)} s`);
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         this.channels.whenBroken(),
@@ -849,7 +850,7 @@ export class OutgoingMigration {
       const bulk = this.bulk;
       if (!(bulk ? this.sendBatchBulk(bulk, kind) : this.sendBatch(main, kind))) {
         // the bitmap decides when the stream is done, never an empty batch
-        if (this.nextDirty()) throw new MigrationError('ERR_POSTCOPY_INTERNAL', 'internal: a stream batch sent nothing while pages are dirty');
+        if (this.nextDirty()) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', 'internal: a stream batch sent nothing while pages are dirty');
         return;
       }
       if (performance.now() - lastProgress > 250) {
@@ -954,10 +955,9 @@ export class OutgoingMigration {
   }
 
   private report(dirtyLog: DirtyLog['kind'], precopyMs: number, downtime: DowntimeParts & { total: number; start: number }, postcopyMs: number): OutgoingReport {
-    const r2 = (ms: number) => Math.round(ms * 100) / 100;
     return {
       dirty_log: dirtyLog,
-      dirty_log_start_ms: r2(this.logStartMs),
+      dirty_log_start_ms: round(this.logStartMs),
       rounds: this.round,
       pages_sent: { precopy: this.counts.precopy, postcopy: this.counts.postcopy, requested: this.counts.requested,
         zero: this.counts.zero + this.bulkEarlier.zero + (this.bulk?.zeroPages ?? 0), untouched: this.counts.untouched },
@@ -966,10 +966,10 @@ export class OutgoingMigration {
       recoveries: this.counts.recoveries,
       pages_resent: this.counts.pagesResent,
       paused_ms: Math.round(this.counts.pausedMs),
-      downtime_ms: r2(downtime.total),
-      downtime_parts_ms: { pause: r2(downtime.pause), sync: r2(downtime.sync), discard: r2(downtime.discard), commands: r2(downtime.commands), write: r2(downtime.write) },
-      pause_epoch_ms: Math.round((performance.timeOrigin + downtime.start) * 1000) / 1000,
-      discards: { ...this.discardCounts, before_pause_ms: r2(this.discardCounts.before_pause_ms) },
+      downtime_ms: round(downtime.total),
+      downtime_parts_ms: { pause: round(downtime.pause), sync: round(downtime.sync), discard: round(downtime.discard), commands: round(downtime.commands), write: round(downtime.write) },
+      pause_epoch_ms: round(performance.timeOrigin + downtime.start, 3),
+      discards: { ...this.discardCounts, before_pause_ms: round(this.discardCounts.before_pause_ms) },
       precopy_ms: Math.round(precopyMs),
       precopy_end: this.precopyEnd,
       precopy_rounds: [...this.precopyRounds],
@@ -989,7 +989,7 @@ export class OutgoingMigration {
 
 /** Target pages over milliseconds, in MiB/s (two decimals). */
 function rate(pages: number, ms: number): number {
-  return ms > 0 ? Math.round(((pages * MIB_PER_PAGE) / (ms / 1000)) * 100) / 100 : 0;
+  return ms > 0 ? round((pages * MIB_PER_PAGE) / (ms / 1000)) : 0;
 }
 
 /**

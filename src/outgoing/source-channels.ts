@@ -5,8 +5,9 @@
 // named (channel and phase) and announced, so that every wait of the engine ends.
 import type { ConnectedChannel, Channel } from '../transport/index.js';
 import { StallWatch } from '../transport/index.js';
-import { MigrationError, type ReturnPathEvent } from '../wire/index.js';
+import { type ReturnPathEvent } from '../wire/index.js';
 import type { SourceBlock } from './outgoing.js';
+import { PostcopyError } from '../base/index.js';
 
 export interface SourceChannelOptions {
   main: ConnectedChannel<SourceBlock>;
@@ -24,7 +25,7 @@ export class SourceChannels {
   main!: ConnectedChannel<SourceBlock>;
   preempt: ConnectedChannel<SourceBlock> | undefined;
   /** Why the current connection is broken, if it is. */
-  broken: MigrationError | undefined;
+  broken: PostcopyError | undefined;
   /** Set once EOF is sent: nothing, not even a PING, may follow it. */
   ended = false;
   private brokenSignal!: { promise: Promise<void>; resolve: () => void };
@@ -102,14 +103,14 @@ export class SourceChannels {
   /** Notes a break (the first one names it), drops both channels, and wakes every waiter. */
   markBroken(channel: Channel, error: Error): void {
     if (!this.isCurrent(channel)) return;
-    this.markBrokenBy(error.message.startsWith(channel.name) ? error : Object.assign(new Error(`${channel.name} channel: ${error.message}`, { cause: error }), { code: (error as MigrationError).code }));
+    this.markBrokenBy(error.message.startsWith(channel.name) ? error : Object.assign(new Error(`${channel.name} channel: ${error.message}`, { cause: error }), { code: (error as PostcopyError).code }));
   }
 
   /** A break that names its channel already (a bulk channel's worker). */
   markBrokenBy(error: Error): void {
     if (this.broken) return;
-    const code = (error as MigrationError).code ?? 'ERR_POSTCOPY_CHANNEL_CLOSED';
-    this.broken = new MigrationError(code, `${error.message} during ${this.options.phase()}`, { cause: (error.cause as Error | undefined) ?? error });
+    const code = (error as PostcopyError).code ?? 'ERR_POSTCOPY_CHANNEL_CLOSED';
+    this.broken = new PostcopyError(code, `${error.message} during ${this.options.phase()}`, { cause: (error.cause as Error | undefined) ?? error });
     this.drop();
     this.brokenSignal.resolve();
   }

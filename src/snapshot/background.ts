@@ -17,12 +17,13 @@ import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { Bitmap } from '../memory/bitmap.js';
 import { isZero } from '../memory/zero.js';
-import { LatencyHistogram, round } from '../incoming/stats.js';
+import { LatencyHistogram } from '../incoming/stats.js';
 import { probeFeatures } from '../kernel/features.js';
 import { Userfaultfd, type EventBatch, type Feature, type Mapping } from '../kernel/index.js';
 import { SnapshotWriter, readFully, writeFully } from './file.js';
 import { foldPresentPages } from './verify.js';
 import { AsideQueue, COUNTERS, Counter, PageState, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+import { PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 
 const WALKER_PATH = join(__dirname, 'walker.js');
 const DEFAULT_ASIDE_BYTES = 64 << 20;
@@ -38,12 +39,13 @@ const DEFAULT_STALL_SECONDS = 30;
 /** How long a failing snapshot waits for the walker's current write before leaving it behind. */
 const WALKER_STOP_MS = 5000;
 
-export class SnapshotError extends Error {
-  readonly code = 'ERR_SNAPSHOT_FAILED';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'SnapshotError';
-  }
+function isSnapshotFailure(error: Error): error is PostcopyError {
+  return (error as PostcopyError).code === 'ERR_SNAPSHOT_FAILED';
+}
+
+/** A failed snapshot (ERR_SNAPSHOT_FAILED): the guest runs on, unprotected. */
+function snapshotFailed(message: string, cause?: unknown): PostcopyError {
+  return new PostcopyError('ERR_SNAPSHOT_FAILED', message, cause === undefined ? undefined : { cause });
 }
 
 export interface SnapshotBlock {
@@ -174,7 +176,7 @@ export class BackgroundSnapshot extends EventEmitter {
       return {
         idstr: b.idstr, mapping: b.mapping, base: b.mapping.base, length, pageSize, pages: length / pageSize,
         state: new Uint8Array(stateBuffer), stateBuffer, bytes: Buffer.from(b.mapping.view(0, length)),
-        claimWindow: pageSize === 4096 ? Math.max(1, Math.min(MAX_CLAIM_WINDOW, options.claimPages ?? CLAIM_WINDOW)) : 1,
+        claimWindow: pageSize === TARGET_PAGE_SIZE ? Math.max(1, Math.min(MAX_CLAIM_WINDOW, options.claimPages ?? CLAIM_WINDOW)) : 1,
       };
     });
     this.pagesTotal = this.blocks.reduce((n, b) => n + b.pages, 0);
@@ -185,7 +187,7 @@ export class BackgroundSnapshot extends EventEmitter {
     for (let s = this.aside.take(); s >= 0; s = this.aside.take()) this.freeSlots.unshift(s);
   }
 
-  /** Takes a snapshot; resolves with the report once the file is complete, or rejects (SnapshotError). */
+  /** Takes a snapshot; resolves with the report once the file is complete, or rejects (ERR_SNAPSHOT_FAILED). */
   static async take(options: SnapshotOptions, onProgress?: (p: SnapshotProgress) => void): Promise<SnapshotReport> {
     const snapshot = new BackgroundSnapshot(options);
     if (onProgress) snapshot.on('progress', onProgress);
@@ -289,7 +291,7 @@ export class BackgroundSnapshot extends EventEmitter {
       this.lastSaved = p.pagesSaved;
       this.lastProgressAt = now;
     } else if (now - this.lastProgressAt > (this.options.stallSeconds ?? DEFAULT_STALL_SECONDS) * 1e3) {
-      this.fail(new SnapshotError(`no page saved for ${this.options.stallSeconds ?? DEFAULT_STALL_SECONDS} s (${p.pagesSaved} of ${p.pagesTotal} saved): is ${this.writer!.partialPath} on a disk that stopped taking writes?`));
+      this.fail(snapshotFailed(`no page saved for ${this.options.stallSeconds ?? DEFAULT_STALL_SECONDS} s (${p.pagesSaved} of ${p.pagesTotal} saved): is ${this.writer!.partialPath} on a disk that stopped taking writes?`));
     }
   }
 
@@ -383,7 +385,7 @@ export class BackgroundSnapshot extends EventEmitter {
 
   private unprotect(b: BlockRuntime, page: number, count: number): void {
     const status = this.uffd!.tryWriteProtect(b.base + page * b.pageSize, count * b.pageSize, 0);
-    if (status < 0) throw new SnapshotError(`un-protecting pages ${page}..${page + count - 1} of block ${b.idstr}: errno ${-status}`);
+    if (status < 0) throw snapshotFailed(`un-protecting pages ${page}..${page + count - 1} of block ${b.idstr}: errno ${-status}`);
   }
 
   private recordFault(ms: number): void {
@@ -419,10 +421,10 @@ export class BackgroundSnapshot extends EventEmitter {
     this.walkerDone = new Promise<void>((resolve, reject) => {
       walker.once('message', (m: WalkerMessage) => {
         if (m.type === 'done') resolve();
-        else reject(new SnapshotError(`the walker failed: ${m.message}`));
+        else reject(snapshotFailed(`the walker failed: ${m.message}`));
       });
-      walker.once('error', (e) => reject(new SnapshotError(`the walker failed: ${e.message}`, { cause: e })));
-      walker.once('exit', (code) => reject(new SnapshotError(`the walker exited (code ${code}) before it finished`)));
+      walker.once('error', (e) => reject(snapshotFailed(`the walker failed: ${e.message}`, e)));
+      walker.once('exit', (code) => reject(snapshotFailed(`the walker exited (code ${code}) before it finished`)));
     });
     this.walkerDone.catch(() => undefined);
   }
@@ -450,7 +452,7 @@ export class BackgroundSnapshot extends EventEmitter {
       for (let p = 0; p < b.pages; p++) {
         const s = Atomics.load(b.state, p);
         if (s === PageState.SAVED_DATA) present.set(p);
-        else if (s !== PageState.SAVED_ZERO) throw new SnapshotError(`internal: page ${p} of block ${b.idstr} is not saved (state ${s}) after the walk`);
+        else if (s !== PageState.SAVED_ZERO) throw snapshotFailed(`internal: page ${p} of block ${b.idstr} is not saved (state ${s}) after the walk`);
       }
       return present;
     });
@@ -458,7 +460,7 @@ export class BackgroundSnapshot extends EventEmitter {
 
   private fail(error: Error): void {
     if (this.failure) return;
-    this.failure = error instanceof SnapshotError ? error : new SnapshotError(error.message, { cause: error });
+    this.failure = isSnapshotFailure(error) ? error : snapshotFailed(error.message, error);
     this.aside.abort();
     this.failed?.(this.failure);
   }
@@ -468,7 +470,7 @@ export class BackgroundSnapshot extends EventEmitter {
    * waiting thread onto its own memory) and unregistered, the file marked failed.
    */
   private async abandon(error: Error): Promise<Error> {
-    const cause = this.failure ?? (error instanceof SnapshotError ? error : new SnapshotError(`snapshot failed: ${error.message}`, { cause: error }));
+    const cause = this.failure ?? (isSnapshotFailure(error) ? error : snapshotFailed(`snapshot failed: ${error.message}`, error));
     await this.stopWalker();
     this.release();
     this.writer?.fail(cause.message);

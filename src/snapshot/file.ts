@@ -26,15 +26,15 @@ import {
   type SnapshotTrailer,
 } from '../wire/snapshot-format.js';
 import { verifyPageData, type PageDataCheck } from './verify.js';
+import { hex, PostcopyError } from '../base/index.js';
 
 /** A file that is not a complete snapshot: interrupted, failed, or damaged. */
-export class SnapshotIncompleteError extends Error {
-  readonly code = 'ERR_SNAPSHOT_INCOMPLETE';
+export class SnapshotIncompleteError extends PostcopyError {
   constructor(
     readonly file: string,
     readonly reason: string,
   ) {
-    super(`${file}: not a complete snapshot: ${reason}`);
+    super('ERR_SNAPSHOT_INCOMPLETE', `${file}: not a complete snapshot: ${reason}`);
     this.name = 'SnapshotIncompleteError';
   }
 }
@@ -257,7 +257,7 @@ export class SnapshotReader {
       if (!reader.pageChecksums) return { file, fileSize, complete: true, layout, trailer };
       const pageData = verifyPageData(reader);
       const bad = pageData.find((b) => !b.ok);
-      const reason = bad && `page data of block ${bad.block} (${bad.idstr}) does not match its checksum (0x${bad.actual.toString(16)}, the trailer says 0x${bad.expected.toString(16)})`;
+      const reason = bad && `page data of block ${bad.block} (${bad.idstr}) does not match its checksum (${hex(bad.actual)}, the trailer says ${hex(bad.expected)})`;
       return { file, fileSize, complete: !bad, reason, layout, trailer, pageData };
     } finally {
       reader.close();
@@ -338,7 +338,7 @@ function readStructure(fd: number, file: string): { layout: SnapshotLayout; trai
   if (state.kind === 'failed') throw new SnapshotIncompleteError(file, `the snapshot failed: ${state.reason}`);
   const headerCrc = crc32(encodeHeader(layout));
   if (headerCrc !== state.trailer.headerCrc) {
-    throw new SnapshotFormatError(file, 'trailer header checksum', layout.trailerOffset + 24, `0x${state.trailer.headerCrc.toString(16)} does not match the header (0x${headerCrc.toString(16)})`);
+    throw new SnapshotFormatError(file, 'trailer header checksum', layout.trailerOffset + 24, `${hex(state.trailer.headerCrc)} does not match the header (${hex(headerCrc)})`);
   }
   return { layout, trailer: state.trailer };
 }
@@ -352,14 +352,14 @@ function readBitmaps(fd: number, file: string, layout: SnapshotLayout, trailer: 
     readFully(fd, bytes, b.bitmapOffset, file, name);
     const summary = trailer.blocks[i];
     const blockCrc = crc32(bytes);
-    if (blockCrc !== summary.bitmapCrc) throw new SnapshotFormatError(file, name, b.bitmapOffset, `checksum 0x${blockCrc.toString(16)} does not match the trailer (0x${summary.bitmapCrc.toString(16)})`);
+    if (blockCrc !== summary.bitmapCrc) throw new SnapshotFormatError(file, name, b.bitmapOffset, `checksum ${hex(blockCrc)} does not match the trailer (${hex(summary.bitmapCrc)})`);
     crc = crc32(bytes, crc);
     const present = Bitmap.fromLittleEndianBytes(bytes, b.pages);
     if (present.count() !== summary.present) throw new SnapshotFormatError(file, name, b.bitmapOffset, `${present.count()} pages present, the trailer says ${summary.present}`);
     return { idstr: b.idstr, usedLength: b.usedLength, pageSize: b.pageSize, pages: b.pages, present, pagesOffset: b.pagesOffset, pageChecksum: summary.pageChecksum };
   });
   if (crc !== trailer.bitmapsCrc) {
-    throw new SnapshotFormatError(file, 'trailer bitmaps checksum', layout.trailerOffset + 28, `0x${trailer.bitmapsCrc.toString(16)} does not match the bitmaps (0x${crc.toString(16)})`);
+    throw new SnapshotFormatError(file, 'trailer bitmaps checksum', layout.trailerOffset + 28, `${hex(trailer.bitmapsCrc)} does not match the bitmaps (${hex(crc)})`);
   }
   return blocks;
 }
@@ -378,5 +378,5 @@ function checkDeviceState(fd: number, file: string, layout: SnapshotLayout, trai
 }
 
 function deviceStateMismatch(file: string, layout: SnapshotLayout, trailer: SnapshotTrailer, crc: number): SnapshotFormatError {
-  return new SnapshotFormatError(file, 'device state', layout.deviceStateOffset, `checksum 0x${crc.toString(16)} does not match the trailer (0x${trailer.deviceStateCrc.toString(16)})`);
+  return new SnapshotFormatError(file, 'device state', layout.deviceStateOffset, `checksum ${hex(crc)} does not match the trailer (${hex(trailer.deviceStateCrc)})`);
 }

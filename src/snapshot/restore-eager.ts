@@ -7,10 +7,10 @@
 // preadSync into an attached view, which pay a worker and addon start each.
 import { performance } from 'node:perf_hooks';
 import type { Mapping } from '../kernel/index.js';
-import { round } from '../incoming/stats.js';
 import { SnapshotFormatError } from '../wire/snapshot-format.js';
 import { SnapshotReader, readFullyAsync } from './file.js';
 import { checkTargets, runFrom } from './restore-targets.js';
+import { hex, round } from '../base/index.js';
 
 /** The largest single read: big enough to cost one syscall per many pages, small enough to spread. */
 const READ_BYTES = 8 << 20;
@@ -56,7 +56,7 @@ interface Read {
 
 /**
  * Restores every block of `reader` into its target (same order, same size, same page size;
- * fresh memory, since holes are not written). Throws RestoreTargetError before reading when a
+ * fresh memory, since holes are not written). Throws ERR_RESTORE_TARGET before reading when a
  * target does not fit, a SnapshotFormatError naming the block when a read or a checksum fails.
  */
 export async function restoreEager(reader: SnapshotReader, targets: readonly Mapping[], options: EagerRestoreOptions = {}): Promise<EagerRestoreReport> {
@@ -100,7 +100,7 @@ export async function restoreEager(reader: SnapshotReader, targets: readonly Map
   if (reader.pageChecksums) {
     reader.blocks.forEach((b, i) => {
       if (sums[i] !== b.pageChecksum) {
-        throw new SnapshotFormatError(reader.file, `block ${b.idstr} page data`, b.pagesOffset, `checksum 0x${sums[i].toString(16)} of the pages read does not match the trailer (0x${b.pageChecksum.toString(16)})`);
+        throw new SnapshotFormatError(reader.file, `block ${b.idstr} page data`, b.pagesOffset, `checksum ${hex(sums[i])} of the pages read does not match the trailer (${hex(b.pageChecksum)})`);
       }
     });
   }

@@ -11,15 +11,16 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { exitNow, type Mapping, type Userfaultfd } from '../kernel/index.js';
-import { RamBlock, TARGET_PAGE_SIZE } from '../memory/index.js';
+import { RamBlock } from '../memory/index.js';
 import { FaultService } from '../incoming/fault-service.js';
 import { PagePlacer, openForMissing, type GuestBlock } from '../incoming/placement.js';
-import { blocktimePerThread, latencyReport, round, type PostcopyReport } from '../incoming/stats.js';
+import { blocktimePerThread, latencyReport, type PostcopyReport } from '../incoming/stats.js';
 import { endGuestSurely } from '../incoming/sure-stop.js';
 import { SnapshotFormatError } from '../wire/snapshot-format.js';
 import { SnapshotReader } from './file.js';
 import { checkTargets, runFrom } from './restore-targets.js';
 import { WorkingSet, type WorkingSetPage } from './working-set.js';
+import { hex, PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** A fault places at most this many 4 KiB pages, as postcopy's runs: the thread waits for no more. */
 const FAULT_RUN_PAGES = 16;
@@ -27,14 +28,6 @@ const FAULT_RUN_PAGES = 16;
 const PREFETCH_RUN_BYTES = 256 << 10;
 const PROGRESS_INTERVAL_MS = 500;
 const DEFAULT_GUEST_STOP_TIMEOUT_MS = 3000;
-
-export class RestoreFailedError extends Error {
-  readonly code = 'ERR_RESTORE_FAILED';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'RestoreFailedError';
-  }
-}
 
 export interface LazyRestoreOptions {
   /** Guest threads, for blocktime (the time during which all of them were blocked). */
@@ -146,7 +139,7 @@ export class LazyRestore extends EventEmitter {
   /**
    * Registers each target (fresh, untouched memory, one per block of `reader`, same size and
    * page size) for MISSING faults and starts serving them: resume the guest as soon as this
-   * returns. Throws RestoreTargetError when a target does not fit.
+   * returns. Throws ERR_RESTORE_TARGET when a target does not fit.
    */
   static start(reader: SnapshotReader, targets: readonly Mapping[], options: LazyRestoreOptions = {}): LazyRestore {
     checkTargets(reader, targets);
@@ -173,7 +166,7 @@ export class LazyRestore extends EventEmitter {
 
   /** Ends the restore as failed (e.g. interrupted); the guest is ended as after any failure. */
   abort(reason: string): void {
-    this.fail(new RestoreFailedError(reason));
+    this.fail(new PostcopyError('ERR_RESTORE_FAILED', reason));
   }
 
   progress(): LazyRestoreProgress {
@@ -216,7 +209,7 @@ export class LazyRestore extends EventEmitter {
     const index = this.indexOf.get(block)!;
     const page = hostOffset / block.pageSize;
     if (this.state !== 'running') {
-      return this.stuck(`a guest thread faulted on block '${block.idstr}' offset 0x${hostOffset.toString(16)} after the restore ${this.state === 'failed' ? `failed (${this.failure?.message})` : 'ended'}`);
+      return this.stuck(`a guest thread faulted on block '${block.idstr}' offset ${hex(hostOffset)} after the restore ${this.state === 'failed' ? `failed (${this.failure?.message})` : 'ended'}`);
     }
     if (this.options.recordWorkingSet) this.recorded.push({ block: index, page });
     try {
@@ -281,7 +274,7 @@ export class LazyRestore extends EventEmitter {
       try {
         this.reader.readPages(index, page, count, data);
       } catch (error) {
-        throw new RestoreFailedError(`reading block '${block.idstr}' page ${page} of ${this.reader.file} failed: ${(error as Error).message}`, { cause: error });
+        throw new PostcopyError('ERR_RESTORE_FAILED', `reading block '${block.idstr}' page ${page} of ${this.reader.file} failed: ${(error as Error).message}`, { cause: error });
       }
       for (let p = 0; p < count; p++) this.sums[index] = SnapshotReader.foldChecksum(this.sums[index], data.subarray(p * block.pageSize, (p + 1) * block.pageSize), page + p);
     } else {
@@ -306,7 +299,7 @@ export class LazyRestore extends EventEmitter {
     if (this.state !== 'running') return;
     const missing = this.blocks.find((b) => !b.receivedMap.isFull());
     if (missing) {
-      return this.fail(new RestoreFailedError(`internal: ${this.placedTargetPages} pages counted as placed, but block '${missing.idstr}' still misses ${missing.targetPages - missing.receivedMap.count()}`));
+      return this.fail(new PostcopyError('ERR_RESTORE_FAILED', `internal: ${this.placedTargetPages} pages counted as placed, but block '${missing.idstr}' still misses ${missing.targetPages - missing.receivedMap.count()}`));
     }
     this.allPresentMs = performance.now() - this.started;
     if (this.reader.pageChecksums) {
@@ -314,7 +307,7 @@ export class LazyRestore extends EventEmitter {
       if (bad >= 0) {
         const b = this.reader.blocks[bad];
         return this.fail(new SnapshotFormatError(this.reader.file, `block ${b.idstr} page data`, b.pagesOffset,
-          `checksum 0x${this.sums[bad].toString(16)} of the pages restored does not match the trailer (0x${b.pageChecksum.toString(16)})`));
+          `checksum ${hex(this.sums[bad])} of the pages restored does not match the trailer (${hex(b.pageChecksum)})`));
       }
     }
     this.state = 'done';

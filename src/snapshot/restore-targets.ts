@@ -3,28 +3,21 @@
 import type { Mapping } from '../kernel/index.js';
 import type { Bitmap } from '../memory/index.js';
 import type { SnapshotReader } from './file.js';
+import { PostcopyError } from '../base/index.js';
 
-export class RestoreTargetError extends Error {
-  readonly code = 'ERR_RESTORE_TARGET';
-  constructor(message: string) {
-    super(message);
-    this.name = 'RestoreTargetError';
-  }
-}
-
-/** Throws RestoreTargetError naming the block and the mismatch unless each target fits its block. */
+/** Throws (ERR_RESTORE_TARGET) naming the block and the mismatch unless each target fits its block. */
 export function checkTargets(reader: SnapshotReader, targets: readonly Mapping[]): void {
   const { blocks, file } = reader;
   if (targets.length !== blocks.length) {
-    throw new RestoreTargetError(`${file} has ${blocks.length} block(s) (${blocks.map((b) => `'${b.idstr}'`).join(', ')}), ${targets.length} target mapping(s) were given`);
+    throw new PostcopyError('ERR_RESTORE_TARGET', `${file} has ${blocks.length} block(s) (${blocks.map((b) => `'${b.idstr}'`).join(', ')}), ${targets.length} target mapping(s) were given`);
   }
   blocks.forEach((block, i) => {
     const target = targets[i];
     const what = `block '${block.idstr}' (#${i}) of ${file}`;
-    if (!target.mapped) throw new RestoreTargetError(`${what}: its target mapping is unmapped`);
-    if (target.length !== block.usedLength) throw new RestoreTargetError(`${what} is ${block.usedLength} bytes, its target mapping ${target.length}`);
+    if (!target.mapped) throw new PostcopyError('ERR_RESTORE_TARGET', `${what}: its target mapping is unmapped`);
+    if (target.length !== block.usedLength) throw new PostcopyError('ERR_RESTORE_TARGET', `${what} is ${block.usedLength} bytes, its target mapping ${target.length}`);
     if (target.pageSize !== block.pageSize) {
-      throw new RestoreTargetError(`${what} has ${block.pageSize}-byte pages, its target mapping ${target.pageSize}-byte pages (a 2 MiB block needs hugetlb memory)`);
+      throw new PostcopyError('ERR_RESTORE_TARGET', `${what} has ${block.pageSize}-byte pages, its target mapping ${target.pageSize}-byte pages (a 2 MiB block needs hugetlb memory)`);
     }
   });
 }

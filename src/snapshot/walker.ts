@@ -12,6 +12,7 @@ import { isZero } from '../memory/zero.js';
 import { RangeUnprotector } from '../kernel/userfaultfd.js';
 import { writeFully } from './file.js';
 import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** The walk's unit: pages claimed, written and un-protected together (one TLB flush per chunk). */
 const CHUNK_BYTES = 1 << 20;
@@ -32,7 +33,7 @@ class Walker {
   private readonly aside: AsideQueue;
   private readonly blocks: BlockView[];
   /** Which pages of the chunk being saved are zero (a local note: the shared state says WALKER). */
-  private readonly zeroInChunk = new Uint8Array(CHUNK_BYTES / 4096);
+  private readonly zeroInChunk = new Uint8Array(CHUNK_BYTES / TARGET_PAGE_SIZE);
 
   constructor(private readonly task: WalkerTask) {
     this.counters = new Float64Array(task.counters);

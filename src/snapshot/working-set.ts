@@ -10,22 +10,12 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { crc32, encodeTrailer } from '../wire/snapshot-format.js';
 import type { SnapshotReader } from './file.js';
+import { hex, PostcopyError } from '../base/index.js';
 
 const MAGIC = 'PCWSET01';
 const VERSION = 1;
 const HEADER = 32;
 const ENTRY = 8;
-
-export class WorkingSetError extends Error {
-  readonly code = 'ERR_WORKING_SET';
-  constructor(
-    readonly file: string,
-    readonly reason: string,
-  ) {
-    super(`${file}: working set refused: ${reason}`);
-    this.name = 'WorkingSetError';
-  }
-}
 
 export interface WorkingSetPage {
   block: number;
@@ -64,21 +54,21 @@ export class WorkingSet {
     renameSync(file + '.tmp', file);
   }
 
-  /** Reads a working set for `reader`'s snapshot; WorkingSetError names why it cannot be used. */
+  /** Reads a working set for `reader`'s snapshot; ERR_WORKING_SET names why it cannot be used. */
   static load(file: string, reader: SnapshotReader): WorkingSet {
     const buf = readFileSync(file);
     const refuse = (reason: string): never => {
-      throw new WorkingSetError(file, reason);
+      throw new PostcopyError('ERR_WORKING_SET', `${file}: working set refused: ${reason}`);
     };
     if (buf.length < HEADER + 4 || buf.toString('latin1', 0, 8) !== MAGIC) refuse(`not a working set file (no ${MAGIC} header)`);
     const count = buf.readUInt32LE(28);
     if (buf.length !== HEADER + count * ENTRY + 4) refuse(`${buf.length} bytes, ${count} entries need ${HEADER + count * ENTRY + 4}`);
     const crc = crc32(buf.subarray(0, buf.length - 4));
-    if (crc !== buf.readUInt32LE(buf.length - 4)) refuse(`checksum 0x${buf.readUInt32LE(buf.length - 4).toString(16)} does not match its contents (0x${crc.toString(16)})`);
+    if (crc !== buf.readUInt32LE(buf.length - 4)) refuse(`checksum ${hex(buf.readUInt32LE(buf.length - 4))} does not match its contents (${hex(crc)})`);
     if (buf.readUInt32LE(8) !== VERSION) refuse(`version ${buf.readUInt32LE(8)}, this reader knows ${VERSION}`);
     const identity = snapshotIdentity(reader);
     if (buf.readUInt32LE(12) !== identity || Number(buf.readBigUInt64LE(16)) !== reader.layout.fileLength) {
-      refuse(`stale: recorded for another snapshot (identity 0x${buf.readUInt32LE(12).toString(16)}, ${reader.file} is 0x${identity.toString(16)})`);
+      refuse(`stale: recorded for another snapshot (identity ${hex(buf.readUInt32LE(12))}, ${reader.file} is ${hex(identity)})`);
     }
     if (buf.readUInt32LE(24) !== reader.blocks.length) refuse(`${buf.readUInt32LE(24)} blocks, the snapshot has ${reader.blocks.length}`);
     const pages: WorkingSetPage[] = [];

@@ -5,7 +5,7 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { duplicateDescriptor } from '../kernel/process.js';
-import { MigrationError } from '../wire/index.js';
+import { PostcopyError } from '../base/index.js';
 
 export type ChannelRole = 'main' | 'preempt' | 'bulk';
 
@@ -36,9 +36,9 @@ export class Channel {
   constructor(readonly socket: Socket, readonly role: ChannelRole, readonly index = 0) {
     this.name = role === 'bulk' ? `bulk ${index}` : role;
     socket.setNoDelay?.(true);
-    socket.on('close', () => (this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', channelClosedMessage(this.name))));
+    socket.on('close', () => (this.closedError ??= new PostcopyError('ERR_POSTCOPY_CHANNEL_CLOSED', channelClosedMessage(this.name))));
     socket.on('error', (error) => {
-      this.closedError ??= new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', channelClosedMessage(this.name, error), { cause: error });
+      this.closedError ??= new PostcopyError('ERR_POSTCOPY_CHANNEL_CLOSED', channelClosedMessage(this.name, error), { cause: error });
     });
   }
 
@@ -46,9 +46,9 @@ export class Channel {
     return this.closedError !== undefined || this.socket.destroyed;
   }
 
-  /** Why the channel is closed (a coded MigrationError), once it is. */
+  /** Why the channel is closed (a coded PostcopyError), once it is. */
   get error(): Error | undefined {
-    return this.closedError ?? (this.socket.destroyed ? new MigrationError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel closed`) : undefined);
+    return this.closedError ?? (this.socket.destroyed ? new PostcopyError('ERR_POSTCOPY_CHANNEL_CLOSED', `${this.name} channel closed`) : undefined);
   }
 
   /**
@@ -59,7 +59,7 @@ export class Channel {
    */
   takeDescriptor(): number {
     const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new MigrationError('ERR_POSTCOPY_INTERNAL', `internal: the ${this.name} channel has no descriptor to hand over`);
+    if (typeof fd !== 'number' || fd < 0) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', `internal: the ${this.name} channel has no descriptor to hand over`);
     const copy = duplicateDescriptor(fd);
     this.socket.removeAllListeners();
     this.socket.on('error', () => undefined);
@@ -122,7 +122,7 @@ export class StallWatch {
 
   constructor(
     readonly stallMs: number,
-    private readonly onStall: (channel: Channel, error: MigrationError) => void,
+    private readonly onStall: (channel: Channel, error: PostcopyError) => void,
   ) {}
 
   watch(channel: Channel): void {
@@ -160,7 +160,7 @@ export class StallWatch {
       }
       const silentMs = now - channel.lastReceivedAt;
       if (silentMs < this.stallMs) continue;
-      const error = new MigrationError('ERR_POSTCOPY_CHANNEL_STALLED',
+      const error = new PostcopyError('ERR_POSTCOPY_CHANNEL_STALLED',
         `${channel.name} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.stallMs / 1000} s)`);
       this.channels.delete(channel);
       channel.destroy(error);

@@ -1,17 +1,10 @@
 // The source's side of a channel: connect, answer the destination's challenge with HELLO,
 // and wait for HELLO_ACK (or a refusal, which is thrown with its reason).
 import { connect as netConnect, type Socket } from 'node:net';
-import {
-  MigrationError,
-  ReturnPathDecoder,
-  Role,
-  StreamEncoder,
-  helloAuth,
-  type BlockLookup,
-  type BlockShape,
-} from '../wire/index.js';
+import { ReturnPathDecoder, Role, StreamEncoder, helloAuth, type BlockLookup, type BlockShape } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, type Endpoint } from './endpoint.js';
+import { PostcopyError } from '../base/index.js';
 
 export interface ConnectOptions<B extends BlockShape> {
   endpoint: Endpoint;
@@ -44,7 +37,7 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
   const returnPath = new ReturnPathDecoder<B>({ blocks: options.blocks });
   const encoder = new StreamEncoder();
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where}: the ${name} channel's handshake did not finish within ${options.timeout ?? 10} s`)),
+    const timer = setTimeout(() => fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE', `${where}: the ${name} channel's handshake did not finish within ${options.timeout ?? 10} s`)),
       (options.timeout ?? 10) * 1000);
     let settled = false;
     const fail = (error: Error) => {
@@ -65,7 +58,7 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
             socket.write(encoder.header());
             socket.write(encoder.hello({ sessionId: options.sessionId, role, index, capabilities: options.capabilities ?? 0, auth }));
           } else if (event.type === 'refuse') {
-            return fail(new MigrationError('ERR_POSTCOPY_REFUSED', `${where} refused the ${name} channel: ${event.reason}`));
+            return fail(new PostcopyError('ERR_POSTCOPY_REFUSED', `${where} refused the ${name} channel: ${event.reason}`));
           } else if (event.type === 'hello-ack') {
             settled = true;
             clearTimeout(timer);
@@ -81,8 +74,8 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
         fail(error as Error);
       }
     };
-    const onClose = () => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE', `${where} closed the ${name} channel during the handshake`));
-    const onError = (error: NodeJS.ErrnoException) => fail(new MigrationError('ERR_POSTCOPY_HANDSHAKE',
+    const onClose = () => fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE', `${where} closed the ${name} channel during the handshake`));
+    const onError = (error: NodeJS.ErrnoException) => fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE',
       `${name} channel to ${where}: ${error.code === 'ENOENT' ? 'no such socket' : error.code === 'ECONNREFUSED' ? 'nobody listens there' : error.message}`, { cause: error }));
     socket.on('data', onData);
     socket.on('error', onError);

@@ -9,7 +9,6 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
 import {
   Command,
-  MigrationError,
   StreamDecoder,
   createNonce,
   encodeChallenge,
@@ -23,6 +22,7 @@ import {
 } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, listenOn, type Endpoint } from './endpoint.js';
+import { PostcopyError } from '../base/index.js';
 
 export interface ListenOptions<B extends BlockShape> {
   endpoint: Endpoint;
@@ -69,7 +69,7 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
   constructor(private readonly options: ListenOptions<B>) {
     super();
     if (options.endpoint.kind === 'tcp' && !options.token && !options.allowNoToken) {
-      throw new MigrationError('ERR_POSTCOPY_CONFIG', `listening on ${formatEndpoint(options.endpoint)} needs a token (TCP peers must prove they know it)`);
+      throw new PostcopyError('ERR_POSTCOPY_CONFIG', `listening on ${formatEndpoint(options.endpoint)} needs a token (TCP peers must prove they know it)`);
     }
     this.token = options.token;
   }

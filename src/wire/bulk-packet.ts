@@ -14,10 +14,9 @@
 //
 // The decoder works on one contiguous buffer (the worker's receive buffer), so page data is
 // placed straight from where it was received.
-import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
-import { ProtocolError } from './errors.js';
 import { decodeUtf8 } from './reader.js';
 import { Writer, checkAligned, checkUint, nameBytes } from './writer.js';
+import { hex, ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export const BULK_MAGIC = 0x11223344;
 export const BulkFlag = { SYNC: 1, END: 2 } as const;
@@ -70,7 +69,7 @@ export function encodeBulkHeader(fields: BulkPacketFields): Buffer {
   const { flags = 0, number, idstr, normal = [], zero = [] } = fields;
   const pages = normal.length + zero.length;
   checkUint(flags, 32, 'bulk packet flags');
-  if (flags & ~KNOWN_FLAGS) throw new RangeError(`bulk packet flags 0x${flags.toString(16)} has unknown bits`);
+  if (flags & ~KNOWN_FLAGS) throw new RangeError(`bulk packet flags ${hex(flags)} has unknown bits`);
   if (pages > MAX_PACKET_PAGES) throw new RangeError(`bulk packet: ${pages} pages > ${MAX_PACKET_PAGES}`);
   if (pages > 0 && idstr === undefined) throw new RangeError('bulk packet: pages without a block');
   if (pages > 0 && flags !== 0) throw new RangeError('bulk packet: a SYNC or END packet carries no pages');
@@ -84,7 +83,7 @@ export function encodeBulkHeader(fields: BulkPacketFields): Buffer {
 
 function u64At(view: DataView, at: number, field: string): number {
   const high = view.getUint32(at);
-  if (high >= 0x200000) throw new ProtocolError(`bulk packet: ${field} 0x${view.getBigUint64(at).toString(16)} is not a safe integer`);
+  if (high >= 0x200000) throw new ProtocolError(`bulk packet: ${field} ${hex(view.getBigUint64(at))} is not a safe integer`);
   return high * 0x100000000 + view.getUint32(at + 4);
 }
 
@@ -112,9 +111,9 @@ export class BulkPacketDecoder {
     const view = new DataView(bytes.buffer, bytes.byteOffset + start, available);
     const where = `${this.channel} packet ${this.expected}`;
     const magic = view.getUint32(0);
-    if (magic !== BULK_MAGIC) throw new ProtocolError(`${where}: magic 0x${magic.toString(16)} != 0x${BULK_MAGIC.toString(16)}`);
+    if (magic !== BULK_MAGIC) throw new ProtocolError(`${where}: magic ${hex(magic)} != ${hex(BULK_MAGIC)}`);
     const flags = view.getUint32(4);
-    if (flags & ~KNOWN_FLAGS) throw new ProtocolError(`${where}: flags 0x${flags.toString(16)} has unknown bits`);
+    if (flags & ~KNOWN_FLAGS) throw new ProtocolError(`${where}: flags ${hex(flags)} has unknown bits`);
     const normal = view.getUint32(8);
     const zero = view.getUint32(12);
     const pages = normal + zero;
@@ -140,8 +139,8 @@ export class BulkPacketDecoder {
     const offsets = new Float64Array(pages);
     for (let i = 0, at = 25 + idLength; i < pages; i++, at += 8) {
       const offset = u64At(view, at, `offset[${i}]`);
-      if (offset % TARGET_PAGE_SIZE !== 0) throw new ProtocolError(`${where}: offset[${i}] 0x${offset.toString(16)} is not a multiple of ${TARGET_PAGE_SIZE}`);
-      if (offset >= info.length) throw new ProtocolError(`${where}: offset[${i}] 0x${offset.toString(16)} is past block '${info.idstr}' (length 0x${info.length.toString(16)})`);
+      if (offset % TARGET_PAGE_SIZE !== 0) throw new ProtocolError(`${where}: offset[${i}] ${hex(offset)} is not a multiple of ${TARGET_PAGE_SIZE}`);
+      if (offset >= info.length) throw new ProtocolError(`${where}: offset[${i}] ${hex(offset)} is past block '${info.idstr}' (length ${hex(info.length)})`);
       offsets[i] = offset;
     }
     if (pages > 0 && info.pageSize !== TARGET_PAGE_SIZE) this.checkWholeHostPage(info, offsets, where);
@@ -159,8 +158,8 @@ export class BulkPacketDecoder {
     const seen = new Uint8Array(perHost);
     for (let i = 0; i < offsets.length; i++) {
       const index = (offsets[i] - host) / TARGET_PAGE_SIZE;
-      if (index < 0 || index >= perHost) throw new ProtocolError(`${where}: offset[${i}] 0x${offsets[i].toString(16)} is outside host page 0x${host.toString(16)} of block '${info.idstr}'`);
-      if (seen[index]++) throw new ProtocolError(`${where}: offset[${i}] 0x${offsets[i].toString(16)} appears twice in host page 0x${host.toString(16)}`);
+      if (index < 0 || index >= perHost) throw new ProtocolError(`${where}: offset[${i}] ${hex(offsets[i])} is outside host page ${hex(host)} of block '${info.idstr}'`);
+      if (seen[index]++) throw new ProtocolError(`${where}: offset[${i}] ${hex(offsets[i])} appears twice in host page ${hex(host)}`);
     }
   }
 }

@@ -1,5 +1,7 @@
 // Wire format v1 constants. RAM flags, command and return-path numbers follow QEMU where QEMU has
 // them (migration/ram.c, savevm.c, migration.c); 0x20 and up are this project's own.
+import { hex } from '../base/index.js';
+
 
 export const MAGIC = 0x50435059; // 'PCPY'
 export const VERSION = 1;
@@ -50,7 +52,7 @@ export function ramFlagNames(flags: number): string {
       rest &= ~bit;
     }
   }
-  if (rest) names.push('0x' + rest.toString(16));
+  if (rest) names.push(hex(rest));
   return names.length ? names.join('|') : 'none';
 }
 

@@ -2,7 +2,6 @@
 // snapshot file. No I/O.
 export * from './blocks.js';
 export * from './constants.js';
-export { MigrationError, ProtocolError, isConnectionError, isProtocolError, type MigrationErrorCode } from './errors.js';
 export * from './handshake.js';
 export * from './return-path.js';
 export * from './stream-decoder.js';

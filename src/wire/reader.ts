@@ -4,8 +4,7 @@
 // bytes run out part-way the read throws NEED_MORE, the decoder rolls the cursor back and waits
 // for the next push. Only `commit()` drops bytes. This makes decoding independent of how the
 // input is split, at the cost of re-reading a header when an item straddles pushes.
-import { hex } from '../kernel/errors.js';
-import { ProtocolError } from './errors.js';
+import { hex, ProtocolError } from '../base/index.js';
 
 /** Thrown by ChunkReader when the buffered bytes end inside a read. Never escapes a decoder. */
 export const NEED_MORE: unique symbol = Symbol('postcopy.wire.needMore');

@@ -5,13 +5,11 @@
 // `u8 n, idstr`; then follow `u64 size` (bytes of bitmap), the bitmap as little-endian 64-bit
 // words (size = ceil(bits / 64) * 8, bits = postcopyLength / 4096), and `u64 0x0123456789abcdef`.
 import { Bitmap } from '../memory/bitmap.js';
-import { TARGET_PAGE_SIZE } from '../memory/ramblock.js';
 import { toLookupFunction, type BlockLookup, type BlockShape } from './blocks.js';
 import { MAX_IDSTR_BYTES, NONCE_BYTES, RECV_BITMAP_ENDING, ReturnPathType, returnPathTypeName } from './constants.js';
-import { hex } from '../kernel/errors.js';
-import { ProtocolError } from './errors.js';
 import { ChunkReader, NEED_MORE, PayloadReader, copyBytes, decodeName, decodeUtf8, u64BigInt, u64Number } from './reader.js';
 import { Writer, checkAligned, checkBytes, checkUint, nameBytes } from './writer.js';
+import { hex, ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export type ReturnPathEvent<B = BlockShape> =
   | { type: 'shut'; status: number }

@@ -5,6 +5,7 @@
 // checked, and a problem is a SnapshotFormatError naming the field, its offset and the file.
 import { crc32 } from 'node:zlib';
 import { decodeUtf8 } from './reader.js';
+import { hex, PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export const SNAPSHOT_MAGIC = 'PCSNAP01';
 export const TRAILER_MAGIC = 'PCSNEND1';
@@ -12,7 +13,7 @@ export const TRAILER_MAGIC = 'PCSNEND1';
 export const FAILED_MAGIC = 'PCSNFAIL';
 export const SNAPSHOT_VERSION = 1;
 export const REGION_ALIGN = 1 << 20;
-export const SNAPSHOT_TARGET_PAGE = 4096;
+export const SNAPSHOT_TARGET_PAGE = TARGET_PAGE_SIZE;
 const MAX_BLOCKS = 1024;
 const MAX_IDSTR = 255;
 /** A block's bitmap is a Bitmap: at most 2^32 pages. */
@@ -33,8 +34,7 @@ export const SnapshotFlag = {
 } as const;
 const KNOWN_FLAGS = SnapshotFlag.PAGE_CHECKSUMS;
 
-export class SnapshotFormatError extends Error {
-  readonly code = 'ERR_SNAPSHOT_FORMAT';
+export class SnapshotFormatError extends PostcopyError {
   /** The message without the file: "FIELD at offset N: PROBLEM". */
   readonly detail: string;
   constructor(
@@ -44,7 +44,7 @@ export class SnapshotFormatError extends Error {
     problem: string,
   ) {
     const detail = `${field} at offset ${offset}: ${problem}`;
-    super(`${file}: ${detail}`);
+    super('ERR_SNAPSHOT_FORMAT', `${file}: ${detail}`);
     this.name = 'SnapshotFormatError';
     this.detail = detail;
   }
@@ -121,7 +121,7 @@ function blockProblem(b: SnapshotBlockSpec): { field: 'idstr' | 'page size' | 'u
 /** Places every part of the file: header and block table, bitmaps, page regions, device state, trailer. */
 export function planLayout(blocks: SnapshotBlockSpec[], deviceStateLength: number, flags = 0): SnapshotLayout {
   if (blocks.length === 0 || blocks.length > MAX_BLOCKS) throw new RangeError(`snapshot: ${blocks.length} blocks (1..${MAX_BLOCKS})`);
-  if (flags & ~KNOWN_FLAGS) throw new RangeError(`snapshot: unknown flags 0x${(flags & ~KNOWN_FLAGS).toString(16)}`);
+  if (flags & ~KNOWN_FLAGS) throw new RangeError(`snapshot: unknown flags ${hex((flags & ~KNOWN_FLAGS))}`);
   if (!Number.isSafeInteger(deviceStateLength) || deviceStateLength < 0) throw new RangeError(`snapshot: device state length ${deviceStateLength}`);
   const seen = new Set<string>();
   let headerLength = FIXED_HEADER;
@@ -231,7 +231,7 @@ class FieldReader {
     const stored = this.u32(field, at);
     const actual = crc32(this.buf.subarray(from, at));
     if (stored !== actual) {
-      this.fail(field, at, `0x${stored.toString(16)} does not match bytes ${this.base + from}..${this.base + at - 1} (0x${actual.toString(16)}): ${covers} is damaged`);
+      this.fail(field, at, `${hex(stored)} does not match bytes ${this.base + from}..${this.base + at - 1} (${hex(actual)}): ${covers} is damaged`);
     }
   }
 }
@@ -262,7 +262,7 @@ function decodeFixedHeader(r: FieldReader, fileSize: number): FixedHeader {
   const version = r.u32('version', 8);
   if (version !== SNAPSHOT_VERSION) r.fail('version', 8, `${version} is not supported (this reader knows ${SNAPSHOT_VERSION})`);
   const flags = r.u32('flags', 12);
-  if (flags & ~KNOWN_FLAGS) r.fail('flags', 12, `unknown flags 0x${(flags & ~KNOWN_FLAGS).toString(16)}`);
+  if (flags & ~KNOWN_FLAGS) r.fail('flags', 12, `unknown flags ${hex((flags & ~KNOWN_FLAGS))}`);
   const targetPageSize = r.u32('target page size', 16);
   if (targetPageSize !== SNAPSHOT_TARGET_PAGE) r.fail('target page size', 16, `${targetPageSize} is not ${SNAPSHOT_TARGET_PAGE}`);
   const count = r.u32('block count', 20);

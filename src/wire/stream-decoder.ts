@@ -9,7 +9,7 @@
 // never writes to pushed chunks or to handed-out views, so a view stays valid as long as you do
 // not reuse the chunk's memory (Node socket chunks are never reused). Pass `copyPages: true` to
 // always get private copies.
-import { TARGET_PAGE_SIZE, isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
+import { isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
 import { toLookupFunction, type BlockLookup, type BlockShape } from './blocks.js';
 import {
   AUTH_BYTES,
@@ -26,9 +26,8 @@ import {
   ramFlagNames,
   roleName,
 } from './constants.js';
-import { hex } from '../kernel/errors.js';
-import { ProtocolError } from './errors.js';
 import { ChunkReader, NEED_MORE, PayloadReader, copyBytes, decodeName, u64BigInt, u64Number } from './reader.js';
+import { hex, ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export interface MemSizeBlock {
   idstr: string;

@@ -1,7 +1,7 @@
 // Encoders of the source -> destination stream. Record-level functions produce exactly the bytes
 // of one item; StreamEncoder adds the per-channel state (is a RAM frame open, which block was
 // named last) and sets CONTINUE the way QEMU's save_page_header does.
-import { TARGET_PAGE_SIZE, isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
+import { isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
 import {
   AUTH_BYTES,
   Command,
@@ -18,6 +18,7 @@ import {
 } from './constants.js';
 import type { ByteRange, HelloFields, MemSizeBlock } from './stream-decoder.js';
 import { Writer, checkAligned, checkBytes, checkU64, checkUint, nameBytes, shortStringBytes } from './writer.js';
+import { hex, TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** A block named by idstr, or an object with one; `postcopyLength`/`pageSize` are checked when present. */
 export type BlockRef = string | { readonly idstr: string; readonly postcopyLength?: number; readonly pageSize?: number };
@@ -30,7 +31,7 @@ function refName(block: BlockRef): string {
 function checkPageOffset(block: BlockRef, offset: number, field: string): void {
   checkAligned(offset, TARGET_PAGE_SIZE, field);
   if (typeof block !== 'string' && block.postcopyLength !== undefined && offset >= block.postcopyLength) {
-    throw new RangeError(`${field} 0x${offset.toString(16)} is at or beyond block '${block.idstr}' postcopy length 0x${block.postcopyLength.toString(16)}`);
+    throw new RangeError(`${field} ${hex(offset)} is at or beyond block '${block.idstr}' postcopy length ${hex(block.postcopyLength)}`);
   }
 }
 
@@ -88,7 +89,7 @@ export function encodePing(value: number): Buffer {
 export function encodeAdvise(pageSizeSummary: number, targetPageSize: number = TARGET_PAGE_SIZE): Buffer {
   checkAligned(pageSizeSummary, TARGET_PAGE_SIZE, 'POSTCOPY_ADVISE page size summary');
   if (!isPageSizeSummary(pageSizeSummary)) {
-    throw new RangeError(`POSTCOPY_ADVISE page size summary 0x${pageSizeSummary.toString(16)} is not an OR of page sizes from 4 KiB to 1 GiB`);
+    throw new RangeError(`POSTCOPY_ADVISE page size summary ${hex(pageSizeSummary)} is not an OR of page sizes from 4 KiB to 1 GiB`);
   }
   checkU64(targetPageSize, 'POSTCOPY_ADVISE target page size');
   return encodeCommand(Command.POSTCOPY_ADVISE, new Writer(16).u64(pageSizeSummary).u64(targetPageSize).done());
@@ -130,9 +131,9 @@ export function encodeDiscard(block: BlockRef, ranges: Iterable<ByteRange>): Buf
   for (const [start, length] of ranges) {
     checkAligned(start, alignment, `POSTCOPY_RAM_DISCARD '${idstr}' range start`);
     checkAligned(length, alignment, `POSTCOPY_RAM_DISCARD '${idstr}' range length`);
-    if (length === 0) throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range at 0x${start.toString(16)} is empty`);
+    if (length === 0) throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range at ${hex(start)} is empty`);
     if (limit !== undefined && start + length > limit) {
-      throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range 0x${start.toString(16)}+0x${length.toString(16)} extends beyond postcopy length 0x${limit.toString(16)}`);
+      throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range ${hex(start)}+${hex(length)} extends beyond postcopy length ${hex(limit)}`);
     }
     list.push([start, length]);
   }
@@ -157,7 +158,7 @@ export function encodeRecvBitmapCommand(block: BlockRef): Buffer {
 /** The PACKAGED command (`u16 len` = 4, payload `u32 length`); the blob's bytes must follow it. */
 export function encodePackagedHeader(length: number, maxBytes: number = DEFAULT_MAX_PACKAGED_BYTES): Buffer {
   checkUint(length, 32, 'PACKAGED length');
-  if (length > maxBytes) throw new RangeError(`PACKAGED length 0x${length.toString(16)} exceeds the limit 0x${maxBytes.toString(16)}`);
+  if (length > maxBytes) throw new RangeError(`PACKAGED length ${hex(length)} exceeds the limit ${hex(maxBytes)}`);
   return encodeCommand(Command.PACKAGED, new Writer(4).u32(length).done());
 }
 

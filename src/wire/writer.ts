@@ -2,6 +2,7 @@
 // is a programming error, so these throw RangeError/TypeError rather than ProtocolError.
 import { checkIdstr } from '../memory/ramblock.js';
 import { MAX_IDSTR_BYTES } from './constants.js';
+import { hex } from '../base/index.js';
 
 export class Writer {
   readonly buffer: Buffer;
@@ -81,7 +82,7 @@ export function checkU64(value: number, field: string): void {
 
 export function checkAligned(value: number, alignment: number, field: string): void {
   checkU64(value, field);
-  if (value % alignment !== 0) throw new RangeError(`${field} 0x${value.toString(16)} is not a multiple of 0x${alignment.toString(16)}`);
+  if (value % alignment !== 0) throw new RangeError(`${field} ${hex(value)} is not a multiple of ${hex(alignment)}`);
 }
 
 export function checkBytes(data: Uint8Array, length: number, field: string): void {
