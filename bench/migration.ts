@@ -12,7 +12,7 @@
 // verify fails the scenario.
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import type { PostcopyReport } from '../src/incoming/index.js';
+import type { IncomingReport } from '../src/incoming/index.js';
 import type { OutgoingReport } from '../src/outgoing/index.js';
 import { killOnExit } from './children.js';
 import type { MigrationSpec } from './scenarios.js';
@@ -24,7 +24,7 @@ const DEMO_TIMEOUT_MS = 300_000;
 const STDERR_TAIL_LINES = 20;
 
 /** What `postcopy demo --json` prints (src/cli/demo.ts): the destination's report and the source's. */
-interface DemoReport extends PostcopyReport {
+interface DemoReport extends IncomingReport {
   verified: boolean;
   peak_rss_mb?: number;
   downtime_to_run_ms?: number;

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Mapping } from '../src/kernel/index.js';
 import { RamBlock, RamList } from '../src/memory/index.js';
-import { IncomingMigration, type GuestBlock, type PostcopyReport } from '../src/incoming/index.js';
+import { IncomingMigration, type IncomingReport } from '../src/incoming/index.js';
 import { IncomingListener } from '../src/transport/index.js';
 import { killOnExit } from './children.js';
 import type { PostcopySpec } from './scenarios.js';
@@ -35,6 +35,7 @@ import type {
   ThroughputResult,
 } from './types.js';
 import { round, TARGET_PAGE_SIZE } from '../src/base/index.js';
+import { type GuestBlock } from '../src/pager/index.js';
 
 const PAGE = TARGET_PAGE_SIZE;
 const GIB = 1 << 30;
@@ -106,7 +107,7 @@ interface Destination {
   port: number;
   token: string;
   run: Promise<void>;
-  end: Promise<PostcopyReport>;
+  end: Promise<IncomingReport>;
   /**
    * performance.timeOrigin-based ms of RUN received and of the end, and the main thread's stats
    * and the whole process's CPU ms then.
@@ -131,8 +132,8 @@ async function destination(length: number, guestThreads: number): Promise<Destin
     at.runCpuMs = processCpuMs();
     resolve();
   }));
-  const end = new Promise<PostcopyReport>((resolve, reject) => {
-    migration.once('end', (report: PostcopyReport) => {
+  const end = new Promise<IncomingReport>((resolve, reject) => {
+    migration.once('end', (report: IncomingReport) => {
       at.end = performance.timeOrigin + performance.now();
       at.endStats = mainThreadStats();
       at.endCpuMs = processCpuMs();

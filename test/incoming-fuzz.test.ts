@@ -6,11 +6,12 @@ import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
-import { IncomingMigration, type GuestBlock } from '../src/incoming/index.js';
+import { IncomingMigration } from '../src/incoming/index.js';
 import { IncomingListener, connectChannel, type AcceptedChannel } from '../src/transport/index.js';
 import { StreamEncoder } from '../src/wire/index.js';
 import { patternImage } from './support/serve.js';
 import { featureSkip } from './support/hugepages.js';
+import { type GuestBlock } from '../src/pager/index.js';
 
 const PAGE = 4096;
 const PAGES = 4;

@@ -2,11 +2,11 @@
 // message naming the field and value (or the state and command), and the process lives on.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { IncomingStateMachine } from '../src/incoming/index.js';
 import { FrameKind, RamFlag } from '../src/wire/index.js';
 import { PAGE, destination as makeDestination } from './support/destination.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
 import { sleep, startToucher, waitFor } from './support/threads.js';
+import { IncomingStateMachine } from '../src/incoming/state.js';
 
 /** A destination that fails (rather than pauses) when its connection breaks. */
 const destination = (pageSize = PAGE, length = 1 << 21, stopGuest?: () => Promise<void>) =>

@@ -7,9 +7,9 @@ import { connect, type Socket } from 'node:net';
 import { readdirSync } from 'node:fs';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
 import { IncomingListener, connectChannel, type Endpoint } from '../src/transport/index.js';
-import type { GuestBlock } from '../src/incoming/index.js';
 import { ReturnPathDecoder, Role, StreamEncoder } from '../src/wire/index.js';
 import { waitFor } from './support/threads.js';
+import { type GuestBlock } from '../src/pager/index.js';
 
 const blocks = new RamList<Mapping>([new RamBlock<Mapping>({ idstr: 'ram0', usedLength: 1 << 20 })]);
 const openDescriptors = () => readdirSync('/proc/self/fd').length;

@@ -4,11 +4,11 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { Capability, ResumeState, type ReturnPathEvent } from '../src/wire/index.js';
-import type { GuestBlock } from '../src/incoming/index.js';
 import { PAGE, destination, filledPage, returnPath } from './support/destination.js';
 import { featureSkip } from './support/hugepages.js';
 import { probeFeatures, type Userfaultfd } from '../src/kernel/index.js';
 import { sleep, startToucher, waitFor } from './support/threads.js';
+import { type GuestBlock } from '../src/pager/index.js';
 
 const skip = featureSkip();
 type Requests = Extract<ReturnPathEvent<GuestBlock>, { type: 'req-pages' }>;

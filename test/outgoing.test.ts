@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
 import { PM_PRESENT, PagemapReader } from '../src/kernel/index.js';
-import { IncomingMigration, type GuestBlock } from '../src/incoming/index.js';
+import { IncomingMigration } from '../src/incoming/index.js';
 import { OutgoingMigration, convergenceJudge, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
 import { IncomingListener, connectChannel, type ChannelRole } from '../src/transport/index.js';
 import { Capability } from '../src/wire/index.js';
@@ -15,6 +15,7 @@ import { patternImage } from './support/serve.js';
 import { featureSkip } from './support/hugepages.js';
 import { waitFor } from './support/threads.js';
 import { startPageWriter, startWriter } from './support/writer.js';
+import { type GuestBlock } from '../src/pager/index.js';
 
 const skip = featureSkip('PAGEFAULT_FLAG_WP');
 const SIZE = 8 << 20;
@@ -83,7 +84,7 @@ test('a destination that goes silent (no bytes, no close) is noticed within the 
   const p = await pair({ stallSeconds: 1, recoverSeconds: 0 }, { recoverSeconds: 0, stallSeconds: 60 });
   try {
     // the destination stops reading and answering: a partition seen from the source
-    (p.migration as unknown as { main: { socket: { pause(): void } } }).main.socket.pause();
+    (p.migration as unknown as { connection: { main: { socket: { pause(): void } } } }).connection.main.socket.pause();
     p.migration.removeAllListeners('state');
     const start = Date.now();
     await assert.rejects(p.outgoing.run(), (error: Error & { code: string }) => {

@@ -6,7 +6,7 @@
 import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../incoming/index.js';
 import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
-import type { GuestBlock } from '../incoming/index.js';
+import type { GuestBlock } from '../pager/index.js';
 import { usage, endpointOption, livenessConfig, numberOption, parseOptions, readToken } from './options.js';
 import { peakRssMiB } from './output.js';
 import { verifyGuests, type DeviceState } from './reference-guest.js';

@@ -4,11 +4,11 @@
 import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { PostcopyError, ProtocolError } from '../base/index.js';
 import { duplicateDescriptor, type Userfaultfd } from '../kernel/index.js';
 import type { Channel } from '../transport/index.js';
+import type { GuestBlock } from '../pager/index.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
-import type { GuestBlock } from './placement.js';
-import { PostcopyError, ProtocolError } from '../base/index.js';
 
 const WORKER_PATH = join(__dirname, 'bulk-worker.js');
 /** How long a worker asked to stop may take before it is terminated. */

@@ -12,16 +12,14 @@
 import { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
-import { errnoError } from '../kernel/errors.js';
-import { attachMapping } from '../kernel/mapping.js';
-import { SelfMemory } from '../kernel/self-memory.js';
+import { TARGET_PAGE_SIZE, isConnectionError } from '../base/index.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
-import { ZERO_PAGE, isZero } from '../memory/zero.js';
-import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, MAX_PACKET_PAGES, type BulkPacket } from '../wire/bulk-packet.js';
+import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, type BulkPacket } from '../wire/bulk-packet.js';
 import { channelClosedMessage } from '../transport/channel.js';
+import { HugePageAssembler } from '../pager/huge-page-assembler.js';
+import { PrecopyWriter } from '../pager/precopy-writer.js';
+import { RunPlacer } from '../pager/run-placer.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
-import { retryOnEagain } from './placement.js';
-import { EEXIST, hex, isConnectionError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** The receive buffer: several packets, so that one read brings many. */
 const RECEIVE_BYTES = 4 << 20;
@@ -56,14 +54,12 @@ class BulkWorker {
   private end = 0;
   private readonly decoder: BulkPacketDecoder;
   private readonly socket: Socket;
-  /** Precopy writes go through /proc/self/mem (see SelfMemory); `memory` views where it cannot be opened. */
-  private selfMemory = SelfMemory.open();
-  private readonly memory: (Buffer | undefined)[];
-  /** What a run of zero pages holds now (precopy: only pages not already zero are written). */
-  private zeroCheck: Buffer | undefined;
+  /** Before LISTEN: plain writes. */
+  private writer: PrecopyWriter | undefined;
+  /** From LISTEN on: atomic placement, one target per block. */
   private placers: RangePlacer[] | undefined;
-  private hugePage: Uint8Array | undefined;
-  private zeroHugePage: Uint8Array | undefined;
+  private readonly runs = new RunPlacer();
+  private assembler: HugePageAssembler | undefined;
   /** After SYNC: nothing more is read or applied until LISTEN. */
   private waitingForListen = false;
   private done = false;
@@ -74,8 +70,8 @@ class BulkWorker {
 
   constructor(private readonly task: BulkWorkerTask) {
     this.decoder = new BulkPacketDecoder(task.blocks, task.channel);
-    this.memory = task.blocks.map(() => undefined);
     if (task.uffdFd !== undefined) this.listen(task.uffdFd);
+    else this.writer = new PrecopyWriter(task.blocks);
     // onread (Node's own option, missing from @types/node's constructor options): reads go
     // straight into the receive buffer, after what is there already
     const options = {
@@ -107,7 +103,8 @@ class BulkWorker {
 
   private listen(uffdFd: number): void {
     this.placers = this.task.blocks.map((b) => new RangePlacer(uffdFd, b.address, b.length));
-    this.memory.fill(undefined); // plain writes end here
+    this.writer?.close(); // plain writes end here
+    this.writer = undefined;
   }
 
   /**
@@ -169,7 +166,7 @@ class BulkWorker {
     const block = this.task.blocks[packet.block];
     if (this.placers) {
       if (block.pageSize === TARGET_PAGE_SIZE) this.placeRuns(packet);
-      else this.placeHugePage(packet, block.pageSize);
+      else this.placeHugePage(packet);
     } else {
       this.write(packet);
     }
@@ -181,76 +178,33 @@ class BulkWorker {
    */
   private write(packet: BulkPacket): void {
     forEachRun(packet, (offset, length, dataAt) => {
-      if (dataAt < 0) this.writeZeros(packet.block, offset, length);
-      else this.writeRun(packet.block, offset, packet.bytes, dataAt, length);
+      if (dataAt < 0) this.writer!.writeZeros(packet.block, offset, length);
+      else this.writer!.write(packet.block, offset, packet.bytes, dataAt, length);
       this.note(packet.block, offset, length, dataAt < 0);
     });
   }
 
-  private writeRun(block: number, offset: number, src: Uint8Array, srcOffset: number, length: number): void {
-    const b = this.task.blocks[block];
-    if (this.selfMemory) return this.selfMemory.write(b.address + offset, src, srcOffset, length);
-    const memory = (this.memory[block] ??= Buffer.from(attachMapping(BigInt(b.address), b.length)));
-    memory.set(src.subarray(srcOffset, srcOffset + length), offset);
-  }
-
-  private writeZeros(block: number, offset: number, length: number): void {
-    const b = this.task.blocks[block];
-    let now: Uint8Array;
-    let at: number;
-    if (this.selfMemory) {
-      now = this.zeroCheck ??= Buffer.allocUnsafe(MAX_PACKET_PAGES * TARGET_PAGE_SIZE);
-      at = 0;
-      this.selfMemory.read(b.address + offset, now, 0, length);
-    } else {
-      now = this.memory[block] ??= Buffer.from(attachMapping(BigInt(b.address), b.length));
-      at = offset;
-    }
-    for (let page = 0; page < length; page += TARGET_PAGE_SIZE) {
-      if (!isZero(now, at + page, TARGET_PAGE_SIZE)) this.writeRun(block, offset + page, ZERO_PAGE, 0, TARGET_PAGE_SIZE);
-    }
-  }
-
   /** 4 KiB pages: each run of contiguous offsets is one ioctl, copied straight from the receive buffer. */
   private placeRuns(packet: BulkPacket): void {
-    forEachRun(packet, (offset, length, dataAt) => this.placeRun(packet.block, offset, dataAt < 0 ? null : packet.bytes, Math.max(0, dataAt), length));
+    const block = this.task.blocks[packet.block];
+    forEachRun(packet, (offset, length, dataAt) => {
+      this.runs.place(this.placers![packet.block], block, offset, dataAt < 0 ? null : packet.bytes, Math.max(0, dataAt), length);
+      this.note(packet.block, offset, length, dataAt < 0);
+    });
   }
 
-  private placeRun(block: number, offset: number, src: Uint8Array | null, srcOffset: number, length: number): void {
-    const placer = this.placers![block];
-    const status = retryOnEagain(() => (src ? placer.tryCopy(offset, src, length, srcOffset) : placer.tryZeropage(offset, length)));
-    const done = status < 0 ? placer.lastCount : length;
-    if (done > 0) this.note(block, offset, done, src === null);
-    // a page already there stopped the kernel: the rest one by one
-    for (let at = done; at < length; at += TARGET_PAGE_SIZE) {
-      const page = retryOnEagain(() => (src ? placer.tryCopy(offset + at, src, TARGET_PAGE_SIZE, srcOffset + at) : placer.tryZeropage(offset + at, TARGET_PAGE_SIZE)));
-      if (page < 0 && page !== EEXIST) this.placementFailed(page, block, offset + at, TARGET_PAGE_SIZE, src !== null);
-      this.note(block, offset + at, TARGET_PAGE_SIZE, src === null);
+  /** A huge page: its target pages (one packet holds all of them) assembled, then one atomic copy. */
+  private placeHugePage(packet: BulkPacket): void {
+    const { offsets, normal, bytes, dataOffset } = packet;
+    const block = this.task.blocks[packet.block];
+    const assembler = this.assembler?.buffer.length === block.pageSize ? this.assembler : (this.assembler = new HugePageAssembler(this.task.channel, block.pageSize));
+    for (let i = 0; i < offsets.length; i++) {
+      assembler.add(block, offsets[i], i < normal ? bytes.subarray(dataOffset + i * TARGET_PAGE_SIZE, dataOffset + (i + 1) * TARGET_PAGE_SIZE) : null);
     }
-  }
-
-  /** A huge page: its target pages (one packet holds all of them) gathered, then one atomic copy. */
-  private placeHugePage(packet: BulkPacket, pageSize: number): void {
-    const { offsets, normal, bytes, dataOffset, block } = packet;
-    const host = offsets[0] - (offsets[0] % pageSize);
-    let src: Uint8Array;
-    if (normal === 0) src = this.zeroHugePage ??= new Uint8Array(pageSize);
-    else {
-      src = this.hugePage?.length === pageSize ? this.hugePage : (this.hugePage = new Uint8Array(pageSize));
-      for (let i = 0; i < offsets.length; i++) {
-        const at = offsets[i] - host;
-        if (i < normal) src.set(bytes.subarray(dataOffset + i * TARGET_PAGE_SIZE, dataOffset + (i + 1) * TARGET_PAGE_SIZE), at);
-        else src.fill(0, at, at + TARGET_PAGE_SIZE);
-      }
-    }
-    const status = retryOnEagain(() => this.placers![block].tryCopy(host, src, pageSize));
-    if (status < 0 && status !== EEXIST) this.placementFailed(status, block, host, pageSize, true);
-    this.note(block, host, pageSize, normal === 0);
-  }
-
-  private placementFailed(status: number, block: number, offset: number, length: number, copy: boolean): never {
-    throw errnoError(status, copy ? 'ioctl(UFFDIO_COPY)' : 'ioctl(UFFDIO_ZEROPAGE)',
-      `${this.task.channel}: block '${this.task.blocks[block].idstr}' offset ${hex(offset)} length ${length}`);
+    const zero = assembler.allZero;
+    this.runs.place(this.placers![packet.block], block, assembler.hostOffset, zero ? null : assembler.buffer, 0, block.pageSize);
+    this.note(packet.block, assembler.hostOffset, block.pageSize, zero);
+    assembler.reset();
   }
 
   /** Pages now in memory (placed, or already there), coalesced into ranges until the next report. */
@@ -283,15 +237,17 @@ class BulkWorker {
   private fail(error: Error, connection: boolean): void {
     if (this.done) return;
     this.close();
-    this.post({ type: 'failed', message: error.message, code: (error as { code?: string }).code ?? 'ERR_POSTCOPY_PROTOCOL', connection });
+    const { channel } = this.task;
+    const message = error.message.startsWith(channel) ? error.message : `${channel}: ${error.message}`;
+    this.post({ type: 'failed', message, code: (error as { code?: string }).code ?? 'ERR_POSTCOPY_PROTOCOL', connection });
   }
 
   private close(): void {
     this.done = true;
     clearInterval(this.stallTimer);
     this.socket.destroy();
-    this.selfMemory?.close();
-    this.selfMemory = undefined;
+    this.writer?.close();
+    this.writer = undefined;
     this.placers = undefined; // the main thread closes the userfaultfd's duplicate once this thread is gone
   }
 

@@ -1,6 +1,5 @@
-export * from './fault-service.js';
-export * from './incoming.js';
-export * from './placement.js';
-export * from './state.js';
-export * from './stats.js';
-export * from './temp-page.js';
+// The destination of a migration.
+export { IncomingMigration } from './incoming.js';
+export type { IncomingOptions } from './options.js';
+export type { IncomingReport } from './report.js';
+export type { IncomingState } from './state.js';

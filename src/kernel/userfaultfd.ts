@@ -33,7 +33,7 @@ import {
   type RegisterMode,
 } from './constants.js';
 import { argumentError, coded, errnoError, type CodedError } from './errors.js';
-import { EBADF, EFAULT, hex, PostcopyError } from '../base/index.js';
+import { EBADF, EFAULT, hex, PostcopyError, RangeIndex } from '../base/index.js';
 import { EventBatch } from './events.js';
 import { probeFeatures } from './features.js';
 
@@ -47,13 +47,6 @@ export interface OpenOptions {
 export interface WakeOption {
   /** Leave blocked threads asleep (wake them later with `wake`). */
   dontWake?: boolean;
-}
-
-/** A range registered on this descriptor, inside one Mapping. */
-interface Registered {
-  start: number;
-  end: number;
-  mapping: Mapping;
 }
 
 /** The last range call of this thread was refused: the addon's count is older (like it, per thread). */
@@ -80,8 +73,8 @@ export class Userfaultfd {
   private batch: EventBatch | undefined;
   /** The descriptor for the placement calls; -1 once closed (a reused number is never hit). */
   private descriptor: number;
-  /** Sorted by start and disjoint; entries whose Mapping was unmapped since cover nothing. */
-  private ranges: Registered[] = [];
+  /** The ranges registered here, by the Mapping that holds each; an unmapped one covers nothing. */
+  private ranges = new RangeIndex<Mapping>();
 
   /**
    * Opens a userfaultfd and does the UFFDIO_API handshake. The kernel allows the handshake
@@ -287,7 +280,7 @@ export class Userfaultfd {
   close(): void {
     this.native.close();
     this.descriptor = -1;
-    this.ranges = [];
+    this.ranges = new RangeIndex<Mapping>();
   }
 
   /** A call the running kernel does not have fails naming the feature, not with the kernel's bare EINVAL. */
@@ -307,20 +300,8 @@ export class Userfaultfd {
    * still mapped. Runs on every placement: a binary search over a few ranges, no allocation.
    */
   private covers(address: Address, length: number): boolean {
-    const at = position(address);
     if (typeof length !== 'number') return false;
-    const ranges = this.ranges;
-    let lo = 0;
-    let hi = ranges.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (ranges[mid].end <= at) lo = mid + 1;
-      else hi = mid;
-    }
-    // the first range to end after `at` is the only one that can hold it (NaN finds none)
-    if (lo === ranges.length) return false;
-    const range = ranges[lo];
-    return at >= range.start && at + length <= range.end && range.mapping.mapped;
+    return this.ranges.find(position(address), length)?.mapped ?? false;
   }
 
   /** For the throwing forms: throws why the range is refused, if it is. */
@@ -356,22 +337,23 @@ export class Userfaultfd {
    * one Mapping. Ranges of Mappings unmapped since go: the kernel has dropped them.
    */
   private record(start: number, end: number, mapping?: Mapping): void {
-    const cut: Registered[] = [];
-    for (const range of this.ranges) {
-      if (!range.mapping.mapped) continue;
+    const cut: { start: number; end: number; value: Mapping }[] = [];
+    for (const range of this.ranges.entries()) {
+      if (!range.value.mapped) continue;
       if (range.start < start) cut.push({ ...range, end: Math.min(range.end, start) });
       if (range.end > end) cut.push({ ...range, start: Math.max(range.start, end) });
     }
-    if (mapping) cut.push({ start, end, mapping });
+    if (mapping) cut.push({ start, end, value: mapping });
     cut.sort((a, b) => a.start - b.start);
-    const joined: Registered[] = [];
+    const joined: typeof cut = [];
     for (const range of cut) {
       const last = joined[joined.length - 1];
-      if (last && last.mapping === range.mapping && last.end === range.start) last.end = range.end;
+      if (last && last.value === range.value && last.end === range.start) last.end = range.end;
       else joined.push(range);
     }
-    this.ranges = joined;
+    this.ranges = new RangeIndex(joined);
   }
+
 }
 
 /**

@@ -17,7 +17,7 @@ import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { Bitmap } from '../memory/bitmap.js';
 import { isZero } from '../memory/zero.js';
-import { LatencyHistogram } from '../incoming/stats.js';
+import { LatencyHistogram } from '../pager/index.js';
 import { probeFeatures } from '../kernel/features.js';
 import { Userfaultfd, type EventBatch, type Feature, type Mapping } from '../kernel/index.js';
 import { SnapshotWriter, readFully, writeFully } from './file.js';

@@ -12,10 +12,7 @@ import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { exitNow, type Mapping, type Userfaultfd } from '../kernel/index.js';
 import { RamBlock } from '../memory/index.js';
-import { FaultService } from '../incoming/fault-service.js';
-import { PagePlacer, openForMissing, type GuestBlock } from '../incoming/placement.js';
-import { blocktimePerThread, latencyReport, type PostcopyReport } from '../incoming/stats.js';
-import { endGuestSurely } from '../incoming/sure-stop.js';
+import { FaultService, PagePlacer, blocktimePerThread, endGuestSurely, latencyReport, openForMissing, type GuestBlock, type LatencyReport } from '../pager/index.js';
 import { SnapshotFormatError } from '../wire/snapshot-format.js';
 import { SnapshotReader } from './file.js';
 import { checkTargets, runFrom } from './restore-targets.js';
@@ -65,7 +62,7 @@ export interface LazyRestoreReport {
   pages: { total: number; by_fault: number; by_prefetch: number; zero: number; already_present: number };
   faults: number;
   /** From the fault's read off the userfaultfd to the placement that ends its wait. */
-  latency_us: PostcopyReport['latency_us'];
+  latency_us: LatencyReport;
   blocktime_ms: number;
   blocktime_per_thread_ms: Record<string, number>;
   /** From the start until every page was present (null until then). */
@@ -267,7 +264,6 @@ export class LazyRestore extends EventEmitter {
     const count = end - page;
     const offset = page * block.pageSize;
     const length = count * block.pageSize;
-    const huge = block.pageSize !== TARGET_PAGE_SIZE;
     let data: Uint8Array | null = null;
     if (run.present) {
       data = this.scratch.subarray(0, length);
@@ -280,8 +276,7 @@ export class LazyRestore extends EventEmitter {
     } else {
       this.counts.zero += count;
     }
-    if (huge) this.placer.place(block, offset, data);
-    else this.placer.placeRun(block, offset, data, length);
+    this.placer.place(block, offset, data, length);
     if (source === 'fault') this.counts.byFault += count;
     else this.counts.byPrefetch += count;
   }

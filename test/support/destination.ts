@@ -1,10 +1,11 @@
 // An IncomingMigration on one block, listening on loopback, with a hand-driven source: the
 // test writes the stream with the source's encoder and reads the return path itself.
 import { Mapping, RamBlock, RamList } from '../../src/index.js';
-import { IncomingMigration, type GuestBlock, type IncomingOptions } from '../../src/incoming/index.js';
+import { IncomingMigration, type IncomingOptions } from '../../src/incoming/index.js';
 import { IncomingListener, connectChannel, type ChannelRole, type ConnectedChannel } from '../../src/transport/index.js';
 import type { ReturnPathEvent } from '../../src/wire/index.js';
 import { waitFor } from './threads.js';
+import { type GuestBlock } from '../../src/pager/index.js';
 
 export const PAGE = 4096;
 

@@ -3,9 +3,9 @@
 // once the guest is stopped, and a guest that cannot be stopped (a thread blocked in a fault
 // cannot be ended from JavaScript) is declared stuck: `stuck` ends those threads, by default
 // by ending the process (exitNow). See docs/architecture.md, "Ending for sure".
-import type { Userfaultfd } from '../kernel/index.js';
-import type { GuestBlock } from './placement.js';
 import { TARGET_PAGE_SIZE } from '../base/index.js';
+import type { Userfaultfd } from '../kernel/index.js';
+import type { GuestBlock } from './guest-block.js';
 
 export interface FailedGuest {
   uffd: Userfaultfd;

@@ -4,10 +4,10 @@
 // never left to chance: one still unanswered after a timeout is sent again (resendOverdue),
 // and after a recovery every pending request is sent again (resendAll).
 import { performance } from 'node:perf_hooks';
+import { PostcopyError, RangeIndex, hex } from '../base/index.js';
 import type { EventBatch, Userfaultfd } from '../kernel/index.js';
-import type { GuestBlock } from './placement.js';
+import type { GuestBlock } from './guest-block.js';
 import { Blocktime, LatencyHistogram } from './stats.js';
-import { hex, PostcopyError } from '../base/index.js';
 
 /** Asks the source for a host page; false when no connection can carry the request now. */
 export type PageRequester = (block: GuestBlock, offset: number, length: number) => boolean;
@@ -30,8 +30,8 @@ export class FaultService {
   requests = 0;
   /** Requests sent again because the page had not arrived in time or the connection changed. */
   resent = 0;
-  private readonly blocks: GuestBlock[];
-  /** Each block's position in `blocks` (sorted by address): part of a pending page's key. */
+  /** The blocks by address; a block's position here is part of a pending page's key. */
+  private readonly blocks: RangeIndex<GuestBlock>;
   private readonly indexOf = new Map<GuestBlock, number>();
   /** Requested host pages, keyed by block index and host page number. */
   private readonly pending = new Map<number, Pending>();
@@ -43,8 +43,8 @@ export class FaultService {
     private readonly onError: (error: Error) => void,
     guestThreads = 0,
   ) {
-    this.blocks = [...blocks].sort((a, b) => a.host!.base - b.host!.base);
-    this.blocks.forEach((block, i) => this.indexOf.set(block, i));
+    this.blocks = new RangeIndex(blocks.map((b) => ({ start: b.host!.base, end: b.host!.base + b.host!.length, value: b })));
+    for (let i = 0; i < this.blocks.size; i++) this.indexOf.set(this.blocks.valueAt(i), i);
     this.blocktime = new Blocktime(guestThreads);
   }
 
@@ -127,31 +127,18 @@ export class FaultService {
     return blockIndex * 2 ** 32 + offset / pageSize;
   }
 
-  private blockAt(address: number): number {
-    let lo = 0;
-    let hi = this.blocks.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const mapping = this.blocks[mid].host!;
-      if (address < mapping.base) hi = mid - 1;
-      else if (address >= mapping.base + mapping.length) lo = mid + 1;
-      else return mid;
-    }
-    return -1;
-  }
-
   private handle(batch: EventBatch): void {
     const now = performance.now();
     for (let i = 0; i < batch.count; i++) {
       if (!batch.isPagefault(i)) continue;
       this.faults++;
       const address = batch.address(i);
-      const index = this.blockAt(address);
+      const index = this.blocks.indexOf(address);
       if (index < 0) {
         this.onError(new PostcopyError('ERR_POSTCOPY_INTERNAL', `fault at ${hex(address)} is outside every block`));
         continue;
       }
-      const block = this.blocks[index];
+      const block = this.blocks.valueAt(index);
       const offset = address - block.host!.base;
       const hostOffset = offset - (offset % block.pageSize);
       if (block.isHostPageReceived(hostOffset)) {

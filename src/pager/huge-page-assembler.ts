@@ -1,13 +1,18 @@
-// One temp host page per channel (QEMU's PostcopyTmpPage): the target pages of a huge host
-// page are gathered here and placed in one atomic UFFDIO_COPY once all have arrived. A host
-// page is never split across channels, so a target page of another host page arriving
+// One huge page assembled per channel (QEMU's PostcopyTmpPage): the target pages of a huge
+// host page are gathered here and placed in one atomic UFFDIO_COPY once all have arrived. A
+// host page is never split across channels, so a target page of another host page arriving
 // before this one is complete is a protocol error.
-import type { RamBlock } from '../memory/index.js';
-import { hex, ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
+import { ProtocolError, TARGET_PAGE_SIZE, hex } from '../base/index.js';
 
-export class TempPage {
+/** What the assembler needs to know of a block. */
+export interface HugePageBlock {
+  readonly idstr: string;
+  readonly pageSize: number;
+}
+
+export class HugePageAssembler {
   readonly buffer: Uint8Array;
-  block: RamBlock | undefined;
+  block: HugePageBlock | undefined;
   /** Offset in the block of the host page being gathered. */
   hostOffset = 0;
   targetPages = 0;
@@ -20,15 +25,11 @@ export class TempPage {
     this.seen = new Uint8Array(maxPageSize / TARGET_PAGE_SIZE);
   }
 
-  get busy(): boolean {
-    return this.targetPages > 0;
-  }
-
   /**
    * Adds one target page (data, or null for a zero page). Returns true when the host page is
    * complete and ready to place.
    */
-  add(block: RamBlock, offset: number, data: Uint8Array | null): boolean {
+  add(block: HugePageBlock, offset: number, data: Uint8Array | null): boolean {
     const hostOffset = offset - (offset % block.pageSize);
     if (this.targetPages === 0) {
       this.block = block;
@@ -49,7 +50,7 @@ export class TempPage {
     if (data) {
       this.buffer.set(data, at);
       this.allZero = false;
-    } else if (block.pageSize !== TARGET_PAGE_SIZE) {
+    } else {
       this.buffer.fill(0, at, at + TARGET_PAGE_SIZE);
     }
     this.targetPages++;

@@ -1,51 +1,22 @@
-// Postcopy statistics as QEMU 10.1 reports them: total blocktime (time during which every
-// guest thread was blocked), blocktime per thread, page-request latency (average and a
-// histogram of power-of-two microsecond buckets), page counts, bytes, durations, downtime.
+// A pager's statistics as QEMU 10.1 reports postcopy's: total blocktime (time during which
+// every guest thread was blocked), blocktime per thread, and fault latency (average and a
+// histogram of power-of-two microsecond buckets).
 import { round } from '../base/index.js';
-
 
 export const LATENCY_BUCKETS = 24; // bucket i holds latencies in [2^(i-1), 2^i) µs; bucket 0: < 1 µs
 
-export interface PostcopyReport {
-  state: string;
-  /**
-   * Target pages. precopy: written before LISTEN (a page sent in several rounds counts each
-   * time); missing_at_listen: not in memory when postcopy began (never sent, or discarded);
-   * each of those is placed exactly once afterwards, as streamed (the background stream) or
-   * requested (a guest thread faulted on it), so streamed + requested = missing_at_listen;
-   * duplicate: arrived again after it was placed (a request raced the stream, or a page placed
-   * before a broken connection came again), not placed twice.
-   */
-  pages: { precopy: number; streamed: number; requested: number; zero: number; discarded: number; duplicate: number; missing_at_listen: number };
-  /** Page requests sent to the source; `resent`: asked again (timeout, or after a recovery). */
-  requests: { sent: number; resent: number };
-  /** Broken connections recovered from, and the time spent PAUSED. */
-  recoveries: number;
-  paused_ms: number;
-  /** Guest memory size. */
-  bytes_total: number;
-  /** Bytes read from the source on every channel, framing included. */
-  bytes_received: number;
-  /** Bulk channels of the migration (0: pages came on the main channel). */
-  bulk_channels: number;
-  blocktime_ms: number;
-  blocktime_per_thread_ms: Record<string, number>;
-  latency_us: { avg: number; p50: number; p99: number; histogram: number[]; count: number };
-  /** From LISTEN to RUN here. */
-  downtime_ms: number;
-  /**
-   * The destination's share of the switchover: applying every DISCARD (and the syscalls it
-   * took), LISTEN (registering the blocks), and when RUN was applied (epoch milliseconds, to
-   * set beside the source's pause on the same host).
-   */
-  switchover: { discard_ms: number; discard_ranges: number; discard_syscalls: number; listen_ms: number; run_epoch_ms: number };
-  total_ms: number;
-  postcopy_ms: number;
-  throughput_gb_per_s: number;
+
+/** What a report says of a latency histogram. */
+export interface LatencyReport {
+  avg: number;
+  p50: number;
+  p99: number;
+  histogram: number[];
+  count: number;
 }
 
 /** The `latency_us` of a report. */
-export function latencyReport(latency: LatencyHistogram | undefined): PostcopyReport['latency_us'] {
+export function latencyReport(latency: LatencyHistogram | undefined): LatencyReport {
   return {
     avg: round(latency?.average ?? 0),
     p50: latency?.quantile(0.5) ?? 0,
