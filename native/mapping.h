@@ -32,7 +32,10 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value Unmap(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Region> Live(Napi::Env env, const char* what);
-  void CheckRange(Napi::Env env, size_t offset, size_t length, const char* what);
+  // Throws (ERR_OUT_OF_RANGE) unless [offset, offset + length) lies inside the mapping.
+  void CheckRange(Napi::Env env, size_t offset, size_t length, const char* offsetName = "offset",
+                  const char* lengthName = "length");
+  void RefusePair(Napi::Env env, double offset, double length, size_t at);
 
   std::shared_ptr<Region> region_;
 };
