@@ -231,6 +231,11 @@ bool ReadBytes(napi_env env, napi_value v, const char* name, uint8_t** data, siz
 
 // ---- C++ -----------------------------------------------------------------------------------
 
+void ThrowInvalidThis(Napi::Env env, const char* type) {
+  Throw(env, napi_create_type_error, "ERR_INVALID_THIS", std::string("Value of \"this\" must be of type ") + type);
+  ThrowPending(env);
+}
+
 void ThrowPending(Napi::Env env) { throw Napi::Error::New(env); }
 
 void ThrowArgType(const Napi::Value& received, const char* name, const char* expected) {

@@ -5,6 +5,7 @@
 //   The value of "length" is out of range. It must be a non-negative integer. Received 3.5
 // and ERR_INVALID_ARG_VALUE (TypeError) for a value of the right type that is still wrong
 //   The argument 'kind' must be one of: 'anonymous', ... Received 'huge'
+// (and ERR_INVALID_THIS for a method's receiver).
 // src/kernel/errors.ts's argumentError words addresses and lengths the same way.
 //
 // The readers are plain N-API functions, for the hot path (placement.cc): one N-API call per
@@ -121,5 +122,19 @@ inline int ToFd(const Napi::Value& v, const char* name) { return ToInt(v, name, 
 [[noreturn]] void ThrowArgType(const Napi::Value& received, const char* name, const char* expected);
 [[noreturn]] void ThrowOutOfRange(const Napi::Value& received, const char* name, const std::string& range);
 [[noreturn]] void ThrowInvalidValue(const Napi::Value& received, const char* name, const std::string& reason);
+
+// `this`, for an ObjectWrap class: V8 refuses a method called on a foreign receiver (Illegal
+// invocation) but not an accessor, and ObjectWrap's Unwrap takes any wrapped object (a
+// Userfaultfd read as a Mapping crashes). So each class tags its objects in its constructor
+// and declares `static T* Unwrap(Napi::Object)`, which hides ObjectWrap's, as this; anything
+// else is ERR_INVALID_THIS.
+[[noreturn]] void ThrowInvalidThis(Napi::Env env, const char* type);
+template <typename T>
+T* UnwrapTagged(const Napi::Object& object, const napi_type_tag& tag, const char* type) {
+  bool tagged = false;
+  if (napi_check_object_type_tag(object.Env(), object, &tag, &tagged) != napi_ok || !tagged)
+    ThrowInvalidThis(object.Env(), type);
+  return Napi::ObjectWrap<T>::Unwrap(object);
+}
 
 }  // namespace postcopy

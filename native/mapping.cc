@@ -76,9 +76,14 @@ Napi::Function Mapping::Init(Napi::Env env) {
                      });
 }
 
+static const napi_type_tag kMappingTag = {0x706f7374636f7079ULL, 0x4d617070696e6701ULL};
+
+Mapping* Mapping::Unwrap(Napi::Object object) { return UnwrapTagged<Mapping>(object, kMappingTag, "Mapping"); }
+
 // new Mapping(kind, length, name): kind is 'anonymous' | 'memfd' | 'hugetlb' | 'memfd-hugetlb'.
 Mapping::Mapping(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Mapping>(info) {
   Napi::Env env = info.Env();
+  napi_type_tag_object(env, info.This(), &kMappingTag);
   if (!info[0].IsString()) ThrowArgType(info[0], "kind", "of type string");
   std::string kind = info[0].As<Napi::String>();
   bool huge = kind == "hugetlb" || kind == "memfd-hugetlb";

@@ -14,6 +14,8 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit Mapping(const Napi::CallbackInfo& info);
+  // checks the type tag first (args.h, UnwrapTagged): ObjectWrap's wrappers call this one
+  static Mapping* Unwrap(Napi::Object object);
   ~Mapping() override;
 
   // Creates an ArrayBuffer over [address, address+length) of a live mapping made by this

@@ -86,6 +86,10 @@ Napi::Function Userfaultfd::Init(Napi::Env env) {
                      });
 }
 
+static const napi_type_tag kUserfaultfdTag = {0x706f7374636f7079ULL, 0x5566666466640001ULL};
+
+Userfaultfd* Userfaultfd::Unwrap(Napi::Object object) { return UnwrapTagged<Userfaultfd>(object, kUserfaultfdTag, "Userfaultfd"); }
+
 // new Userfaultfd({ userModeOnly?: boolean, fd?: number })
 // Always non-blocking and close-on-exec. Opens through /dev/userfaultfd (which needs no
 // capability beyond access to the device) and falls back to the userfaultfd(2) syscall.
@@ -93,6 +97,7 @@ Napi::Function Userfaultfd::Init(Napi::Env env) {
 // The object owns its descriptor: close() or collection closes it.
 Userfaultfd::Userfaultfd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Userfaultfd>(info) {
   Napi::Env env = info.Env();
+  napi_type_tag_object(env, info.This(), &kUserfaultfdTag);
   if (!info[0].IsUndefined() && !info[0].IsObject()) ThrowArgType(info[0], "options", "of type object");
   Napi::Object options = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
   Napi::Value adopted = options.Get("fd");

@@ -385,3 +385,27 @@ test('madviseRanges from two worker threads at once, each on its own mapping: ev
     for (const made of syscalls) assert.ok(made === '2/1100' || made === '1100/1100', made);
   }
 });
+
+test('the addon\'s getters on another object throw ERR_INVALID_THIS (a Userfaultfd read as a Mapping crashed)', { skip: featureSkip() }, () => {
+  // In a child: were the check missing, the process would die of it.
+  const result = inChild(`
+    const { addon } = require(${JSON.stringify(ADDON)});
+    const objects = { Mapping: new addon.Mapping('anonymous', 4096), Userfaultfd: new addon.Userfaultfd({}) };
+    const out = [];
+    for (const [name, C] of Object.entries({ Mapping: addon.Mapping, Userfaultfd: addon.Userfaultfd })) {
+      for (const [key, d] of Object.entries(Object.getOwnPropertyDescriptors(C.prototype))) {
+        if (!d.get) continue;
+        for (const receiver of [objects[name === 'Mapping' ? 'Userfaultfd' : 'Mapping'], {}, 5, Object.create(objects[name])]) {
+          try { d.get.call(receiver); out.push('none'); } catch (e) { out.push(name + '.' + key + ' ' + e.code + ' ' + e.message); }
+        }
+        out.push(name + '.' + key + ' ' + typeof d.get.call(objects[name]));
+      }
+    }
+    process.stdout.write(JSON.stringify(out));`) as string[];
+  const getters = { Mapping: ['address', 'length', 'pageSize', 'fd'], Userfaultfd: ['fd', 'via'] };
+  const expected = Object.entries(getters).flatMap(([name, keys]) => keys.flatMap((key) => [
+    ...Array(4).fill(`${name}.${key} ERR_INVALID_THIS Value of "this" must be of type ${name}`),
+    `${name}.${key} ${key === 'address' ? 'bigint' : key === 'via' ? 'string' : 'number'}`,
+  ]));
+  assert.deepEqual(result, expected);
+});
