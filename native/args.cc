@@ -1,7 +1,5 @@
 #include "args.h"
 
-#include <cstdlib>
-
 namespace postcopy {
 
 // ---- what was received, in Node's words (lib/internal/errors.js) -----------------------------

@@ -133,14 +133,18 @@ std::shared_ptr<Region> Mapping::Live(Napi::Env env, const char* what) {
   return region_;
 }
 
+bool Mapping::Holds(size_t offset, size_t length) const {
+  return offset <= region_->length && length <= region_->length - offset;
+}
+
 void Mapping::CheckRange(Napi::Env env, size_t offset, size_t length, const char* offsetName, const char* lengthName) {
+  if (Holds(offset, length)) return;
   const size_t size = region_->length;
   if (offset > size)
     ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(offset)), offsetName,
                     "<= " + std::to_string(size) + " (the mapping's length)");
-  if (length > size - offset)
-    ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(length)), lengthName,
-                    "<= " + std::to_string(size - offset) + " (the mapping's length after \"" + offsetName + "\")");
+  ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(length)), lengthName,
+                  "<= " + std::to_string(size - offset) + " (the mapping's length after \"" + offsetName + "\")");
 }
 
 Napi::Value Mapping::Address(const Napi::CallbackInfo& info) {
@@ -218,7 +222,7 @@ Napi::Value Mapping::MadviseRanges(const Napi::CallbackInfo& info) {
     for (size_t j = 0; j < k; j++) {
       const size_t at = 2 * (i + j);
       double o = pairs[at], l = pairs[at + 1];
-      if (!IsSize(o) || !IsSize(l) || o > region->length || l > region->length - o) RefusePair(env, o, l, at);
+      if (!IsSize(o) || !IsSize(l) || !Holds(static_cast<size_t>(o), static_cast<size_t>(l))) RefusePair(env, o, l, at);
       iov[j].iov_base = reinterpret_cast<void*>(region->base + static_cast<size_t>(o));
       iov[j].iov_len = static_cast<size_t>(l);
       total += iov[j].iov_len;

@@ -34,7 +34,9 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value Unmap(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Region> Live(Napi::Env env, const char* what);
-  // Throws (ERR_OUT_OF_RANGE) unless [offset, offset + length) lies inside the mapping.
+  // Whether [offset, offset + length) lies inside the mapping; CheckRange throws
+  // (ERR_OUT_OF_RANGE) unless it does.
+  bool Holds(size_t offset, size_t length) const;
   void CheckRange(Napi::Env env, size_t offset, size_t length, const char* offsetName = "offset",
                   const char* lengthName = "length");
   void RefusePair(Napi::Env env, double offset, double length, size_t at);
