@@ -5,7 +5,7 @@
 //   The value of "length" is out of range. It must be a non-negative integer. Received 3.5
 // and ERR_INVALID_ARG_VALUE (TypeError) for a value of the right type that is still wrong
 //   The argument 'kind' must be one of: 'anonymous', ... Received 'huge'
-// (and ERR_INVALID_THIS for a method's receiver).
+// (and ERR_INVALID_THIS for the receiver of a getter: UnwrapTagged below).
 // src/kernel/errors.ts's argumentError words addresses and lengths the same way.
 //
 // The readers are plain N-API functions, for the hot path (placement.cc): one N-API call per
