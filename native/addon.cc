@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "errors.h"
 #include "mapping.h"
 #include "userfaultfd.h"
@@ -21,16 +22,15 @@ static Napi::Value GetTid(const Napi::CallbackInfo& info) {
 // _exit(2): the whole process ends at once (exit_group), threads blocked in a userfaultfd fault
 // included, and nothing is joined. Node's own exit joins worker threads first, which never
 // returns while one of them sits in a fault that nobody will serve.
+// The code is what the parent can see, [0, 255] (1 if none): 256 or 1.5 would read as 0 or 1.
 static Napi::Value ExitNow(const Napi::CallbackInfo& info) {
-  int code = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 1;
-  _exit(code);
+  _exit(info[0].IsUndefined() ? 1 : ToInt(info[0], "code", 0, 255));
 }
 
 // fcntl(F_DUPFD_CLOEXEC): a second descriptor of the same open socket or userfaultfd, so that a
 // worker thread can own one (and close it) while the thread that accepted it closes its own.
 static Napi::Value DuplicateDescriptor(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(info.Env(), "duplicateDescriptor(fd): fd must be a number");
-  int fd = info[0].As<Napi::Number>().Int32Value();
+  int fd = ToFd(info[0], "fd");
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (copy < 0) ThrowErrno(info.Env(), errno, "fcntl", "F_DUPFD_CLOEXEC of descriptor " + std::to_string(fd));
   return Napi::Number::New(info.Env(), copy);

@@ -7,10 +7,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <climits>
 #include <map>
 #include <mutex>
 
+#include "args.h"
 #include "errors.h"
 
 #ifndef MFD_HUGETLB
@@ -73,21 +76,25 @@ Napi::Function Mapping::Init(Napi::Env env) {
                      });
 }
 
+static const napi_type_tag kMappingTag = {0x706f7374636f7079ULL, 0x4d617070696e6701ULL};
+
+Mapping* Mapping::Unwrap(Napi::Object object) { return UnwrapTagged<Mapping>(object, kMappingTag, "Mapping"); }
+
 // new Mapping(kind, length, name): kind is 'anonymous' | 'memfd' | 'hugetlb' | 'memfd-hugetlb'.
 Mapping::Mapping(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Mapping>(info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) ThrowTypeError(env, "The \"kind\" argument must be a string");
+  napi_type_tag_object(env, info.This(), &kMappingTag);
+  if (!info[0].IsString()) ThrowArgType(info[0], "kind", "of type string");
   std::string kind = info[0].As<Napi::String>();
-  size_t length = ToSize(info[1], "length");
-  std::string name = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : std::string("postcopy");
   bool huge = kind == "hugetlb" || kind == "memfd-hugetlb";
   bool memfd = kind == "memfd" || kind == "memfd-hugetlb";
   if (!huge && !memfd && kind != "anonymous")
-    ThrowTypeError(env, "Unknown mapping kind '" + kind + "' (anonymous, memfd, hugetlb, memfd-hugetlb)");
+    ThrowInvalidValue(info[0], "kind", "must be one of: 'anonymous', 'memfd', 'hugetlb', 'memfd-hugetlb'");
+  size_t length = ToSize(info[1], "length");
   size_t page = huge ? kHugePage : static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  if (length == 0 || length % page != 0)
-    ThrowRangeError(env, "mapping length " + std::to_string(length) + " is not a positive multiple of the page size " +
-                             std::to_string(page));
+  if (length == 0 || length % page != 0) ThrowOutOfRange(info[1], "length", "a positive multiple of " + std::to_string(page));
+  if (!info[2].IsUndefined() && !info[2].IsString()) ThrowArgType(info[2], "name", "of type string");
+  std::string name = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : std::string("postcopy");
 
   auto region = std::make_shared<Region>();
   region->length = length;
@@ -126,11 +133,18 @@ std::shared_ptr<Region> Mapping::Live(Napi::Env env, const char* what) {
   return region_;
 }
 
-void Mapping::CheckRange(Napi::Env env, size_t offset, size_t length, const char* what) {
-  if (offset > region_->length || length > region_->length - offset)
-    ThrowRangeError(env, std::string(what) + ": range offset " + std::to_string(offset) + " length " +
-                             std::to_string(length) + " is outside the mapping of " +
-                             std::to_string(region_->length) + " bytes");
+bool Mapping::Holds(size_t offset, size_t length) const {
+  return offset <= region_->length && length <= region_->length - offset;
+}
+
+void Mapping::CheckRange(Napi::Env env, size_t offset, size_t length, const char* offsetName, const char* lengthName) {
+  if (Holds(offset, length)) return;
+  const size_t size = region_->length;
+  if (offset > size)
+    ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(offset)), offsetName,
+                    "<= " + std::to_string(size) + " (the mapping's length)");
+  ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(length)), lengthName,
+                  "<= " + std::to_string(size - offset) + " (the mapping's length after \"" + offsetName + "\")");
 }
 
 Napi::Value Mapping::Address(const Napi::CallbackInfo& info) {
@@ -151,8 +165,8 @@ Napi::Value Mapping::Madvise(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto region = Live(env, "madvise");
   size_t offset = ToSize(info[0], "offset"), length = ToSize(info[1], "length");
-  int advice = static_cast<int>(ToSize(info[2], "advice"));
-  CheckRange(env, offset, length, "madvise");
+  int advice = ToInt(info[2], "advice", 0, INT_MAX);
+  CheckRange(env, offset, length);
   if (madvise(reinterpret_cast<void*>(region->base + offset), length, advice) != 0)
     ThrowErrno(env, errno, "madvise",
                Hex(region->base + offset) + " length " + std::to_string(length) + " advice " + std::to_string(advice));
@@ -162,56 +176,68 @@ Napi::Value Mapping::Madvise(const Napi::CallbackInfo& info) {
 // madviseRanges(ranges, advice): ranges is a Float64Array of (offset, length) pairs. One
 // process_madvise(2) on this process per 1024 ranges (Linux 6.13+ takes any advice for the
 // caller itself, and 6.16+ flushes the TLB once per call instead of once per range), else one
-// madvise(2) per range. Returns how many syscalls it made.
+// madvise(2) per range. Returns how many syscalls it made. Any thread may call it (bulk
+// workers do), so what it keeps between calls is shared safely:
+//  - the pidfd is opened once: a function-local static is initialised exactly once even when
+//    threads get here together (C++11), and closed by nobody;
+//  - the fallback flag is atomic; relaxed, as it orders nothing else: a thread that reads it
+//    late makes one more process_madvise, which the kernel refuses again.
 static int SelfPidfd() {
-  static int fd = -2;
 #if defined(SYS_pidfd_open)
-  if (fd == -2) fd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
-#else
-  fd = -1;
-#endif
+  static const int fd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
   return fd;
+#else
+  return -1;
+#endif
+}
+
+static std::atomic<bool> g_batched{true};  // false once the kernel refused process_madvise
+
+// Throws why the pair at ranges[at] is no range of this mapping (the caller has seen it is none).
+void Mapping::RefusePair(Napi::Env env, double offset, double length, size_t at) {
+  const std::string offsetName = "ranges[" + std::to_string(at) + "]";
+  const std::string lengthName = "ranges[" + std::to_string(at + 1) + "]";
+  if (!IsSize(offset)) ThrowOutOfRange(Napi::Number::New(env, offset), offsetName.c_str(), kNonNegativeInteger);
+  if (!IsSize(length)) ThrowOutOfRange(Napi::Number::New(env, length), lengthName.c_str(), kNonNegativeInteger);
+  CheckRange(env, static_cast<size_t>(offset), static_cast<size_t>(length), offsetName.c_str(), lengthName.c_str());
 }
 
 Napi::Value Mapping::MadviseRanges(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto region = Live(env, "madviseRanges");
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    Napi::TypeError::New(env, "madviseRanges: ranges must be a Float64Array of (offset, length) pairs").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    ThrowArgType(info[0], "ranges", "an instance of Float64Array");
   auto pairs = info[0].As<Napi::Float64Array>();
-  int advice = static_cast<int>(ToSize(info[1], "advice"));
+  if (pairs.ElementLength() % 2 != 0)
+    ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(pairs.ElementLength())), "ranges.length",
+                    "even: (offset, length) pairs");
+  int advice = ToInt(info[1], "advice", 0, INT_MAX);
   size_t n = pairs.ElementLength() / 2;
   constexpr size_t kBatch = 1024;  // UIO_MAXIOV
   struct iovec iov[kBatch];
   int calls = 0;
-  static bool batched = true;  // false once the kernel refused process_madvise for this advice
   for (size_t i = 0; i < n; i += kBatch) {
     size_t k = n - i < kBatch ? n - i : kBatch;
     size_t total = 0;
     for (size_t j = 0; j < k; j++) {
-      double o = pairs[2 * (i + j)], l = pairs[2 * (i + j) + 1];
-      if (!(o >= 0) || !(l >= 0) || o != static_cast<double>(static_cast<size_t>(o)) || l != static_cast<double>(static_cast<size_t>(l))) {
-        Napi::RangeError::New(env, "madviseRanges: offsets and lengths must be non-negative integers").ThrowAsJavaScriptException();
-        return env.Undefined();
-      }
-      CheckRange(env, static_cast<size_t>(o), static_cast<size_t>(l), "madviseRanges");
+      const size_t at = 2 * (i + j);
+      double o = pairs[at], l = pairs[at + 1];
+      if (!IsSize(o) || !IsSize(l) || !Holds(static_cast<size_t>(o), static_cast<size_t>(l))) RefusePair(env, o, l, at);
       iov[j].iov_base = reinterpret_cast<void*>(region->base + static_cast<size_t>(o));
       iov[j].iov_len = static_cast<size_t>(l);
       total += iov[j].iov_len;
     }
     size_t done = 0;  // ranges fully advised by process_madvise
 #if defined(SYS_process_madvise)
-    int pidfd = batched ? SelfPidfd() : -1;
+    int pidfd = g_batched.load(std::memory_order_relaxed) ? SelfPidfd() : -1;
     if (pidfd >= 0) {
       long r = syscall(SYS_process_madvise, pidfd, iov, k, advice, 0);
       calls++;
       if (r >= 0 && static_cast<size_t>(r) == total) continue;
-      if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM)) batched = false;
-      else if (r < 0) {
+      if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM)) {
+        g_batched.store(false, std::memory_order_relaxed);
+      } else if (r < 0) {
         ThrowErrno(env, errno, "process_madvise", std::to_string(k) + " ranges advice " + std::to_string(advice));
-        return env.Undefined();
       } else {
         // partial: skip the ranges advised whole; madvise is idempotent for the rest
         size_t left = static_cast<size_t>(r);
@@ -221,10 +247,8 @@ Napi::Value Mapping::MadviseRanges(const Napi::CallbackInfo& info) {
 #endif
     for (size_t j = done; j < k; j++) {
       calls++;
-      if (madvise(iov[j].iov_base, iov[j].iov_len, advice) != 0) {
+      if (madvise(iov[j].iov_base, iov[j].iov_len, advice) != 0)
         ThrowErrno(env, errno, "madvise", Hex(reinterpret_cast<uintptr_t>(iov[j].iov_base)) + " length " + std::to_string(iov[j].iov_len) + " advice " + std::to_string(advice));
-        return env.Undefined();
-      }
     }
   }
   return Napi::Number::New(env, calls);
@@ -236,7 +260,7 @@ Napi::Value Mapping::PunchHole(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto region = Live(env, "punchHole");
   size_t offset = ToSize(info[0], "offset"), length = ToSize(info[1], "length");
-  CheckRange(env, offset, length, "punchHole");
+  CheckRange(env, offset, length);
   if (region->fd < 0) ThrowErrno(env, EBADF, "fallocate", "(not a memfd mapping)");
   if (fallocate(region->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                 static_cast<off_t>(length)) != 0)
@@ -249,9 +273,9 @@ Napi::Value Mapping::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto region = Live(env, "view");
   size_t offset = info[0].IsUndefined() ? 0 : ToSize(info[0], "offset");
-  if (offset > region->length) CheckRange(env, offset, 0, "view");
+  if (offset > region->length) CheckRange(env, offset, 0);
   size_t length = info[1].IsUndefined() ? region->length - offset : ToSize(info[1], "length");
-  CheckRange(env, offset, length, "view");
+  CheckRange(env, offset, length);
   return MakeView(env, region, region->base + offset, length);
 }
 
@@ -265,7 +289,9 @@ Napi::Value Mapping::Attach(const Napi::CallbackInfo& info) {
     region = FindLive(address, length);
   }
   if (!region)
-    ThrowRangeError(env, "attach: no live mapping holds " + Hex(address) + " length " + std::to_string(length));
+    ThrowOutOfRange(info[0], "address",
+                    "inside a live mapping of this process with the \"length\" bytes after it (no live mapping holds " + Hex(address) +
+                        " length " + std::to_string(length) + ")");
   return MakeView(env, region, address, length);
 }
 

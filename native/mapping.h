@@ -14,6 +14,8 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit Mapping(const Napi::CallbackInfo& info);
+  // checks the type tag first (args.h, UnwrapTagged): ObjectWrap's wrappers call this one
+  static Mapping* Unwrap(Napi::Object object);
   ~Mapping() override;
 
   // Creates an ArrayBuffer over [address, address+length) of a live mapping made by this
@@ -32,7 +34,12 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value Unmap(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Region> Live(Napi::Env env, const char* what);
-  void CheckRange(Napi::Env env, size_t offset, size_t length, const char* what);
+  // Whether [offset, offset + length) lies inside the mapping; CheckRange throws
+  // (ERR_OUT_OF_RANGE) unless it does.
+  bool Holds(size_t offset, size_t length) const;
+  void CheckRange(Napi::Env env, size_t offset, size_t length, const char* offsetName = "offset",
+                  const char* lengthName = "length");
+  void RefusePair(Napi::Env env, double offset, double length, size_t at);
 
   std::shared_ptr<Region> region_;
 };

@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <cstdint>
 
-#include "errors.h"
+#include "args.h"
 
 #ifndef PAGEMAP_SCAN
 #define PAGEMAP_SCAN _IOWR('f', 16, uint64_t[12])
@@ -21,14 +21,15 @@ static constexpr size_t kRegionWords = 3;  // struct page_region: start, end, ca
 // arg is struct pm_scan_arg; its vec/vec_len fields are set here to `vec`'s memory.
 Napi::Value PagemapScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = static_cast<int>(ToSize(info[0], "fd"));
-  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array ||
-      info[1].As<Napi::TypedArray>().ElementLength() != kArgWords)
-    ThrowTypeError(env, "The \"arg\" argument must be a BigUint64Array of 12 elements (struct pm_scan_arg)");
-  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
-    ThrowTypeError(env, "The \"vec\" argument must be a BigUint64Array");
+  int fd = ToFd(info[0], "fd");
+  for (size_t i : {1, 2})
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
+      ThrowArgType(info[i], i == 1 ? "arg" : "vec", "an instance of BigUint64Array");
   auto arg = info[1].As<Napi::BigUint64Array>();
   auto vec = info[2].As<Napi::BigUint64Array>();
+  if (arg.ElementLength() != kArgWords)
+    ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(arg.ElementLength())), "arg.length",
+                    std::to_string(kArgWords) + " (struct pm_scan_arg)");
   arg[0] = kArgWords * sizeof(uint64_t);
   arg[kVecField] = reinterpret_cast<uintptr_t>(vec.Data());
   arg[kVecLenField] = vec.ElementLength() / kRegionWords;

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <set>
 
+#include "args.h"
 #include "errors.h"
 #include "uffd_compat.h"
 
@@ -48,9 +49,7 @@ static void Release(int fd) {
 // object owns yet; anything else is refused and left open, because closing it (on close()
 // or collection) would close a descriptor that belongs to someone else.
 static int Adopt(Napi::Env env, const Napi::Value& value) {
-  size_t number = ToSize(value, "fd");
-  if (number > INT_MAX) ThrowRangeError(env, "The \"fd\" argument must be at most " + std::to_string(INT_MAX));
-  int fd = static_cast<int>(number);
+  int fd = ToFd(value, "fd");
   std::string name = "fd " + std::to_string(fd);
   struct stat st;
   if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat", name);
@@ -61,9 +60,9 @@ static int Adopt(Napi::Env env, const Napi::Value& value) {
   if (n < 0) ThrowErrno(env, errno, "readlink", link);
   target[n] = 0;
   if (std::strcmp(target, "anon_inode:[userfaultfd]") != 0)
-    ThrowInvalidValue(env, "The \"fd\" argument must be a userfaultfd: " + name + " is " + target);
+    ThrowInvalidValue(value, "fd", "must be a userfaultfd (" + name + " is " + target + ")");
   std::lock_guard<std::mutex> lock(g_ownedMutex);
-  if (g_owned.count(fd)) ThrowInvalidValue(env, "The \"fd\" argument is already owned by a Userfaultfd: " + name);
+  if (g_owned.count(fd)) ThrowInvalidValue(value, "fd", "is already owned by a Userfaultfd");
   // Ours from here, under the same contract as a descriptor we opened.
   int flags = fcntl(fd, F_GETFL);
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) != 0)
@@ -87,6 +86,10 @@ Napi::Function Userfaultfd::Init(Napi::Env env) {
                      });
 }
 
+static const napi_type_tag kUserfaultfdTag = {0x706f7374636f7079ULL, 0x5566666466640001ULL};
+
+Userfaultfd* Userfaultfd::Unwrap(Napi::Object object) { return UnwrapTagged<Userfaultfd>(object, kUserfaultfdTag, "Userfaultfd"); }
+
 // new Userfaultfd({ userModeOnly?: boolean, fd?: number })
 // Always non-blocking and close-on-exec. Opens through /dev/userfaultfd (which needs no
 // capability beyond access to the device) and falls back to the userfaultfd(2) syscall.
@@ -94,6 +97,8 @@ Napi::Function Userfaultfd::Init(Napi::Env env) {
 // The object owns its descriptor: close() or collection closes it.
 Userfaultfd::Userfaultfd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Userfaultfd>(info) {
   Napi::Env env = info.Env();
+  napi_type_tag_object(env, info.This(), &kUserfaultfdTag);
+  if (!info[0].IsUndefined() && !info[0].IsObject()) ThrowArgType(info[0], "options", "of type object");
   Napi::Object options = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
   Napi::Value adopted = options.Get("fd");
   if (!adopted.IsUndefined()) {
@@ -145,13 +150,14 @@ int Userfaultfd::LiveFd(Napi::Env env, const char* syscall) {
 Napi::Value Userfaultfd::Api(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = LiveFd(env, "ioctl(UFFDIO_API)");
+  if (!info[0].IsBigInt()) ThrowArgType(info[0], "features", "of type bigint");
+  bool lossless = false;
+  const uint64_t features = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) ThrowOutOfRange(info[0], "features", ">= 0n && < 2n ** 64n");
   uffdio_api api{};
   api.api = UFFD_API;
-  if (!info[0].IsBigInt()) ThrowTypeError(env, "The \"features\" argument must be a bigint");
-  bool lossless;
-  api.features = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
-  if (ioctl(fd, UFFDIO_API, &api) != 0)
-    ThrowErrno(env, errno, "ioctl(UFFDIO_API)", "features " + Hex(info[0].As<Napi::BigInt>().Uint64Value(&lossless)));
+  api.features = features;
+  if (ioctl(fd, UFFDIO_API, &api) != 0) ThrowErrno(env, errno, "ioctl(UFFDIO_API)", "features " + Hex(features));
   Napi::Object result = Napi::Object::New(env);
   result.Set("features", Napi::BigInt::New(env, static_cast<uint64_t>(api.features)));
   result.Set("ioctls", Napi::BigInt::New(env, static_cast<uint64_t>(api.ioctls)));
@@ -239,7 +245,7 @@ int Userfaultfd::ReadInto(double* out, size_t capacity) {
 Napi::Value Userfaultfd::ReadEvents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-    ThrowTypeError(env, "The \"buffer\" argument must be a Float64Array");
+    ThrowArgType(info[0], "buffer", "an instance of Float64Array");
   Napi::Float64Array buffer = info[0].As<Napi::Float64Array>();
   return Napi::Number::New(env, ReadInto(buffer.Data(), buffer.ElementLength() / kEventStride));
 }
@@ -251,10 +257,12 @@ Napi::Value Userfaultfd::StartEvents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = LiveFd(env, "uv_poll_start");
   if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-    ThrowTypeError(env, "The \"buffer\" argument must be a Float64Array");
-  if (!info[1].IsFunction()) ThrowTypeError(env, "The \"callback\" argument must be a function");
+    ThrowArgType(info[0], "buffer", "an instance of Float64Array");
+  if (!info[1].IsFunction()) ThrowArgType(info[1], "callback", "of type function");
   Napi::Float64Array buffer = info[0].As<Napi::Float64Array>();
-  if (buffer.ElementLength() < kEventStride) ThrowRangeError(env, "startEvents: the buffer holds no event");
+  if (buffer.ElementLength() < kEventStride)
+    ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(buffer.ElementLength())), "buffer.length",
+                    ">= " + std::to_string(kEventStride) + " (one event)");
   if (poll_) ThrowErrno(env, EBUSY, "uv_poll_start", "(events are already being delivered)");
   uv_loop_t* loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) ThrowErrno(env, EINVAL, "napi_get_uv_event_loop", "");

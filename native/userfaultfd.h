@@ -12,6 +12,8 @@ class Userfaultfd : public Napi::ObjectWrap<Userfaultfd> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit Userfaultfd(const Napi::CallbackInfo& info);
+  // checks the type tag first (args.h, UnwrapTagged): ObjectWrap's wrappers call this one
+  static Userfaultfd* Unwrap(Napi::Object object);
   ~Userfaultfd() override;
 
  private:

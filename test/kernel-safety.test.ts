@@ -9,19 +9,23 @@ import { closeSync, fstatSync, openSync, readdirSync, readlinkSync, writeSync } 
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { Mapping, Userfaultfd, probeFeatures } from '../src/kernel/index.js';
+import { Mapping, RangePlacer, Userfaultfd, duplicateDescriptor, probeFeatures } from '../src/kernel/index.js';
 import { featureSkip } from './support/hugepages.js';
 
 const PAGE = 4096;
 const KERNEL = join(__dirname, '..', 'src', 'kernel', 'index.js');
+const ADDON = join(__dirname, '..', 'src', 'kernel', 'addon.js');
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-/** Runs `body` (CommonJS, with the kernel layer as `kernel`) in a child; returns what it printed as JSON. */
-function inChild(body: string, options: { fd?: number } = {}): unknown {
+/**
+ * Runs `body` (CommonJS, with the kernel layer as `kernel`) in a child; returns what it printed
+ * as JSON. `fd` becomes the child's descriptor 3, `stdin` its descriptor 0.
+ */
+function inChild(body: string, options: { fd?: number; stdin?: number } = {}): unknown {
   const script = `const kernel = require(${JSON.stringify(KERNEL)});\n${body}`;
-  const stdio: StdioOptions = ['ignore', 'pipe', 'pipe', ...(options.fd === undefined ? [] : [options.fd])];
+  const stdio: StdioOptions = [options.stdin ?? 'ignore', 'pipe', 'pipe', ...(options.fd === undefined ? [] : [options.fd])];
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', stdio, timeout: 20_000 });
   assert.equal(r.signal, null, `the child died of ${r.signal}: ${r.stderr}`);
   assert.equal(r.status, 0, r.stderr);
@@ -247,4 +251,161 @@ test('copy reads only inside its source view', { skip: featureSkip() }, () => {
     uffd.close();
     mapping.unmap();
   }
+});
+
+test('duplicateDescriptor takes an integer descriptor: anything else throws and duplicates nothing', () => {
+  const open = () => readdirSync('/proc/self/fd').length;
+  const before = open();
+  const refused: [unknown, string, RegExp][] = [
+    [NaN, 'ERR_OUT_OF_RANGE', /It must be an integer\. Received NaN$/],
+    [3.5, 'ERR_OUT_OF_RANGE', /It must be an integer\. Received 3\.5$/],
+    [2 ** 40, 'ERR_OUT_OF_RANGE', /It must be >= 0 && <= 2147483647\. Received 1_099_511_627_776$/],
+    [-1, 'ERR_OUT_OF_RANGE', /It must be >= 0 && <= 2147483647\. Received -1$/],
+    [Infinity, 'ERR_OUT_OF_RANGE', /Received Infinity$/],
+    ['3', 'ERR_INVALID_ARG_TYPE', /^The "fd" argument must be of type number\. Received type string \('3'\)$/],
+    [undefined, 'ERR_INVALID_ARG_TYPE', /Received undefined$/],
+  ];
+  for (const [fd, code, message] of refused) {
+    assert.throws(() => duplicateDescriptor(fd as number), (error: Error & { code?: string }) => {
+      assert.equal(error.code, code, `${String(fd)}: ${error.message}`);
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+  assert.equal(open(), before, 'no descriptor was created');
+  const file = openSync(__filename, 'r');
+  try {
+    const copy = duplicateDescriptor(file);
+    assert.notEqual(copy, file);
+    assert.equal(fstatSync(copy).ino, fstatSync(file).ino);
+    closeSync(copy);
+  } finally {
+    closeSync(file);
+  }
+  assert.equal(open(), before);
+});
+
+test('a placement never reads a bad descriptor as another: NaN is not fd 0, 3.5 is not fd 3', { skip: featureSkip() }, () => {
+  const mapping = new Mapping(8 * PAGE);
+  const uffd = Userfaultfd.open();
+  try {
+    uffd.register(mapping.address, mapping.length, 'missing');
+    // The child's descriptors 0 and 3 are this userfaultfd: an ioctl on either places pages into
+    // this process's memory, as the control (fd 0 itself) shows.
+    const result = inChild(`
+      const { addon } = require(${JSON.stringify(ADDON)});
+      const page = new Uint8Array(4096).fill(7);
+      const at = (n) => ${mapping.base} + n * 4096;
+      const code = (fn) => { try { return fn(); } catch (e) { return e.code; } };
+      process.stdout.write(JSON.stringify({
+        nan: code(() => addon.placement.copy(NaN, at(0), page, 4096)),
+        fraction: code(() => addon.placement.copy(3.5, at(1), page, 4096)),
+        zeropage: code(() => addon.placement.zeropage(NaN, at(2), 4096)),
+        wake: code(() => addon.placement.wake(0.5, at(2), 4096)),
+        writeProtect: code(() => addon.placement.writeProtect(-0.5, at(2), 4096, 0)),
+        continue: code(() => addon.placement.continue(Infinity, at(2), 4096)),
+        move: code(() => addon.placement.move(NaN, at(4), at(5), 4096)),
+        negative: code(() => addon.placement.copy(-2, at(0), page, 4096)),
+        string: code(() => addon.placement.copy('0', at(0), page, 4096)),
+        closed: addon.placement.copy(-1, at(0), page, 4096),
+        fd0: addon.placement.copy(0, at(3), page, 4096),
+        fd3: addon.placement.copy(3, at(6), page, 4096),
+      }));`, { stdin: uffd.fd, fd: uffd.fd });
+    assert.deepEqual(result, {
+      nan: 'ERR_OUT_OF_RANGE', fraction: 'ERR_OUT_OF_RANGE', zeropage: 'ERR_OUT_OF_RANGE', wake: 'ERR_OUT_OF_RANGE',
+      writeProtect: 'ERR_OUT_OF_RANGE', continue: 'ERR_OUT_OF_RANGE', move: 'ERR_OUT_OF_RANGE', negative: 'ERR_OUT_OF_RANGE',
+      string: 'ERR_INVALID_ARG_TYPE', closed: -9, fd0: PAGE, fd3: PAGE,
+    });
+    const seven = new Uint8Array(PAGE).fill(7);
+    assert.deepEqual(mapping.bytes(3 * PAGE, PAGE), seven, 'the control placed its page through fd 0');
+    assert.deepEqual(mapping.bytes(6 * PAGE, PAGE), seven, 'and through fd 3');
+    assert.equal(uffd.tryZeropage(mapping.base, 3 * PAGE), 3 * PAGE, 'nothing else was placed');
+    // in this process, through a RangePlacer (a bulk worker's): refused, not placed through fd 0
+    const placer = new RangePlacer(NaN, mapping.base, mapping.length);
+    assert.throws(() => placer.tryCopy(4 * PAGE, seven, PAGE), { code: 'ERR_OUT_OF_RANGE', message: /"fd"/ });
+    assert.throws(() => placer.tryZeropage(4 * PAGE, PAGE), { code: 'ERR_OUT_OF_RANGE', message: /"fd"/ });
+    assert.equal(uffd.tryZeropage(mapping.base + 4 * PAGE, PAGE), PAGE, 'page 4 was still missing');
+  } finally {
+    uffd.close();
+    mapping.unmap();
+  }
+});
+
+test('exitNow takes an exit status the parent can see: 0 to 255, else it throws and the process lives on', () => {
+  const result = inChild(`
+    const { addon } = require(${JSON.stringify(ADDON)});
+    const code = (value) => { try { addon.exitNow(value); } catch (e) { return e.code; } };
+    process.stdout.write(JSON.stringify([256, -1, 1.5, NaN, '2'].map(code)));`);
+  assert.deepEqual(result, ['ERR_OUT_OF_RANGE', 'ERR_OUT_OF_RANGE', 'ERR_OUT_OF_RANGE', 'ERR_OUT_OF_RANGE', 'ERR_INVALID_ARG_TYPE']);
+  for (const [args, status] of [[[], 1], [[0], 0], [[255], 255], [[7], 7]] as const) {
+    const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(ADDON)}).addon.exitNow(${args.join()})`]);
+    assert.equal(r.status, status, `exitNow(${args.join()})`);
+  }
+});
+
+test('madviseRanges from two worker threads at once, each on its own mapping: every range is discarded', () => {
+  // In a fresh process, so that the two workers' first calls race for the pidfd too.
+  const result = inChild(`
+    const { Worker } = require('node:worker_threads');
+    const worker = \`
+      const { workerData, parentPort } = require('node:worker_threads');
+      const kernel = require(workerData.kernel);
+      const PAGE = 4096, PAGES = 2200;
+      const go = new Int32Array(workerData.go);
+      Atomics.add(go, 0, 1);
+      while (Atomics.load(go, 0) < 2);  // both start together
+      const mapping = new kernel.Mapping(PAGES * PAGE);
+      const view = mapping.bytes();
+      const syscalls = new Set();
+      let wrong = 0;
+      for (let round = 0; round < workerData.rounds; round++) {
+        const value = 1 + ((round + workerData.id) % 250);
+        for (let p = 0; p < PAGES; p++) view[p * PAGE] = view[p * PAGE + PAGE - 1] = value;
+        const ranges = [];
+        for (let p = round % 2; p < PAGES; p += 2) ranges.push([p * PAGE, PAGE]);
+        syscalls.add(mapping.discardRanges(ranges) + '/' + ranges.length);
+        for (let p = 0; p < PAGES; p++) {
+          const expected = p % 2 === round % 2 ? 0 : value;
+          if (view[p * PAGE] !== expected || view[p * PAGE + PAGE - 1] !== expected) wrong++;
+        }
+      }
+      mapping.unmap();
+      parentPort.postMessage({ wrong, syscalls: [...syscalls] });\`;
+    const go = new SharedArrayBuffer(4);
+    const runs = [0, 1].map((id) => new Promise((resolve, reject) => {
+      const w = new Worker(worker, { eval: true, workerData: { id, go, rounds: 40, kernel: ${JSON.stringify(KERNEL)} } });
+      w.on('message', resolve);
+      w.on('error', reject);
+    }));
+    Promise.all(runs).then((r) => process.stdout.write(JSON.stringify(r)));`) as { wrong: number; syscalls: string[] }[];
+  assert.equal(result.length, 2);
+  for (const { wrong, syscalls } of result) {
+    assert.equal(wrong, 0, 'pages that did not read as expected');
+    // 1100 ranges: two process_madvise calls, or one madvise per range where the kernel refuses it
+    for (const made of syscalls) assert.ok(made === '2/1100' || made === '1100/1100', made);
+  }
+});
+
+test('the addon\'s getters on another object throw ERR_INVALID_THIS (a Userfaultfd read as a Mapping crashed)', { skip: featureSkip() }, () => {
+  // In a child: were the check missing, the process would die of it.
+  const result = inChild(`
+    const { addon } = require(${JSON.stringify(ADDON)});
+    const objects = { Mapping: new addon.Mapping('anonymous', 4096), Userfaultfd: new addon.Userfaultfd({}) };
+    const out = [];
+    for (const [name, C] of Object.entries({ Mapping: addon.Mapping, Userfaultfd: addon.Userfaultfd })) {
+      for (const [key, d] of Object.entries(Object.getOwnPropertyDescriptors(C.prototype))) {
+        if (!d.get) continue;
+        for (const receiver of [objects[name === 'Mapping' ? 'Userfaultfd' : 'Mapping'], {}, 5, Object.create(objects[name])]) {
+          try { d.get.call(receiver); out.push('none'); } catch (e) { out.push(name + '.' + key + ' ' + e.code + ' ' + e.message); }
+        }
+        out.push(name + '.' + key + ' ' + typeof d.get.call(objects[name]));
+      }
+    }
+    process.stdout.write(JSON.stringify(out));`) as string[];
+  const getters = { Mapping: ['address', 'length', 'pageSize', 'fd'], Userfaultfd: ['fd', 'via'] };
+  const expected = Object.entries(getters).flatMap(([name, keys]) => keys.flatMap((key) => [
+    ...Array(4).fill(`${name}.${key} ERR_INVALID_THIS Value of "this" must be of type ${name}`),
+    `${name}.${key} ${key === 'address' ? 'bigint' : key === 'via' ? 'string' : 'number'}`,
+  ]));
+  assert.deepEqual(result, expected);
 });

@@ -37,14 +37,40 @@ export function coded<E extends Error>(error: E, code: string): E & { code: stri
 
 /**
  * Node's argument error for an address (bigint or number) or a length (number) that is not a
- * non-negative integer; undefined when it is one. For cold paths: the addon checks again.
+ * non-negative integer; undefined when it is one. For cold paths: the addon checks again, and
+ * words it the same (native/args.cc), as Node's lib/internal/errors.js does.
  */
 export function argumentError(name: string, value: unknown, isAddress: boolean): CodedError | undefined {
-  const integer = typeof value === 'bigint' && isAddress ? value >= 0n : Number.isSafeInteger(value) && (value as number) >= 0;
+  const integer = typeof value === 'bigint' && isAddress ? value >= 0n && value < 2n ** 64n : Number.isSafeInteger(value) && (value as number) >= 0;
   if (integer) return undefined;
+  // addNumericalSeparator: 1099511627776 -> 1_099_511_627_776
+  const separated = (digits: string): string => {
+    let i = digits.length;
+    let groups = '';
+    for (const start = digits[0] === '-' ? 1 : 0; i >= start + 4; i -= 3) groups = `_${digits.slice(i - 3, i)}${groups}`;
+    return digits.slice(0, i) + groups;
+  };
   if (typeof value === 'number' || (typeof value === 'bigint' && isAddress)) {
-    return coded(new RangeError(`The value of "${name}" is out of range. It must be a non-negative integer. Received ${value}`), 'ERR_OUT_OF_RANGE');
+    const received = typeof value === 'bigint'
+      ? `${value > 2n ** 32n || value < -(2n ** 32n) ? separated(String(value)) : value}n`
+      : Number.isInteger(value) && Math.abs(value) > 2 ** 32 ? separated(String(value)) : Object.is(value, -0) ? '-0' : String(value);
+    return coded(new RangeError(`The value of "${name}" is out of range. It must be a non-negative integer. Received ${received}`), 'ERR_OUT_OF_RANGE');
   }
-  const types = isAddress ? 'bigint or number' : 'number';
-  return coded(new TypeError(`The "${name}" argument must be of type ${types}. Received type ${typeof value}`), 'ERR_INVALID_ARG_TYPE');
+  // determineSpecificType (an object without a named constructor, which Node inspects: "type object")
+  const specific = (v: unknown): string => {
+    if (v === null || v === undefined) return String(v);
+    if (typeof v === 'function') return `function ${String(v.name)}`;
+    if (typeof v === 'object') {
+      const made: unknown = (v as { constructor?: unknown }).constructor;
+      const named = (typeof made === 'function' || (typeof made === 'object' && made !== null)) && 'name' in made;
+      return named ? `an instance of ${String(made.name)}` : 'type object';
+    }
+    if (typeof v === 'string') {
+      const shown = v.length > 28 ? `${v.slice(0, 25)}...` : v;
+      return `type string (${shown.includes("'") ? JSON.stringify(shown) : `'${shown}'`})`;
+    }
+    return `type ${typeof v} (${Object.is(v, -0) ? '-0' : String(v)}${typeof v === 'bigint' ? 'n' : ''})`;
+  };
+  const types = isAddress ? 'one of type bigint or number' : 'of type number';
+  return coded(new TypeError(`The "${name}" argument must be ${types}. Received ${specific(value)}`), 'ERR_INVALID_ARG_TYPE');
 }
