@@ -34,8 +34,11 @@ static void Args(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
 }
 
-// Runs a range ioctl while it makes progress: the kernel stops early (EAGAIN, with a partial
-// count) when the address space is changing under it; what is done stays done.
+// Runs a range ioctl while it makes progress. A partial count is how the kernel reports that it
+// stopped early (UFFDIO_COPY answers -EAGAIN with copy < len when a page on the way already
+// exists or a signal came): the rest is asked for at once, and the next call names the real
+// cause. An error with no progress is returned as it is: what EAGAIN then means (events to read
+// first) is policy, decided in TypeScript (src/pager/run-placer.ts), not here.
 template <typename Call>
 static double Progressing(uint64_t length, Call call) {
   uint64_t done = 0;
