@@ -1,10 +1,11 @@
 // The destination's bulk channels: each one's connection goes to a worker (BulkReceiver) that
 // applies its packets. Channels that join before ADVISE wait (the blocks are checked and THP
 // is off only then); at LISTEN every worker switches to atomic placement.
+import { closeSync } from 'node:fs';
 import type { Userfaultfd } from '../kernel/index.js';
 import type { Channel } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { BulkReceiver } from './bulk-receiver.js';
+import { BulkReceiver, type TakenChannel } from './bulk-receiver.js';
 
 export interface BulkChannelEvents {
   /** Pages of `block` in memory now (byte ranges); `zero` of them zero pages. */
@@ -17,8 +18,8 @@ export interface BulkChannelEvents {
 
 export class BulkChannels {
   private readonly receivers: (BulkReceiver | undefined)[] = [];
-  /** Channels that joined before ADVISE: started at it. */
-  private pending: Channel[] = [];
+  /** Channels that joined before ADVISE: started at it (their bytes wait in the kernel). */
+  private pending: TakenChannel[] = [];
   private ready = false;
   /** Bytes received on the bulk channels of earlier connections. */
   private bytesOfEarlier = 0;
@@ -34,8 +35,16 @@ export class BulkChannels {
     return this.receivers[index] !== undefined || this.pending.some((c) => c.index === index);
   }
 
-  /** A bulk channel joined: its worker starts now, or at ADVISE. `uffd`: already listening. */
+  /**
+   * A bulk channel joined: its worker starts now, or at ADVISE. `uffd`: already listening. The
+   * descriptor is taken at once, in the tick of HELLO_ACK: the source streams as soon as it
+   * reads the ACK, and whatever this thread's socket read after that would be lost with it.
+   */
   add(channel: Channel, uffd: Userfaultfd | undefined): void {
+    this.startWorker({ name: channel.name, index: channel.index, fd: channel.takeDescriptor() }, uffd);
+  }
+
+  private startWorker(channel: TakenChannel, uffd: Userfaultfd | undefined): void {
     if (!this.ready) {
       this.pending.push(channel);
       return;
@@ -52,7 +61,7 @@ export class BulkChannels {
   /** ADVISE: workers write precopy pages from now on (never into a THP region). */
   start(): void {
     this.ready = true;
-    for (const channel of this.pending.splice(0)) this.add(channel, undefined);
+    for (const channel of this.pending.splice(0)) this.startWorker(channel, undefined);
   }
 
   /** LISTEN: pages are placed atomically through `uffd` from now on. */
@@ -82,7 +91,7 @@ export class BulkChannels {
       receiver?.stop();
     }
     this.receivers.length = 0;
-    for (const channel of this.pending.splice(0)) channel.destroy();
+    for (const channel of this.pending.splice(0)) closeSync(channel.fd);
   }
 
   private isCurrent(receiver: BulkReceiver): boolean {

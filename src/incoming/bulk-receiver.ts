@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { PostcopyError, ProtocolError } from '../base/index.js';
 import { duplicateDescriptor, type Userfaultfd } from '../kernel/index.js';
-import type { Channel } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
 import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protocol.js';
 
@@ -23,6 +22,13 @@ export interface BulkReceiverEvents {
   failed(receiver: BulkReceiver, error: Error, connection: boolean): void;
 }
 
+/** A bulk channel's connection taken from the main thread's socket, before any byte after HELLO_ACK was read there. */
+export interface TakenChannel {
+  name: string;
+  index: number;
+  fd: number;
+}
+
 export class BulkReceiver {
   readonly name: string;
   synced = false;
@@ -34,11 +40,12 @@ export class BulkReceiver {
   /** Duplicates of the userfaultfd given to the worker: closed here once it has exited. */
   private readonly uffdFds: number[] = [];
 
-  constructor(channel: Channel, private readonly blocks: readonly GuestBlock[], uffd: Userfaultfd | undefined, stallMs: number, private readonly events: BulkReceiverEvents) {
-    this.name = channel.name;
+  /** `connection`: the channel's name and its descriptor (Channel.takeDescriptor), which the worker owns from now on. */
+  constructor(connection: TakenChannel, private readonly blocks: readonly GuestBlock[], uffd: Userfaultfd | undefined, stallMs: number, private readonly events: BulkReceiverEvents) {
+    this.name = connection.name;
     const task: BulkWorkerTask = {
-      channel: channel.name,
-      socketFd: channel.takeDescriptor(),
+      channel: connection.name,
+      socketFd: connection.fd,
       blocks: blocks.map((b) => ({ idstr: b.idstr, address: b.host!.base, length: b.postcopyLength, pageSize: b.pageSize })),
       uffdFd: uffd ? this.duplicate(uffd) : undefined,
       stallMs,

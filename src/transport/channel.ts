@@ -55,7 +55,8 @@ export class Channel {
    * Hands the connection over to a worker thread: a duplicate of the socket's descriptor (the
    * worker owns and closes it), after which this side lets go of its own without a word to the
    * peer (closing one of two descriptors of a socket sends nothing). Only for a channel whose
-   * handshake is over and which has nothing buffered on this side.
+   * handshake is over and which has nothing buffered on this side: take it in the tick that
+   * wrote HELLO_ACK (the 'channel' event), before this socket can read what the peer sends next.
    */
   takeDescriptor(): number {
     const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
