@@ -39,6 +39,23 @@ export function runCli(args: string[], env: Record<string, string> = {}, timeout
   });
 }
 
+/**
+ * A failed `--json` run: exit `exit`, stdout ending with one object that names the error and
+ * its code (the only stdout line, unless `events` came first: receive), and stderr's
+ * `postcopy: ` line saying the same.
+ */
+export function assertJsonFailure(r: CliResult, exit: number, code: string, message: RegExp, events = false): Record<string, any> {
+  const context = `exit ${r.code}\nstdout: ${r.stdout.slice(-1500)}\nstderr: ${r.stderr.slice(-1500)}`;
+  assert.equal(r.code, exit, context);
+  const lines = r.stdout.trimEnd().split('\n');
+  if (!events) assert.equal(lines.length, 1, `one line on stdout\n${context}`);
+  assert.ok(r.report, `the last stdout line is not JSON\n${context}`);
+  assert.equal(r.report.error_code, code, context);
+  assert.match(r.report.error, message, context);
+  assert.ok(r.stderr.split('\n').includes(`postcopy: ${r.report.error}`), context);
+  return r.report;
+}
+
 /** A destination process; resolves once it listens, with its events as they come. */
 export async function startReceiver(args: string[], env: Record<string, string>): Promise<{
   child: ChildProcess; endpoint: string; events: Record<string, any>[]; exited: Promise<number>; waitFor(pred: (e: Record<string, any>) => boolean, ms?: number): Promise<Record<string, any>>;
