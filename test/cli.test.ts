@@ -5,7 +5,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { COMMANDS } from '../src/cli/commands.js';
 import { parseCommandLine } from '../src/cli/options.js';
-import { CLI, assertJsonFailure, runCli } from './support/cli.js';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI, assertJsonFailure, runCli, startReceiver } from './support/cli.js';
 import { featureSkip } from './support/hugepages.js';
 import { waitFor } from './support/threads.js';
 import { parseEndpoint } from '../src/transport/index.js';
@@ -55,6 +57,18 @@ test('receive --json that cannot listen still ends with its report event, naming
   const r = await runCli(['receive', '--listen', 'unix:/nonexistent-dir/postcopy.sock', '--json']);
   const report = assertJsonFailure(r, 1, 'ERR_POSTCOPY_CONFIG', /cannot listen on unix:\/nonexistent-dir\/postcopy.sock/);
   assert.equal(report.event, 'report');
+});
+
+test('receive --json that fails after listening (SIGTERM) ends with its report event, naming error and error_code', async () => {
+  const receiver = await startReceiver(['--listen', `unix:${join(tmpdir(), `postcopy-cli-${process.pid}.sock`)}`], {});
+  receiver.child.kill('SIGTERM');
+  assert.equal(await receiver.exited, 1);
+  const last = receiver.events.at(-1)!;
+  assert.equal(last.event, 'report', JSON.stringify(receiver.events.map((e) => e.event)));
+  assert.equal(receiver.events.filter((e) => e.event === 'report').length, 1);
+  assert.equal(last.error_code, 'ERR_POSTCOPY_INTERRUPTED');
+  assert.equal(last.error, 'interrupted (SIGTERM)');
+  assert.equal(last.verified, false);
 });
 
 for (const command of COMMANDS) {

@@ -40,9 +40,11 @@ export async function receiveCommand({ values, json }: CommandArgs): Promise<Com
   const config = receiveConfig(values);
   const say: Say = (event, text) => console.log(json ? JSON.stringify(event) : text);
   const destination = new ReferenceDestination(config, say);
-  const listener = await destination.listen();
   destination.follow();
-  const { report, error } = await destination.outcome();
+  // before 'listening' is said: a supervisor may signal as soon as it reads it
+  const outcome = destination.outcome();
+  const listener = await destination.listen();
+  const { report, error } = await outcome;
   listener.close();
   report.peak_rss_mb = peakRssMiB();
   return { report, human: JSON.stringify(report, null, 2), error };
