@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { SnapshotReader, SnapshotWriter } from '../src/snapshot/index.js';
 import type { SnapshotBlockSpec } from '../src/wire/snapshot-format.js';
 import { seededRandom } from '../src/transport/index.js';
-import { runCli } from './support/cli.js';
+import { assertJsonFailure, runCli } from './support/cli.js';
 import { MiB, fillPages, tempDir, writeSnapshot } from './support/snapshot.js';
 
 const BLOCKS: SnapshotBlockSpec[] = [
@@ -15,8 +15,11 @@ const BLOCKS: SnapshotBlockSpec[] = [
   { idstr: 'huge', usedLength: 4 * MiB, pageSize: 2 * MiB },
 ];
 
-/** A refused file: exit 1, one line on stderr naming the file and the reason, which --json repeats. */
-async function expectRefused(path: string, reason: RegExp): Promise<Record<string, any>> {
+/**
+ * A refused file: exit 1, one line on stderr naming the file and the reason, which --json
+ * repeats in `reason` and in `error`, with the refusal's `error_code`.
+ */
+async function expectRefused(path: string, reason: RegExp, code: string): Promise<Record<string, any>> {
   const text = await runCli(['inspect', path]);
   assert.equal(text.code, 1, text.stderr);
   assert.match(text.stdout, new RegExp(`^${path}: NOT COMPLETE\n`));
@@ -24,10 +27,11 @@ async function expectRefused(path: string, reason: RegExp): Promise<Record<strin
   assert.match(text.stderr, new RegExp(`^postcopy: ${path}: `));
   assert.match(text.stderr, reason);
   const json = await runCli(['inspect', '--json', path]);
-  assert.equal(json.code, 1);
-  assert.equal(json.report?.complete, false);
-  assert.match(json.report?.reason, reason);
-  return json.report!;
+  const report = assertJsonFailure(json, 1, code, reason);
+  assert.equal(report.complete, false);
+  assert.match(report.reason, reason);
+  assert.equal(report.error, `${path}: ${report.reason}`);
+  return report;
 }
 
 test('a complete file: header, blocks, pages present and zero, checksums verified; exit 0', async (t) => {
@@ -49,6 +53,8 @@ test('a complete file: header, blocks, pages present and zero, checksums verifie
   const r = json.report!;
   assert.equal(r.complete, true);
   assert.equal(r.reason, undefined);
+  assert.equal(r.error, undefined);
+  assert.equal(json.stdout.trimEnd().split('\n').length, 1);
   assert.deepEqual(r.flags, ['PAGE_CHECKSUMS']);
   assert.equal(r.deviceStateLength, 4000);
   assert.deepEqual(r.blocks.map((b: any) => [b.idstr, b.pages, b.present, b.zeroPages]), [['pc.ram', 512, present[0], 512 - present[0]], ['huge', 2, present[1], 2 - present[1]]]);
@@ -68,15 +74,15 @@ test('an interrupted .partial file, a failed one and a missing file are refused 
   const interrupted = SnapshotWriter.create(join(dir, 'cut.snap'), BLOCKS);
   fillPages(interrupted, BLOCKS, 0.5, seededRandom(3));
   interrupted.close();
-  const cut = await expectRefused(join(dir, 'cut.snap.partial'), /no trailer at offset \d+: the snapshot did not finish/);
+  const cut = await expectRefused(join(dir, 'cut.snap.partial'), /no trailer at offset \d+: the snapshot did not finish/, 'ERR_SNAPSHOT_INCOMPLETE');
   assert.deepEqual(cut.blocks.map((b: any) => [b.idstr, b.present]), [['pc.ram', null], ['huge', null]], 'the header is still reported');
   assert.equal(cut.checksums, null);
 
-  await expectRefused(join(dir, 'cut.snap'), /cannot read it: no such file \(.*cut\.snap\.partial exists: the snapshot did not finish\)/);
+  await expectRefused(join(dir, 'cut.snap'), /cannot read it: no such file \(.*cut\.snap\.partial exists: the snapshot did not finish\)/, 'ENOENT');
 
   const failed = SnapshotWriter.create(join(dir, 'failed.snap'), BLOCKS);
   failed.fail('disk full');
-  await expectRefused(join(dir, 'failed.snap.partial'), /the snapshot failed: disk full/);
+  await expectRefused(join(dir, 'failed.snap.partial'), /the snapshot failed: disk full/, 'ERR_SNAPSHOT_INCOMPLETE');
 });
 
 test('damaged files are refused naming the field and offset; damaged page data names the block', async (t) => {
@@ -90,19 +96,19 @@ test('damaged files are refused naming the field and offset; damaged page data n
   readSync(fd, byte, 0, 1, at);
   writeSync(fd, Buffer.of(byte[0] ^ 0x40), 0, 1, at);
   closeSync(fd);
-  const r = await expectRefused(path, /page data of block 1 \(huge\) does not match its checksum \(0x[0-9a-f]+, the trailer says 0x[0-9a-f]+\)/);
+  const r = await expectRefused(path, /page data of block 1 \(huge\) does not match its checksum \(0x[0-9a-f]+, the trailer says 0x[0-9a-f]+\)/, 'ERR_SNAPSHOT_FORMAT');
   assert.deepEqual(r.checksums.pageData, { 'pc.ram': true, huge: false });
 
   truncateSync(path, layout!.trailerOffset - 1);
-  await expectRefused(path, new RegExp(`file length at offset ${layout!.trailerOffset - 1}: truncated`));
+  await expectRefused(path, new RegExp(`file length at offset ${layout!.trailerOffset - 1}: truncated`), 'ERR_SNAPSHOT_FORMAT');
 
   const text = join(dir, 'notes.txt');
   writeFileSync(text, 'not a snapshot\n');
-  await expectRefused(text, /magic at offset 0: "not a sn" is not "PCSNAP01"/);
+  await expectRefused(text, /magic at offset 0: "not a sn" is not "PCSNAP01"/, 'ERR_SNAPSHOT_FORMAT');
 });
 
 const usage: [string[], RegExp][] = [
-  [['inspect'], /inspect needs a FILE/],
+  [['inspect'], /inspect needs a snapshot FILE/],
   [['inspect', 'a', 'b'], /inspect takes one FILE, not 2: a b/],
   [['inspect', 'a', '--bogus'], /unknown option --bogus/],
   [['inspect', 'a', '--json=yes'], /--json takes no value/],

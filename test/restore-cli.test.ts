@@ -7,7 +7,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFil
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { featureSkip } from './support/hugepages.js';
-import { runCli } from './support/cli.js';
+import { assertJsonFailure, runCli } from './support/cli.js';
 import { writeGuestSnapshot } from './support/snapshot-file.js';
 
 const skip = featureSkip('MISSING_SHMEM');
@@ -32,6 +32,7 @@ for (const mode of ['eager', 'lazy'] as const) {
     assert.equal(r.code, 0, r.stderr);
     const report = r.report!;
     assert.equal(report.verified, true, report.reason);
+    assert.equal(report.error, undefined);
     assert.equal(report.mode, mode);
     assert.ok(report.verification[0].writes > writes, 'the resumed guest wrote on from the snapshot');
     assert.equal(report.verification[0].source_writes, writes);
@@ -71,7 +72,7 @@ test('restore --lazy --record-working-set saves FILE.ws; the next lazy restore p
   assert.match(stale.report!.working_set.refused, /working set refused: stale: recorded for another snapshot/);
 });
 
-test('restore refuses a damaged or incomplete file with one line naming why', { skip }, async () => {
+test('restore refuses a damaged or incomplete file with one line naming why (with --json, one object naming it)', { skip }, async () => {
   const { file } = await guestSnapshot();
   const bytes = readFileSync(file);
   const flipped = join(dir, 'flipped.snap');
@@ -81,19 +82,26 @@ test('restore refuses a damaged or incomplete file with one line naming why', { 
   const cut = join(dir, 'cut.snap');
   copyFileSync(file, cut);
   truncateSync(cut, bytes.length - 30);
-  for (const [damaged, why] of [[flipped, /flipped\.snap: .* at offset \d+: /], [cut, /cut\.snap: .*(trailer|truncated|file length)/]] as const) {
+  const refusals = [[flipped, /flipped\.snap: .* at offset \d+: /, 'ERR_SNAPSHOT_FORMAT'], [cut, /cut\.snap: .*(trailer|truncated|file length)/, 'ERR_SNAPSHOT_FORMAT']] as const;
+  for (const [damaged, why, code] of refusals) {
     for (const mode of ['--eager', '--lazy']) {
-      const r = await runCli(['restore', damaged, mode, '--json']);
-      assert.notEqual(r.code, 0);
-      assert.equal(r.stdout, '');
-      const lines = r.stderr.trim().split('\n');
-      assert.match(lines[0], /^postcopy: /);
-      assert.match(lines[0], why);
+      const text = await runCli(['restore', damaged, mode]);
+      assert.equal(text.code, 1);
+      assert.equal(text.stdout, '');
+      assert.equal(text.stderr.trimEnd().split('\n').length, 1, text.stderr);
+      assert.match(text.stderr, /^postcopy: /);
+      assert.match(text.stderr, why);
+      assertJsonFailure(await runCli(['restore', damaged, mode, '--json']), 1, code, why);
     }
   }
-  const missing = await runCli(['restore', join(dir, 'nothing.snap')]);
-  assert.notEqual(missing.code, 0);
-  assert.match(missing.stderr, /nothing\.snap/);
+});
+
+test('restore of a missing file: one line naming it; with --json, one object naming error and error_code', async () => {
+  const file = join(dir, 'nothing.snap');
+  const missing = await runCli(['restore', file]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /^postcopy: ENOENT: no such file or directory, open '.*nothing\.snap'\n$/);
+  assertJsonFailure(await runCli(['restore', file, '--json']), 1, 'ENOENT', /nothing\.snap/);
 });
 
 test('restore options are checked, naming option and value', async () => {
@@ -103,6 +111,8 @@ test('restore options are checked, naming option and value', async () => {
     [['restore', 'x.snap', '--run-seconds', 'soon'], /--run-seconds 'soon' must be a number from 0 to 3600/],
     [['restore', 'x.snap', '--record-working-set'], /--record-working-set records the faults of a lazy restore: add --lazy/],
     [['restore', 'x.snap', '--fast'], /unknown option --fast/],
+    [['restore', 'x.snap', 'y.snap'], /restore takes one FILE, not 2: x.snap y.snap/],
+    [['restore', '--lazy', '--eager', 'x.snap'], /--lazy and --eager exclude each other/],
   ];
   for (const [args, message] of cases) {
     const r = await runCli(args);

@@ -18,7 +18,7 @@ import {
   type UnpopulatedMode,
 } from '../src/snapshot/index.js';
 import { featureSkip, hugeSkip } from './support/hugepages.js';
-import { CLI, runCli } from './support/cli.js';
+import { CLI, assertJsonFailure, runCli } from './support/cli.js';
 import { loopSeed } from './support/seed.js';
 
 const MiB = 1 << 20;
@@ -228,6 +228,8 @@ test('postcopy snapshot -> inspect -> restore --lazy and --eager: a complete fil
   const snap = await runCli(['snapshot', '--out', path, '--size', '32M', '--threads', '2', '--json']);
   assert.equal(snap.code, 0, snap.stderr);
   assert.equal(snap.report?.complete, true);
+  assert.equal(snap.report!.error, undefined);
+  assert.equal(snap.stdout.trimEnd().split('\n').length, 1, 'one line: the report');
   assert.ok(snap.report!.guest.writes_during_snapshot > 0, 'the guest wrote during the snapshot');
   assert.equal(snap.report!.pages.by_fault + snap.report!.pages.by_walker, snap.report!.pages.total);
   const inspect = await runCli(['inspect', path, '--json']);
@@ -237,6 +239,27 @@ test('postcopy snapshot -> inspect -> restore --lazy and --eager: a complete fil
     const restore = await runCli(['restore', path, mode, '--run-seconds', '0.3', '--json']);
     assert.equal(restore.code, 0, restore.stderr);
     assert.equal(restore.report?.verified, true, `${mode}: ${restore.stdout.slice(-600)}`);
+  }
+});
+
+test('postcopy snapshot --json into a full disk: exit 1, one JSON object naming the error and its code', { ...T, skip: wpSkip || (process.getuid?.() !== 0 && 'mounting a small tmpfs needs root') }, async (t) => {
+  const mnt = mkdtempSync(join(tmpdir(), 'postcopy-full-'));
+  try {
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt], { stdio: 'pipe' });
+    } catch (error) {
+      return t.skip(`cannot mount a tmpfs: ${(error as Error).message}`);
+    }
+    try {
+      // 32 MiB of written pages into 8 MiB
+      const r = await runCli(['snapshot', '--out', join(mnt, 'full.snap'), '--size', '32M', '--warmup-seconds', '0', '--json']);
+      assertJsonFailure(r, 1, 'ERR_SNAPSHOT_FAILED', /ENOSPC/);
+      assert.ok(!existsSync(join(mnt, 'full.snap')), 'no complete file');
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  } finally {
+    rmSync(mnt, { recursive: true, force: true });
   }
 });
 

@@ -9,34 +9,39 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { exitNow } from '../kernel/index.js';
 import { ChaosProxy, formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
-import { usage, choiceOption, intOption, numberOption, parseOptions } from './options.js';
-import { progressPrinter } from './output.js';
-import { SOURCE_OPTIONS, runSource, sourceConfig, type SourceConfig } from './source-runner.js';
-import { round } from '../base/index.js';
+import { choiceOption, intOption, type CommandArgs, type OptionGroup } from './options.js';
+import { progressPrinter, type CommandEnd } from './output.js';
+import { notVerified, runSeconds } from './reference-guest.js';
+import { runSource, sourceConfig, type SourceConfig } from './source-runner.js';
+import { PostcopyError, errorCode, round } from '../base/index.js';
 
 interface Destination {
   child: ChildProcess;
   endpoint: Endpoint;
-  /** The exit code, once the process is gone. */
+  /** The exit code, once the process is gone and its output read. */
   exited: Promise<number>;
   /** Its last 'report' event. */
   report(): Record<string, unknown> | undefined;
   onState(listener: (state: string) => void): void;
 }
 
-export async function demoCommand(args: string[]): Promise<number> {
-  const o = parseOptions(args, { ...SOURCE_OPTIONS, chaos: 'string' });
-  if (o.connect !== undefined || o['token-file'] !== undefined) throw usage('demo starts its own destination: --connect and --token-file are for send');
+export const DEMO_OPTIONS: OptionGroup = {
+  title: 'demo',
+  options: {
+    transport: { type: 'string', value: 'tcp|unix', help: 'the channel transport (default tcp)' },
+    chaos: { type: 'string', value: 'SEED', help: 'both channels go through a fault-injecting proxy that cuts\nthem at points chosen from SEED during postcopy; the migration must\nrecover and verify (the report counts the recoveries)' },
+  },
+};
+
+export async function demoCommand({ values: o, json }: CommandArgs): Promise<CommandEnd> {
   const config = sourceConfig(o);
   const transport = choiceOption(o.transport, 'transport', ['tcp', 'unix'] as const, 'tcp');
-  const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
   const chaosSeed = o.chaos === undefined ? undefined : intOption(o.chaos, 'chaos', 0, 0, 2 ** 31 - 1);
-  const json = o.json === true;
   const token = randomBytes(24).toString('hex');
   const printer = progressPrinter();
   const status = printer.note;
 
-  const destination = await startDestination(transport, config, runSeconds, token, status);
+  const destination = await startDestination(transport, config, runSeconds(o), token, status);
   const chaos = chaosSeed === undefined ? undefined : await startChaos(chaosSeed, destination.endpoint, transport, status);
   // faults only once the destination runs the guest: postcopy, where recovery applies
   destination.onState((state) => state === 'RUNNING' && chaos?.proxy.arm());
@@ -52,14 +57,14 @@ export async function demoCommand(args: string[]): Promise<number> {
   try {
     source = await runSource(config, chaos?.endpoint ?? destination.endpoint, token, printer.progress);
   } catch (error) {
-    return failed(error as Error, destination, chaos, json);
+    return failed(error as Error, destination, chaos);
   } finally {
     await chaos?.proxy.close();
   }
   const code = await destination.exited;
   const destinationReport = destination.report();
-  if (!destinationReport) throw new Error(`the destination exited (${code}) without a report`);
-  const { event: _event, ...dest } = destinationReport;
+  if (!destinationReport) throw new PostcopyError('ERR_POSTCOPY_PEER_FAILED', `the destination exited (${code}) without a report`);
+  const { event: _event, error: destError, error_code: destCode, ...dest } = destinationReport;
   const report = {
     ...dest,
     downtime_ms: source.report.downtime_ms,
@@ -72,26 +77,35 @@ export async function demoCommand(args: string[]): Promise<number> {
       transport, preempt: config.preempt, channels: config.channels, recover_seconds: config.recoverSeconds,
     },
   };
-  if (json) console.log(JSON.stringify(report));
-  else console.log(humanReport(report as never));
-  return dest.verified === true && code === 0 ? 0 : 1;
+  const error = destError !== undefined ? codedError(String(destError), destCode) : code !== 0 ? codedError(`the destination exited ${code}`, 'ERR_POSTCOPY_PEER_FAILED') : notVerified(dest);
+  return { report, human: json ? undefined : humanReport(report as never), error };
+}
+
+/** An error with the code the destination reported (one of ours, or a system error's). */
+function codedError(message: string, code: unknown): Error {
+  return Object.assign(new Error(message), typeof code === 'string' ? { code } : {});
 }
 
 /** The destination process: `receive`, which ends when this process does (it watches its stdin). */
-async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig, runSeconds: number, token: string, status: (line: string) => void): Promise<Destination> {
+async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig, guestRunSeconds: number, token: string, status: (line: string) => void): Promise<Destination> {
   const listen = transport === 'unix' ? `unix:${join(tmpdir(), `postcopy-${process.pid}.sock`)}` : '127.0.0.1:0';
   // a small young generation: the destination's resident memory is the guest's plus little
   const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json',
-    '--run-seconds', String(runSeconds), '--recover-seconds', String(config.recoverSeconds), '--stall-seconds', String(config.stallSeconds), '--exit-on-stdin-eof'], {
+    '--run-seconds', String(guestRunSeconds), '--recover-seconds', String(config.recoverSeconds), '--stall-seconds', String(config.stallSeconds), '--exit-on-stdin-eof'], {
     env: { ...process.env, POSTCOPY_TOKEN: token },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   child.stdin!.on('error', () => undefined);
-  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+  // 'close': exited, and its stdout read to the end (its report with it)
+  const exited = new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? 1)));
   let report: Record<string, unknown> | undefined;
   const stateListeners: ((state: string) => void)[] = [];
   const listening = new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
+    const lines = createInterface({ input: child.stdout! });
+    // its stdout ends when it exits: every line, its failure report included, has been read
+    lines.on('close', () => reject(report?.error ? codedError(`destination: ${report.error}`, report.error_code)
+      : new PostcopyError('ERR_POSTCOPY_PEER_FAILED', 'the destination exited before listening')));
+    lines.on('line', (line) => {
       let event: Record<string, unknown>;
       try {
         event = JSON.parse(line);
@@ -108,7 +122,6 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
       else if (event.event === 'refused') status(`destination refused a connection: ${event.reason}`);
       else if (event.event === 'report') report = event;
     });
-    exited.then((code) => reject(new Error(`the destination exited (${code}) before listening`)));
   });
   return { child, endpoint: parseEndpoint(await listening), exited, report: () => report, onState: (l) => stateListeners.push(l) };
 }
@@ -146,27 +159,26 @@ async function startChaos(seed: number, target: Endpoint, transport: 'tcp' | 'un
  * source failed because the destination did (SHUT with a failure status), the destination's
  * error is the cause and leads the one line.
  */
-async function failed(error: Error, destination: Destination, chaos: Awaited<ReturnType<typeof startChaos>> | undefined, json: boolean): Promise<number> {
+async function failed(error: Error, destination: Destination, chaos: Awaited<ReturnType<typeof startChaos>> | undefined): Promise<CommandEnd> {
   const code = await Promise.race([destination.exited, new Promise<number>((r) => setTimeout(() => r(-1), 10_000))]);
   destination.child.kill('SIGKILL');
   const dest = destination.report();
   const exitNote = code >= 0 ? `destination exited ${code}` : 'the destination did not exit within 10 s';
-  const sourceCode = (error as Error & { code?: string }).code;
+  const sourceCode = errorCode(error);
   const causedByDestination = sourceCode === 'ERR_POSTCOPY_PEER_FAILED' && typeof dest?.error === 'string';
   const message = causedByDestination ? `destination: ${dest!.error} (source: ${error.message})`
     : `${error.message}${dest?.error ? `; destination: ${dest.error}` : ''}`;
-  if (!json) throw new Error(`${message}; ${exitNote}`);
-  console.log(JSON.stringify({
-    state: 'FAILED',
-    verified: false,
-    error: message,
-    error_code: causedByDestination ? dest!.error_code : sourceCode,
-    source: { error: error.message, error_code: sourceCode },
-    destination: dest ? { state: dest.state, error: dest.error, error_code: dest.error_code } : undefined,
-    destination_exit: code >= 0 ? code : null,
-    ...(chaos ? { chaos: chaos.summary() } : {}),
-  }));
-  return 1;
+  return {
+    report: {
+      state: 'FAILED',
+      verified: false,
+      source: { error: error.message, error_code: sourceCode },
+      destination: dest ? { state: dest.state, error: dest.error, error_code: dest.error_code } : undefined,
+      destination_exit: code >= 0 ? code : null,
+      ...(chaos ? { chaos: chaos.summary() } : {}),
+    },
+    error: codedError(`${message}; ${exitNote}`, causedByDestination ? dest!.error_code : sourceCode),
+  };
 }
 
 function humanReport(r: {

@@ -2,19 +2,16 @@
 // intact (every checksum, page data included when the file has page checksums). Exits 0 only
 // for a complete, intact file; otherwise 1 with a one-line reason on stderr.
 import { existsSync } from 'node:fs';
+import { errorCode } from '../base/index.js';
 import { PARTIAL_SUFFIX, SnapshotReader, type SnapshotStatus } from '../snapshot/index.js';
 import { SnapshotFlag } from '../wire/snapshot-format.js';
-import { usage, parseOptions } from './options.js';
+import { oneFile, type CommandArgs } from './options.js';
+import type { CommandEnd } from './output.js';
 
-export function inspectCommand(args: string[]): number {
-  const files = args.filter((a) => !a.startsWith('--'));
-  const o = parseOptions(args.filter((a) => a.startsWith('--')), { json: 'boolean' });
-  if (files.length !== 1) throw usage(files.length ? `inspect takes one FILE, not ${files.length}: ${files.join(' ')}` : 'inspect needs a FILE');
-  const report = inspectFile(files[0]);
-  if (o.json) console.log(JSON.stringify(report));
-  else printReport(report);
-  if (!report.complete) process.stderr.write(`postcopy: ${report.file}: ${report.reason}\n`);
-  return report.complete ? 0 : 1;
+export function inspectCommand({ positionals }: CommandArgs): CommandEnd {
+  const { report, code } = inspectFile(oneFile('inspect', positionals));
+  const error = report.complete ? undefined : Object.assign(new Error(`${report.file}: ${report.reason}`), { code });
+  return { report: { ...report }, human: humanReport(report), error };
 }
 
 interface BlockReport {
@@ -48,7 +45,8 @@ interface Report {
   checksums: { header: boolean; bitmaps: boolean; deviceState: boolean; pageData: Record<string, boolean> | 'not in file' } | null;
 }
 
-function inspectFile(file: string): Report {
+/** The report, and the code of why the file is refused (a system error's for one it cannot read). */
+function inspectFile(file: string): { report: Report; code?: string } {
   let status: SnapshotStatus;
   try {
     status = SnapshotReader.inspect(file);
@@ -56,9 +54,28 @@ function inspectFile(file: string): Report {
     const e = error as NodeJS.ErrnoException;
     let reason = `cannot read it: ${e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message}`;
     if (e.code === 'ENOENT' && existsSync(file + PARTIAL_SUFFIX)) reason += ` (${file}${PARTIAL_SUFFIX} exists: the snapshot did not finish)`;
-    return { file, fileSize: null, complete: false, reason, checksums: null };
+    return { report: { file, fileSize: null, complete: false, reason, checksums: null }, code: errorCode(error) };
   }
-  const { layout, trailer } = status;
+  const report = statusReport(status);
+  return { report, code: status.complete ? undefined : refusalCode(status) };
+}
+
+/**
+ * Damaged (ERR_SNAPSHOT_FORMAT) or not complete (ERR_SNAPSHOT_INCOMPLETE): the status does not
+ * say, SnapshotReader.open's error does (header, trailer and bitmaps read once more). It opens
+ * a refused file only when its page data is damaged.
+ */
+function refusalCode(status: SnapshotStatus): string {
+  try {
+    SnapshotReader.open(status.file).close();
+    return 'ERR_SNAPSHOT_FORMAT';
+  } catch (error) {
+    return errorCode(error) ?? 'ERR_SNAPSHOT_FORMAT';
+  }
+}
+
+function statusReport(status: SnapshotStatus): Report {
+  const { file, layout, trailer } = status;
   const report: Report = { file, fileSize: status.fileSize, complete: status.complete, reason: status.reason, checksums: null };
   if (!layout) return report;
   Object.assign(report, {
@@ -83,21 +100,21 @@ function inspectFile(file: string): Report {
   return report;
 }
 
-function printReport(r: Report): void {
-  console.log(`${r.file}: ${r.complete ? 'complete' : 'NOT COMPLETE'}`);
-  if (r.fileSize === null) return;
-  console.log(`  file size     ${r.fileSize} bytes`);
-  if (!r.blocks) return;
-  console.log(`  format        version ${r.version}, target page ${r.targetPageSize}, flags ${r.flags!.join(' ') || 'none'}`);
-  console.log(`  layout        header ${r.headerLength} bytes, device state ${r.deviceStateLength} bytes at ${r.deviceStateOffset}, trailer at ${r.trailerOffset}, complete length ${r.fileLength}`);
+function humanReport(r: Report): string {
+  const lines = [`${r.file}: ${r.complete ? 'complete' : 'NOT COMPLETE'}`];
+  if (r.fileSize === null) return lines.join('\n');
+  lines.push(`  file size     ${r.fileSize} bytes`);
+  if (!r.blocks) return lines.join('\n');
+  lines.push(`  format        version ${r.version}, target page ${r.targetPageSize}, flags ${r.flags!.join(' ') || 'none'}`);
+  lines.push(`  layout        header ${r.headerLength} bytes, device state ${r.deviceStateLength} bytes at ${r.deviceStateOffset}, trailer at ${r.trailerOffset}, complete length ${r.fileLength}`);
   const rows = [['block', 'used length', 'page size', 'pages', 'present', 'zero pages'], ...r.blocks.map((b) => [b.idstr, b.usedLength, b.pageSize, b.pages, b.present ?? '?', b.zeroPages ?? '?'].map(String))];
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
-  for (const row of rows) console.log(`  ${row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')}`);
+  for (const row of rows) lines.push(`  ${row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ')}`);
   const c = r.checksums;
-  if (!c) {
-    console.log('  checksums     not verified: no valid trailer');
-    return;
+  if (!c) lines.push('  checksums     not verified: no valid trailer');
+  else {
+    const pages = typeof c.pageData === 'string' ? c.pageData : Object.entries(c.pageData).map(([id, ok]) => `${id} ${ok ? 'ok' : 'MISMATCH'}`).join(', ');
+    lines.push(`  checksums     header ok, bitmaps ok, device state ok; page data: ${pages}`);
   }
-  const pages = typeof c.pageData === 'string' ? c.pageData : Object.entries(c.pageData).map(([id, ok]) => `${id} ${ok ? 'ok' : 'MISMATCH'}`).join(', ');
-  console.log(`  checksums     header ok, bitmaps ok, device state ok; page data: ${pages}`);
+  return lines.join('\n');
 }

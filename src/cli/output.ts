@@ -1,6 +1,49 @@
-// What the commands print besides their report: progress on stderr, and the peak RSS for reports.
+// What the commands print: how every command ends (its report, or its failure, the same way for
+// all), progress on stderr, and the peak RSS for reports.
 import { readFileSync } from 'node:fs';
+import { errorCode } from '../base/index.js';
+import { exitNow } from '../kernel/index.js';
 import type { OutgoingProgress } from '../outgoing/index.js';
+
+/** How a command ended. */
+export interface CommandEnd {
+  /** With --json: one object on the last stdout line (with error and error_code on a failure). */
+  report: Record<string, unknown>;
+  /** Without --json: the report as a human reads it, on stdout. */
+  human?: string;
+  /** A failure: exit 1 (2 for a usage error) and `postcopy: message` on stderr. */
+  error?: Error;
+}
+
+/**
+ * Runs a command and prints how it ended: the one contract of every command's output. A throw,
+ * even one from an event handler, is a failure like any other; `base` goes into the JSON
+ * object whatever happened (receive: `event: 'report'`). Resolves to the exit code.
+ */
+export async function runCommand(json: boolean, body: () => CommandEnd | Promise<CommandEnd>, base: Record<string, unknown> = {}): Promise<number> {
+  process.on('uncaughtException', (error) => {
+    const internal = Object.assign(new Error(`internal error: ${error.stack ?? error.message}`), { code: errorCode(error) ?? 'ERR_POSTCOPY_INTERNAL' });
+    exitNow(finish(json, base, { report: {}, error: internal }));
+  });
+  let end: CommandEnd;
+  try {
+    end = await body();
+  } catch (error) {
+    end = { report: {}, error: error as Error };
+  }
+  return finish(json, base, end);
+}
+
+function finish(json: boolean, base: Record<string, unknown>, { report, human, error }: CommandEnd): number {
+  // an error without a code is one this package did not foresee
+  const code = error && (errorCode(error) ?? 'ERR_POSTCOPY_INTERNAL');
+  if (json) console.log(JSON.stringify({ ...base, ...report, ...(error ? { error: error.message, error_code: code } : {}) }));
+  else if (human !== undefined) console.log(human);
+  if (!error) return 0;
+  const isUsage = code === 'ERR_POSTCOPY_USAGE';
+  process.stderr.write(`postcopy: ${error.message}\n${isUsage ? '(postcopy --help lists the commands and their options)\n' : ''}`);
+  return isUsage ? 2 : 1;
+}
 
 /**
  * Progress on stderr: on a terminal one line rewritten in place while the phase lasts, else one

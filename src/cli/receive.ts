@@ -7,20 +7,21 @@ import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
 import { IncomingMigration } from '../incoming/index.js';
 import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { usage, endpointOption, livenessConfig, numberOption, parseOptions, readToken } from './options.js';
-import { peakRssMiB } from './output.js';
-import { verifyGuests, type DeviceState } from './reference-guest.js';
+import { usage, endpointOption, livenessConfig, readToken, type CommandArgs, type OptionGroup, type Values } from './options.js';
+import { peakRssMiB, type CommandEnd } from './output.js';
+import { notVerified, runSeconds, verifyGuests, type DeviceState } from './reference-guest.js';
 import { PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
 
-export const RECEIVE_OPTIONS = {
-  listen: 'string', 'token-file': 'string', 'run-seconds': 'string', json: 'boolean',
-  'recover-seconds': 'string', 'stall-seconds': 'string', 'exit-on-stdin-eof': 'boolean',
-} as const;
+export const RECEIVE_OPTIONS: OptionGroup = {
+  title: 'receive',
+  options: {
+    listen: { type: 'string', value: 'ADDR', help: 'where to listen' },
+    'exit-on-stdin-eof': { type: 'boolean', help: 'fail and exit when stdin closes (for a supervising process)' },
+  },
+};
 
-interface Outcome {
-  code: number;
-  report: Record<string, unknown>;
-}
+/** How the migration ended: the report, and the failure if it failed. */
+type Outcome = Omit<CommandEnd, 'human'>;
 
 interface ReceiveConfig {
   endpoint: Endpoint;
@@ -28,34 +29,33 @@ interface ReceiveConfig {
   runSeconds: number;
   recoverSeconds: number;
   stallSeconds: number;
-  json: boolean;
   exitOnStdinEof: boolean;
 }
 
 /** One line of output: the event as JSON with --json, else the text. */
 type Say = (event: Record<string, unknown>, text: string) => void;
 
-export async function receiveCommand(args: string[]): Promise<number> {
-  const config = receiveConfig(args);
-  const say: Say = (event, text) => console.log(config.json ? JSON.stringify(event) : text);
+/** Its --json output is one event per line; the last, the report, is runCommand's (event: 'report'). */
+export async function receiveCommand({ values, json }: CommandArgs): Promise<CommandEnd> {
+  const config = receiveConfig(values);
+  const say: Say = (event, text) => console.log(json ? JSON.stringify(event) : text);
   const destination = new ReferenceDestination(config, say);
-  const listener = await destination.listen();
   destination.follow();
-  const result = await destination.outcome();
+  // before 'listening' is said: a supervisor may signal as soon as it reads it
+  const outcome = destination.outcome();
+  const listener = await destination.listen();
+  const { report, error } = await outcome;
   listener.close();
-  result.report.peak_rss_mb = peakRssMiB();
-  say({ event: 'report', ...result.report }, JSON.stringify(result.report, null, 2));
-  return result.code;
+  report.peak_rss_mb = peakRssMiB();
+  return { report, human: JSON.stringify(report, null, 2), error };
 }
 
-function receiveConfig(args: string[]): ReceiveConfig {
-  const o = parseOptions(args, RECEIVE_OPTIONS);
+function receiveConfig(o: Values): ReceiveConfig {
   if (typeof o.listen !== 'string') throw usage('receive needs --listen HOST:PORT or --listen unix:PATH');
   const endpoint = endpointOption(o.listen, '--listen');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw usage('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
-  const runSeconds = numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
-  return { endpoint, token, runSeconds, ...livenessConfig(o), json: o.json === true, exitOnStdinEof: o['exit-on-stdin-eof'] === true };
+  return { endpoint, token, runSeconds: runSeconds(o), ...livenessConfig(o), exitOnStdinEof: o['exit-on-stdin-eof'] === true };
 }
 
 /** The destination of one migration of the reference guest: the engine, and the guests it resumes on RUN. */
@@ -104,13 +104,14 @@ class ReferenceDestination {
     });
   }
 
-  /** How the migration ends: failed or interrupted (code 1), or complete and the guests verified (or not). */
+  /** How the migration ends: failed or interrupted, or complete and the guests verified (or not). */
   outcome(): Promise<Outcome> {
     const migration = this.migration;
     return new Promise<Outcome>((resolve) => {
       const interrupt = (why: string) => {
-        migration.fail(new PostcopyError('ERR_POSTCOPY_INTERRUPTED', why));
-        resolve({ code: 1, report: { ...migration.report(), verified: false, error: why } });
+        const error = new PostcopyError('ERR_POSTCOPY_INTERRUPTED', why);
+        migration.fail(error);
+        resolve({ report: { ...migration.report(), verified: false }, error });
       };
       process.once('SIGINT', () => interrupt('interrupted (SIGINT)'));
       process.once('SIGTERM', () => interrupt('interrupted (SIGTERM)'));
@@ -120,11 +121,11 @@ class ReferenceDestination {
         process.stdin.resume();
       }
       migration.on('run', () => this.resumeGuests());
-      migration.on('failed', (error) => resolve({ code: 1, report: { ...migration.report(), verified: false, error: error.message, error_code: (error as PostcopyError).code } }));
+      migration.on('failed', (error) => resolve({ report: { ...migration.report(), verified: false }, error }));
       migration.on('end', (report) => {
         verifyGuests(this.device, this.guests, this.resuming, this.config.runSeconds).then(
-          (verification) => resolve({ code: verification.verified ? 0 : 1, report: { ...report, ...verification } }),
-          (error: Error) => resolve({ code: 1, report: { ...report, verified: false, error: error.message } }),
+          (verification) => resolve({ report: { ...report, ...verification }, error: notVerified(verification) }),
+          (error: Error) => resolve({ report: { ...report, verified: false }, error }),
         );
       });
     });

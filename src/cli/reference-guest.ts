@@ -5,7 +5,30 @@
 // guest ran on, stopped cleanly and verifies page by page.
 import { Guest, GUEST_PATTERNS, Mapping, RamBlock, RamList, freeHugePages, type Pattern } from '../index.js';
 import type { SnapshotReader } from '../snapshot/index.js';
-import { usage, choiceOption, intOption, parseSize } from './options.js';
+import { PostcopyError } from '../base/index.js';
+import { usage, choiceOption, intOption, numberOption, parseSize, type OptionGroup, type Values } from './options.js';
+
+export const GUEST_OPTIONS: OptionGroup = {
+  title: 'guest',
+  options: {
+    size: { type: 'string', value: 'SIZE', help: 'guest memory, e.g. 256M, 2G (default 256M)' },
+    blocks: { type: 'string', value: 'N', help: 'split it into N blocks of different sizes (default 1)' },
+    huge: { type: 'boolean', help: '2 MiB hugetlb blocks' },
+    threads: { type: 'string', value: 'N', help: 'guest threads (default 2)' },
+    pattern: { type: 'string', value: 'P', help: `${GUEST_PATTERNS.join(' | ')} (default random)` },
+    fill: { type: 'string', value: 'N', help: 'passes writing every page before the guest runs (default 1, 0 for\nread): 0 leaves memory untouched until the guest writes it' },
+  },
+};
+
+export const RUN_OPTIONS: OptionGroup = {
+  title: 'run',
+  options: { 'run-seconds': { type: 'string', value: 'S', help: 'how long the resumed guest runs once every page is there, before it\nis stopped and verified (default 1)' } },
+};
+
+/** --run-seconds, checked. */
+export function runSeconds(o: Values): number {
+  return numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600);
+}
 
 /** The device state of the reference guest: what a resumed guest needs to go on and be verified. */
 export interface DeviceState {
@@ -25,7 +48,7 @@ export interface GuestSetup {
 }
 
 /** The reference guest's options (--size, --blocks, --huge, --threads, --pattern, --fill), checked. */
-export function guestSetupConfig(o: Record<string, string | boolean | undefined>): GuestSetup {
+export function guestSetupConfig(o: Values): GuestSetup {
   const huge = o.huge === true;
   const size = typeof o.size === 'string' ? parseSize(o.size, '--size') : 256 * 2 ** 20;
   const blocks = intOption(o.blocks, 'blocks', 1, 1, 64);
@@ -99,14 +122,14 @@ export function parseDeviceState(reader: SnapshotReader): DeviceState {
   try {
     parsed = JSON.parse(reader.deviceState.toString('utf8'));
   } catch (error) {
-    throw new Error(`${reader.file}: the device state is not the reference guest's JSON (${(error as Error).message})`);
+    throw new PostcopyError('ERR_SNAPSHOT_FORMAT', `${reader.file}: the device state is not the reference guest's JSON (${(error as Error).message})`);
   }
   const blocks = (parsed as { blocks?: unknown }).blocks;
   if (!Array.isArray(blocks) || !blocks.every((b) => typeof b?.idstr === 'string' && typeof b.writes === 'number' && typeof b.threads === 'number')) {
-    throw new Error(`${reader.file}: the device state names no guest blocks ({blocks:[{idstr, guest, writes, threads}]})`);
+    throw new PostcopyError('ERR_SNAPSHOT_FORMAT', `${reader.file}: the device state names no guest blocks ({blocks:[{idstr, guest, writes, threads}]})`);
   }
   for (const b of blocks as DeviceState['blocks']) {
-    if (b.guest && !reader.blocks.some((r) => r.idstr === b.idstr)) throw new Error(`${reader.file}: the device state names block '${b.idstr}', which the file does not hold`);
+    if (b.guest && !reader.blocks.some((r) => r.idstr === b.idstr)) throw new PostcopyError('ERR_SNAPSHOT_FORMAT', `${reader.file}: the device state names block '${b.idstr}', which the file does not hold`);
   }
   return { session: reader.file, blocks };
 }
@@ -142,4 +165,9 @@ export async function verifyGuests(device: DeviceState | undefined, guests: Map<
     verification.push({ block: b.idstr, ok: problems.length === 0, pages: v.pages, bad: v.bad, first_bad: v.firstBad?.reason, source_writes: b.writes, writes: stats.ledgerWrites });
   }
   return reasons.length ? { verified: false, reason: reasons.join('; '), verification } : { verified: true, verification };
+}
+
+/** A report with `verified: false` as the command's failure (no code in ERROR_CODES says "not verified" better). */
+export function notVerified(report: Record<string, unknown>): PostcopyError | undefined {
+  return report.verified === true ? undefined : new PostcopyError('ERR_POSTCOPY_GUEST', `guest memory NOT verified: ${String(report.reason)}`);
 }

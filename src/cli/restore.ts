@@ -11,30 +11,33 @@ import {
   LazyRestore, SnapshotReader, WorkingSet, restoreEager, workingSetPath,
   type LazyRestoreProgress,
 } from '../snapshot/index.js';
-import { usage, numberOption, parseOptions } from './options.js';
-import { peakRssMiB, progressPrinter } from './output.js';
-import { parseDeviceState, verifyGuests } from './reference-guest.js';
-import type { PostcopyError } from '../base/index.js';
-import { round, TARGET_PAGE_SIZE } from '../base/index.js';
+import { usage, oneFile, type CommandArgs, type OptionGroup } from './options.js';
+import { peakRssMiB, progressPrinter, type CommandEnd } from './output.js';
+import { notVerified, parseDeviceState, runSeconds, verifyGuests } from './reference-guest.js';
+import { errorCode, PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 
-export const RESTORE_OPTIONS = { lazy: 'boolean', eager: 'boolean', 'record-working-set': 'boolean', 'run-seconds': 'string', json: 'boolean' } as const;
+export const RESTORE_OPTIONS: OptionGroup = {
+  title: 'restore',
+  options: {
+    eager: { type: 'boolean', help: 'read every page into fresh memory, then resume the guest (default)' },
+    lazy: { type: 'boolean', help: 'resume the guest at once: faults are served from the file while the\nrest is prefetched, first the working set FILE.ws if there is one' },
+    'record-working-set': { type: 'boolean', help: '(lazy) save the pages the guest faulted on, in order, as FILE.ws;\nnothing is prefetched until the guest has run --run-seconds' },
+  },
+};
 
 interface RestoreConfig {
   file: string;
   lazy: boolean;
   record: boolean;
   runSeconds: number;
-  json: boolean;
 }
 
-function restoreConfig(args: string[]): RestoreConfig {
-  const [file, ...rest] = args;
-  if (file === undefined || file.startsWith('--')) throw usage('restore needs a snapshot FILE: postcopy restore FILE [--lazy | --eager]');
-  const o = parseOptions(rest, RESTORE_OPTIONS);
+function restoreConfig({ values: o, positionals }: CommandArgs): RestoreConfig {
+  const file = oneFile('restore', positionals);
   if (o.lazy && o.eager) throw usage('--lazy and --eager exclude each other');
   const lazy = o.lazy === true;
   if (o['record-working-set'] && !lazy) throw usage('--record-working-set records the faults of a lazy restore: add --lazy');
-  return { file, lazy, record: o['record-working-set'] === true, runSeconds: numberOption(o['run-seconds'], 'run-seconds', 1, 0, 3600), json: o.json === true };
+  return { file, lazy, record: o['record-working-set'] === true, runSeconds: runSeconds(o) };
 }
 
 /** What both restores share: the open file, fresh memory per block, the guests to resume and verify. */
@@ -50,7 +53,7 @@ interface RestoreRun {
   finish(restore: Record<string, unknown>, workingSet: Record<string, unknown>): Promise<Record<string, unknown>>;
 }
 
-export async function restoreCommand(args: string[]): Promise<number> {
+export async function restoreCommand(args: CommandArgs): Promise<CommandEnd> {
   const config = restoreConfig(args);
   const { file, lazy } = config;
   const { note } = progressPrinter();
@@ -84,22 +87,22 @@ export async function restoreCommand(args: string[]): Promise<number> {
         timings: { open_ms: round(openedMs), restored_ms: round(resumedMs), total_ms: round(performance.now() - started) } };
     },
   };
-  const report = lazy ? await restoreLazily(run) : await restoreEagerly(run);
-  if (report.verified === false && report.error_code !== undefined) return failed(report, config.json);
+  const end = lazy ? await restoreLazily(run) : await restoreEagerly(run);
+  // a failed lazy restore may leave a guest thread blocked in a fault: the exit ends it
+  if (end.error) return end;
   reader.close();
-  report.peak_rss_mb = peakRssMiB();
-  print(report, config.json);
-  return report.verified === true ? 0 : 1;
+  const report = { ...end.report, peak_rss_mb: peakRssMiB() };
+  return { report, human: JSON.stringify(report, null, 2), error: notVerified(report) };
 }
 
-async function restoreEagerly(run: RestoreRun): Promise<Record<string, unknown>> {
+async function restoreEagerly(run: RestoreRun): Promise<CommandEnd> {
   const restore = await restoreEager(run.reader, run.memory);
   run.note(`restored ${(restore.bytes_read / 2 ** 20).toFixed(0)} MiB in ${restore.seconds} s (${restore.gb_per_s} GB/s), ${restore.zero_pages} zero pages${restore.checksum_verified ? ', checksums verified' : ''}`);
   void run.resumeGuests();
-  return run.finish({ ...restore }, { used: 0, recorded: 0 });
+  return { report: await run.finish({ ...restore }, { used: 0, recorded: 0 }) };
 }
 
-async function restoreLazily(run: RestoreRun): Promise<Record<string, unknown>> {
+async function restoreLazily(run: RestoreRun): Promise<CommandEnd> {
   const { config, reader, note } = run;
   const ws = loadWorkingSet(config.file, reader, note);
   const restore = LazyRestore.start(reader, run.memory, {
@@ -124,7 +127,8 @@ async function restoreLazily(run: RestoreRun): Promise<Record<string, unknown>> 
   try {
     await restore.finished;
   } catch (error) {
-    return { ...restore.report(), mode: 'lazy', file: config.file, verified: false, error: (error as Error).message, error_code: (error as { code?: string }).code ?? 'ERR_RESTORE_FAILED' };
+    const failure = errorCode(error) ? error as Error : new PostcopyError('ERR_RESTORE_FAILED', (error as Error).message, { cause: error });
+    return { report: { ...restore.report(), mode: 'lazy', file: config.file, verified: false }, error: failure };
   }
   const lazyReport = restore.report();
   note(`every page present after ${lazyReport.all_present_ms} ms: ${lazyReport.pages.by_fault} by fault, ${lazyReport.pages.by_prefetch} prefetched; ${lazyReport.faults} faults, p50 <= ${lazyReport.latency_us.p50} us, p99 <= ${lazyReport.latency_us.p99} us, blocktime ${lazyReport.blocktime_ms} ms`);
@@ -133,7 +137,7 @@ async function restoreLazily(run: RestoreRun): Promise<Record<string, unknown>> 
     recorded.save(workingSetPath(config.file), reader);
     note(`working set of ${recorded.pages.length} pages saved to ${workingSetPath(config.file)}`);
   }
-  return run.finish({ ...lazyReport }, { used: lazyReport.working_set.used, recorded: recorded?.pages.length ?? 0, ...(ws.refused ? { refused: ws.refused } : {}) });
+  return { report: await run.finish({ ...lazyReport }, { used: lazyReport.working_set.used, recorded: recorded?.pages.length ?? 0, ...(ws.refused ? { refused: ws.refused } : {}) }) };
 }
 
 /** FILE.ws if there is one: a stale or damaged one is not used, and the report says why. */
@@ -145,7 +149,7 @@ function loadWorkingSet(file: string, reader: SnapshotReader, note: (line: strin
     note(`prefetching the working set of ${set.pages.length} pages first (${path})`);
     return { set };
   } catch (error) {
-    if ((error as PostcopyError).code !== 'ERR_WORKING_SET') throw error;
+    if (errorCode(error) !== 'ERR_WORKING_SET') throw error;
     note(`${(error as Error).message}; restoring without it`);
     return { refused: (error as Error).message };
   }
@@ -153,14 +157,4 @@ function loadWorkingSet(file: string, reader: SnapshotReader, note: (line: strin
 
 function formatProgress(p: LazyRestoreProgress): string {
   return `[lazy] ${p.placed_pages}/${p.total_pages} pages present (${Math.floor((100 * p.placed_pages) / p.total_pages)}%), ${p.faults} faults, ${p.elapsed_ms} ms`;
-}
-
-function failed(report: Record<string, unknown>, json: boolean): number {
-  if (!json) throw new Error(String(report.error));
-  print(report, json);
-  return 1;
-}
-
-function print(report: Record<string, unknown>, json: boolean): void {
-  console.log(json ? JSON.stringify(report) : JSON.stringify(report, null, 2));
 }

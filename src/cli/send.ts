@@ -1,18 +1,20 @@
 // `postcopy send`: the source. Allocates guest blocks, runs the reference guest on them,
 // connects to the destination and migrates: precopy, switchover, postcopy (source-runner.ts).
-import { usage, endpointOption, parseOptions, readToken } from './options.js';
-import { progressPrinter } from './output.js';
-import { SOURCE_OPTIONS, runSource, sourceConfig } from './source-runner.js';
+import { usage, endpointOption, readToken, type CommandArgs, type OptionGroup } from './options.js';
+import { progressPrinter, type CommandEnd } from './output.js';
+import { runSource, sourceConfig } from './source-runner.js';
 
-export async function sendCommand(args: string[]): Promise<number> {
-  const o = parseOptions(args, SOURCE_OPTIONS);
+export const SEND_OPTIONS: OptionGroup = {
+  title: 'send',
+  options: { connect: { type: 'string', value: 'ADDR', help: 'the destination (postcopy receive --listen ADDR)' } },
+};
+
+export async function sendCommand({ values: o }: CommandArgs): Promise<CommandEnd> {
   if (typeof o.connect !== 'string') throw usage('send needs --connect HOST:PORT or --connect unix:PATH');
   const endpoint = endpointOption(o.connect, '--connect');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw usage('send over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
-  const config = sourceConfig(o);
-  const json = o.json === true;
-  const { report, sourceWrites } = await runSource(config, endpoint, token, progressPrinter().progress);
-  console.log(json ? JSON.stringify({ ...report, source_writes: sourceWrites }) : JSON.stringify({ ...report, source_writes: sourceWrites }, null, 2));
-  return 0;
+  const { report, sourceWrites } = await runSource(sourceConfig(o), endpoint, token, progressPrinter().progress);
+  const out = { ...report, source_writes: sourceWrites };
+  return { report: out, human: JSON.stringify(out, null, 2) };
 }

@@ -4,14 +4,21 @@
 // threads and its ledger's write count at the instant of the snapshot.
 import { randomUUID } from 'node:crypto';
 import { BackgroundSnapshot, type SnapshotProgress, type SnapshotReport, type UnpopulatedMode } from '../snapshot/index.js';
-import { usage, choiceOption, numberOption, parseOptions } from './options.js';
-import { progressPrinter } from './output.js';
+import { PostcopyError } from '../base/index.js';
+import { usage, choiceOption, numberOption, type CommandArgs, type OptionGroup, type Values } from './options.js';
+import { progressPrinter, type CommandEnd } from './output.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
 
-const SNAPSHOT_OPTIONS = {
-  out: 'string', size: 'string', blocks: 'string', huge: 'boolean', shared: 'boolean', threads: 'string', pattern: 'string',
-  fill: 'string', 'warmup-seconds': 'string', unpopulated: 'string', 'no-checksums': 'boolean', json: 'boolean',
-} as const;
+export const SNAPSHOT_OPTIONS: OptionGroup = {
+  title: 'snapshot',
+  options: {
+    out: { type: 'string', value: 'FILE', help: 'the snapshot file (written as FILE.partial, renamed when complete)' },
+    shared: { type: 'boolean', help: 'memfd (MAP_SHARED) guest memory instead of private anonymous memory' },
+    'warmup-seconds': { type: 'string', value: 'S', help: 'how long the guest runs before the snapshot (default 0.5)' },
+    unpopulated: { type: 'string', value: 'MODE', help: 'never-touched pages: kernel (WP_UNPOPULATED) | populate | auto (default)' },
+    'no-checksums': { type: 'boolean', help: 'no page-data checksums in the trailer (header, bitmaps and device\nstate are always checked)' },
+  },
+};
 
 interface SnapshotConfig extends GuestSetup {
   out: string;
@@ -20,7 +27,7 @@ interface SnapshotConfig extends GuestSetup {
   pageChecksums: boolean;
 }
 
-function snapshotConfig(o: Record<string, string | boolean | undefined>): SnapshotConfig {
+function snapshotConfig(o: Values): SnapshotConfig {
   if (typeof o.out !== 'string' || !o.out) throw usage('snapshot needs --out FILE');
   return {
     ...guestSetupConfig(o),
@@ -37,10 +44,8 @@ export function formatSnapshotProgress(p: SnapshotProgress): string {
   return `[snapshot] saved ${p.pagesSaved}/${p.pagesTotal} pages (${pct.toFixed(0)}%), ${(p.bytesWritten / 2 ** 20).toFixed(0)} MiB written, ${p.gbPerS.toFixed(2)} GB/s, ${p.writeFaults} write faults`;
 }
 
-export async function snapshotCommand(args: string[]): Promise<number> {
-  const options = parseOptions(args, SNAPSHOT_OPTIONS);
-  const config = snapshotConfig(options);
-  const json = options.json === true;
+export async function snapshotCommand({ values, json }: CommandArgs): Promise<CommandEnd> {
+  const config = snapshotConfig(values);
   const { note } = progressPrinter();
   const { blocks, guests, threadsPerBlock } = await startReferenceGuests(config, (p) => note(p.message));
   try {
@@ -76,16 +81,12 @@ export async function snapshotCommand(args: string[]): Promise<number> {
         bad_pages: bad.length,
       },
     };
-    if (json) console.log(JSON.stringify(out));
-    else {
+    if (!json) {
       note(`complete: ${report.file} (${(report.file_size / 2 ** 20).toFixed(0)} MiB file, ${report.pages.written} pages written, ${report.pages.zero} zero pages skipped)`);
       note(`  ${report.gb_per_s} GB/s, ${report.seconds} s; pause ${report.pause_ms} ms; ${report.write_faults.count} write faults p50 ${report.write_faults.p50_us} µs p99 ${report.write_faults.p99_us} µs; the guest wrote ${out.guest.writes_during_snapshot} pages meanwhile`);
     }
-    if (bad.length) {
-      note(`the guest found ${bad.length} bad page(s) while it ran: first ${JSON.stringify(bad[0])}`);
-      return 1;
-    }
-    return 0;
+    const error = bad.length ? new PostcopyError('ERR_POSTCOPY_GUEST', `the guest found ${bad.length} bad page(s) while it ran: first ${JSON.stringify(bad[0])}`) : undefined;
+    return { report: out, error };
   } finally {
     await Promise.all(guests.map((g) => g.terminate()));
     for (const block of blocks) block.host!.unmap();

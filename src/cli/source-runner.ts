@@ -5,14 +5,18 @@ import { randomUUID } from 'node:crypto';
 import { DIRTY_LOG_KINDS, OutgoingMigration, type DirtyLogKind, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
 import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
 import { Capability, MAX_BULK_CHANNELS } from '../wire/index.js';
-import { choiceOption, livenessConfig, numberOption, type Spec } from './options.js';
+import { choiceOption, intOption, livenessConfig, numberOption, type OptionGroup, type Values } from './options.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
 
-export const SOURCE_OPTIONS: Spec = {
-  size: 'string', blocks: 'string', huge: 'boolean', threads: 'string', pattern: 'string',
-  'precopy-seconds': 'string', 'no-preempt': 'boolean', fill: 'string', json: 'boolean',
-  'dirty-log': 'string', transport: 'string', 'run-seconds': 'string', 'token-file': 'string', connect: 'string',
-  'recover-seconds': 'string', 'stall-seconds': 'string', channels: 'string',
+/** How the source migrates (demo and send). */
+export const MIGRATION_OPTIONS: OptionGroup = {
+  title: 'migration',
+  options: {
+    'precopy-seconds': { type: 'string', value: 'S', help: 'precopy before switching to postcopy; 0 = straight to postcopy (default 2)' },
+    'no-preempt': { type: 'boolean', help: 'no preempt channel: requested pages queue behind the stream' },
+    channels: { type: 'string', value: 'N', help: `bulk channels (0-${MAX_BULK_CHANNELS}, default 0): precopy and the background stream\ngo on N more connections, each fed and drained by its own thread` },
+    'dirty-log': { type: 'string', value: 'KIND', help: `${DIRTY_LOG_KINDS.join(' | ')} (default: the best the kernel\noffers, in that order; soft-dirty parks the guest for each sync)` },
+  },
 };
 
 export interface SourceConfig extends GuestSetup {
@@ -27,12 +31,12 @@ export interface SourceConfig extends GuestSetup {
   stallSeconds: number;
 }
 
-export function sourceConfig(o: Record<string, string | boolean | undefined>): SourceConfig {
+export function sourceConfig(o: Values): SourceConfig {
   return {
     ...guestSetupConfig(o),
     precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
     preempt: o['no-preempt'] !== true,
-    channels: numberOption(o.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
+    channels: intOption(o.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
     dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', DIRTY_LOG_KINDS, 'pagemap-scan'),
     ...livenessConfig(o),
   };

@@ -39,6 +39,21 @@ export function runCli(args: string[], env: Record<string, string> = {}, timeout
   });
 }
 
+/**
+ * A failed `--json` run: exit `exit`, stdout one line, one object that names the error and its
+ * code, and stderr's `postcopy: ` line saying the same.
+ */
+export function assertJsonFailure(r: CliResult, exit: number, code: string, message: RegExp): Record<string, any> {
+  const context = `exit ${r.code}\nstdout: ${r.stdout.slice(-1500)}\nstderr: ${r.stderr.slice(-1500)}`;
+  assert.equal(r.code, exit, context);
+  assert.equal(r.stdout.trimEnd().split('\n').length, 1, `one line on stdout\n${context}`);
+  assert.ok(r.report, `the last stdout line is not JSON\n${context}`);
+  assert.equal(r.report.error_code, code, context);
+  assert.match(r.report.error, message, context);
+  assert.ok(r.stderr.split('\n').includes(`postcopy: ${r.report.error}`), context);
+  return r.report;
+}
+
 /** A destination process; resolves once it listens, with its events as they come. */
 export async function startReceiver(args: string[], env: Record<string, string>): Promise<{
   child: ChildProcess; endpoint: string; events: Record<string, any>[]; exited: Promise<number>; waitFor(pred: (e: Record<string, any>) => boolean, ms?: number): Promise<Record<string, any>>;
@@ -59,7 +74,8 @@ export async function startReceiver(args: string[], env: Record<string, string>)
       w.resolve(event);
     }
   });
-  const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+  // 'close': exited, and every line it printed read
+  const exited = new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? 1)));
   const waitFor = (pred: (e: Record<string, any>) => boolean, ms = 60_000) => {
     const seen = events.find(pred);
     if (seen) return Promise.resolve(seen);
