@@ -32,6 +32,8 @@ demo/send options:
   --fill N                  passes writing every page before the guest runs (default 1, 0 for
                             read): 0 leaves memory untouched until the guest writes it
   --precopy-seconds S       precopy before switching to postcopy; 0 = straight to postcopy (default 2)
+  --postcopy-max-mibs N     cap the postcopy background stream at N MiB/s (default 0: no cap);
+                            requested pages are never held back
   --transport tcp|unix      (demo) the channel transport (default tcp)
   --no-preempt              no preempt channel: requested pages queue behind the stream
   --channels N              bulk channels (0-16, default 0): precopy and the background stream

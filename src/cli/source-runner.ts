@@ -12,11 +12,13 @@ export const SOURCE_OPTIONS: Spec = {
   size: 'string', blocks: 'string', huge: 'boolean', threads: 'string', pattern: 'string',
   'precopy-seconds': 'string', 'no-preempt': 'boolean', fill: 'string', json: 'boolean',
   'dirty-log': 'string', transport: 'string', 'run-seconds': 'string', 'token-file': 'string', connect: 'string',
-  'recover-seconds': 'string', 'stall-seconds': 'string', channels: 'string',
+  'recover-seconds': 'string', 'stall-seconds': 'string', channels: 'string', 'postcopy-max-mibs': 'string',
 };
 
 export interface SourceConfig extends GuestSetup {
   precopySeconds: number;
+  /** The postcopy background stream's cap in MiB/s (0: none); requested pages are never held back. */
+  postcopyMaxMiBs: number;
   preempt: boolean;
   /** Bulk channels (0: pages go on the main channel). */
   channels: number;
@@ -31,6 +33,7 @@ export function sourceConfig(o: Record<string, string | boolean | undefined>): S
   return {
     ...guestSetupConfig(o),
     precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
+    postcopyMaxMiBs: numberOption(o['postcopy-max-mibs'], 'postcopy-max-mibs', 0, 0, 1e6),
     preempt: o['no-preempt'] !== true,
     channels: numberOption(o.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
     dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', DIRTY_LOG_KINDS, 'pagemap-scan'),
@@ -66,6 +69,7 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
       recoverSeconds: config.recoverSeconds,
       stallSeconds: config.stallSeconds,
       precopySeconds: config.precopySeconds,
+      postcopyMaxMiBs: config.postcopyMaxMiBs,
       dirtyLog: config.dirtyLog,
       // every guest's threads parked at once (soft-dirty: no write between reading and clearing)
       holdGuest: (critical) => guests.reduceRight((inner, g) => () => g.hold(inner), critical)(),
