@@ -580,11 +580,12 @@ export class OutgoingMigration {
     this.phase = 'postcopy';
     this.progress(); // postcopy has begun: the guest runs on the destination
     this.cursor = { block: 0, page: 0 };
-    this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy };
+    const startRateWindow = () => (this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy });
+    startRateWindow();
     for (;;) {
       if (this.channels.broken) {
         await this.recover(); // throws when it cannot
-        this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy }; // no burst to catch up on the pause
+        startRateWindow(); // no burst to catch up on the pause
       }
       if (this.destinationEnded) return;
       try {
