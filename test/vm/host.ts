@@ -108,7 +108,7 @@ function summary(run: KernelRun): string[] {
     lines.push(`                range ioctls: ${f.rangeIoctls.join(' ')}`);
   }
   for (const step of result.steps) {
-    lines.push(`  ${step.ok ? 'ok    ' : 'FAILED'}  ${step.name}: ${step.detail} (${seconds(step.ms)} s)`);
+    lines.push(`  ${step.skipped ? 'skip  ' : step.ok ? 'ok    ' : 'FAILED'}  ${step.name}: ${step.detail} (${seconds(step.ms)} s)`);
     for (const skip of step.tests?.skips ?? []) lines.push(`            skipped: ${skip.name}: ${skip.reason}`);
   }
   return lines;
