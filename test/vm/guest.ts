@@ -138,7 +138,7 @@ function migration(kind: string, channels: number, untouched: boolean, features:
 /** 2 MiB hugetlb blocks, when init.sh's reservation leaves enough free huge pages for the source and the destination. */
 function hugeMigration(features: FeatureReport): StepResult {
   const name = 'migration (2 MiB hugetlb blocks)';
-  const needed = 2 * (SIZE_MIB / 2);
+  const needed = 2 * (SIZE_MIB / 2); // the source's block and the destination's
   const free = freeHugePages();
   const skip = !features.features.MISSING_HUGETLBFS ? 'the kernel lacks MISSING_HUGETLBFS'
     : free < needed ? `${free} free 2 MiB huge pages, ${needed} needed (POSTCOPY_VM_HUGEPAGES in init.sh)` : undefined;

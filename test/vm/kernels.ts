@@ -36,13 +36,13 @@ function candidateVersion(pkg: string): string | undefined {
 
 const APT_ENV = { ...process.env, DEBIAN_FRONTEND: 'noninteractive', INITRD: 'No' };
 /** What apt says when its lists are missing a package or name a version the mirror dropped. */
-const STALE_LISTS = /Unable to locate package|has no installation candidate|404\s+Not Found|try apt-get update|maybe run apt-get update/;
+const STALE_LISTS = /Unable to locate package|has no installation candidate|404\s+Not Found|maybe run apt-get update/;
 
 /** Runs apt-get with its stdout on ours and its stderr both on ours and returned. */
 function aptGet(args: string[], timeoutMs: number): { status: string | undefined; stderr: string } {
   const r = spawnSync('apt-get', args, { env: APT_ENV, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 });
   process.stderr.write(r.stderr ?? '');
-  const status = r.error ? `${r.error.message}` : r.status !== 0 ? `exit ${r.status ?? r.signal}` : undefined;
+  const status = r.error ? r.error.message : r.status !== 0 ? `exit ${r.status ?? r.signal}` : undefined;
   return { status, stderr: r.stderr ?? '' };
 }
 
@@ -75,8 +75,8 @@ function kernelPackage(series: string, log: (line: string) => void): string {
 
 /** Installs `packages`; lists that lack one of them, or that apt finds stale, are updated once first. */
 function aptInstall(packages: string[], log: (line: string) => void): void {
-  const uncandidated = packages.filter((p) => !candidateVersion(p));
-  if (uncandidated.length) updateLists(`no candidate for ${uncandidated.join(' ')}`, log);
+  const noCandidate = packages.filter((p) => !candidateVersion(p));
+  if (noCandidate.length) updateLists(`no candidate for ${noCandidate.join(' ')}`, log);
   const install = () => {
     log(`installing ${packages.join(' ')} (apt-get)`);
     return aptGet(['install', '-y', '--no-install-recommends', ...packages], 20 * 60_000);
