@@ -39,6 +39,18 @@ test('Unix socket, straight to postcopy: every page by request or stream, verifi
   assert.ok(r.latency_us.count > 0 && r.latency_us.avg > 0);
 });
 
+test('--postcopy-max-mibs holds the background stream to its rate while requested pages are answered at once, verified', { skip: canMigrate, timeout: 120_000 }, async () => {
+  // at 2 MiB/s the stream sleeps 30 ms or more after each batch: a request that waited for
+  // the stream would show in the median latency (64 ms when it did; 0.5 ms here)
+  const cap = 2;
+  const r = await verifiedDemo(['--size', '16M', '--threads', '2', '--precopy-seconds', '0', '--postcopy-max-mibs', String(cap)]);
+  const streamed = r.source.pages_sent.postcopy;
+  const atCapMs = ((streamed * 4096) / 2 ** 20 / cap) * 1000;
+  assert.ok(streamed > 0 && r.source.postcopy_ms >= 0.7 * atCapMs, `${streamed} pages streamed in ${r.source.postcopy_ms} ms; ${Math.round(atCapMs)} ms at the cap`);
+  assert.ok(r.pages.requested > 0, 'the resumed guest faulted on pages that had not arrived');
+  assert.ok(r.latency_us.p50 < 20_000, `median request latency ${r.latency_us.p50} µs`);
+});
+
 test('2 MiB hugetlb blocks, verified', { skip: canMigrate || featureSkip('MISSING_HUGETLBFS') || hugeSkip(34), timeout: 120_000 }, async () => {
   const r = await verifiedDemo(['--size', '32M', '--huge', '--threads', '2', '--precopy-seconds', '0.5']);
   assert.equal(r.bytes_total, 32 << 20);

@@ -16,11 +16,14 @@ export const MIGRATION_OPTIONS: OptionGroup = {
     'no-preempt': { type: 'boolean', help: 'no preempt channel: requested pages queue behind the stream' },
     channels: { type: 'string', value: 'N', help: `bulk channels (0-${MAX_BULK_CHANNELS}, default 0): precopy and the background stream\ngo on N more connections, each fed and drained by its own thread` },
     'dirty-log': { type: 'string', value: 'KIND', help: `${DIRTY_LOG_KINDS.join(' | ')} (default: the best the kernel\noffers, in that order; soft-dirty parks the guest for each sync)` },
+    'postcopy-max-mibs': { type: 'string', value: 'N', help: 'cap the postcopy background stream at N MiB/s (default: none);\nrequested pages are never held back' },
   },
 };
 
 export interface SourceConfig extends GuestSetup {
   precopySeconds: number;
+  /** The postcopy background stream's cap in MiB/s (0: none); requested pages are never held back. */
+  postcopyMaxMiBs: number;
   preempt: boolean;
   /** Bulk channels (0: pages go on the main channel). */
   channels: number;
@@ -35,6 +38,7 @@ export function sourceConfig(o: Values): SourceConfig {
   return {
     ...guestSetupConfig(o),
     precopySeconds: numberOption(o['precopy-seconds'], 'precopy-seconds', 2, 0, 3600),
+    postcopyMaxMiBs: numberOption(o['postcopy-max-mibs'], 'postcopy-max-mibs', 0, 0, 1e6),
     preempt: o['no-preempt'] !== true,
     channels: intOption(o.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
     dirtyLog: o['dirty-log'] === undefined ? undefined : choiceOption(o['dirty-log'], 'dirty-log', DIRTY_LOG_KINDS, 'pagemap-scan'),
@@ -70,6 +74,7 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
       recoverSeconds: config.recoverSeconds,
       stallSeconds: config.stallSeconds,
       precopySeconds: config.precopySeconds,
+      postcopyMaxMiBs: config.postcopyMaxMiBs,
       dirtyLog: config.dirtyLog,
       // every guest's threads parked at once (soft-dirty: no write between reading and clearing)
       holdGuest: (critical) => guests.reduceRight((inner, g) => () => g.hold(inner), critical)(),

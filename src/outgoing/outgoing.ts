@@ -57,8 +57,13 @@ export interface OutgoingOptions {
   /** Holds the guest still while `critical` runs (synchronously); the soft-dirty dirty log needs it. */
   holdGuest?: HoldWriters;
   onProgress?: (progress: OutgoingProgress) => void;
-  /** Precopy sends at most this many MiB/s (QEMU's max-bandwidth; default: no limit). Postcopy is never limited. */
+  /** Precopy sends at most this many MiB/s (QEMU's max-bandwidth; default: no limit). */
   precopyMaxMiBs?: number;
+  /**
+   * The postcopy background stream sends at most this many MiB/s (QEMU's max-postcopy-bandwidth;
+   * default: no limit). Requested pages are never held back, nor counted.
+   */
+  postcopyMaxMiBs?: number;
   /**
    * A batch of the stream ends after this many milliseconds (default 0.2), so that a request
    * read meanwhile waits for at most one batch. Even at 0 a batch sends one host page.
@@ -214,6 +219,8 @@ export class OutgoingMigration {
   private readonly precopyTotals = { rounds: 0, sent_pages: 0, dirtied_pages: 0, ms: 0 };
   /** The round under way: when it began and the precopy page count then. */
   private roundStart = { at: 0, sent: 0 };
+  /** When the postcopy stream began (again, after a recovery) and its page count then: postcopyMaxMiBs counts from here. */
+  private postcopyStart = { at: 0, sent: 0 };
   private readonly started = performance.now();
   private readonly channels: SourceChannels;
   /** The bulk channels of the current connection, if the migration has any. */
@@ -462,12 +469,16 @@ export class OutgoingMigration {
     return performance.now() - start;
   }
 
-  /** With `precopyMaxMiBs`: waits until the round's pages so far are within the rate since it began. */
-  private async precopyRateLimit(): Promise<void> {
-    const max = this.options.precopyMaxMiBs;
+  /**
+   * With `precopyMaxMiBs` or `postcopyMaxMiBs`: waits until the stream's pages since the round
+   * (precopy) or postcopy began are within the rate. Requests are served meanwhile, as they are read.
+   */
+  private async rateLimit(kind: 'precopy' | 'postcopy'): Promise<void> {
+    const max = kind === 'precopy' ? this.options.precopyMaxMiBs : this.options.postcopyMaxMiBs;
     if (!max) return;
-    const aheadMs = ((this.counts.precopy - this.roundStart.sent) * MIB_PER_PAGE * 1000) / max - (performance.now() - this.roundStart.at);
-    if (aheadMs > 1) await sleep(aheadMs);
+    const since = kind === 'precopy' ? this.roundStart : this.postcopyStart;
+    const aheadMs = ((this.counts[kind] - since.sent) * MIB_PER_PAGE * 1000) / max - (performance.now() - since.at);
+    if (aheadMs > 1) await Promise.race([sleep(aheadMs), this.channels.whenBroken()]);
   }
 
   /** Closes the round under way at its sync: its numbers go to the report (the last few) and the totals. */
@@ -570,8 +581,13 @@ export class OutgoingMigration {
     this.phase = 'postcopy';
     this.progress(); // postcopy has begun: the guest runs on the destination
     this.cursor = { block: 0, page: 0 };
+    const startRateWindow = () => (this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy });
+    startRateWindow();
     for (;;) {
-      if (this.channels.broken) await this.recover(); // throws when it cannot
+      if (this.channels.broken) {
+        await this.recover(); // throws when it cannot
+        startRateWindow(); // no burst to catch up on the pause
+      }
       if (this.destinationEnded) return;
       try {
         this.serveRequests();
@@ -858,7 +874,7 @@ export class OutgoingMigration {
         lastProgress = performance.now();
       }
       if (!more()) return;
-      if (kind === 'precopy') await this.precopyRateLimit();
+      await this.rateLimit(kind);
       // always let the return path in between batches (a write the kernel took at once still
       // leaves needDrain set until the next tick), then wait if the socket is really full
       await yieldToLoop();

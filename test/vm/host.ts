@@ -52,14 +52,17 @@ const KERNEL_DEATH = /Oops:|Kernel panic|BUG:|RIP: /;
 async function runKernel(kernel: Kernel, image: string, accel: Accel, timeoutS: number, steps: string | undefined): Promise<KernelRun> {
   const failedBoots: string[] = [];
   for (let attempt = 1; ; attempt++) {
-    const run = await bootOnce(kernel, image, accel, timeoutS, steps, attempt);
-    if (run.boot.bootMs !== undefined || attempt === BOOT_ATTEMPTS) return { ...run, failedBoots };
-    failedBoots.push(`boot ${attempt}: ${run.failure}`);
-    log(`${kernel.release}: boot ${attempt} died before the init started (${run.failure}); booting again`);
+    const { booted, ...run } = await bootOnce(kernel, image, accel, timeoutS, steps, attempt);
+    // a boot that did not start the init always failed, and says why
+    const died = booted ? undefined : run.failure;
+    if (!died || attempt === BOOT_ATTEMPTS) return { ...run, failedBoots };
+    failedBoots.push(`boot ${attempt}: ${died}`);
+    log(`${kernel.release}: boot ${attempt} died before the init started (${died}); booting again`);
   }
 }
 
-async function bootOnce(kernel: Kernel, image: string, accel: Accel, timeoutS: number, steps: string | undefined, attempt: number): Promise<Omit<KernelRun, 'failedBoots'>> {
+/** One boot; `booted` once the init has said anything (its START marker anywhere in a line, or a result line). */
+async function bootOnce(kernel: Kernel, image: string, accel: Accel, timeoutS: number, steps: string | undefined, attempt: number): Promise<Omit<KernelRun, 'failedBoots'> & { booted: boolean }> {
   log(`booting ${kernel.release} (${accel})${attempt > 1 ? `, attempt ${attempt} of ${BOOT_ATTEMPTS}` : ''}`);
   let result: VmResult | undefined;
   let badResult: string | undefined;
@@ -86,7 +89,8 @@ async function bootOnce(kernel: Kernel, image: string, accel: Accel, timeoutS: n
   const failure = bootResult.killed ? `killed: ${bootResult.killed}${died}`
     : badResult ?? (!result ? `no ${RESULT_MARK.trim()} line (qemu exit ${bootResult.exitCode})${died}`
       : !result.ok ? `failed: ${result.steps.filter((s) => !s.ok).map((s) => s.name).join(', ')}` : undefined);
-  return { kernel, boot: bootResult, result, failure };
+  const booted = bootResult.bootMs !== undefined || result !== undefined || badResult !== undefined;
+  return { kernel, boot: bootResult, result, failure, booted };
 }
 
 function summary(run: KernelRun): string[] {
@@ -104,7 +108,7 @@ function summary(run: KernelRun): string[] {
     lines.push(`                range ioctls: ${f.rangeIoctls.join(' ')}`);
   }
   for (const step of result.steps) {
-    lines.push(`  ${step.ok ? 'ok    ' : 'FAILED'}  ${step.name}: ${step.detail} (${seconds(step.ms)} s)`);
+    lines.push(`  ${step.skipped ? 'skip  ' : step.ok ? 'ok    ' : 'FAILED'}  ${step.name}: ${step.detail} (${seconds(step.ms)} s)`);
     for (const skip of step.tests?.skips ?? []) lines.push(`            skipped: ${skip.name}: ${skip.reason}`);
   }
   return lines;

@@ -1,6 +1,8 @@
 // What the test VMs need from the host: qemu, busybox and Debian's kernel images. Missing ones
 // are installed with apt-get (as root), without building the host an initrd for the new
-// kernels (INITRD=No: the VMs boot our own initramfs, and the host does not boot them).
+// kernels (INITRD=No: the VMs boot our own initramfs, and the host does not boot them). A
+// fresh machine's package lists can lack a package (6.12 lives in bookworm-security) or name
+// versions the mirror no longer has (404): then the lists are updated, once, and apt asked again.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 
@@ -32,21 +34,56 @@ function candidateVersion(pkg: string): string | undefined {
   return version && version !== '(none)' ? version : undefined;
 }
 
-/** The Debian package that installs the newest kernel of a series: its own meta-package or linux-image-amd64. */
-function kernelPackage(series: string): string {
-  for (const pkg of [`linux-image-${series}-amd64`, 'linux-image-amd64']) {
-    if (candidateVersion(pkg)?.startsWith(`${series}.`)) return pkg;
-  }
-  throw new Error(`no Debian package installs a ${series} kernel here (apt-cache search linux-image-${series}: none; try apt-get update)`);
+const APT_ENV = { ...process.env, DEBIAN_FRONTEND: 'noninteractive', INITRD: 'No' };
+/** What apt says when its lists are missing a package or name a version the mirror dropped. */
+const STALE_LISTS = /Unable to locate package|has no installation candidate|404\s+Not Found|maybe run apt-get update/;
+
+/** Runs apt-get with its stdout on ours and its stderr both on ours and returned. */
+function aptGet(args: string[], timeoutMs: number): { status: string | undefined; stderr: string } {
+  const r = spawnSync('apt-get', args, { env: APT_ENV, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 });
+  process.stderr.write(r.stderr ?? '');
+  const status = r.error ? r.error.message : r.status !== 0 ? `exit ${r.status ?? r.signal}` : undefined;
+  return { status, stderr: r.stderr ?? '' };
 }
 
+let listsUpdated = false;
+
+/**
+ * `apt-get update`, at most once per run (lists one update did not fix, a second will not
+ * either); true if it ran now. Throws one line naming the cause if it fails.
+ */
+function updateLists(why: string, log: (line: string) => void): boolean {
+  if (listsUpdated) return false;
+  listsUpdated = true;
+  log(`apt-get update (${why})`);
+  const r = aptGet(['update'], 10 * 60_000);
+  if (r.status) {
+    // the last line that says something: apt ends with a generic "Some index files failed"
+    const said = r.stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/Some index files failed to download/.test(l)).pop();
+    throw new Error(`apt-get update failed (${r.status})${said ? `: ${said}` : ''}`);
+  }
+  return true;
+}
+
+/** The Debian package that installs the newest kernel of a series: its own meta-package or linux-image-amd64. */
+function kernelPackage(series: string, log: (line: string) => void): string {
+  const find = () => [`linux-image-${series}-amd64`, 'linux-image-amd64'].find((pkg) => candidateVersion(pkg)?.startsWith(`${series}.`));
+  const pkg = find() ?? (updateLists(`no package installs a ${series} kernel`, log) ? find() : undefined);
+  if (!pkg) throw new Error(`no Debian package installs a ${series} kernel here, even after apt-get update (apt-cache policy linux-image-${series}-amd64 linux-image-amd64)`);
+  return pkg;
+}
+
+/** Installs `packages`; lists that lack one of them, or that apt finds stale, are updated once first. */
 function aptInstall(packages: string[], log: (line: string) => void): void {
-  if (process.getuid?.() !== 0) throw new Error(`${packages.join(' ')} must be installed, and only root can: run as root, or install them (apt-get install ${packages.join(' ')})`);
-  if (!onPath('apt-get')) throw new Error(`${packages.join(' ')} must be installed and there is no apt-get here: install them by hand`);
-  log(`installing ${packages.join(' ')} (apt-get)`);
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive', INITRD: 'No' };
-  const result = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...packages], { env, stdio: ['ignore', 'inherit', 'inherit'], timeout: 20 * 60_000 });
-  if (result.status !== 0) throw new Error(`apt-get install ${packages.join(' ')} failed (exit ${result.status ?? result.signal}); see above`);
+  const noCandidate = packages.filter((p) => !candidateVersion(p));
+  if (noCandidate.length) updateLists(`no candidate for ${noCandidate.join(' ')}`, log);
+  const install = () => {
+    log(`installing ${packages.join(' ')} (apt-get)`);
+    return aptGet(['install', '-y', '--no-install-recommends', ...packages], 20 * 60_000);
+  };
+  let r = install();
+  if (r.status && STALE_LISTS.test(r.stderr) && updateLists(`apt-get install: ${STALE_LISTS.exec(r.stderr)![0]}`, log)) r = install();
+  if (r.status) throw new Error(`apt-get install ${packages.join(' ')} failed (${r.status}); see above`);
 }
 
 /** Installs what is missing (qemu, busybox-static, the kernels asked for); returns the kernels. */
@@ -54,8 +91,13 @@ export function prepareHost(series: string[], log: (line: string) => void): Kern
   const missing: string[] = [];
   if (!onPath(QEMU)) missing.push('qemu-system-x86');
   if (!existsSync('/bin/busybox')) missing.push('busybox-static');
-  for (const s of series) if (!installedKernel(s)) missing.push(kernelPackage(s));
-  if (missing.length) aptInstall(missing, log);
+  const kernels = series.filter((s) => !installedKernel(s));
+  if (missing.length || kernels.length) {
+    const what = [...missing, ...kernels.map((s) => `a ${s} kernel`)].join(', ');
+    if (process.getuid?.() !== 0) throw new Error(`${what} must be installed, and only root can: run as root, or install them with apt-get`);
+    if (!onPath('apt-get')) throw new Error(`${what} must be installed and there is no apt-get here: install them by hand`);
+    aptInstall([...missing, ...kernels.map((s) => kernelPackage(s, log))], log);
+  }
   return series.map((s) => {
     const kernel = installedKernel(s);
     if (!kernel) throw new Error(`the ${s} kernel is still not in /boot after installing it`);

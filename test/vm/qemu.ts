@@ -22,7 +22,7 @@ export interface BootOptions {
 }
 
 export interface BootResult {
-  /** ms from QEMU's start to the init's first line (POSTCOPY-VM-START). */
+  /** ms from QEMU's start to the init's first line (POSTCOPY-VM-START; kernel messages can share its line). */
   bootMs?: number;
   totalMs: number;
   /** Why the VM was killed, if it was. */
@@ -51,7 +51,7 @@ export function boot(o: BootOptions): Promise<BootResult> {
   for (const stream of [child.stdout, child.stderr]) {
     createInterface({ input: stream }).on('line', (raw) => {
       const line = raw.replace(/\x1b(\[[0-9;?]*[a-zA-Z]|c)|\r/g, '');
-      if (bootMs === undefined && line.startsWith('POSTCOPY-VM-START')) {
+      if (bootMs === undefined && line.includes('POSTCOPY-VM-START')) {
         bootMs = Date.now() - started;
         clearTimeout(bootTimer);
       }

@@ -28,8 +28,10 @@ export interface StepResult {
   name: string;
   ok: boolean;
   ms: number;
-  /** What the step found (the dirty log used, the populate mode, the counts) or why it failed. */
+  /** What the step found (the dirty log used, the populate mode, the counts) or why it failed or was skipped. */
   detail: string;
+  /** Not run: what this VM lacks is in `detail`. */
+  skipped?: boolean;
   tests?: TestCounts;
 }
 
