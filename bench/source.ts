@@ -23,11 +23,12 @@
 import { randomUUID } from 'node:crypto';
 import { Mapping } from '../src/kernel/index.js';
 import { Bitmap, RamBlock, RamList } from '../src/memory/index.js';
-import { OutgoingMigration, type OutgoingReport, type SourceBlock } from '../src/outgoing/index.js';
+import { OutgoingMigration, type OutgoingReport } from '../src/outgoing/index.js';
 import { connectChannel, type ChannelRole, type ConnectedChannel, type Endpoint } from '../src/transport/index.js';
 import { Capability, MAX_BULK_CHANNELS, type ReturnPathEvent } from '../src/wire/index.js';
 import { mainThreadStats, processCpuMs } from './stats.js';
 import { TARGET_PAGE_SIZE } from '../src/base/index.js';
+import { type GuestBlock } from '../src/pager/index.js';
 
 export const BLOCK_ID = 'bench.ram';
 export const PAGE_FILL = 0x5a;
@@ -189,10 +190,10 @@ async function outgoing(endpoint: Endpoint, token: string | undefined, sessionId
     // main announces preempt and the bulk channels, which connect after it (as the CLI does)
     const capabilities = Capability.PREEMPT | (channels << Capability.BULK_SHIFT);
     const connect = (role: ChannelRole, index = 0) =>
-      connectChannel<SourceBlock>({ endpoint, sessionId, role, index, token, blocks, capabilities: role === 'main' ? capabilities : 0 });
+      connectChannel<GuestBlock>({ endpoint, sessionId, role, index, token, blocks, capabilities: role === 'main' ? capabilities : 0 });
     const main = await connect('main');
     const preempt = await connect('preempt');
-    const bulk: ConnectedChannel<SourceBlock>[] = [];
+    const bulk: ConnectedChannel<GuestBlock>[] = [];
     for (let index = 0; index < channels; index++) bulk.push(await connect('bulk', index));
     let before = mainThreadStats();
     let cpuBefore = processCpuMs();

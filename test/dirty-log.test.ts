@@ -4,8 +4,9 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { release } from 'node:os';
 import { Mapping, probeFeatures } from '../src/kernel/index.js';
-import { DIRTY_LOG_KINDS, createDirtyLog, dirtyLogKinds, type DirtyLogKind } from '../src/outgoing/index.js';
+import { DIRTY_LOG_KINDS, dirtyLogKinds, type DirtyLogKind } from '../src/outgoing/index.js';
 import { startPageWriter } from './support/writer.js';
+import { createDirtyLog } from '../src/outgoing/dirty-log.js';
 
 const PAGES = 64;
 const offered = probeFeatures().available ? dirtyLogKinds([{ shared: false, huge: false }]) : [];

@@ -5,8 +5,8 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { Mapping } from '../src/kernel/index.js';
 import { Bitmap } from '../src/memory/index.js';
-import { discardRanges } from '../src/outgoing/outgoing.js';
 import { Command, StreamDecoder, StreamEncoder } from '../src/wire/index.js';
+import { discardRanges } from '../src/outgoing/page-map.js';
 
 /** A deterministic pseudo-random generator (xorshift32). */
 function rng(seed: number): () => number {

@@ -8,7 +8,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { Mapping, RamBlock, RamList } from '../src/index.js';
 import { PM_PRESENT, PagemapReader } from '../src/kernel/index.js';
 import { IncomingMigration } from '../src/incoming/index.js';
-import { OutgoingMigration, convergenceJudge, type OutgoingOptions, type SourceBlock } from '../src/outgoing/index.js';
+import { OutgoingMigration, type OutgoingOptions } from '../src/outgoing/index.js';
 import { IncomingListener, connectChannel, type ChannelRole } from '../src/transport/index.js';
 import { Capability } from '../src/wire/index.js';
 import { patternImage } from './support/serve.js';
@@ -16,6 +16,7 @@ import { featureSkip } from './support/hugepages.js';
 import { waitFor } from './support/threads.js';
 import { startPageWriter, startWriter } from './support/writer.js';
 import { type GuestBlock } from '../src/pager/index.js';
+import { convergenceJudge } from '../src/outgoing/precopy.js';
 
 const skip = featureSkip('PAGEFAULT_FLAG_WP');
 const SIZE = 8 << 20;
@@ -42,7 +43,7 @@ async function pair(source: Partial<OutgoingOptions>, incoming: { recoverSeconds
   listener.admit = (hello) => migration.admit(hello);
   listener.on('channel', (accepted) => migration.attach(accepted));
   const endpoint = await listener.listen();
-  const connect = (role: ChannelRole, timeout = 5) => connectChannel<SourceBlock>({
+  const connect = (role: ChannelRole, timeout = 5) => connectChannel<GuestBlock>({
     endpoint, sessionId: 's', role, token: 't', blocks: sourceBlocks, timeout, capabilities: role === 'main' && preempt ? Capability.PREEMPT : 0,
   });
   const outgoing = new OutgoingMigration({

@@ -2,11 +2,12 @@
 // the guest on fresh blocks, connects to the destination and migrates (precopy, switchover,
 // postcopy), then ends the guest and frees its memory.
 import { randomUUID } from 'node:crypto';
-import { DIRTY_LOG_KINDS, OutgoingMigration, type DirtyLogKind, type OutgoingProgress, type OutgoingReport, type SourceBlock } from '../outgoing/index.js';
+import { DIRTY_LOG_KINDS, OutgoingMigration, type DirtyLogKind, type OutgoingProgress, type OutgoingReport } from '../outgoing/index.js';
 import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
 import { Capability, MAX_BULK_CHANNELS } from '../wire/index.js';
 import { choiceOption, intOption, livenessConfig, numberOption, type OptionGroup, type Values } from './options.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
+import { type GuestBlock } from '../pager/index.js';
 
 /** How the source migrates (demo and send). */
 export const MIGRATION_OPTIONS: OptionGroup = {
@@ -57,7 +58,7 @@ export async function runSource(config: SourceConfig, endpoint: Endpoint, token:
   const session = randomUUID();
   try {
     const capabilities = (config.preempt ? Capability.PREEMPT : 0) | (config.channels << Capability.BULK_SHIFT);
-    const connect = (role: ChannelRole, timeout = 10, index = 0) => connectChannel<SourceBlock>({
+    const connect = (role: ChannelRole, timeout = 10, index = 0) => connectChannel<GuestBlock>({
       endpoint, sessionId: session, role, index, token, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
     });
     const main = await connect('main');

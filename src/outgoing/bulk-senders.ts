@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { ConnectedChannel } from '../transport/index.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
-import type { SourceBlock } from './outgoing.js';
+import type { GuestBlock } from '../pager/index.js';
 import { PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 const WORKER_PATH = join(__dirname, 'bulk-sender-worker.js');
@@ -28,7 +28,7 @@ export class BulkSenders {
   private endedAll: (() => void) | undefined;
   private stopped = false;
 
-  constructor(channels: ConnectedChannel<SourceBlock>[], private readonly blocks: readonly SourceBlock[], heartbeatMs: number, private readonly onBroken: (error: Error) => void) {
+  constructor(channels: ConnectedChannel<GuestBlock>[], private readonly blocks: readonly GuestBlock[], heartbeatMs: number, private readonly onBroken: (error: Error) => void) {
     this.count = channels.length;
     this.inFlight = channels.map(() => 0);
     this.ended = channels.map(() => false);

@@ -21,7 +21,7 @@ export const DIRTY_LOG_KINDS: readonly DirtyLogKind[] = ['pagemap-scan', 'uffd-w
  * and lets them go on after it. The soft-dirty log needs it: it reads the bits and clears them
  * in two steps, and a write between the two would be lost.
  */
-export type HoldWriters = (critical: () => void) => void;
+export type HoldGuest = (critical: () => void) => void;
 
 export interface DirtyLog {
   readonly kind: DirtyLogKind;
@@ -53,9 +53,9 @@ export function dirtyLogKinds(memory: { shared: boolean; huge: boolean }[]): Dir
 
 /**
  * The best dirty log the kernel offers for these ranges, or `prefer` (which must be offered).
- * `holdWriters` is needed for soft-dirty only.
+ * `holdGuest` is needed for soft-dirty only.
  */
-export function createDirtyLog(ranges: TrackedRange[], prefer?: DirtyLogKind, holdWriters?: HoldWriters): DirtyLog {
+export function createDirtyLog(ranges: TrackedRange[], prefer?: DirtyLogKind, holdGuest?: HoldGuest): DirtyLog {
   const offered = dirtyLogKinds(ranges.map((r) => r.mapping));
   const what = ranges.some((r) => r.mapping.huge) ? 'hugetlb memory' : ranges.some((r) => r.mapping.shared) ? 'shared memory' : 'this memory';
   if (prefer && !offered.includes(prefer)) {
@@ -68,8 +68,8 @@ export function createDirtyLog(ranges: TrackedRange[], prefer?: DirtyLogKind, ho
     case 'uffd-wp':
       return new WriteProtectDirtyLog(ranges);
     case 'soft-dirty':
-      if (!holdWriters) throw new Error('dirty log soft-dirty: it reads and clears the bits in two steps, so it needs holdWriters (OutgoingOptions.holdGuest) to hold the guest still between them');
-      return new SoftDirtyLog(ranges, holdWriters);
+      if (!holdGuest) throw new Error('dirty log soft-dirty: it reads and clears the bits in two steps, so it needs holdGuest (OutgoingOptions.holdGuest) to hold the guest still between them');
+      return new SoftDirtyLog(ranges, holdGuest);
     default:
       throw new Error(`no dirty log for ${what} on kernel ${release()}: write-protect needs PAGEFAULT_FLAG_WP${what === 'this memory' ? '' : ' and WP_HUGETLBFS_SHMEM (5.19+)'}, and soft-dirty bits ${what === 'hugetlb memory' ? 'do not exist on hugetlb' : 'do not work here (CONFIG_MEM_SOFT_DIRTY)'}`);
   }
@@ -186,7 +186,7 @@ class WriteProtectDirtyLog implements DirtyLog {
 
 /**
  * Soft-dirty bits: start() clears them; a sync reads them for every tracked range and clears
- * them again, with the writers held still (`holdWriters`) so that no write falls between the
+ * them again, with the writers held still (`holdGuest`) so that no write falls between the
  * read and the clear. clear_refs clears (and write-protects) the page table entries of the
  * whole process, not only the tracked ranges: the source process only tracks guest memory,
  * and its own memory pays one write fault per page after each sync, nothing more. Pages never
@@ -197,7 +197,7 @@ class SoftDirtyLog implements DirtyLog {
   readonly untouchedOnceArmed = 'unpopulated';
   private reader: PagemapReader | undefined;
 
-  constructor(private readonly ranges: TrackedRange[], private readonly holdWriters: HoldWriters) {}
+  constructor(private readonly ranges: TrackedRange[], private readonly holdGuest: HoldGuest) {}
 
   start(): void {
     this.reader = new PagemapReader();
@@ -215,7 +215,7 @@ class SoftDirtyLog implements DirtyLog {
     };
     // the final sync comes with the guest paused: nothing to hold, nothing to re-arm
     if (options.final) readAndClear();
-    else this.holdWriters(readAndClear);
+    else this.holdGuest(readAndClear);
     return bytes;
   }
 

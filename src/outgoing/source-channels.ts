@@ -6,15 +6,15 @@
 import type { ConnectedChannel, Channel } from '../transport/index.js';
 import { StallWatch } from '../transport/index.js';
 import { type ReturnPathEvent } from '../wire/index.js';
-import type { SourceBlock } from './outgoing.js';
+import type { GuestBlock } from '../pager/index.js';
 import { PostcopyError } from '../base/index.js';
 
 export interface SourceChannelOptions {
-  main: ConnectedChannel<SourceBlock>;
-  preempt?: ConnectedChannel<SourceBlock>;
+  main: ConnectedChannel<GuestBlock>;
+  preempt?: ConnectedChannel<GuestBlock>;
   stallMs: number;
   heartbeatMs: number;
-  onReturnPath: (event: ReturnPathEvent<SourceBlock>) => void;
+  onReturnPath: (event: ReturnPathEvent<GuestBlock>) => void;
   /** A malformed return path: not a broken connection, the migration fails. */
   onProtocolError: (error: Error) => void;
   /** What the engine is doing, for messages: 'postcopy', 'precopy round 3'. */
@@ -22,8 +22,8 @@ export interface SourceChannelOptions {
 }
 
 export class SourceChannels {
-  main!: ConnectedChannel<SourceBlock>;
-  preempt: ConnectedChannel<SourceBlock> | undefined;
+  main!: ConnectedChannel<GuestBlock>;
+  preempt: ConnectedChannel<GuestBlock> | undefined;
   /** Why the current connection is broken, if it is. */
   broken: PostcopyError | undefined;
   /** Set once EOF is sent: nothing, not even a PING, may follow it. */
@@ -44,7 +44,7 @@ export class SourceChannels {
   }
 
   /** Takes the channels of a (new) connection. */
-  use(main: ConnectedChannel<SourceBlock>, preempt?: ConnectedChannel<SourceBlock>): void {
+  use(main: ConnectedChannel<GuestBlock>, preempt?: ConnectedChannel<GuestBlock>): void {
     this.main = main;
     this.preempt = preempt;
     this.broken = undefined;
@@ -56,7 +56,7 @@ export class SourceChannels {
   }
 
   /** Adds the preempt channel of a recovered connection. */
-  usePreempt(preempt: ConnectedChannel<SourceBlock>): void {
+  usePreempt(preempt: ConnectedChannel<GuestBlock>): void {
     this.preempt = preempt;
     this.watchClose(preempt);
   }
@@ -96,7 +96,7 @@ export class SourceChannels {
   }
 
   /** Requested pages go on the preempt channel when there is one. */
-  get forRequests(): ConnectedChannel<SourceBlock> {
+  get forRequests(): ConnectedChannel<GuestBlock> {
     return this.preempt ?? this.main;
   }
 
@@ -145,11 +145,11 @@ export class SourceChannels {
     return channel === this.main.channel || channel === this.preempt?.channel;
   }
 
-  private watchClose({ channel }: ConnectedChannel<SourceBlock>): void {
+  private watchClose({ channel }: ConnectedChannel<GuestBlock>): void {
     channel.socket.on('close', () => this.markBroken(channel, channel.error!));
   }
 
-  private listenReturnPath(main: ConnectedChannel<SourceBlock>): void {
+  private listenReturnPath(main: ConnectedChannel<GuestBlock>): void {
     const { channel, returnPath } = main;
     const pump = () => {
       try {
