@@ -3,11 +3,11 @@
 // a checksum covers it). Each test here fails if one of those checks is removed.
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Guest, GuestCorruptionError, corruptPage, guestLayout, guestPageHeader, verify } from '../src/guest/index.js';
+import { Guest, GuestCorruptionError, corruptPage, guestLayout, guestLedger, guestPageHeader, verify } from '../src/guest/index.js';
 import { T, copyOf, shared, stoppedGuest, until } from './support/guest.js';
 
-const { FILL_WRITER, HEADER_WORDS, H_FLAGS, MAX_THREADS, PAGE_SIZE, PAGE_WORDS, P_RANDOM, S_READS_HI, S_READS_LO, S_RNG } = guestLayout;
-const { checkPage, pageOf, pickIndex, readSlot, slotBase, writePage, writeSlot, xs32 } = guestLayout;
+const { FILL_WRITER, HEADER_WORDS, H_FLAGS, MAX_THREADS, PAGE_SIZE, PAGE_WORDS, P_RANDOM, S_READS_HI, S_READS_LO, S_RNG } = { ...guestLayout, ...guestLedger };
+const { checkPage, pageOf, pickIndex, readSlot, slotBase, writePage, writeSlot, xs32 } = { ...guestLayout, ...guestLedger };
 
 after(() => Guest.terminateAll());
 

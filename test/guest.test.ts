@@ -5,6 +5,7 @@ import {
   Pattern,
   corruptPage,
   guestLayout,
+  guestLedger,
   guestPageHeader,
   readGuestPage,
   verify,
@@ -13,7 +14,7 @@ import {
 } from '../src/guest/index.js';
 import { MiB, T, copyOf, shared, sleep, snapshot, stoppedGuest, until } from './support/guest.js';
 
-const { PAGE_SIZE, bodyChecksum, readLedger, readSlot, writePage, writeSlot } = guestLayout;
+const { PAGE_SIZE, bodyChecksum, readLedger, readSlot, writePage, writeSlot } = { ...guestLayout, ...guestLedger };
 
 function versions(buffer: SharedArrayBuffer): number[] {
   const n = buffer.byteLength / PAGE_SIZE;

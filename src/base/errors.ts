@@ -33,6 +33,9 @@ export const ERROR_CODES = {
   ERR_RESTORE_FAILED: 'a restore could not read or check a page',
   ERR_RESTORE_TARGET: 'a restore target mapping does not fit its block',
   ERR_WORKING_SET: 'a working-set file is stale, damaged or foreign',
+  // the reference guest
+  ERR_GUEST_CORRUPTION: 'a reference guest thread found a page corrupt before writing it',
+  ERR_GUEST_NOT_VERIFIED: "the reference guest's memory failed verification (the report names the pages)",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -169,5 +169,5 @@ export async function verifyGuests(device: DeviceState | undefined, guests: Map<
 
 /** A report with `verified: false` as the command's failure (no code in ERROR_CODES says "not verified" better). */
 export function notVerified(report: Record<string, unknown>): PostcopyError | undefined {
-  return report.verified === true ? undefined : new PostcopyError('ERR_POSTCOPY_GUEST', `guest memory NOT verified: ${String(report.reason)}`);
+  return report.verified === true ? undefined : new PostcopyError('ERR_GUEST_NOT_VERIFIED', `guest memory NOT verified: ${String(report.reason)}`);
 }

@@ -85,7 +85,7 @@ export async function snapshotCommand({ values, json }: CommandArgs): Promise<Co
       note(`complete: ${report.file} (${(report.file_size / 2 ** 20).toFixed(0)} MiB file, ${report.pages.written} pages written, ${report.pages.zero} zero pages skipped)`);
       note(`  ${report.gb_per_s} GB/s, ${report.seconds} s; pause ${report.pause_ms} ms; ${report.write_faults.count} write faults p50 ${report.write_faults.p50_us} µs p99 ${report.write_faults.p99_us} µs; the guest wrote ${out.guest.writes_during_snapshot} pages meanwhile`);
     }
-    const error = bad.length ? new PostcopyError('ERR_POSTCOPY_GUEST', `the guest found ${bad.length} bad page(s) while it ran: first ${JSON.stringify(bad[0])}`) : undefined;
+    const error = bad.length ? new PostcopyError('ERR_GUEST_CORRUPTION', `the guest found ${bad.length} bad page(s) while it ran: first ${JSON.stringify(bad[0])}`) : undefined;
     return { report: out, error };
   } finally {
     await Promise.all(guests.map((g) => g.terminate()));

@@ -3,8 +3,8 @@
 // memory an access may block in a userfaultfd fault that only the main thread can serve.
 
 import { EventEmitter } from 'node:events';
-import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { PostcopyError } from '../base/index.js';
 import {
   CMD_PAUSE,
   CMD_RUN,
@@ -27,18 +27,14 @@ import {
   stateWord,
   statWord,
 } from './control.js';
-import { LedgerInfo, Pattern } from './layout.js';
+import { Pattern } from './layout.js';
 import { GuestMemory, checkGuestMemory } from './memory.js';
 import { BadPage, VerifyOptions, VerifyReport } from './verify.js';
+import { WORKER_LIMITS, WORKER_PATH, readGuestInfo, runTask, verifyInWorker } from './tasks.js';
 import type { WorkerMessage, WorkerTask } from './worker.js';
 import { GuestParams, checkParams } from './workload.js';
+import { LedgerInfo } from './ledger.js';
 
-// CommonJS output: __dirname is the compiled dist/src/guest.
-export const WORKER_PATH = path.join(__dirname, 'worker.js');
-
-// Guest threads keep their state in guest memory and allocate almost nothing: a small young
-// generation keeps each worker's own footprint to a few MiB beside the guest's memory.
-const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 64 };
 
 /** How long stop() on a failed guest waits for its threads to finish their operation. */
 const FAILED_STOP_GRACE_MS = 1000;
@@ -114,14 +110,14 @@ export interface BadPageReport extends BadPage {
 }
 
 /** A writer thread found the page it was about to write already corrupt, and stopped. */
-export class GuestCorruptionError extends Error {
+export class GuestCorruptionError extends PostcopyError {
   constructor(
     readonly thread: number,
     /** The corrupt page (0: the thread's ledger slot). */
     readonly page: number,
     reason: string,
   ) {
-    super(`guest thread ${thread}: page ${page} is corrupt before write: ${reason}`);
+    super('ERR_GUEST_CORRUPTION', `guest thread ${thread}: page ${page} is corrupt before write: ${reason}`);
     this.name = 'GuestCorruptionError';
   }
 }
@@ -132,56 +128,6 @@ interface Waiter {
   done: () => boolean;
   resolve: () => void;
   reject: (e: Error) => void;
-}
-
-function taskError(m: { name: string; message: string }): Error {
-  const E = m.name === 'RangeError' ? RangeError : m.name === 'TypeError' ? TypeError : Error;
-  return new E(m.message);
-}
-
-/** Run one setup/verify task in a fresh worker and return its result. */
-function runTask<T>(task: WorkerTask): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const w = new Worker(WORKER_PATH, { workerData: task, resourceLimits: WORKER_LIMITS });
-    let settled = false;
-    w.on('message', (m: WorkerMessage) => {
-      if (settled) return;
-      if (m.type === 'result') {
-        settled = true;
-        resolve(m.value as T);
-      } else if (m.type === 'error') {
-        settled = true;
-        reject(taskError(m));
-      }
-    });
-    w.on('error', (e) => {
-      if (!settled) {
-        settled = true;
-        reject(e);
-      }
-    });
-    w.on('exit', (code) => {
-      if (!settled) {
-        settled = true;
-        reject(new Error(`guest ${task.mode} worker exited with code ${code} before answering`));
-      }
-    });
-  });
-}
-
-/**
- * Verify guest memory inside a worker (safe on real guest memory while faults are being
- * served by the main thread). Only meaningful while the guest is paused or stopped.
- */
-export function verifyInWorker(memory: GuestMemory, opts: VerifyOptions = {}): Promise<VerifyReport> {
-  checkGuestMemory(memory);
-  return runTask<VerifyReport>({ postcopyGuest: 1, mode: 'verify', memory, opts });
-}
-
-/** Read (and validate) the ledger of a guest memory block, in a worker. Throws if blank. */
-export function readGuestInfo(memory: GuestMemory): Promise<LedgerInfo> {
-  checkGuestMemory(memory);
-  return runTask<LedgerInfo>({ postcopyGuest: 1, mode: 'setup', memory, params: null });
 }
 
 /**

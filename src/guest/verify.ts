@@ -1,25 +1,5 @@
-import {
-  FLAG_BUSY,
-  FLAGS_MAGIC,
-  H_FLAGS,
-  H_INDEX,
-  H_CHECKSUM,
-  H_VERSION,
-  LedgerInfo,
-  P_SEQUENTIAL,
-  PAGE_SIZE,
-  PAGE_WORDS,
-  ROLE_WRITER,
-  SlotState,
-  checkPage,
-  hex32,
-  initialSlot,
-  ownerOf,
-  pageOf,
-  patternCode,
-  pickIndex,
-  readLedger,
-} from './layout.js';
+import { FLAG_BUSY, FLAGS_MAGIC, H_FLAGS, H_INDEX, H_CHECKSUM, H_VERSION, P_SEQUENTIAL, PAGE_SIZE, PAGE_WORDS, checkPage, hex32, patternCode } from './layout.js';
+import { initialSlot, LedgerInfo, ownerOf, pageOf, pickIndex, readLedger, ROLE_WRITER, SlotState } from './ledger.js';
 
 export interface VerifyOptions {
   /** Regenerate every body and compare it word by word (slower; the checksum already binds body to header). */

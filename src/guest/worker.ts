@@ -25,10 +25,10 @@ import {
   stateWord,
   statWord,
 } from './control.js';
-import { readLedgerHeader, readSlot } from './layout.js';
 import { GuestMemory, openGuestMemory } from './memory.js';
 import { verify, VerifyOptions } from './verify.js';
 import { GuestParams, OP_BAD, OP_CORRUPT, OP_SKIPPED, OP_WRITE, ThreadRunner, setupLedger } from './workload.js';
+import { readLedgerHeader, readSlot } from './ledger.js';
 
 export type WorkerTask =
   | { postcopyGuest: 1; mode: 'setup'; memory: GuestMemory; params: GuestParams | null }

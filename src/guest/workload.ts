@@ -1,32 +1,8 @@
 // What a guest thread does, independent of worker plumbing: one operation at a time on an
 // Int32Array over guest memory, with its resumable state kept in its ledger slot.
 
-import {
-  FLAG_BUSY,
-  H_FLAGS,
-  H_VERSION,
-  LedgerInfo,
-  MAX_THREADS,
-  PAGE_WORDS,
-  Pattern,
-  PickState,
-  ROLE_WRITER,
-  SlotState,
-  checkPage,
-  initialSlot,
-  isBlankLedger,
-  ownerOf,
-  pageOf,
-  pageProblem,
-  patternCode,
-  pickIndex,
-  readLedger,
-  readSlot,
-  saveSlotProgress,
-  slotProblem,
-  writeLedger,
-  writePage,
-} from './layout.js';
+import { FLAG_BUSY, H_FLAGS, H_VERSION, MAX_THREADS, PAGE_WORDS, Pattern, checkPage, pageProblem, patternCode, writePage } from './layout.js';
+import { initialSlot, isBlankLedger, LedgerInfo, ownerOf, pageOf, pickIndex, PickState, readLedger, readSlot, ROLE_WRITER, saveSlotProgress, slotProblem, SlotState, writeLedger } from './ledger.js';
 
 /** Parameters of a new guest (what goes into a blank ledger). */
 export interface GuestParams {

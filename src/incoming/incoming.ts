@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { PostcopyError, ProtocolError, TARGET_PAGE_SIZE, hex, isConnectionError } from '../base/index.js';
 import type { Mapping, Userfaultfd } from '../kernel/index.js';
-import { RamBlock, RamList } from '../memory/index.js';
+import { RamList } from '../memory/index.js';
 import {
   Command,
   ResumeState,
@@ -31,6 +31,7 @@ import { StallWatch, type AcceptedChannel, type Channel } from '../transport/ind
 import { FaultService, PagePlacer, endGuestSurely, openForMissing, type GuestBlock } from '../pager/index.js';
 import { admissionRefusal } from './admission.js';
 import { discardRanges, noTransparentHugePages } from './discard.js';
+import { checkLayout } from './layout.js';
 import { BulkChannels } from './bulk-channels.js';
 import { ChannelReader } from './channel-reader.js';
 import { Connection } from './connection.js';
@@ -209,7 +210,7 @@ export class IncomingMigration extends EventEmitter {
       case 'ram-zero':
         return this.intake.receive(channel, event.block, event.offset, null, this.machine.atomicPlacement);
       case 'mem-size':
-        return this.checkLayout(event.blocks);
+        return checkLayout(this.blocks, event.blocks, this.options.allocate);
       case 'command':
         this.intake.flush(); // commands are ordering points: pages before them are placed first
         return this.command(event, channel);
@@ -226,19 +227,6 @@ export class IncomingMigration extends EventEmitter {
       default:
         return; // header, ram-eos: framing only
     }
-  }
-
-  private checkLayout(list: MemSizeBlock[]): void {
-    if (this.blocks.size === 0 && this.options.allocate) {
-      for (const b of list) this.blocks.add(new RamBlock<Mapping>({ idstr: b.idstr, usedLength: b.usedLength, pageSize: b.pageSize, host: this.options.allocate(b) }));
-    }
-    for (const b of list) {
-      const local = this.blocks.byId(b.idstr);
-      if (!local) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' does not exist here`);
-      if (local.usedLength !== b.usedLength) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' used length ${hex(b.usedLength)} != local ${hex(local.usedLength)}`);
-      if (local.pageSize !== b.pageSize) throw new ProtocolError(`MEM_SIZE: block '${b.idstr}' page size ${b.pageSize} != local ${local.pageSize}`);
-    }
-    if (list.length !== this.blocks.size) throw new ProtocolError(`MEM_SIZE: ${list.length} blocks, the destination has ${this.blocks.size}`);
   }
 
   private transition(transition: IncomingTransition): void {

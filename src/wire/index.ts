@@ -5,6 +5,7 @@ export * from './constants.js';
 export * from './handshake.js';
 export * from './return-path.js';
 export * from './stream-decoder.js';
+export * from './stream-events.js';
 export * from './stream-encoder.js';
 export { ChunkReader, PayloadReader } from './reader.js';
 export * as snapshotFormat from './snapshot-format.js';

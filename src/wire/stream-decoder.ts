@@ -11,6 +11,7 @@
 // always get private copies.
 import { isPageSizeSummary, isValidPageSize } from '../memory/ramblock.js';
 import { toLookupFunction, type BlockLookup, type BlockShape } from './blocks.js';
+import type { ByteRange, CommandEvent, HelloFields, MemSizeBlock, StreamEvent } from './stream-events.js';
 import {
   AUTH_BYTES,
   Command,
@@ -28,48 +29,6 @@ import {
 } from './constants.js';
 import { ChunkReader, NEED_MORE, PayloadReader, copyBytes, decodeName, u64BigInt, u64Number } from './reader.js';
 import { hex, ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
-
-export interface MemSizeBlock {
-  idstr: string;
-  usedLength: number;
-  pageSize: number;
-}
-
-/** A discarded range in bytes within the block: [start, length]. */
-export type ByteRange = [start: number, length: number];
-
-export interface HelloFields {
-  sessionId: string;
-  role: Role;
-  /** Channel index: 0 for main and preempt, N for bulk channel N. */
-  index: number;
-  capabilities: number;
-  /** 32 bytes: helloAuth(...) or zeros when there is no token. */
-  auth: Uint8Array;
-}
-
-export type CommandEvent<B> =
-  | { type: 'command'; cmd: typeof Command.OPEN_RETURN_PATH }
-  | { type: 'command'; cmd: typeof Command.PING; value: number }
-  | { type: 'command'; cmd: typeof Command.POSTCOPY_ADVISE; pageSizeSummary: number; targetPageSize: number }
-  | { type: 'command'; cmd: typeof Command.POSTCOPY_LISTEN }
-  | { type: 'command'; cmd: typeof Command.POSTCOPY_RUN }
-  | { type: 'command'; cmd: typeof Command.POSTCOPY_RAM_DISCARD; block: B; idstr: string; ranges: ByteRange[] }
-  | { type: 'command'; cmd: typeof Command.POSTCOPY_RESUME }
-  | { type: 'command'; cmd: typeof Command.PACKAGED; data: Uint8Array }
-  | { type: 'command'; cmd: typeof Command.RECV_BITMAP; block: B; idstr: string }
-  | ({ type: 'command'; cmd: typeof Command.HELLO } & HelloFields)
-  | { type: 'command'; cmd: typeof Command.COMPLETE };
-
-export type StreamEvent<B = BlockShape> =
-  | { type: 'header'; version: number }
-  | { type: 'ram-page'; block: B; idstr: string; offset: number; data: Uint8Array }
-  | { type: 'ram-zero'; block: B; idstr: string; offset: number }
-  | { type: 'mem-size'; total: number; blocks: MemSizeBlock[] }
-  | { type: 'ram-eos' }
-  | { type: 'multifd-flush' }
-  | CommandEvent<B>
-  | { type: 'eof' };
 
 export interface StreamDecoderOptions<B extends BlockShape> {
   /** Resolves idstrs of RAM records, discards and RECV_BITMAP. */

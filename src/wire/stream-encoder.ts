@@ -16,7 +16,7 @@ import {
   commandName,
   roleName,
 } from './constants.js';
-import type { ByteRange, HelloFields, MemSizeBlock } from './stream-decoder.js';
+import type { ByteRange, HelloFields, MemSizeBlock } from './stream-events.js';
 import { Writer, checkAligned, checkBytes, checkU64, checkUint, nameBytes, shortStringBytes } from './writer.js';
 import { hex, TARGET_PAGE_SIZE } from '../base/index.js';
 
