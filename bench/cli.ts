@@ -3,7 +3,7 @@
 //
 // Compiles the plain-C floor (../shared/bench/uffd-floor.c, or $POSTCOPY_FLOOR_SRC), then for
 // each run: runs the floor once (all its scenarios) and each of the project's scenarios in a
-// fresh `node dist/bench/main.js <scenario>` process (bench/runner.ts). Keeps the best run of
+// fresh `node dist-test/bench/main.js <scenario>` process (bench/runner.ts). Keeps the best run of
 // each side (lowest p50 / highest GB/s, or as the scenario table says) and prints project vs
 // floor with their ratio (bench/report.ts). Only ratios from one invocation mean anything: this
 // machine is noisy.

@@ -1,10 +1,10 @@
 // One scenario of the project's side of the bench, in a fresh process (so that no scenario
 // inherits another's heap, JIT state or mappings):
-//   node dist/bench/main.js <scenario> [--mib N]
+//   node dist-test/bench/main.js <scenario> [--mib N]
 // prints one JSON line (a result, or { scenario, skipped }) on stdout. bench/cli.ts (behind
 // scripts/bench.mjs) runs this once per scenario and run, beside uffd-floor.c, and prints the
 // comparison.
-// The postcopy scenarios spawn their source as `node dist/bench/main.js postcopy-source ...`
+// The postcopy scenarios spawn their source as `node dist-test/bench/main.js postcopy-source ...`
 // (bench/source.ts), which also prints one JSON line.
 import { runScenario } from './project.js';
 import { projectScenarioNames, projectSpec } from './scenarios.js';
@@ -24,7 +24,7 @@ async function main(): Promise<void> {
     else scenario = args[i];
   }
   if (!scenario || !projectSpec(scenario) || !(mib > 0)) {
-    process.stderr.write(`usage: node dist/bench/main.js <${projectScenarioNames().join('|')}> [--mib N]\n`);
+    process.stderr.write(`usage: node dist-test/bench/main.js <${projectScenarioNames().join('|')}> [--mib N]\n`);
     process.exit(2);
   }
   const result = await runScenario(scenario, mib * 1024 * 1024);

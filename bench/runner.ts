@@ -1,6 +1,6 @@
 // Running both sides of the bench: compiles the plain-C floor (../shared/bench/uffd-floor.c, or
 // $POSTCOPY_FLOOR_SRC) into a temporary directory, then for each run: runs the floor once (all
-// its scenarios) and each selected project scenario in a fresh `node dist/bench/main.js
+// its scenarios) and each selected project scenario in a fresh `node dist-test/bench/main.js
 // <scenario>` process, keeping each side's best run per scenario. Owns the cleanup of what it
 // sets up (temporary directory, huge-page reservation, the running child) on every way out:
 // exit, SIGINT, SIGTERM, SIGHUP.
@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Scenario } from './scenarios.js';
 import type { Measured } from './types.js';
 
-/** The repository: dist/bench/runner.js is two levels below it. */
+/** The repository: dist-test/bench/runner.js is two levels below it. */
 export const root = join(__dirname, '..', '..');
 const NR_HUGEPAGES = '/proc/sys/vm/nr_hugepages';
 const HUGE = 2 * 1024 * 1024;
@@ -183,7 +183,7 @@ async function runOurs(options: BenchOptions, scenario: string): Promise<Measure
   if (scenario === 'huge-2m') reason = reserveHugePages((options.mib * 1024 * 1024) / HUGE);
   try {
     if (reason) return { scenario, skipped: reason };
-    const out = await capture(options, process.execPath, [join(root, 'dist/bench/main.js'), scenario, '--mib', String(options.mib)], CHILD_TIMEOUT_MS);
+    const out = await capture(options, process.execPath, [join(root, 'dist-test/bench/main.js'), scenario, '--mib', String(options.mib)], CHILD_TIMEOUT_MS);
     const result: Measured = JSON.parse(out.trim().split('\n').pop() ?? '');
     return result;
   } finally {

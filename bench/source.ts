@@ -1,5 +1,5 @@
 // The source side of the postcopy scenarios, in its own process (spawned by bench/postcopy.ts
-// as `node dist/bench/main.js postcopy-source ...`), so that the source's and the
+// as `node dist-test/bench/main.js postcopy-source ...`), so that the source's and the
 // destination's event loops never share a thread, as the floor's remote-4k has a server thread.
 //
 //   --mode requests   a bench-only source speaking the wire protocol: header/HELLO on main and
@@ -67,7 +67,7 @@ export async function sourceMain(args: string[]): Promise<SourceOutput> {
   }
   const channelsOk = Number.isInteger(channels) && channels >= 0 && channels <= MAX_BULK_CHANNELS && (mode === 'outgoing' || channels === 0);
   if ((mode !== 'requests' && mode !== 'outgoing') || !(port > 0) || !(length > 0) || length % TARGET_PAGE_SIZE || !channelsOk) {
-    throw new Error(`usage: node dist/bench/main.js postcopy-source --mode requests|outgoing --port N --bytes N [--host H] [--channels 0-${MAX_BULK_CHANNELS} (outgoing only)]`);
+    throw new Error(`usage: node dist-test/bench/main.js postcopy-source --mode requests|outgoing --port N --bytes N [--host H] [--channels 0-${MAX_BULK_CHANNELS} (outgoing only)]`);
   }
   // never outlive the scenario process: it holds our stdin open until it is done with us
   process.stdin.on('end', () => process.exit(3));

@@ -2,7 +2,7 @@
 // `npm run bench [-- --json] [--mib N] [--only a,b] [--runs N] [--cpu LIST]`
 //
 // Builds what is missing (the addon with node-gyp, then TypeScript with tsc), then runs the
-// compiled bench, dist/bench/cli.js, with the same arguments: see bench/cli.ts for what it does
+// compiled bench, dist-test/bench/cli.js, with the same arguments: see bench/cli.ts for what it does
 // and bench/README.md for how to read it. Signals are passed on to the bench, which cleans up
 // (huge pages, temporary files, the running child) and exits 128 + the signal's number.
 import { spawn, spawnSync } from 'node:child_process';
@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(root, 'dist/bench/cli.js');
+const cli = join(root, 'dist-test/bench/cli.js');
 const log = (line) => process.stderr.write(line + '\n');
 
 function runToStderr(cmd, args, what) {
@@ -28,12 +28,12 @@ if (!existsSync(join(root, 'build/Release/postcopy.node'))) {
     process.exit(1);
   }
 }
-log('bench: compiling TypeScript (tsc -p .)');
-const error = runToStderr('npx', ['tsc', '-p', '.'], 'tsc');
+log('bench: compiling TypeScript (tsc -p tsconfig.test.json)');
+const error = runToStderr('npx', ['tsc', '-p', 'tsconfig.test.json'], 'tsc');
 // tsc emits despite type errors; an error elsewhere in the tree must not stop the bench.
 if (error) log(`bench: warning: ${error}; continuing with what it emitted`);
 if (!existsSync(cli)) {
-  log('bench: dist/bench/cli.js is missing after tsc');
+  log('bench: dist-test/bench/cli.js is missing after tsc');
   process.exit(1);
 }
 

@@ -25,5 +25,5 @@ if (!(minutes > 0)) {
 }
 const env = { ...process.env, POSTCOPY_TORTURE_MINUTES: String(minutes) };
 if (option('seed') !== undefined) env.POSTCOPY_TORTURE_SEED = option('seed');
-const result = spawnSync(process.execPath, [join(root, 'scripts/test.mjs'), 'dist/test/torture.test.js'], { cwd: root, stdio: 'inherit', env });
+const result = spawnSync(process.execPath, [join(root, 'scripts/test.mjs'), 'dist-test/test/e2e/torture.test.js'], { cwd: root, stdio: 'inherit', env });
 process.exit(result.status ?? 1);

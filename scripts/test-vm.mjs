@@ -4,7 +4,7 @@
 // The logic is in test/vm/host.ts; options: --kernel 6.1 (repeatable), --accel kvm|tcg|auto,
 // --timeout S (per kernel), --steps features,tests,migration,snapshot.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -16,5 +16,6 @@ function run(cmd, args) {
 }
 
 if (!existsSync(join(root, 'build/Release/postcopy.node'))) run('npx', ['node-gyp', 'rebuild']);
-run('npx', ['tsc', '-p', '.']);
-run(process.execPath, [join(root, 'dist/test/vm/host.js'), ...process.argv.slice(2)]);
+rmSync(join(root, 'dist-test'), { recursive: true, force: true }); // no stale test in the image
+run('npx', ['tsc', '-p', 'tsconfig.test.json']);
+run(process.execPath, [join(root, 'dist-test/test/vm/host.js'), ...process.argv.slice(2)]);

@@ -8,12 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { exitNow } from '../kernel/index.js';
-import { ChaosProxy, formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
+import { formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
 import { choiceOption, intOption, type CommandArgs, type OptionGroup } from './options.js';
 import { progressPrinter, type CommandEnd } from './output.js';
 import { notVerified, runSeconds } from './reference-guest.js';
 import { runSource, sourceConfig, type SourceConfig } from './source-runner.js';
 import { PostcopyError, errorCode, round } from '../base/index.js';
+import { ChaosProxy } from '../testing/index.js';
 
 interface Destination {
   child: ChildProcess;

@@ -3,7 +3,8 @@
 // here lets it run a while, stops it and verifies every page. On any failure it prints the
 // report and the process ends at once (main.ts: exitNow), taking any guest thread still
 // blocked in a fault with it.
-import { Guest, Mapping, RamList, type GuestMemory } from '../index.js';
+import { Mapping } from '../kernel/index.js';
+import { RamList } from '../memory/index.js';
 import { IncomingMigration } from '../incoming/index.js';
 import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
@@ -11,6 +12,7 @@ import { usage, endpointOption, livenessConfig, readToken, type CommandArgs, typ
 import { peakRssMiB, type CommandEnd } from './output.js';
 import { notVerified, runSeconds, verifyGuests, type DeviceState } from './reference-guest.js';
 import { PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
+import { Guest, type GuestMemory } from '../testing/index.js';
 
 export const RECEIVE_OPTIONS: OptionGroup = {
   title: 'receive',

@@ -3,10 +3,12 @@
 // it (the JSON that send and snapshot write and receive and restore read: per block its
 // threads and its ledger's write count at the pause), and the check after a resume that every
 // guest ran on, stopped cleanly and verifies page by page.
-import { Guest, GUEST_PATTERNS, Mapping, RamBlock, RamList, freeHugePages, type Pattern } from '../index.js';
+import { Mapping, freeHugePages } from '../kernel/index.js';
+import { RamBlock, RamList } from '../memory/index.js';
 import type { SnapshotReader } from '../snapshot/index.js';
 import { PostcopyError } from '../base/index.js';
 import { usage, choiceOption, intOption, numberOption, parseSize, type OptionGroup, type Values } from './options.js';
+import { Guest, GUEST_PATTERNS, type Pattern } from '../testing/index.js';
 
 export const GUEST_OPTIONS: OptionGroup = {
   title: 'guest',

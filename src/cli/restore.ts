@@ -6,7 +6,7 @@
 // once (main.ts: exitNow), taking any guest thread still blocked in a fault with it.
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { Guest, Mapping, type GuestMemory } from '../index.js';
+import { Mapping } from '../kernel/index.js';
 import {
   LazyRestore, SnapshotReader, WorkingSet, restoreEager, workingSetPath,
   type LazyRestoreProgress,
@@ -15,6 +15,7 @@ import { usage, oneFile, type CommandArgs, type OptionGroup } from './options.js
 import { peakRssMiB, progressPrinter, type CommandEnd } from './output.js';
 import { notVerified, parseDeviceState, runSeconds, verifyGuests } from './reference-guest.js';
 import { errorCode, PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
+import { Guest, type GuestMemory } from '../testing/index.js';
 
 export const RESTORE_OPTIONS: OptionGroup = {
   title: 'restore',

@@ -19,7 +19,7 @@ export const C_CMD = 0;
 export const C_EPOCH = 1;
 export const C_THREADS = 16;
 
-export const T_STARTING = 0;
+// a thread's state word is 0 until it runs
 export const T_RUNNING = 1;
 export const T_PARKED = 2;
 export const T_STOPPED = 3;

@@ -20,7 +20,6 @@ import { TARGET_PAGE_SIZE } from '../base/index.js';
 export const PAGE_SIZE = TARGET_PAGE_SIZE;
 export const PAGE_WORDS = 1024;
 export const HEADER_WORDS = 4;
-export const BODY_WORDS = PAGE_WORDS - HEADER_WORDS;
 export const MAX_THREADS = 64;
 
 export const H_INDEX = 0;

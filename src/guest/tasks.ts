@@ -8,7 +8,7 @@ import type { VerifyOptions, VerifyReport } from './verify.js';
 import type { WorkerMessage, WorkerTask } from './worker.js';
 import { type LedgerInfo } from './ledger.js';
 
-// CommonJS output: __dirname is the compiled dist/src/guest.
+// CommonJS output: __dirname is the compiled guest folder (dist/guest).
 export const WORKER_PATH = path.join(__dirname, 'worker.js');
 
 // Guest threads keep their state in guest memory and allocate almost nothing: a small young

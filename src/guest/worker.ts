@@ -1,4 +1,4 @@
-// Worker entry of the reference guest (dist/src/guest/worker.js). One file, several modes:
+// Worker entry of the reference guest (dist/guest/worker.js). One file, several modes:
 // 'run' is a guest thread; 'setup' and 'verify' are one-shot tasks that touch guest memory
 // so that the main thread never has to (on real guest memory any access may block in a
 // userfaultfd fault that only the main thread can serve).

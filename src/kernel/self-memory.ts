@@ -1,8 +1,7 @@
 // Writing into this process's own memory through /proc/self/mem. The kernel then faults the
 // target pages in itself, one system call per run of pages, where a store from JavaScript takes
-// one page fault per fresh 4 KiB page. On a paravirtualized VM (this project's development
-// machine runs under PVM, which shadows page tables) such a fault costs ~10 µs, ten times the
-// copy: 256 MiB of precopy pages took 765 ms as stores and 76 ms through /proc/self/mem.
+// one page fault per fresh 4 KiB page; on a virtual machine that shadows page tables such a
+// fault can cost ten times the copy (bench/README.md, "Measurements behind the defaults").
 // The first access from user space later pays its fault as a placed page would.
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { hex } from '../base/index.js';

@@ -1,5 +1,5 @@
 // Pure memory model: blocks, the list of blocks, bitmaps. No I/O.
-export * from './bitmap.js';
-export * from './ramblock.js';
-export * from './ramlist.js';
-export * from './zero.js';
+export { Bitmap } from './bitmap.js';
+export { MAX_PAGE_SIZE, RamBlock, checkIdstr, isPageSizeSummary, isValidPageSize, type RamBlockOptions } from './ramblock.js';
+export { RamList } from './ramlist.js';
+export { ZERO_PAGE, isZero, isZeroPage } from './zero.js';

@@ -63,7 +63,7 @@ class BulkSender {
   /**
    * One packet, without copying: its header, then the normal pages straight from guest memory
    * (a run of contiguous pages as one piece), corked into one writev. Fresh buffers are not
-   * free here: on this kind of VM every first touch of a page costs ~13 µs.
+   * free: on a virtual machine the first touch of a page can cost a host fault.
    */
   private sendPacket(blockIndex: number, pages: Float64Array, untouched: Uint8Array): void {
     const memory = this.memory[blockIndex];

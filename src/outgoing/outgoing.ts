@@ -174,7 +174,7 @@ export class OutgoingMigration {
    * Arms the dirty log and finds the untouched pages, with no write unseen in between. Where
    * arming leaves them unpopulated (soft-dirty), the pagemap is read after it. Where it marks
    * them (write-protect with WP_UNPOPULATED; the pagemap reports a marker as swapped), it is read
-   * before, with the guest held until the log is armed: ~40 ms per GiB here, plus parking the
+   * before, with the guest held until the log is armed (tens of ms per GiB), plus parking the
    * guest's threads. A first read without the hold tells whether any page is untouched at all:
    * a guest that has touched everything is never held. Without holdGuest, or where arming
    * populates every page anyway, there is nothing to find.

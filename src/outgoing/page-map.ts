@@ -18,7 +18,7 @@ export class PageMap {
   private readonly dirty: Bitmap[];
   private readonly sent: Bitmap[];
   /**
-   * Reading an untouched page would fault it in (10-40 µs a page on a paravirtualized host)
+   * Reading an untouched page would fault it in (a host fault per page on a virtual machine)
    * and grow the source's page tables for nothing. Every sync clears the bits it reports.
    */
   private untouched: (Bitmap | undefined)[];

@@ -1,7 +1,7 @@
 // Precopy pages are plain writes into memory nobody is registered on yet. They go through
 // /proc/self/mem (SelfMemory): the kernel faults the pages in itself, one system call per run,
 // where stores from JavaScript would take a page fault per fresh 4 KiB page (see bench/README:
-// ten times the copy on a paravirtualized host). Where /proc/self/mem cannot be opened, views
+// ten times the copy on a virtual host). Where /proc/self/mem cannot be opened, views
 // of the blocks take the stores. A zero page is written only where memory is not zero already,
 // so untouched memory stays unallocated. The main thread and bulk workers write the same way.
 import { TARGET_PAGE_SIZE } from '../base/index.js';

@@ -29,9 +29,9 @@ import { PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 const WALKER_PATH = join(__dirname, 'walker.js');
 const DEFAULT_ASIDE_BYTES = 64 << 20;
 /**
- * 4 KiB pages a write fault saves at once: the faulting one and the unsaved ones around it.
- * 64 (256 KiB): measured with a random writer, 64 took throughput from 0.54x to ~1x the C floor's
- * at the floor's write-fault p50; 16 and 256 did worse.
+ * 4 KiB pages a write fault saves at once: the faulting one and the unsaved ones around it
+ * (256 KiB): with a random writer one fault per window instead of per page (bench/README.md,
+ * "Measurements behind the defaults", has the figures for 1, 16, 64 and 256).
  */
 const CLAIM_WINDOW = 64;
 const MAX_CLAIM_WINDOW = 256;
@@ -189,9 +189,8 @@ export class BackgroundSnapshot extends EventEmitter {
 
   /**
    * Makes the file complete, with the guest free: page checksums read back from the file
-   * (taken in the walk they would lengthen the protected window by a third: crc32 runs at
-   * ~3 GB/s on one core), bitmaps, device state, syncs, trailer, rename. Returns the ms the
-   * checksums took.
+   * (taken in the walk they would lengthen the protected window: crc32 runs on one core),
+   * bitmaps, device state, syncs, trailer, rename. Returns the ms the checksums took.
    */
   private complete(present: Bitmap[], deviceState: Uint8Array | undefined): number {
     const started = performance.now();
@@ -286,8 +285,8 @@ export class BackgroundSnapshot extends EventEmitter {
     while (end < windowEnd && Atomics.compareExchange(b.state, end, PageState.PROTECTED, PageState.FAULT) === PageState.PROTECTED) end++;
     b.bytes.copy(this.aside.slots, slot * this.aside.slotSize, first * ps, end * ps); // no view allocated per fault
     // The faulting page first, alone, so that its thread can go on; then the whole run in one
-    // call (above 33 pages the kernel flushes the TLB once instead of page by page, and each
-    // flush is a hypercall on a paravirtual host). Left to the walker, the rest would take
+    // call (above 33 pages the kernel flushes the TLB once instead of page by page, and a flush
+    // can be a hypercall on a virtual host). Left to the walker, the rest would take
     // faults of its own before the walker got to it.
     this.unprotect(b, page, 1);
     if (end - first > 1) this.unprotect(b, first, end - first);

@@ -3,8 +3,8 @@
 // copy, page cache to guest memory), several in flight; holes are skipped (fresh memory
 // already reads as zeros). The main thread folds each run into its block's page checksum while
 // the pool reads the next ones, and the sums are checked against the trailer at the end.
-// Measured on 1 GiB (see docs/architecture.md, "Restore"): this beat worker threads doing
-// preadSync into an attached view, which pay a worker and addon start each.
+// This beat worker threads doing preadSync into an attached view, which pay a worker and addon
+// start each (bench/README.md, "Measurements behind the defaults").
 import { performance } from 'node:perf_hooks';
 import type { Mapping } from '../kernel/index.js';
 import { SnapshotFormatError } from '../wire/snapshot-format.js';

@@ -49,15 +49,3 @@ export async function listenOn(server: Server, endpoint: Endpoint): Promise<Endp
   const address = server.address();
   return endpoint.kind === 'tcp' && address && typeof address === 'object' ? { ...endpoint, port: address.port } : endpoint;
 }
-
-/** mulberry32: a small, fast seeded generator of floats in [0, 1), for reproducible plans. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

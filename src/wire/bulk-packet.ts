@@ -56,11 +56,6 @@ export interface BulkPacketFields {
   zero?: readonly number[];
 }
 
-/** Bytes of a packet's header (everything before the page data). */
-export function bulkHeaderBytes(idstr: string | undefined, pages: number): number {
-  return FIXED_HEADER + 1 + (idstr === undefined ? 0 : Buffer.byteLength(idstr)) + 8 * pages;
-}
-
 /**
  * The header of a packet (everything but the page data, which follows it: `normal.length`
  * pages, 4096 bytes each, in the order of `normal`).

@@ -1,8 +1,10 @@
 // Test snapshots: a file written with SnapshotWriter from populated mappings (each non-zero
 // page at its offset with its bitmap bit set, zero pages left as holes), as the snapshot tool
 // would write it from a paused guest.
-import { Guest, Mapping, isZeroPage, Bitmap, type Pattern } from '../../src/index.js';
+import { Mapping, Bitmap } from '../../src/index.js';
 import { SnapshotReader, SnapshotWriter, writeFully } from '../../src/snapshot/index.js';
+import { Guest, type Pattern } from '../../src/testing/index.js';
+import { isZeroPage } from '../../src/memory/index.js';
 
 export interface SnapshotSource {
   idstr: string;

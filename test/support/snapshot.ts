@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Bitmap } from '../../src/memory/index.js';
 import { SnapshotReader, SnapshotWriter } from '../../src/snapshot/index.js';
 import type { SnapshotBlockSpec } from '../../src/wire/snapshot-format.js';
-import { seededRandom } from '../../src/transport/index.js';
+import { seededRandom } from '../../src/testing/index.js';
 
 export const MiB = 1 << 20;
 

@@ -9,7 +9,7 @@ import { freeHugePages, probeFeatures, type FeatureReport } from '../../src/kern
 import { dirtyLogKinds } from '../../src/outgoing/index.js';
 import { KERNEL_TESTS, RESULT_MARK, VM_TEST_ENV, tapCounts, type StepResult, type TestCounts, type VmResult } from './result.js';
 
-const CLI = 'dist/src/cli/main.js';
+const CLI = 'dist-test/src/cli/main.js';
 const SIZE_MIB = 32;
 const SIZE = `${SIZE_MIB}M`;
 /**
@@ -55,7 +55,7 @@ function lastJson(stdout: string): Record<string, any> | undefined {
 }
 
 function kernelTests(): StepResult {
-  const files = KERNEL_TESTS.map((t) => `dist/test/${t}.test.js`);
+  const files = KERNEL_TESTS.map((t) => `dist-test/test/${t}.test.js`);
   const tapFile = '/tmp/kernel-tests.tap';
   const r = node(['--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tapFile}`, ...files], 420);
   let tests: TestCounts | undefined;

@@ -12,7 +12,7 @@ mkdir -p /root /dev/shm && mount -t tmpfs tmpfs /dev/shm
 ifconfig lo 127.0.0.1 netmask 255.0.0.0 up
 echo "${POSTCOPY_VM_HUGEPAGES:-64}" > /proc/sys/vm/nr_hugepages
 echo "POSTCOPY-VM-START $(uname -r)"
-cd /postcopy && node dist/test/vm/guest.js
+cd /postcopy && node dist-test/test/vm/guest.js
 echo "POSTCOPY-VM-EXIT $?"
 sync
 poweroff -f

@@ -1,5 +1,5 @@
 // The test VM's initramfs: busybox, the node binary and the shared libraries it and the addon
-// need (ldd, the dynamic loader included), the built project (dist/src, dist/test, the addon,
+// need (ldd, the dynamic loader included), the built project (dist-test/src, dist-test/test, the addon,
 // package.json, the runtime node_modules) and test/vm/init.sh as /init. Written uncompressed
 // (103 MiB; measured under TCG on 6.12, the init starts 6.8 s after QEMU, 6.9 s with gzip -1
 // at 42 MiB: no gain, and no compression step) and cached under ~/.cache/postcopy-vm,
@@ -60,8 +60,8 @@ function entries(root: string): Entry[] {
     ...sharedLibraries([node, addon]).map((lib) => ({ path: lib.slice(1), source: realpathSync(lib), mode: 0o755 })),
   ];
   const project = (path: string, mode = 0o644) => list.push({ path: join('postcopy', path), source: join(root, path), mode });
-  for (const path of filesUnder(root, 'dist', (name) => name.endsWith('.js'))) {
-    if (path.startsWith('dist/src/') || path.startsWith('dist/test/')) project(path);
+  for (const path of filesUnder(root, 'dist-test', (name) => name.endsWith('.js'))) {
+    if (path.startsWith('dist-test/src/') || path.startsWith('dist-test/test/')) project(path);
   }
   project('build/Release/postcopy.node', 0o755);
   project('package.json');

@@ -5,7 +5,7 @@ import type { FeatureReport } from '../../src/kernel/index.js';
 export const RESULT_MARK = 'POSTCOPY-VM-RESULT ';
 
 /** The kernel-layer tests: each detects what the kernel lacks and skips, saying why. */
-export const KERNEL_TESTS = ['ioctls', 'writeprotect', 'faults', 'pagemap', 'kernel-safety', 'memory', 'dirty-log'];
+export const KERNEL_TESTS = ['kernel/ioctls', 'kernel/writeprotect', 'kernel/faults', 'kernel/pagemap', 'kernel/kernel-safety', 'wire/memory', 'kernel/dirty-log'];
 /**
  * Tests left out in the VM (they skip with a reason starting "left out"): eight threads faulting
  * together take 10-18 s each under TCG, and the 1- and 2-thread runs cover the same kernel paths.
