@@ -409,3 +409,25 @@ test('the addon\'s getters on another object throw ERR_INVALID_THIS (a Userfault
   ]));
   assert.deepEqual(result, expected);
 });
+
+test('a worker terminated in the middle of an addon call ends alone: the process lives on', { timeout: 60_000 }, () => {
+  // A worker being terminated cannot take a JavaScript exception; the addon's C++ errors must
+  // not escape then (seen as "terminate called after throwing an instance of 'Napi::Error'"
+  // when a recovery stopped bulk workers that had just started).
+  const report = inChild(`
+    const { Worker } = require('node:worker_threads');
+    const mapping = new kernel.Mapping(1 << 20);
+    const loop = 'const k = require(' + JSON.stringify(${JSON.stringify(KERNEL)}) + '); const { workerData } = require("node:worker_threads"); for (;;) k.attachMapping(workerData.address, workerData.length);';
+    (async () => {
+      let terminated = 0;
+      for (let i = 0; i < 300; i++) {
+        const worker = new Worker(loop, { eval: true, workerData: mapping.descriptor });
+        await new Promise((r) => setTimeout(r, Math.random() * 30)); // a race: while it starts, and once it runs
+        await worker.terminate();
+        terminated++;
+      }
+      console.log(JSON.stringify({ terminated }));
+    })();
+  `) as { terminated: number };
+  assert.equal(report.terminated, 300);
+});
