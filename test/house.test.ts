@@ -23,9 +23,10 @@ const MAY_IMPORT: Record<string, string[]> = {
   incoming: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager'],
   outgoing: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager'],
   snapshot: ['base', 'kernel', 'memory', 'wire', 'pager'],
+  serve: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot'],
   testing: ['base', 'kernel', 'memory', 'wire', 'transport', 'guest'],
-  cli: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot', 'testing'],
-  '.': ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot'],
+  cli: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot', 'serve', 'testing'],
+  '.': ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot', 'serve'],
 };
 
 function sources(dir: string): string[] {

@@ -10,6 +10,7 @@ import { receiveCommand, RECEIVE_OPTIONS } from './receive.js';
 import { GUEST_OPTIONS, RUN_OPTIONS } from './reference-guest.js';
 import { restoreCommand, RESTORE_OPTIONS } from './restore.js';
 import { sendCommand, SEND_OPTIONS } from './send.js';
+import { serveCommand, SERVE_OPTIONS } from './serve.js';
 import { snapshotCommand, SNAPSHOT_OPTIONS } from './snapshot.js';
 import { MIGRATION_OPTIONS } from './source-runner.js';
 
@@ -50,6 +51,10 @@ export const COMMANDS: Command[] = [
   {
     name: 'inspect', synopsis: 'inspect FILE [--json]', summary: 'a snapshot file: blocks, pages present, whether it is complete and intact',
     groups: [OUTPUT_OPTIONS], positionals: true, run: inspectCommand,
+  },
+  {
+    name: 'serve', synopsis: 'serve --socket PATH [opts]', summary: "serve VMs' pages to their VMM (Firecracker's userfaultfd backend)",
+    groups: [SERVE_OPTIONS, OUTPUT_OPTIONS], run: serveCommand, jsonBase: { event: 'stopped' },
   },
   {
     name: 'restore', synopsis: 'restore FILE [options]', summary: 'restore a snapshot of the reference guest, resume it, verify it',

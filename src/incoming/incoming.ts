@@ -59,7 +59,7 @@ export class IncomingMigration extends EventEmitter {
   readonly blocks: RamList<Mapping>;
   readonly machine = new IncomingStateMachine();
   private uffd: Userfaultfd | undefined;
-  private faults: FaultService | undefined;
+  private faults: FaultService<GuestBlock> | undefined;
   private session: string | undefined;
   private readonly connection: Connection;
   private mainReader: ChannelReader | undefined;
@@ -281,7 +281,7 @@ export class IncomingMigration extends EventEmitter {
     noTransparentHugePages(this.blocks);
     this.uffd = openForMissing(this.blocks);
     this.bulk.start(); // bulk workers write precopy pages from now on, never into a THP region
-    this.intake.advise(new PagePlacer(this.uffd, (block, offset, length, fresh) => this.placed(block, offset, length, fresh)));
+    this.intake.advise(new PagePlacer<GuestBlock>(this.uffd, (block, offset, length, fresh) => this.placed(block, offset, length, fresh)));
   }
 
   /** Drops the ranges' pages and clears their received bits. */
@@ -301,7 +301,7 @@ export class IncomingMigration extends EventEmitter {
     const uffd = this.uffd!;
     for (const block of this.blocks) uffd.register(block.host!.address, block.host!.length, 'missing');
     this.intake.listen();
-    this.faults = new FaultService(uffd, [...this.blocks], (block, offset, length) => this.requestPage(block, offset, length),
+    this.faults = new FaultService<GuestBlock>(uffd, [...this.blocks], (block, offset, length) => this.requestPage(block, offset, length),
       (error) => this.fail(error), this.options.guestThreads ?? 0);
     this.faults.start();
     for (const block of this.blocks) this.pages.missingAtListen += block.receivedMap.size - block.receivedMap.count();

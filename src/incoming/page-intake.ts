@@ -20,7 +20,7 @@ export class PageIntake {
   private writer: PrecopyWriter | undefined;
   /** Each block's index for the writer (blocks may be allocated on MEM_SIZE, so taken at the first write). */
   private readonly writerIndex = new Map<GuestBlock, number>();
-  private placer: PagePlacer | undefined;
+  private placer: PagePlacer<GuestBlock> | undefined;
   private readonly assemblers = new Map<Channel, HugePageAssembler>();
   private readonly run = { block: undefined as GuestBlock | undefined, offset: 0, length: 0, zero: false, buffer: new Uint8Array(RUN_PAGES * TARGET_PAGE_SIZE) };
 
@@ -32,7 +32,7 @@ export class PageIntake {
   ) {}
 
   /** ADVISE: placements have their userfaultfd. */
-  advise(placer: PagePlacer): void {
+  advise(placer: PagePlacer<GuestBlock>): void {
     this.placer = placer;
   }
 

@@ -6,14 +6,14 @@
 import { performance } from 'node:perf_hooks';
 import { PostcopyError, RangeIndex, hex } from '../base/index.js';
 import type { EventBatch, Userfaultfd } from '../kernel/index.js';
-import type { GuestBlock } from './guest-block.js';
+import type { PagerBlock } from './guest-block.js';
 import { Blocktime, LatencyHistogram } from './stats.js';
 
 /** Asks the source for a host page; false when no connection can carry the request now. */
-export type PageRequester = (block: GuestBlock, offset: number, length: number) => boolean;
+export type PageRequester<B extends PagerBlock = PagerBlock> = (block: B, offset: number, length: number) => boolean;
 
-interface Pending {
-  block: GuestBlock;
+interface Pending<B> {
+  block: B;
   hostOffset: number;
   /** When the first thread started to wait. */
   since: number;
@@ -22,7 +22,7 @@ interface Pending {
   threads: number[];
 }
 
-export class FaultService {
+export class FaultService<B extends PagerBlock = PagerBlock> {
   readonly latency = new LatencyHistogram();
   readonly blocktime: Blocktime;
   faults = 0;
@@ -30,16 +30,23 @@ export class FaultService {
   requests = 0;
   /** Requests sent again because the page had not arrived in time or the connection changed. */
   resent = 0;
+  /**
+   * Events other than page faults (REMOVE, UNMAP, ...), in their order among the faults of a
+   * batch; without a handler they are ignored (a pager that did not ask for them never gets any).
+   */
+  onOtherEvent: ((batch: EventBatch, i: number) => void) | undefined;
+  /** Each wait that a placement ended, in µs from the fault's read (a pager's own histograms). */
+  onLatency: ((us: number) => void) | undefined;
   /** The blocks by address; a block's position here is part of a pending page's key. */
-  private readonly blocks: RangeIndex<GuestBlock>;
-  private readonly indexOf = new Map<GuestBlock, number>();
+  private readonly blocks: RangeIndex<B>;
+  private readonly indexOf = new Map<B, number>();
   /** Requested host pages, keyed by block index and host page number. */
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending = new Map<number, Pending<B>>();
 
   constructor(
     private readonly uffd: Userfaultfd,
-    blocks: GuestBlock[],
-    private readonly request: PageRequester,
+    blocks: B[],
+    private readonly request: PageRequester<B>,
     private readonly onError: (error: Error) => void,
     guestThreads = 0,
   ) {
@@ -69,8 +76,8 @@ export class FaultService {
   }
 
   /** The page waited for longest, for messages. */
-  get oldestWait(): { block: GuestBlock; hostOffset: number; since: number } | undefined {
-    let oldest: Pending | undefined;
+  get oldestWait(): { block: B; hostOffset: number; since: number } | undefined {
+    let oldest: Pending<B> | undefined;
     for (const p of this.pending.values()) if (!oldest || p.since < oldest.since) oldest = p;
     return oldest;
   }
@@ -79,7 +86,7 @@ export class FaultService {
    * Called by the placer once a range's received bits are set: ends the waits behind it.
    * Returns how many of the range's host pages had been requested.
    */
-  placed(block: GuestBlock, offset: number, length: number): number {
+  placed(block: B, offset: number, length: number): number {
     if (this.pending.size === 0) return 0;
     const index = this.indexOf.get(block)!;
     const now = performance.now();
@@ -90,14 +97,16 @@ export class FaultService {
       if (!pending) continue;
       requested++;
       this.pending.delete(key);
-      this.latency.add((now - pending.since) * 1000);
+      const us = (now - pending.since) * 1000;
+      this.latency.add(us);
+      this.onLatency?.(us);
       for (const thread of pending.threads) this.blocktime.resumed(thread, now);
     }
     return requested;
   }
 
   /** Whether a thread waits for the host page holding `offset`. */
-  isWaiting(block: GuestBlock, offset: number): boolean {
+  isWaiting(block: B, offset: number): boolean {
     if (this.pending.size === 0) return false;
     return this.pending.has(this.key(this.indexOf.get(block)!, offset - (offset % block.pageSize), block.pageSize));
   }
@@ -110,13 +119,33 @@ export class FaultService {
     }
   }
 
+  /** Asks for every page a thread waits for that could not be asked for yet (the requester said not now). */
+  retryUnsent(): void {
+    const now = performance.now();
+    for (const p of this.pending.values()) if (p.requestedAt === 0) this.send(p, now, true);
+  }
+
+  /** Ends the waits on [offset, offset + length) of a block without counting them placed (the range went away). */
+  forget(block: B, offset: number, length: number): void {
+    if (this.pending.size === 0) return;
+    const index = this.indexOf.get(block)!;
+    const now = performance.now();
+    for (let at = offset - (offset % block.pageSize); at < offset + length; at += block.pageSize) {
+      const key = this.key(index, at, block.pageSize);
+      const pending = this.pending.get(key);
+      if (!pending) continue;
+      this.pending.delete(key);
+      for (const thread of pending.threads) this.blocktime.resumed(thread, now);
+    }
+  }
+
   /** Asks again for every page a thread waits for: a new connection knows of no request. */
   resendAll(): void {
     const now = performance.now();
     for (const p of this.pending.values()) this.send(p, now, true);
   }
 
-  private send(p: Pending, now: number, again: boolean): void {
+  private send(p: Pending<B>, now: number, again: boolean): void {
     if (!this.request(p.block, p.hostOffset, p.block.pageSize)) return;
     p.requestedAt = now;
     this.requests++;
@@ -130,7 +159,10 @@ export class FaultService {
   private handle(batch: EventBatch): void {
     const now = performance.now();
     for (let i = 0; i < batch.count; i++) {
-      if (!batch.isPagefault(i)) continue;
+      if (!batch.isPagefault(i)) {
+        this.onOtherEvent?.(batch, i);
+        continue;
+      }
       this.faults++;
       const address = batch.address(i);
       const index = this.blocks.indexOf(address);
@@ -154,7 +186,7 @@ export class FaultService {
         pending.threads.push(thread);
         continue;
       }
-      const fresh: Pending = { block, hostOffset, since: now, requestedAt: 0, threads: [thread] };
+      const fresh: Pending<B> = { block, hostOffset, since: now, requestedAt: 0, threads: [thread] };
       this.pending.set(key, fresh);
       this.send(fresh, now, false);
     }

@@ -1,8 +1,19 @@
-// Guest memory as every pager sees it: a RamBlock whose host is a Mapping of this process,
-// and the userfaultfd that serves MISSING faults on such blocks.
+// Guest memory as every pager sees it: a RamBlock whose host is where its memory is, either a
+// Mapping of this process or a region of a VMM's address space (page server), and the
+// userfaultfd that serves MISSING faults on this process's blocks.
 import { Userfaultfd, hasFeatures, type Feature, type Mapping } from '../kernel/index.js';
 import type { RamBlock } from '../memory/index.js';
 
+/** Where a block's memory is: its first address and its length. */
+export interface HostRange {
+  readonly base: number;
+  readonly length: number;
+}
+
+/** A block of whatever address space the pager serves. */
+export type PagerBlock = RamBlock<HostRange>;
+
+/** A block of this process's memory. */
 export type GuestBlock = RamBlock<Mapping>;
 
 /**

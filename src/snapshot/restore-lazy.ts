@@ -83,8 +83,8 @@ export class LazyRestore extends EventEmitter {
   private readonly blocks: GuestBlock[];
   private readonly indexOf = new Map<GuestBlock, number>();
   private readonly uffd: Userfaultfd;
-  private readonly placer: PagePlacer;
-  private readonly faults: FaultService;
+  private readonly placer: PagePlacer<GuestBlock>;
+  private readonly faults: FaultService<GuestBlock>;
   /** Running page checksum per block, of every present page read (each is read once). */
   private readonly sums: number[];
   private readonly scratch: Uint8Array;
@@ -126,8 +126,8 @@ export class LazyRestore extends EventEmitter {
       this.uffd.close();
       throw error;
     }
-    this.placer = new PagePlacer(this.uffd, (block, offset, length) => this.placed(block, offset, length));
-    this.faults = new FaultService(this.uffd, this.blocks, (block, offset) => this.serveFault(block, offset), (error) => this.fail(error), options.guestThreads ?? 0);
+    this.placer = new PagePlacer<GuestBlock>(this.uffd, (block, offset, length) => this.placed(block, offset, length));
+    this.faults = new FaultService<GuestBlock>(this.uffd, this.blocks, (block, offset) => this.serveFault(block, offset), (error) => this.fail(error), options.guestThreads ?? 0);
     this.faults.start();
     this.progressTimer = setInterval(() => this.emit('progress', this.progress()), PROGRESS_INTERVAL_MS).unref();
     if (options.prefetch ?? true) this.startPrefetch();

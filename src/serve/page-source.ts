@@ -1,0 +1,80 @@
+// Where a VM's pages come from, mapped read-only (the page cache is shared by every VM served
+// from the same file, and a placement copies straight from it): Firecracker's memory file, whose
+// holes (diff snapshots, unplugged memory) read as zeros and are placed without reading; or this
+// package's snapshot file, block i for region i, pages not present being zeros.
+import { Bitmap } from '../memory/index.js';
+import { FileMapping } from '../kernel/index.js';
+import { ProtocolError } from '../base/index.js';
+import { SnapshotReader } from '../snapshot/index.js';
+import type { GuestRegion } from './regions.js';
+import type { PageSourceSpec } from './protocol.js';
+
+export class PageSource {
+  private constructor(
+    readonly file: FileMapping,
+    /** Per region, the pages (in its page size) that hold data; the others are zeros. */
+    private readonly present: Bitmap[],
+    /** Per region, where its page 0 is in the file. */
+    private readonly starts: number[],
+  ) {}
+
+  static open(spec: PageSourceSpec, regions: GuestRegion[]): PageSource {
+    return spec.kind === 'file' ? PageSource.memoryFile(spec.path, regions) : PageSource.snapshot(spec.path, regions);
+  }
+
+  private static memoryFile(path: string, regions: GuestRegion[]): PageSource {
+    const file = FileMapping.open(path);
+    try {
+      const data = file.dataRanges();
+      const present = regions.map((r) => {
+        const map = new Bitmap(r.size / r.pageSize);
+        for (const [start, end] of data) {
+          const from = Math.max(start, r.offset);
+          const to = Math.min(end, r.offset + r.size);
+          if (from >= to) continue;
+          const first = Math.floor((from - r.offset) / r.pageSize);
+          map.setRange(first, Math.ceil((to - r.offset) / r.pageSize) - first);
+        }
+        return map;
+      });
+      return new PageSource(file, present, regions.map((r) => r.offset));
+    } catch (error) {
+      file.close();
+      throw error;
+    }
+  }
+
+  private static snapshot(path: string, regions: GuestRegion[]): PageSource {
+    const reader = SnapshotReader.open(path);
+    try {
+      if (reader.blocks.length !== regions.length) throw new ProtocolError(`handshake: ${regions.length} regions, the snapshot ${path} has ${reader.blocks.length} blocks`);
+      reader.blocks.forEach((b, i) => {
+        const r = regions[i];
+        if (b.usedLength !== r.size || b.pageSize !== r.pageSize) {
+          throw new ProtocolError(`handshake: region ${i} is ${r.size} bytes of ${r.pageSize}-byte pages, block '${b.idstr}' of ${path} ${b.usedLength} of ${b.pageSize}`);
+        }
+      });
+      const file = FileMapping.open(path);
+      return new PageSource(file, reader.blocks.map((b) => b.present), reader.blocks.map((b) => b.pagesOffset));
+    } finally {
+      reader.close();
+    }
+  }
+
+  /** The run from `page` of `region` whose pages are all data or all zeros, at most `maxPages`. */
+  runFrom(region: number, page: number, maxPages: number): { end: number; present: boolean } {
+    const map = this.present[region];
+    const present = map.get(page);
+    const change = present ? map.findNextZero(page) : map.findNextSet(page);
+    return { end: Math.min(change, map.size, page + maxPages), present };
+  }
+
+  /** Where `page` of `region` (of `pageSize` bytes) is in the file. */
+  offsetOf(region: number, page: number, pageSize: number): number {
+    return this.starts[region] + page * pageSize;
+  }
+
+  close(): void {
+    this.file.close();
+  }
+}

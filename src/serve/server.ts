@@ -1,0 +1,144 @@
+// The page server for VMMs (Firecracker's userfaultfd handler protocol): it listens on a Unix
+// socket, takes each VMM's one message (its regions and its userfaultfd), and serves that VM's
+// pages from the source on a pager worker of its own. Any number of VMs, one server; they share
+// the source's page cache. A VM that is refused (a bad message, a memory file too short) or
+// whose pages can no longer be served is ended (SIGKILL by default), and the server goes on.
+import { EventEmitter } from 'node:events';
+import { statSync, unlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { PostcopyError, errorCode } from '../base/index.js';
+import { SnapshotReader, verifyPageData } from '../snapshot/index.js';
+import { receiveHello, takeConnection, type Handshake } from './handshake.js';
+import { ServeMetrics } from './metrics.js';
+import type { PageSourceSpec, PrefetchMode } from './protocol.js';
+import { memoryFileLength, type GuestRegion } from './regions.js';
+import { Vm, closeQuietly, killQuietly, type OnFailure } from './vm.js';
+import type { WorkingSetFile } from './working-set.js';
+
+export interface PageServerOptions {
+  /** The Unix socket the VMMs connect to (a stale socket file there is replaced). */
+  socket: string;
+  source: PageSourceSpec;
+  /** What happens to a VM whose pages can no longer be served: 'kill' (default) or 'leave'. */
+  onFailure?: OnFailure;
+  prefetch?: PrefetchMode;
+  /** Pages to prefetch first (prefetch 'working-set'). */
+  workingSet?: WorkingSetFile;
+  /** Record each VM's fault order: a 'working-set' event when its pager ends. */
+  recordWorkingSet?: boolean;
+  /** A VMM that sends no message within this long is refused (default 5000 ms). */
+  handshakeTimeoutMs?: number;
+  /** Faults waiting and no page placed for this long: the VM fails (default 10 s). */
+  stallSeconds?: number;
+}
+
+export interface VmInfo {
+  vm: number;
+  pid: number;
+  regions: GuestRegion[];
+}
+
+export interface PageServer {
+  on(event: 'vm', listener: (info: VmInfo) => void): this;
+  on(event: 'first-fault' | 'all-present', listener: (info: VmInfo, ms: number) => void): this;
+  on(event: 'ended', listener: (info: VmInfo, reason: string, outcome: string) => void): this;
+  on(event: 'refused', listener: (pid: number | undefined, reason: string) => void): this;
+  on(event: 'working-set', listener: (info: VmInfo, pages: number[]) => void): this;
+}
+
+export class PageServer extends EventEmitter {
+  readonly metrics = new ServeMetrics();
+  readonly vms = new Map<number, Vm>();
+  private server: Server | undefined;
+  private nextVm = 1;
+  private sourceLength = 0;
+
+  constructor(private readonly options: PageServerOptions) {
+    super();
+  }
+
+  /** Checks the source (a snapshot: every checksum), then listens. */
+  async listen(): Promise<void> {
+    const { source, socket } = this.options;
+    this.sourceLength = statSync(source.path).size;
+    if (source.kind === 'snapshot') checkSnapshot(source.path);
+    try {
+      unlinkSync(socket);
+    } catch {
+      // nothing there
+    }
+    this.server = createServer({ pauseOnConnect: true }, (connection) => void this.admit(connection));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(socket, resolve);
+    });
+  }
+
+  /** Stops listening and ends every VM (killed by default: nobody would serve them). */
+  close(reason = 'the page server stopped'): void {
+    this.server?.close();
+    for (const vm of this.vms.values()) vm.stop(reason);
+    this.metrics.close();
+  }
+
+  private async admit(socket: Socket): Promise<void> {
+    let connection: Handshake | undefined;
+    try {
+      connection = takeConnection(socket);
+      const hello = await receiveHello(connection, this.options.handshakeTimeoutMs ?? 5000);
+      const needed = memoryFileLength(hello.regions);
+      if (this.options.source.kind === 'file' && needed > this.sourceLength) {
+        closeQuietly(hello.uffdFd);
+        throw new PostcopyError('ERR_POSTCOPY_PROTOCOL', `handshake: the regions need ${needed} bytes of ${this.options.source.path}, which has ${this.sourceLength}`);
+      }
+      this.start(connection, hello.regions, hello.uffdFd);
+    } catch (error) {
+      this.refuse(connection, error as Error);
+    }
+  }
+
+  private start(connection: Handshake, regions: GuestRegion[], uffdFd: number): void {
+    const o = this.options;
+    const vm = new Vm({
+      vm: this.nextVm++, connection, uffdFd, regions, source: o.source, prefetch: o.prefetch ?? 'working-set',
+      workingSet: o.prefetch === 'none' ? [] : o.workingSet?.pages ?? [], recordWorkingSet: o.recordWorkingSet ?? false,
+      onFailure: o.onFailure ?? 'kill', stallSeconds: o.stallSeconds ?? 10, eagainBoundMs: (o.stallSeconds ?? 10) * 1000,
+    });
+    const info: VmInfo = { vm: vm.id, pid: vm.pid, regions };
+    this.vms.set(vm.id, vm);
+    this.metrics.active.inc();
+    vm.on('counters', (counters) => this.metrics.add(counters));
+    vm.on('first-fault', (ms) => this.emit('first-fault', info, ms));
+    vm.on('all-present', (ms) => this.emit('all-present', info, ms));
+    vm.on('working-set', (pages) => this.emit('working-set', info, pages));
+    vm.on('ended', (reason, outcome) => {
+      this.vms.delete(vm.id);
+      this.metrics.active.dec();
+      this.metrics.vmEnded(outcome);
+      this.emit('ended', info, reason, outcome);
+    });
+    this.emit('vm', info);
+  }
+
+  /** A VM that cannot be served is ended too (by default), and told nothing: Firecracker reads nothing. */
+  private refuse(connection: Handshake | undefined, error: Error): void {
+    const reason = errorCode(error) === 'ERR_POSTCOPY_PROTOCOL' ? error.message : `handshake failed: ${error.message}`;
+    if (connection) {
+      if ((this.options.onFailure ?? 'kill') === 'kill') killQuietly(connection.pid);
+      closeQuietly(connection.fd);
+    }
+    this.metrics.vmEnded('refused');
+    this.emit('refused', connection?.pid, reason);
+  }
+}
+
+/** A snapshot is served only when whole and intact: structure, then every page's checksum. */
+function checkSnapshot(path: string): void {
+  const reader = SnapshotReader.open(path);
+  try {
+    const bad = reader.pageChecksums ? verifyPageData(reader).find((b) => !b.ok) : undefined;
+    if (bad) throw new PostcopyError('ERR_SNAPSHOT_FORMAT', `${path}: page data of block ${bad.idstr} does not match its checksum: refused before serving any VM`);
+  } finally {
+    reader.close();
+  }
+}

@@ -1,0 +1,149 @@
+// One VM as the page server's main thread sees it: its pager worker, its connection (the VMM
+// closing it means the VM is gone), the watchdog that notices a pager that stopped placing
+// pages while faults wait (a stalled disk), and the end: a VM whose pages can no longer be
+// served is killed (its pid from SO_PEERCRED), never left frozen and never fed zeros.
+import { EventEmitter } from 'node:events';
+import { closeSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Worker } from 'node:worker_threads';
+import type { Handshake } from './handshake.js';
+import type { FromVm, PageSourceSpec, PrefetchMode, ToVm, VmCounters } from './protocol.js';
+import type { GuestRegion } from './regions.js';
+
+const WORKER_PATH = join(__dirname, 'vm-worker.js');
+/** How long a stopping worker may take before it is terminated. */
+const STOP_GRACE_MS = 1000;
+
+export type OnFailure = 'kill' | 'leave';
+
+export interface VmOptions {
+  vm: number;
+  connection: Handshake;
+  uffdFd: number;
+  regions: GuestRegion[];
+  source: PageSourceSpec;
+  prefetch: PrefetchMode;
+  workingSet: number[];
+  recordWorkingSet: boolean;
+  onFailure: OnFailure;
+  /** Faults waiting and no page placed for this long: the VM's pages cannot be served. */
+  stallSeconds: number;
+  eagainBoundMs: number;
+}
+
+export interface VmEvents {
+  on(event: 'first-fault' | 'all-present', listener: (ms: number) => void): this;
+  on(event: 'counters', listener: (counters: VmCounters) => void): this;
+  on(event: 'working-set', listener: (pages: number[]) => void): this;
+  on(event: 'ended', listener: (reason: string, outcome: 'exited' | 'failed' | 'stopped') => void): this;
+}
+
+export class Vm extends EventEmitter implements VmEvents {
+  readonly id: number;
+  readonly pid: number;
+  placedPages = 0;
+  totalPages = 0;
+  private readonly worker: Worker;
+  private readonly socket: Socket;
+  private readonly watchdog: NodeJS.Timeout;
+  private pending = 0;
+  private lastPlacedAt = performance.now();
+  private endedWith: string | undefined;
+
+  constructor(private readonly options: VmOptions) {
+    super();
+    this.id = options.vm;
+    this.pid = options.connection.pid;
+    this.worker = new Worker(WORKER_PATH, {
+      workerData: { vm: options.vm, uffdFd: options.uffdFd, regions: options.regions, source: options.source, prefetch: options.prefetch,
+        workingSet: options.workingSet, recordWorkingSet: options.recordWorkingSet, eagainBoundMs: options.eagainBoundMs },
+    });
+    this.worker.on('message', (m: FromVm) => this.message(m));
+    this.worker.on('error', (error) => this.end('failed', `its pager crashed: ${error.message}`));
+    this.worker.on('exit', () => this.endedWith === undefined && this.end('failed', 'its pager exited'));
+    // the VMM sends nothing after its message: an end of this connection means it is gone
+    this.socket = new Socket({ fd: options.connection.fd, readable: true, writable: false });
+    this.socket.on('data', () => undefined);
+    this.socket.on('end', () => this.end('exited', 'the VMM closed its connection'));
+    this.socket.on('error', () => this.end('exited', 'the VMM closed its connection'));
+    this.watchdog = setInterval(() => this.checkStall(), Math.min(1000, options.stallSeconds * 250)).unref();
+  }
+
+  /** Ends serving this VM; with `kill`, the VM too (a VM left unserved would freeze). */
+  stop(reason = 'the server stopped'): void {
+    this.end('stopped', reason);
+  }
+
+  private message(m: FromVm): void {
+    switch (m.type) {
+      case 'progress':
+        if (m.placedPages !== this.placedPages) this.lastPlacedAt = performance.now();
+        this.placedPages = m.placedPages;
+        this.totalPages = m.totalPages;
+        this.pending = m.pending;
+        return void this.emit('counters', m.counters);
+      case 'first-fault':
+      case 'all-present':
+        return void this.emit(m.type, m.ms);
+      case 'working-set':
+        return void this.emit('working-set', m.pages); // the pager's last words: also after 'ended'
+      case 'gone':
+        return this.end('exited', m.reason);
+      case 'failed':
+        return this.end('failed', `${m.message} (${m.code})`);
+      default:
+        return;
+    }
+  }
+
+  /** Faults wait and nothing was placed for `stallSeconds`: the source stopped answering. */
+  private checkStall(): void {
+    const silentMs = performance.now() - this.lastPlacedAt;
+    if (this.pending > 0 && silentMs > this.options.stallSeconds * 1000) {
+      this.end('failed', `no page placed for ${(silentMs / 1000).toFixed(1)} s while ${this.pending} fault(s) wait: the page source stopped answering`);
+    }
+  }
+
+  private end(outcome: 'exited' | 'failed' | 'stopped', reason: string): void {
+    if (this.endedWith !== undefined) return;
+    this.endedWith = reason;
+    clearInterval(this.watchdog);
+    // a VM whose pages cannot be served any more is ended, not left frozen
+    if (outcome !== 'exited' && this.options.onFailure === 'kill') killQuietly(this.pid);
+    this.send({ type: 'stop' });
+    const timer = setTimeout(() => void this.worker.terminate(), STOP_GRACE_MS);
+    timer.unref();
+    this.worker.once('exit', () => clearTimeout(timer));
+    this.socket.destroy();
+    this.emit('ended', reason, outcome);
+  }
+
+  private send(message: ToVm): void {
+    try {
+      this.worker.postMessage(message);
+    } catch {
+      // the worker is gone already
+    }
+  }
+}
+
+/** SIGKILL to a VMM whose pages cannot be served. */
+export function killQuietly(pid: number): void {
+  if (pid === process.pid) return; // a VMM in this very process (a test): never end ourselves
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone already
+  }
+}
+
+/** Closes a descriptor we were handed and will not use (a refused VM's userfaultfd). */
+export function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // closed already
+  }
+}
