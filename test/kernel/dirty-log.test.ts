@@ -62,7 +62,7 @@ test('a dirty log the kernel cannot give for this memory is refused, naming it a
     const missing = DIRTY_LOG_KINDS.find((k) => !offered.includes(k));
     if (missing) assert.throws(() => createDirtyLog([{ mapping, onDirty: () => undefined }], missing, (c) => c()), new RegExp(`dirty log ${missing}: not possible .* \\(offered: `));
     if (offered.includes('soft-dirty')) {
-      assert.throws(() => createDirtyLog([{ mapping, onDirty: () => undefined }], 'soft-dirty'), /soft-dirty: .* needs holdWriters/);
+      assert.throws(() => createDirtyLog([{ mapping, onDirty: () => undefined }], 'soft-dirty'), /soft-dirty: .* needs holdGuest/);
     }
   } finally {
     mapping.unmap();
