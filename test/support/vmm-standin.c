@@ -1,5 +1,5 @@
 /* vmm-standin: a VMM restoring a snapshot with a UFFD memory backend, step for step as
- * Firecracker does it (see ../shared/reference/firecracker-uffd.md), plus a strict checker of
+ * Firecracker does it (the project's ../shared/reference/firecracker-uffd.md), plus a checker of
  * what the page handler places. For the tests of `postcopy serve`; gcc -O2 -pthread, no deps.
  *
  * Steps: map the regions (anonymous, private, noreserve; hugetlb for 2M pages) with unmapped
@@ -8,7 +8,9 @@
  * MISSING; print the "mapped" line; connect to the handler's socket; send the region JSON and
  * the uffd in ONE sendmsg; keep the socket open, silent, until exit. Then vCPU threads touch
  * pages and compare every byte with the memory file (which is never copied into guest memory);
- * a host thread removes pages (balloon, remove storm) with MADV_DONTNEED: those must read zeros.
+ * a host thread removes pages (balloon, remove storm) with MADV_DONTNEED: no vCPU reads a page
+ * while it is removed; afterwards the vCPUs, and a final pass over every removed page, must read
+ * zeros there (so give removed pages non-zero file data, or a stale handler would pass).
  *
  *   --socket PATH            the handler's Unix stream socket (must be listening)
  *   --mem-file PATH          raw guest memory, regions at their offsets: only read to compare
@@ -28,7 +30,7 @@
  *   --balloon-inflate R:START:LEN  repeatable: MADV_DONTNEED on region R's [START, START+LEN)
  *   --balloon-after-ms MS    when the host thread starts removing (default 0)
  *   --remove-storm N         N MADV_DONTNEED of one random page each of region 0
- *   --timeout S              give up after S seconds (default 30), naming who waits where
+ *   --timeout S              give up S seconds after start (default 30), naming who waits where
  *
  * stdout: {"event":"mapped",...} once mapped, then exactly one result line at exit:
  *   {"ok","pid","regions","touches","first_touches","zeros_checked","removed_pages",
@@ -42,7 +44,6 @@
 #include <getopt.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -52,7 +53,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>

@@ -63,7 +63,7 @@ export function standinSkip(): string | false {
 let built = false;
 
 /** Compiles the stand-in unless the binary is newer than its source; once per process. */
-export function buildStandin(): string {
+function buildStandin(): string {
   if (built) return BINARY;
   if (!existsSync(BINARY) || statSync(BINARY).mtimeMs < statSync(SOURCE).mtimeMs) {
     // test files run in parallel processes: each builds aside and renames into place
