@@ -2,7 +2,7 @@
 // embeds them: guest memory and the userfaultfd, both ends of a migration and their
 // channels, background snapshots and restores, and the errors they fail with. Each layer has
 // its own subpath too (postcopy/kernel, /memory, /wire, /transport, /pager, /incoming,
-// /outgoing, /snapshot); the reference guest and the fault injector are postcopy/testing.
+// /outgoing, /snapshot, /serve); the reference guest and the fault injector are postcopy/testing.
 export { ERROR_CODES, PostcopyError, ProtocolError, type ErrorCode } from './base/index.js';
 export {
   Mapping,
@@ -43,3 +43,4 @@ export {
   type SnapshotOptions,
   type SnapshotReport,
 } from './snapshot/index.js';
+export { PageServer, type PageServerOptions, type VmInfo } from './serve/index.js';
