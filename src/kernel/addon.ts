@@ -48,6 +48,9 @@ export interface Addon {
     attach(address: Address, length: number): ArrayBuffer;
   };
   Userfaultfd: new (options: { userModeOnly?: boolean; fd?: number }) => NativeUserfaultfd;
+  /** bytes: >= 0 (0 at end of stream), or -EAGAIN when nothing is there yet. */
+  receiveMessage(fd: number, buffer: ArrayBufferView | ArrayBuffer, maxDescriptors: number): { bytes: number; descriptors: number[]; truncated: boolean };
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   gettid(): number;
   exitNow(code: number): never;
   duplicateDescriptor(fd: number): number;
