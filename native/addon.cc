@@ -16,6 +16,7 @@ namespace postcopy {
 Napi::Value PagemapScan(const Napi::CallbackInfo& info);
 void DefinePlacement(napi_env env, napi_value exports);
 void DefineSocket(Napi::Env env, Napi::Object exports);
+Napi::Function DefineFileMapping(Napi::Env env);
 
 static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
@@ -41,6 +42,7 @@ static Napi::Value DuplicateDescriptor(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
+  exports.Set("FileMapping", DefineFileMapping(env));
   DefinePlacement(env, exports);
   DefineSocket(env, exports);
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));

@@ -8,6 +8,7 @@
 // MOVE source inside a live Mapping). The bookkeeping follows register, unregister, unmap
 // and close.
 import { addon, type Address, type NativeUserfaultfd } from './addon.js';
+import type { FileMapping } from './file-mapping.js';
 import { mappingHolding } from './live-mappings.js';
 import type { Mapping } from './mapping.js';
 
@@ -223,6 +224,16 @@ export class Userfaultfd {
     refusedLast = false;
     return placement.copy(this.descriptor, dst, src, length, mode, srcOffset);
   }
+  /**
+   * tryCopy from a FileMapping: `length` bytes at `srcOffset` of `src`. A source range outside
+   * the live FileMapping is refused as a dst range is (-EFAULT, no ioctl).
+   */
+  tryCopyFrom(dst: Address, src: FileMapping, srcOffset: number, length: number, mode = 0): number {
+    if (!this.covers(dst, length)) return this.refused('dst', dst, length);
+    if (!src.holds(srcOffset, length)) return this.refused('srcOffset', srcOffset, length, false);
+    refusedLast = false;
+    return placement.copyFrom(this.descriptor, dst, src.base + srcOffset, length, mode);
+  }
   tryZeropage(dst: Address, length: number, mode = 0): number {
     if (!this.covers(dst, length)) return this.refused('dst', dst, length);
     refusedLast = false;
@@ -311,8 +322,8 @@ export class Userfaultfd {
   }
 
   /** For the try* forms: the status of a refused range (no ioctl made). */
-  private refused(name: string, address: Address, length: number): number {
-    const invalid = argumentError(name, address, true) ?? argumentError('length', length, false);
+  private refused(name: string, value: Address, length: number, isAddress = true): number {
+    const invalid = argumentError(name, value, isAddress) ?? argumentError('length', length, false);
     if (invalid) throw invalid;
     refusedLast = true;
     return this.closed ? EBADF : EFAULT;
