@@ -3,7 +3,8 @@
 //   EEXIST, EINVAL, EBADF, ...  a syscall failed; also `errno` (negative, as libuv reports it)
 //                               and `syscall` ('ioctl(UFFDIO_COPY)'); the message names the range
 //   ERR_POSTCOPY_RANGE          a range call refused before any syscall: not inside a range
-//                               registered on this userfaultfd in a live Mapping (RangeError)
+//                               registered on this userfaultfd in a live Mapping (or in a
+//                               range another process declared: adoptForeign) (RangeError)
 //   ERR_POSTCOPY_UNSUPPORTED    the kernel does not grant a feature asked for
 //   ERR_POSTCOPY_UNMAPPED       a Mapping used after unmap(), a FileMapping read after close()
 //   ERR_POSTCOPY_ADDON          the native addon could not be found (dlopen failures keep
