@@ -1,4 +1,5 @@
-// postcopy native addon: thin, errno-faithful wrappers of mmap/madvise/memfd and userfaultfd.
+// postcopy native addon: thin, errno-faithful wrappers of mmap/madvise/memfd, userfaultfd and
+// the Unix socket calls a userfaultfd handler needs.
 // No policy lives here; src/kernel/ is the only user of this module.
 #include <fcntl.h>
 #include <napi.h>
@@ -14,6 +15,8 @@ namespace postcopy {
 
 Napi::Value PagemapScan(const Napi::CallbackInfo& info);
 void DefinePlacement(napi_env env, napi_value exports);
+void DefineSocket(Napi::Env env, Napi::Object exports);
+Napi::Function DefineFileMapping(Napi::Env env);
 
 static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
@@ -39,7 +42,9 @@ static Napi::Value DuplicateDescriptor(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
+  exports.Set("FileMapping", DefineFileMapping(env));
   DefinePlacement(env, exports);
+  DefineSocket(env, exports);
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("exitNow", Napi::Function::New<ExitNow>(env, "exitNow"));
   exports.Set("duplicateDescriptor", Napi::Function::New<DuplicateDescriptor>(env, "duplicateDescriptor"));

@@ -17,6 +17,12 @@ void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& 
   throw error;
 }
 
+void ThrowUnmapped(Napi::Env env, const std::string& what) {
+  Napi::Error error = Napi::Error::New(env, what + ": the mapping has been unmapped");
+  error.Set("code", Napi::String::New(env, "ERR_POSTCOPY_UNMAPPED"));
+  throw error;
+}
+
 std::string Hex(uintptr_t value) {
   char buf[24];
   snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(value));

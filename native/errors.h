@@ -13,6 +13,9 @@ namespace postcopy {
 // Throws (as a JS exception) an Error for a failed syscall. `detail` names the address/length.
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& detail);
 
+// Throws ERR_POSTCOPY_UNMAPPED: `what` was called on a mapping unmapped (or closed) before.
+[[noreturn]] void ThrowUnmapped(Napi::Env env, const std::string& what);
+
 std::string Hex(uintptr_t value);
 
 }  // namespace postcopy

@@ -125,11 +125,7 @@ Mapping::~Mapping() {
 }
 
 std::shared_ptr<Region> Mapping::Live(Napi::Env env, const char* what) {
-  if (!region_) {
-    Napi::Error error = Napi::Error::New(env, std::string(what) + ": the mapping has been unmapped");
-    error.Set("code", Napi::String::New(env, "ERR_POSTCOPY_UNMAPPED"));
-    throw error;
-  }
+  if (!region_) ThrowUnmapped(env, what);
   return region_;
 }
 

@@ -62,7 +62,17 @@ static double Progressing(uint64_t length, Call call) {
   return result < 0 ? result : static_cast<double>(done);
 }
 
-// copy(fd, dst, src, length, mode = 0, srcOffset = 0): one UFFDIO_COPY for a whole run.
+// One UFFDIO_COPY for a whole run, from `src`, an address of this process.
+static double CopyRun(int fd, uint64_t dst, uint64_t src, uint64_t length, uint64_t mode) {
+  return Progressing(length, [&](uint64_t done, int64_t* count) {
+    uffdio_copy c{dst + done, src + done, length - done, mode, 0};
+    int r = ioctl(fd, UFFDIO_COPY, &c);
+    *count = c.copy;
+    return r;
+  });
+}
+
+// copy(fd, dst, src, length, mode = 0, srcOffset = 0): a run from the bytes of `src`.
 static napi_value Copy(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   Args(env, info, argv);
@@ -82,13 +92,20 @@ static napi_value Copy(napi_env env, napi_callback_info info) {
     RefuseRange(env, "length", "<= " + std::to_string(srcLength - srcOffset) + " (the bytes of \"src\" after \"srcOffset\")", argv[3]);
     return nullptr;
   }
-  const uintptr_t from = reinterpret_cast<uintptr_t>(src + srcOffset);
-  return Result(env, Progressing(length, [&](uint64_t done, int64_t* count) {
-    uffdio_copy c{dst + done, from + done, length - done, mode, 0};
-    int r = ioctl(fd, UFFDIO_COPY, &c);
-    *count = c.copy;
-    return r;
-  }));
+  return Result(env, CopyRun(fd, dst, reinterpret_cast<uintptr_t>(src + srcOffset), length, mode));
+}
+
+// copyFrom(fd, dst, srcAddress, length, mode = 0): the same from an address of this process
+// (a FileMapping's; src/kernel checks that the range lies inside a live one).
+static napi_value CopyFrom(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  Args(env, info, argv);
+  int fd;
+  uint64_t dst, src, length, mode;
+  if (!ReadFd(env, argv[0], &fd) || !ReadAddress(env, argv[1], "dst", &dst) || !ReadAddress(env, argv[2], "srcAddress", &src) ||
+      !ReadSize(env, argv[3], "length", &length) || !ReadOptionalSize(env, argv[4], "mode", &mode))
+    return nullptr;
+  return Result(env, CopyRun(fd, dst, src, length, mode));
 }
 
 // zeropage(fd, dst, length, mode = 0)
@@ -171,6 +188,7 @@ static napi_value LastCount(napi_env env, napi_callback_info) { return Result(en
 void DefinePlacement(napi_env env, napi_value exports) {
   napi_property_descriptor functions[] = {
       {"copy", nullptr, Copy, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"copyFrom", nullptr, CopyFrom, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"zeropage", nullptr, Zeropage, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"writeProtect", nullptr, WriteProtect, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"wake", nullptr, Wake, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

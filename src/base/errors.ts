@@ -22,9 +22,9 @@ export const ERROR_CODES = {
   ERR_POSTCOPY_USAGE: 'a command line that cannot be run (the message names the option and value)',
   ERR_POSTCOPY_INTERNAL: 'an invariant of this package does not hold (a bug)',
   // kernel layer
-  ERR_POSTCOPY_RANGE: 'a range call refused before any syscall: not inside a registered range of a live Mapping',
+  ERR_POSTCOPY_RANGE: 'a range call refused before any syscall: not inside a registered range of a live Mapping (or of the ranges another process declared)',
   ERR_POSTCOPY_UNSUPPORTED: 'the kernel does not grant a feature asked for',
-  ERR_POSTCOPY_UNMAPPED: 'a Mapping used after unmap()',
+  ERR_POSTCOPY_UNMAPPED: 'a Mapping used after unmap(), a FileMapping after close()',
   ERR_POSTCOPY_ADDON: 'the native addon could not be found',
   // snapshots and restore
   ERR_SNAPSHOT_FAILED: 'a background snapshot failed (the guest runs on, unprotected)',

@@ -28,9 +28,20 @@ export interface NativeUserfaultfd {
   readEvents(buffer: Float64Array): number;
 }
 
+/** A whole file mapped PROT_READ, MAP_SHARED; no view over it is ever made. */
+export interface NativeFileMapping {
+  /** 0n once unmapped. */
+  readonly address: bigint;
+  /** (start, end) pairs where the file has data; past maxRanges - 1 pairs, the rest is one. */
+  dataRanges(maxRanges: number): Float64Array;
+  unmap(): void;
+}
+
 /** The placement ioctls: bytes done (>= 0) or -errno; they take the descriptor, not the object. */
 export interface NativePlacement {
   copy(fd: number, dst: Address, src: ArrayBufferView | ArrayBuffer, length: number, mode?: number, srcOffset?: number): number;
+  /** UFFDIO_COPY from an address of this process (inside a live FileMapping: checked by the caller). */
+  copyFrom(fd: number, dst: Address, srcAddress: Address, length: number, mode?: number): number;
   zeropage(fd: number, dst: Address, length: number, mode?: number): number;
   writeProtect(fd: number, start: Address, length: number, mode: number): number;
   wake(fd: number, start: Address, length: number): number;
@@ -48,6 +59,10 @@ export interface Addon {
     attach(address: Address, length: number): ArrayBuffer;
   };
   Userfaultfd: new (options: { userModeOnly?: boolean; fd?: number }) => NativeUserfaultfd;
+  FileMapping: new (fd: number, length: number) => NativeFileMapping;
+  /** bytes: >= 0 (0 at end of stream), or -EAGAIN when nothing is there yet. */
+  receiveMessage(fd: number, buffer: ArrayBufferView | ArrayBuffer, maxDescriptors: number): { bytes: number; descriptors: number[]; truncated: boolean };
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   gettid(): number;
   exitNow(code: number): never;
   duplicateDescriptor(fd: number): number;

@@ -3,13 +3,14 @@
 //   EEXIST, EINVAL, EBADF, ...  a syscall failed; also `errno` (negative, as libuv reports it)
 //                               and `syscall` ('ioctl(UFFDIO_COPY)'); the message names the range
 //   ERR_POSTCOPY_RANGE          a range call refused before any syscall: not inside a range
-//                               registered on this userfaultfd in a live Mapping (RangeError)
+//                               registered on this userfaultfd in a live Mapping (or in a
+//                               range another process declared: adoptForeign) (RangeError)
 //   ERR_POSTCOPY_UNSUPPORTED    the kernel does not grant a feature asked for
-//   ERR_POSTCOPY_UNMAPPED       a Mapping used after unmap()
+//   ERR_POSTCOPY_UNMAPPED       a Mapping used after unmap(), a FileMapping read after close()
 //   ERR_POSTCOPY_ADDON          the native addon could not be found (dlopen failures keep
 //                               Node's ERR_DLOPEN_FAILED)
 //   ERR_INVALID_ARG_TYPE, ERR_INVALID_ARG_VALUE, ERR_OUT_OF_RANGE   bad arguments, as in Node
-import { getSystemErrorMap } from 'node:util';
+import { getSystemErrorMap, inspect } from 'node:util';
 
 export interface SystemError extends Error {
   code: string;
@@ -33,6 +34,11 @@ export function errnoError(status: number, syscall: string, detail: string): Sys
 
 export function coded<E extends Error>(error: E, code: string): E & { code: string } {
   return Object.assign(error, { code });
+}
+
+/** Node's ERR_INVALID_ARG_VALUE: "The argument 'path' must be .... Received '/tmp/x'". */
+export function invalidArgument(name: string, reason: string, value: unknown): CodedError {
+  return coded(new TypeError(`The argument '${name}' ${reason}. Received ${inspect(value)}`), 'ERR_INVALID_ARG_VALUE');
 }
 
 /**

@@ -2,6 +2,9 @@
 export { Mapping, attachMapping, threadId, type MappingDescriptor, type MappingOptions } from './mapping.js';
 export { RangePlacer, RangeUnprotector, UnsupportedFeatureError, Userfaultfd, type OpenOptions, type WakeOption } from './userfaultfd.js';
 export { EventBatch, type EventKind } from './events.js';
+export { FileMapping } from './file-mapping.js';
+export type { ForeignRange } from './foreign.js';
+export { peerCredentials, receiveMessage, type PeerCredentials, type ReceivedMessage } from './socket.js';
 export { freeHugePages, hasFeatures, probeFeatures, type FeatureReport } from './features.js';
 export {
   COPY_MODE_DONTWAKE,

@@ -6,10 +6,12 @@
 // register() takes only ranges inside a live Mapping of this package, and every placement
 // must lie inside one range registered on this descriptor whose Mapping is still mapped (a
 // MOVE source inside a live Mapping). The bookkeeping follows register, unregister, unmap
-// and close.
+// and close. Another process's userfaultfd (adoptForeign) acts on that process's memory:
+// the ranges it declared stand for the Mappings.
 import { addon, type Address, type NativeUserfaultfd } from './addon.js';
+import type { FileMapping } from './file-mapping.js';
+import { declaredRanges, handshakeFeatures, type ForeignRange, type Holder } from './foreign.js';
 import { mappingHolding } from './live-mappings.js';
-import type { Mapping } from './mapping.js';
 
 const placement = addon.placement;
 import {
@@ -73,8 +75,10 @@ export class Userfaultfd {
   private batch: EventBatch | undefined;
   /** The descriptor for the placement calls; -1 once closed (a reused number is never hit). */
   private descriptor: number;
-  /** The ranges registered here, by the Mapping that holds each; an unmapped one covers nothing. */
-  private ranges = new RangeIndex<Mapping>();
+  /** adoptForeign: the ranges the owner declared (its memory, not ours); else undefined. */
+  private readonly declared: RangeIndex<Holder> | undefined;
+  /** The ranges registered here, by the Mapping (or declared range) that holds each; an unmapped one covers nothing. */
+  private ranges: RangeIndex<Holder>;
 
   /**
    * Opens a userfaultfd and does the UFFDIO_API handshake. The kernel allows the handshake
@@ -109,11 +113,29 @@ export class Userfaultfd {
     return new Userfaultfd(new addon.Userfaultfd({ fd }), [...features], ['REGISTER', 'UNREGISTER', 'API']);
   }
 
-  private constructor(native: NativeUserfaultfd, features: Feature[], ioctls: Ioctl[]) {
+  /**
+   * Adopts, as adopt() does, the userfaultfd of another process (a VMM's, received over a
+   * Unix socket) whose handshake and registration that process did. Its faults are of that
+   * process's address space and placements write into it. `ranges` are the ones it declared
+   * (page-aligned and disjoint, else ERR_POSTCOPY_RANGE before the descriptor is taken): every
+   * range call is checked against them as against the Mappings of our own memory, and
+   * unregister() takes parts of them away. register() is refused (the owner registers), and
+   * so is move() (its source would be read in the owner's memory). `features` are those the
+   * owner's handshake enabled.
+   */
+  static adoptForeign(fd: number, ranges: readonly ForeignRange[]): Userfaultfd {
+    const declared = declaredRanges(ranges);
+    const native = new addon.Userfaultfd({ fd });
+    return new Userfaultfd(native, handshakeFeatures(native.fd), ['REGISTER', 'UNREGISTER', 'API'], declared);
+  }
+
+  private constructor(native: NativeUserfaultfd, features: Feature[], ioctls: Ioctl[], declared?: RangeIndex<Holder>) {
     this.native = native;
     this.descriptor = native.fd;
     this.features = new Set(features);
     this.ioctls = new Set(ioctls);
+    this.declared = declared;
+    this.ranges = new RangeIndex(declared?.entries());
   }
 
   get fd(): number {
@@ -134,6 +156,7 @@ export class Userfaultfd {
   /** Registers a range inside one live Mapping; returns the ioctls the kernel allows on it. */
   register(start: Address, length: number, modes: RegisterMode | RegisterMode[]): Set<Ioctl> {
     const mode = (Array.isArray(modes) ? modes : [modes]).reduce((m, name) => m | REGISTER_MODES[name], 0);
+    if (this.declared) throw this.foreignRefusal('ioctl(UFFDIO_REGISTER)', 'its owner registered the ranges it declared');
     const at = position(start);
     const mapping = mappingHolding(at, length);
     if (!mapping) throw this.refusal('ioctl(UFFDIO_REGISTER)', 'start', start, length);
@@ -142,10 +165,14 @@ export class Userfaultfd {
     return new Set(maskToNames(ioctls, IOCTLS));
   }
 
-  /** Unregisters a range inside one live Mapping (threads waiting there wake). */
+  /**
+   * Unregisters a range inside one live Mapping, or one declared range of another process's
+   * userfaultfd (threads waiting there wake; their memory there is theirs again: zeros where
+   * nothing was placed).
+   */
   unregister(start: Address, length: number): void {
     const at = position(start);
-    if (!mappingHolding(at, length)) throw this.refusal('ioctl(UFFDIO_UNREGISTER)', 'start', start, length);
+    if (!this.holding(at, length)) throw this.refusal('ioctl(UFFDIO_UNREGISTER)', 'start', start, length);
     this.native.unregister(start, length);
     this.record(at, at + length);
   }
@@ -207,6 +234,7 @@ export class Userfaultfd {
   move(dst: Address, src: Address, length: number, options: WakeOption & { allowSrcHoles?: boolean } = {}): number {
     const mode = (options.dontWake ? MOVE_MODE_DONTWAKE : 0) | (options.allowSrcHoles ? MOVE_MODE_ALLOW_SRC_HOLES : 0);
     this.guard('ioctl(UFFDIO_MOVE)', 'dst', dst, length);
+    if (this.declared) throw this.foreignRefusal('ioctl(UFFDIO_MOVE)', 'the kernel would take the source from its memory, not ours');
     if (!mappingHolding(position(src), length)) throw this.refusal('ioctl(UFFDIO_MOVE)', 'src', src, length);
     this.requireKernel('MOVE', 'ioctl(UFFDIO_MOVE)');
     if (!this.features.has('MOVE')) throw new UnsupportedFeatureError(['MOVE'], 'ioctl(UFFDIO_MOVE)', 'this userfaultfd was not opened with it (features: [\'MOVE\'])');
@@ -222,6 +250,16 @@ export class Userfaultfd {
     if (!this.covers(dst, length)) return this.refused('dst', dst, length);
     refusedLast = false;
     return placement.copy(this.descriptor, dst, src, length, mode, srcOffset);
+  }
+  /**
+   * tryCopy from a FileMapping: `length` bytes at `srcOffset` of `src`. A source range outside
+   * the live FileMapping is refused as a dst range is (-EFAULT, no ioctl).
+   */
+  tryCopyFrom(dst: Address, src: FileMapping, srcOffset: number, length: number, mode = 0): number {
+    if (!this.covers(dst, length)) return this.refused('dst', dst, length);
+    if (!src.holds(srcOffset, length)) return this.refused('srcOffset', srcOffset, length, false);
+    refusedLast = false;
+    return placement.copyFrom(this.descriptor, dst, src.base + srcOffset, length, mode);
   }
   tryZeropage(dst: Address, length: number, mode = 0): number {
     if (!this.covers(dst, length)) return this.refused('dst', dst, length);
@@ -280,7 +318,7 @@ export class Userfaultfd {
   close(): void {
     this.native.close();
     this.descriptor = -1;
-    this.ranges = new RangeIndex<Mapping>();
+    this.ranges = new RangeIndex<Holder>();
   }
 
   /** A call the running kernel does not have fails naming the feature, not with the kernel's bare EINVAL. */
@@ -311,8 +349,8 @@ export class Userfaultfd {
   }
 
   /** For the try* forms: the status of a refused range (no ioctl made). */
-  private refused(name: string, address: Address, length: number): number {
-    const invalid = argumentError(name, address, true) ?? argumentError('length', length, false);
+  private refused(name: string, value: Address, length: number, isAddress = true): number {
+    const invalid = argumentError(name, value, isAddress) ?? argumentError('length', length, false);
     if (invalid) throw invalid;
     refusedLast = true;
     return this.closed ? EBADF : EFAULT;
@@ -325,25 +363,39 @@ export class Userfaultfd {
     refusedLast = true;
     const range = `${name} ${hex(address)} length ${length}`;
     if (this.closed) return errnoError(EBADF, syscall, `${range} (the userfaultfd is closed)`);
-    const why = mappingHolding(position(address), length)
-      ? 'is not inside a range registered on this userfaultfd'
+    const inside = this.holding(position(address), length) !== undefined;
+    const why = inside ? 'is not inside a range registered on this userfaultfd'
+      : this.declared ? 'is not inside a range declared for this userfaultfd (adoptForeign)'
       : 'is not inside a live Mapping';
     return coded(new RangeError(`${syscall} refused: ${range} ${why}`), 'ERR_POSTCOPY_RANGE');
+  }
+
+  /** A call refused on another process's userfaultfd whatever its range. */
+  private foreignRefusal(syscall: string, why: string): CodedError {
+    refusedLast = true;
+    return coded(new RangeError(`${syscall} refused: this userfaultfd is another process's (adoptForeign): ${why}`), 'ERR_POSTCOPY_RANGE');
+  }
+
+  /** The live Mapping, or (adoptForeign) the declared range, that holds all of the range. */
+  private holding(start: number, length: number): Holder | undefined {
+    if (!this.declared) return mappingHolding(start, length);
+    return typeof length === 'number' ? this.declared.find(start, length) : undefined;
   }
 
   /**
    * Bookkeeping after a register (with its Mapping) or an unregister (without): cuts
    * [start, end) out of the ranges, adds it back if registered, and joins the neighbours of
-   * one Mapping. Ranges of Mappings unmapped since go: the kernel has dropped them.
+   * one Mapping (or declared range). Ranges of Mappings unmapped since go: the kernel has
+   * dropped them.
    */
-  private record(start: number, end: number, mapping?: Mapping): void {
-    const cut: { start: number; end: number; value: Mapping }[] = [];
+  private record(start: number, end: number, holder?: Holder): void {
+    const cut: { start: number; end: number; value: Holder }[] = [];
     for (const range of this.ranges.entries()) {
       if (!range.value.mapped) continue;
       if (range.start < start) cut.push({ ...range, end: Math.min(range.end, start) });
       if (range.end > end) cut.push({ ...range, start: Math.max(range.start, end) });
     }
-    if (mapping) cut.push({ start, end, value: mapping });
+    if (holder) cut.push({ start, end, value: holder });
     cut.sort((a, b) => a.start - b.start);
     const joined: typeof cut = [];
     for (const range of cut) {

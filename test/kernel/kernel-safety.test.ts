@@ -387,13 +387,14 @@ test('madviseRanges from two worker threads at once, each on its own mapping: ev
   }
 });
 
-test('the addon\'s getters on another object throw ERR_INVALID_THIS (a Userfaultfd read as a Mapping crashed)', { skip: featureSkip() }, () => {
+test('the addon\'s getters on another object throw ERR_INVALID_THIS (a Userfaultfd read as a Mapping crashed), FileMapping\'s too', { skip: featureSkip() }, () => {
   // In a child: were the check missing, the process would die of it.
   const result = inChild(`
     const { addon } = require(${JSON.stringify(ADDON)});
-    const objects = { Mapping: new addon.Mapping('anonymous', 4096), Userfaultfd: new addon.Userfaultfd({}) };
+    const file = require('node:fs').openSync(process.execPath, 'r');
+    const objects = { Mapping: new addon.Mapping('anonymous', 4096), Userfaultfd: new addon.Userfaultfd({}), FileMapping: new addon.FileMapping(file, 4096) };
     const out = [];
-    for (const [name, C] of Object.entries({ Mapping: addon.Mapping, Userfaultfd: addon.Userfaultfd })) {
+    for (const [name, C] of Object.entries({ Mapping: addon.Mapping, Userfaultfd: addon.Userfaultfd, FileMapping: addon.FileMapping })) {
       for (const [key, d] of Object.entries(Object.getOwnPropertyDescriptors(C.prototype))) {
         if (!d.get) continue;
         for (const receiver of [objects[name === 'Mapping' ? 'Userfaultfd' : 'Mapping'], {}, 5, Object.create(objects[name])]) {
@@ -403,7 +404,7 @@ test('the addon\'s getters on another object throw ERR_INVALID_THIS (a Userfault
       }
     }
     process.stdout.write(JSON.stringify(out));`) as string[];
-  const getters = { Mapping: ['address', 'length', 'pageSize', 'fd'], Userfaultfd: ['fd', 'via'] };
+  const getters = { Mapping: ['address', 'length', 'pageSize', 'fd'], Userfaultfd: ['fd', 'via'], FileMapping: ['address'] };
   const expected = Object.entries(getters).flatMap(([name, keys]) => keys.flatMap((key) => [
     ...Array(4).fill(`${name}.${key} ERR_INVALID_THIS Value of "this" must be of type ${name}`),
     `${name}.${key} ${key === 'address' ? 'bigint' : key === 'via' ? 'string' : 'number'}`,

@@ -1,0 +1,99 @@
+// Unix sockets: a message with descriptors (SCM_RIGHTS), and who is on the other end
+// (SO_PEERCRED). What a VMM's userfaultfd handler needs to take the one message the VMM sends.
+#include <napi.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "args.h"
+#include "errors.h"
+
+namespace postcopy {
+
+// SCM_MAX_FD: the most descriptors the kernel passes in one message.
+static constexpr int kMaxDescriptors = 253;
+
+// receiveMessage(fd, buffer, maxDescriptors) -> { bytes, descriptors, truncated }
+// One recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC): the bytes go into `buffer`, the descriptors
+// that came with them are returned open (close-on-exec). bytes is 0 at end of stream and
+// -EAGAIN when nothing is there yet (a status: the caller decides how to wait). Room is made for
+// `maxDescriptors`; what the peer sent beyond that is closed, by the kernel (MSG_CTRUNC) or
+// here (the control buffer's alignment can fit one more), and `truncated` says so.
+static Napi::Value ReceiveMessage(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ToFd(info[0], "fd");
+  uint8_t* data;
+  size_t size;
+  if (!ReadBytes(env, info[1], "buffer", &data, &size)) ThrowPending(env);
+  // an empty buffer would read nothing and return 0, which means end of stream
+  if (size == 0) ThrowOutOfRange(Napi::Number::New(env, 0), "buffer.byteLength", ">= 1");
+  const int max = ToInt(info[2], "maxDescriptors", 0, kMaxDescriptors);
+
+  union {
+    cmsghdr align;
+    char bytes[CMSG_SPACE(kMaxDescriptors * sizeof(int))];
+  } control;
+  iovec iov{data, size};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (max > 0) {
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = CMSG_SPACE(max * sizeof(int));
+  }
+  ssize_t n;
+  do n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) ThrowErrno(env, errno, "recvmsg", "fd " + std::to_string(fd));
+
+  // Keep the first `max` descriptors, close the rest, before anything can throw.
+  int kept[kMaxDescriptors];
+  int count = 0;
+  bool truncated = n >= 0 && (msg.msg_flags & MSG_CTRUNC) != 0;
+  for (cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t received = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < received; i++) {
+      int descriptor;
+      std::memcpy(&descriptor, CMSG_DATA(c) + i * sizeof(int), sizeof descriptor);
+      if (count < max) {
+        kept[count++] = descriptor;
+      } else {
+        close(descriptor);
+        truncated = true;
+      }
+    }
+  }
+  Napi::Array descriptors = Napi::Array::New(env, count);
+  for (int i = 0; i < count; i++) descriptors.Set(i, Napi::Number::New(env, kept[i]));
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("bytes", Napi::Number::New(env, n < 0 ? -EAGAIN : static_cast<double>(n)));
+  result.Set("descriptors", descriptors);
+  result.Set("truncated", Napi::Boolean::New(env, truncated));
+  return result;
+}
+
+// peerCredentials(fd) -> { pid, uid, gid } of the process at the other end (as it was when
+// it connected), from SO_PEERCRED.
+static Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ToFd(info[0], "fd");
+  ucred credentials{};
+  socklen_t length = sizeof credentials;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0)
+    ThrowErrno(env, errno, "getsockopt", "SO_PEERCRED of fd " + std::to_string(fd));
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("pid", Napi::Number::New(env, credentials.pid));
+  result.Set("uid", Napi::Number::New(env, credentials.uid));
+  result.Set("gid", Napi::Number::New(env, credentials.gid));
+  return result;
+}
+
+void DefineSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("receiveMessage", Napi::Function::New<ReceiveMessage>(env, "receiveMessage"));
+  exports.Set("peerCredentials", Napi::Function::New<PeerCredentials>(env, "peerCredentials"));
+}
+
+}  // namespace postcopy

@@ -1,0 +1,41 @@
+// Unix stream sockets at the level a userfaultfd handler needs them: the one message a VMM
+// sends (bytes with its userfaultfd in SCM_RIGHTS), and the pid at the other end. Node's own
+// sockets cannot do either: libuv reads a non-IPC pipe with read(2), and the kernel then
+// drops the descriptors. So the socket must not be read by libuv (pauseOnConnect) while
+// these take from it.
+import { EAGAIN } from '../base/index.js';
+import { addon } from './addon.js';
+
+export interface ReceivedMessage {
+  /** Bytes written into the buffer; 0: the peer closed its end (no message). */
+  bytes: number;
+  /** Descriptors that came with the bytes, open and close-on-exec: the caller owns them. */
+  descriptors: number[];
+  /** The peer sent more descriptors than asked for (or other control data): the rest were closed. */
+  truncated: boolean;
+}
+
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * One non-blocking `recvmsg` on a Unix stream socket: the bytes (up to the buffer's length)
+ * and up to `maxDescriptors` descriptors (at most 253) sent with them; descriptors beyond
+ * that are closed, never leaked. Undefined when nothing has arrived yet: wait and call
+ * again. A failure throws Node's error (code 'ENOTSOCK', syscall 'recvmsg', ...).
+ */
+export function receiveMessage(fd: number, buffer: ArrayBufferView | ArrayBuffer, maxDescriptors = 2): ReceivedMessage | undefined {
+  const message = addon.receiveMessage(fd, buffer, maxDescriptors);
+  return message.bytes === EAGAIN ? undefined : message;
+}
+
+/**
+ * The process at the other end of a Unix socket, as it was when it connected (SO_PEERCRED):
+ * the VMM a page server ends when it cannot serve it.
+ */
+export function peerCredentials(fd: number): PeerCredentials {
+  return addon.peerCredentials(fd);
+}
