@@ -4,6 +4,7 @@
 // line (one JSON object with --json); the last line is the server's report.
 import { performance } from 'node:perf_hooks';
 import { PostcopyError } from '../base/index.js';
+import { formatEndpoint } from '../transport/index.js';
 import { PageServer, loadWorkingSet, saveWorkingSet, type PageSourceSpec, type VmInfo, type WorkingSetFile } from '../serve/index.js';
 import { choiceOption, endpointOption, numberOption, usage, type CommandArgs, type OptionGroup, type Values } from './options.js';
 import type { CommandEnd } from './output.js';
@@ -59,8 +60,9 @@ export async function serveCommand({ values, json }: CommandArgs): Promise<Comma
   }
   await server.listen();
   const metrics = typeof values.metrics === 'string' ? await server.metrics.listen(endpointOption(values.metrics, '--metrics')) : undefined;
-  say(`serving ${source.kind === 'file' ? 'memory file' : 'snapshot'} ${source.path} on ${values.socket}${metrics ? `; metrics at ${values.metrics}` : ''}`,
-    { event: 'listening', socket: values.socket, source: source.path, ...(metrics ? { metrics: values.metrics } : {}) });
+  const metricsAt = metrics && formatEndpoint(metrics);
+  say(`serving ${source.kind === 'file' ? 'memory file' : 'snapshot'} ${source.path} on ${values.socket}${metricsAt ? `; metrics at http://${metricsAt}/metrics` : ''}`,
+    { event: 'listening', socket: values.socket, source: source.path, ...(metricsAt ? { metrics: metricsAt } : {}) });
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));

@@ -4,19 +4,26 @@
 // package's snapshot file, block i for region i, pages not present being zeros.
 import { Bitmap } from '../memory/index.js';
 import { FileMapping } from '../kernel/index.js';
-import { ProtocolError } from '../base/index.js';
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import { PostcopyError, ProtocolError } from '../base/index.js';
 import { SnapshotReader } from '../snapshot/index.js';
-import type { GuestRegion } from './regions.js';
+import { memoryFileLength, type GuestRegion } from './regions.js';
 import type { PageSourceSpec } from './protocol.js';
 
 export class PageSource {
+  /** The file, to check its length before each read: a mapping past the end reads zeros, silently. */
+  private readonly fd: number;
+
   private constructor(
     readonly file: FileMapping,
+    private readonly path: string,
     /** Per region, the pages (in its page size) that hold data; the others are zeros. */
     private readonly present: Bitmap[],
     /** Per region, where its page 0 is in the file. */
     private readonly starts: number[],
-  ) {}
+  ) {
+    this.fd = openSync(path, 'r');
+  }
 
   static open(spec: PageSourceSpec, regions: GuestRegion[]): PageSource {
     return spec.kind === 'file' ? PageSource.memoryFile(spec.path, regions) : PageSource.snapshot(spec.path, regions);
@@ -25,6 +32,8 @@ export class PageSource {
   private static memoryFile(path: string, regions: GuestRegion[]): PageSource {
     const file = FileMapping.open(path);
     try {
+      const needed = memoryFileLength(regions);
+      if (file.length < needed) throw new ProtocolError(`handshake: the regions need ${needed} bytes of ${path}, which has ${file.length}`);
       const data = file.dataRanges();
       const present = regions.map((r) => {
         const map = new Bitmap(r.size / r.pageSize);
@@ -37,7 +46,7 @@ export class PageSource {
         }
         return map;
       });
-      return new PageSource(file, present, regions.map((r) => r.offset));
+      return new PageSource(file, path, present, regions.map((r) => r.offset));
     } catch (error) {
       file.close();
       throw error;
@@ -47,15 +56,9 @@ export class PageSource {
   private static snapshot(path: string, regions: GuestRegion[]): PageSource {
     const reader = SnapshotReader.open(path);
     try {
-      if (reader.blocks.length !== regions.length) throw new ProtocolError(`handshake: ${regions.length} regions, the snapshot ${path} has ${reader.blocks.length} blocks`);
-      reader.blocks.forEach((b, i) => {
-        const r = regions[i];
-        if (b.usedLength !== r.size || b.pageSize !== r.pageSize) {
-          throw new ProtocolError(`handshake: region ${i} is ${r.size} bytes of ${r.pageSize}-byte pages, block '${b.idstr}' of ${path} ${b.usedLength} of ${b.pageSize}`);
-        }
-      });
+      checkRegionsFit(reader.blocks, regions, path);
       const file = FileMapping.open(path);
-      return new PageSource(file, reader.blocks.map((b) => b.present), reader.blocks.map((b) => b.pagesOffset));
+      return new PageSource(file, path, reader.blocks.map((b) => b.present), reader.blocks.map((b) => b.pagesOffset));
     } finally {
       reader.close();
     }
@@ -74,7 +77,30 @@ export class PageSource {
     return this.starts[region] + page * pageSize;
   }
 
+  /**
+   * Throws unless [offset, offset + length) of the file can still be read: a file truncated
+   * since it was mapped would otherwise be copied as zeros into a guest that had data there.
+   */
+  checkReadable(offset: number, length: number): void {
+    const size = fstatSync(this.fd).size;
+    if (offset + length > size) {
+      throw new PostcopyError('ERR_RESTORE_FAILED', `${this.path} is now ${size} bytes: bytes ${offset}..${offset + length} can no longer be read`);
+    }
+  }
+
   close(): void {
     this.file.close();
+    closeSync(this.fd);
   }
+}
+
+/** Region i must be block i of the snapshot, byte for byte in length and page size. */
+export function checkRegionsFit(blocks: readonly { idstr: string; usedLength: number; pageSize: number }[], regions: GuestRegion[], path: string): void {
+  if (blocks.length !== regions.length) throw new ProtocolError(`handshake: ${regions.length} regions, the snapshot ${path} has ${blocks.length} blocks`);
+  blocks.forEach((b, i) => {
+    const r = regions[i];
+    if (b.usedLength !== r.size || b.pageSize !== r.pageSize) {
+      throw new ProtocolError(`handshake: region ${i} is ${r.size} bytes of ${r.pageSize}-byte pages, block '${b.idstr}' of ${path} ${b.usedLength} of ${b.pageSize}`);
+    }
+  });
 }

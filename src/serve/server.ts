@@ -11,6 +11,7 @@ import { SnapshotReader, verifyPageData } from '../snapshot/index.js';
 import { receiveHello, takeConnection, type Handshake } from './handshake.js';
 import { ServeMetrics } from './metrics.js';
 import type { PageSourceSpec, PrefetchMode } from './protocol.js';
+import { checkRegionsFit } from './page-source.js';
 import { memoryFileLength, type GuestRegion } from './regions.js';
 import { Vm, closeQuietly, killQuietly, type OnFailure } from './vm.js';
 import type { WorkingSetFile } from './working-set.js';
@@ -51,7 +52,8 @@ export class PageServer extends EventEmitter {
   readonly vms = new Map<number, Vm>();
   private server: Server | undefined;
   private nextVm = 1;
-  private sourceLength = 0;
+  /** A snapshot source's blocks (regions must match them). */
+  private snapshotBlocks: { idstr: string; usedLength: number; pageSize: number }[] = [];
 
   constructor(private readonly options: PageServerOptions) {
     super();
@@ -60,8 +62,8 @@ export class PageServer extends EventEmitter {
   /** Checks the source (a snapshot: every checksum), then listens. */
   async listen(): Promise<void> {
     const { source, socket } = this.options;
-    this.sourceLength = statSync(source.path).size;
-    if (source.kind === 'snapshot') checkSnapshot(source.path);
+    statSync(source.path); // there, and ours to read: else the server does not start
+    if (source.kind === 'snapshot') this.snapshotBlocks = checkSnapshot(source.path);
     try {
       unlinkSync(socket);
     } catch {
@@ -86,15 +88,25 @@ export class PageServer extends EventEmitter {
     try {
       connection = takeConnection(socket);
       const hello = await receiveHello(connection, this.options.handshakeTimeoutMs ?? 5000);
-      const needed = memoryFileLength(hello.regions);
-      if (this.options.source.kind === 'file' && needed > this.sourceLength) {
+      try {
+        this.checkFit(hello.regions);
+      } catch (error) {
         closeQuietly(hello.uffdFd);
-        throw new PostcopyError('ERR_POSTCOPY_PROTOCOL', `handshake: the regions need ${needed} bytes of ${this.options.source.path}, which has ${this.sourceLength}`);
+        throw error;
       }
       this.start(connection, hello.regions, hello.uffdFd);
     } catch (error) {
       this.refuse(connection, error as Error);
     }
+  }
+
+  /** The regions against the source: a memory file long enough (now: it may have changed), a snapshot's blocks. */
+  private checkFit(regions: GuestRegion[]): void {
+    const { source } = this.options;
+    if (source.kind === 'snapshot') return checkRegionsFit(this.snapshotBlocks, regions, source.path);
+    const needed = memoryFileLength(regions);
+    const length = statSync(source.path).size;
+    if (needed > length) throw new PostcopyError('ERR_POSTCOPY_PROTOCOL', `handshake: the regions need ${needed} bytes of ${source.path}, which has ${length}`);
   }
 
   private start(connection: Handshake, regions: GuestRegion[], uffdFd: number): void {
@@ -132,12 +144,13 @@ export class PageServer extends EventEmitter {
   }
 }
 
-/** A snapshot is served only when whole and intact: structure, then every page's checksum. */
-function checkSnapshot(path: string): void {
+/** A snapshot is served only when whole and intact: structure, then every page's checksum. Returns its blocks. */
+function checkSnapshot(path: string): { idstr: string; usedLength: number; pageSize: number }[] {
   const reader = SnapshotReader.open(path);
   try {
     const bad = reader.pageChecksums ? verifyPageData(reader).find((b) => !b.ok) : undefined;
     if (bad) throw new PostcopyError('ERR_SNAPSHOT_FORMAT', `${path}: page data of block ${bad.idstr} does not match its checksum: refused before serving any VM`);
+    return reader.blocks.map(({ idstr, usedLength, pageSize }) => ({ idstr, usedLength, pageSize }));
   } finally {
     reader.close();
   }

@@ -81,8 +81,14 @@ export class VmPager {
       this.post({ type: 'first-fault', ms: performance.now() - this.started });
     }
     if (this.task.recordWorkingSet) this.recorded.push(region, page);
-    const placed = this.placeRun(region, page, block.pageSize === TARGET_PAGE_SIZE ? FAULT_RUN_PAGES : 1, 'fault');
-    if (!placed) this.defer();
+    let placed: boolean;
+    try {
+      placed = this.placeRun(region, page, block.pageSize === TARGET_PAGE_SIZE ? FAULT_RUN_PAGES : 1, 'fault');
+    } catch (error) {
+      this.fail(error as Error); // the thread stays blocked: the VM is ended, never fed zeros
+      return false;
+    }
+    if (!placed && !this.ended) this.defer();
     return placed;
   }
 
@@ -98,9 +104,11 @@ export class VmPager {
     while (end < run.end && !block.receivedMap.get(end * perPage)) end++;
     const length = (end - page) * block.pageSize;
     this.placing = run.present ? 'file' : 'zero';
+    const srcOffset = this.source.offsetOf(region, page, block.pageSize);
     let placed: boolean;
     try {
-      placed = this.placer.place(block, page * block.pageSize, run.present ? this.source.file : null, length, this.source.offsetOf(region, page, block.pageSize));
+      if (run.present) this.source.checkReadable(srcOffset, length);
+      placed = this.placer.place(block, page * block.pageSize, run.present ? this.source.file : null, length, srcOffset);
     } catch (error) {
       if (errorCode(error) === 'ESRCH') return this.gone(`placing in region ${region} failed with ESRCH: the VM is gone`);
       throw new PostcopyError('ERR_RESTORE_FAILED', `region ${region} page ${page}: ${(error as Error).message}`, { cause: error });

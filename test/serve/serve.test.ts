@@ -3,7 +3,7 @@
 // userfaultfds, real faults from real threads of another process, real REMOVE events.
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdtempSync, openSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PageServer, type PageServerOptions, type VmInfo } from '../../src/serve/index.js';
@@ -43,6 +43,7 @@ async function serving(file: string, options: Partial<PageServerOptions> = {}) {
   const events: { event: string; info?: VmInfo; reason?: string; outcome?: string; pid?: number }[] = [];
   server.on('vm', (info) => events.push({ event: 'vm', info }));
   server.on('all-present', (info) => events.push({ event: 'all-present', info }));
+  server.on('first-fault', (info) => events.push({ event: 'first-fault', info }));
   server.on('ended', (info, reason, outcome) => events.push({ event: 'ended', info, reason, outcome }));
   server.on('refused', (pid, reason) => events.push({ event: 'refused', pid, reason }));
   await server.listen();
@@ -138,7 +139,7 @@ test('serve: every bad handshake and a short memory file are refused naming why,
     const cases: [string[], RegExp][] = [
       [['--bad', 'json'], /malformed JSON/],
       [['--bad', 'unaligned'], /region 0: base_host_virt_addr 0x[0-9a-f]+ is not a multiple of its page size 4096/],
-      [['--bad', 'overlap', '--region', '2M'], /regions 0 and 1 overlap in memory/],
+      [['--bad', 'overlap', '--region', '2M', '--region', '2M'], /regions 0 and 1 overlap in memory/],
       [['--bad', 'pagesize'], /page size 8192 is neither 4096 nor 2097152/],
       [['--bad', 'nofd'], /no userfaultfd came with the regions/],
       [['--region', '2M', '--region', '4M'], /the regions need 6291456 bytes of .*short\.mem, which has 4194304/],
@@ -160,11 +161,13 @@ test('serve: every bad handshake and a short memory file are refused naming why,
 
 test('serve: a memory file that becomes unreadable ends the VM (killed, not frozen, not fed zeros)', { skip, timeout: 60_000 }, async () => {
   const file = memoryFile('vanishing.mem', 16 * MiB);
+  const reference = join(dir, 'vanishing.copy');
+  copyFileSync(file, reference); // the stand-in checks against this one: only the server's source goes away
   const s = await serving(file, { prefetch: 'none' });
   try {
-    const vm = startStandin(['--socket', s.socket, '--mem-file', file, '--region', '16M', '--threads', '1', '--pattern', 'sequential', '--seconds', '20', '--timeout', '40'], 50_000);
+    const vm = startStandin(['--socket', s.socket, '--mem-file', reference, '--region', '16M', '--threads', '1', '--pattern', 'sequential', '--seconds', '20', '--timeout', '40'], 50_000);
     await vm.mapped;
-    await waitForEvent(s.events, 'vm');
+    await waitForEvent(s.events, 'first-fault');
     truncateSync(file, 1 * MiB); // pages past 1 MiB can no longer be read
     const run = await vm.done;
     assert.equal(run.signal, 'SIGKILL', `${run.code} ${run.stdout}`);
