@@ -3,6 +3,7 @@ import { migrationScenario } from './migration.js';
 import { postcopyScenario } from './postcopy.js';
 import { restoreScenario } from './restore.js';
 import { projectScenarioNames, projectSpec } from './scenarios.js';
+import { serveScenario } from './serve.js';
 import { snapshotScenario } from './snapshot.js';
 import type { Result } from './types.js';
 import { faultScenario, placeScenario } from './uffd.js';
@@ -23,5 +24,7 @@ export async function runScenario(name: string, length: number): Promise<Result>
       return faultScenario(name, length, spec);
     case 'place':
       return placeScenario(name, length, spec);
+    case 'serve':
+      return serveScenario(name, length, spec.prefetch);
   }
 }

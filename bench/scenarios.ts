@@ -58,12 +58,17 @@ export interface RestoreSpec {
   kind: 'restore';
   mode: RestoreMode;
 }
+/** A page server serving the VMM stand-in from a memory file (bench/serve.ts). */
+export interface ServeSpec {
+  kind: 'serve';
+  prefetch: boolean;
+}
 /** The floor has this scenario and the project does not; `why` is printed in its row. */
 export interface FloorOnly {
   kind: 'floor-only';
   why: string;
 }
-export type ProjectSpec = FaultSpec | PlaceSpec | PostcopySpec | MigrationSpec | SnapshotSpec | RestoreSpec;
+export type ProjectSpec = FaultSpec | PlaceSpec | PostcopySpec | MigrationSpec | SnapshotSpec | RestoreSpec | ServeSpec;
 
 /** Latency targets: project/floor at most (p50, p99), or an absolute p99 in µs (below). */
 export interface LatencyTarget {
@@ -140,6 +145,9 @@ export const SCENARIOS: readonly Scenario[] = [
   { name: 'restore-eager', kind: 'throughput', project: { kind: 'restore', mode: 'eager' }, floor: 'copy-64k', target: { min: 0.8 } },
   { name: 'restore-lazy', kind: 'latency', project: { kind: 'restore', mode: 'lazy' }, floor: 'missing-4k' },
   { name: 'restore-lazy-faults', kind: 'latency', project: { kind: 'restore', mode: 'lazy-faults' }, floor: 'missing-4k' },
+  // the page server for VMMs (bench/serve.ts): the handler in this process, the VMM stand-in in another
+  { name: 'serve-file-faults', kind: 'latency', project: { kind: 'serve', prefetch: false }, floor: 'missing-4k', target: { p50: 1.5 } },
+  { name: 'serve-prefetch', kind: 'throughput', project: { kind: 'serve', prefetch: true }, floor: 'copy-1m', target: { min: 0 } },
   // whole migrations of the CLI's reference guest (`postcopy demo`, bench/migration.ts): no floor
   { name: 'migration-1g', kind: 'migration', project: migration1g(0), reference: QEMU_1G },
   { name: 'migration-1g-channels', kind: 'migration', project: migration1g(2), reference: QEMU_1G },

@@ -180,6 +180,17 @@ export interface RestoreLazyDetails {
   checksum_verified: boolean;
 }
 
+/** serve-prefetch (bench/serve.ts). */
+export interface ServeDetails {
+  /** From the VM's connection until every page was present. */
+  all_present_ms: number;
+  /** The reference: the memory file read into fresh memory, right before, in the same run. */
+  eager_read_ms: number;
+  /** all_present_ms / eager_read_ms (the goal: at most 1.2). */
+  eager_ratio: number;
+  touches: number;
+}
+
 /** Any scenario's details, as the report reads them back from a JSON line: every field optional. */
 export type Details = Partial<
   PostcopyFaultDetails &
@@ -188,6 +199,7 @@ export type Details = Partial<
     SnapshotDetails &
     RestoreEagerDetails &
     RestoreLazyDetails &
+    ServeDetails &
     MigrationDetails
 >;
 

@@ -58,15 +58,17 @@ export async function serveCommand({ values, json }: CommandArgs): Promise<Comma
       say(`vm ${info.vm}: its working set of ${pages.length / 2} pages saved to ${recordTo}`, { event: 'working-set-saved', vm: info.vm, pages: pages.length / 2, file: recordTo });
     });
   }
+  // before anything says 'listening': a supervisor may signal the moment it reads that line
+  const stopped = new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
   await server.listen();
   const metrics = typeof values.metrics === 'string' ? await server.metrics.listen(endpointOption(values.metrics, '--metrics')) : undefined;
   const metricsAt = metrics && formatEndpoint(metrics);
   say(`serving ${source.kind === 'file' ? 'memory file' : 'snapshot'} ${source.path} on ${values.socket}${metricsAt ? `; metrics at http://${metricsAt}/metrics` : ''}`,
     { event: 'listening', socket: values.socket, source: source.path, ...(metricsAt ? { metrics: metricsAt } : {}) });
-  const signal = await new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-  });
+  const signal = await stopped;
   server.close(`the page server stopped (${signal})`);
   const report = { event: 'stopped', signal, vms: counts.vms, refused: counts.refused, ended: counts.ended, served_ms: Math.round(performance.now() - started) };
   return { report, human: `stopped (${signal}): served ${counts.vms} VM(s), refused ${counts.refused}` };
