@@ -1,8 +1,8 @@
 // The page server's scenarios (src/serve), each a PageServer in this process serving the VMM
 // stand-in (test/support/vmm-standin.c, another process: Firecracker's restore, step for step)
 // from a memory file written and read once before anything is timed (page cache warm):
-//   serve-file-faults  no prefetch, one vCPU thread touching its pages in order; p50/p99 of the
-//                      first touch of each page, on the stand-in's clock. vs missing-4k (a fault
+//   serve-file-faults  no prefetch, one vCPU thread touching its pages in order (a fault places
+//                      its page alone); p50/p99 of each touch, on the stand-in's clock. vs missing-4k (a fault
 //                      served in the same process; here the handler is another process).
 //   serve-prefetch     prefetch on and a vCPU thread touching random pages: time from the VM's
 //                      connection until every page is present; beside it, in the same run and
@@ -63,7 +63,8 @@ export async function serveScenario(name: string, length: number, prefetch: bool
     await server.listen();
     try {
       const args = ['--socket', join(dir, 'uffd.sock'), '--mem-file', file, '--region', String(length), '--threads', '1', '--timeout', '300'];
-      const run = await runStandin(prefetch ? [...args, '--pattern', 'random', '--touches', '4096'] : args, 320_000);
+      const faults = [...args, '--touches', String(length / PAGE)]; // every page faults, as in missing-4k
+      const run = await runStandin(prefetch ? [...args, '--pattern', 'random', '--touches', '4096'] : faults, 320_000);
       if (run.code !== 0 || !run.result?.ok) throw new Error(`${name}: the stand-in failed (${run.code ?? run.signal}): ${run.result?.error ?? run.stderr}`);
       if (!prefetch) return faultResult(name, run.result.first_touches, run.result.touch_us);
       while (!allPresentAt) await new Promise((r) => setTimeout(r, 5));

@@ -16,8 +16,11 @@ import { FaultService, PagePlacer, type HostRange, type PagerBlock } from '../pa
 import { PageSource } from './page-source.js';
 import { emptyCounters, type FromVm, type PageSourceLabel, type VmCounters, type VmTask } from './protocol.js';
 
-/** A fault places at most this many 4 KiB pages (the thread waits for no more). */
-const FAULT_RUN_PAGES = 16;
+/**
+ * A fault places its page alone (the prefetcher places runs behind it): a run of 16 pages took
+ * the fault's latency from ~16 to ~48 µs here (bench/README.md, serve-file-faults).
+ */
+const FAULT_RUN_PAGES = 1;
 /** One prefetch step places this much, then lets the event loop read faults. */
 const PREFETCH_RUN_BYTES = 256 << 10;
 const PROGRESS_INTERVAL_MS = 200;

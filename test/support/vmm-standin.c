@@ -23,6 +23,8 @@
  *   --extra-fd               send a memfd as a second descriptor, as forks do
  *   --threads N              vCPU threads (default 2); thread t owns the pages i with i % N == t
  *   --pattern P              sequential (default) or random, within the thread's own pages
+ *   --stride N               sequential: every Nth of the thread's pages (default 1; a bench
+ *                            measures faults only, past a handler's runs of pages)
  *   --touches N              touches per thread (default: as many as it owns pages: one sweep)
  *   --seconds S              touch for S seconds instead
  *   --write                  each touch also writes a marker byte, re-reads it, puts it back
@@ -89,7 +91,7 @@ struct toucher { /* a vCPU thread, or the host thread (the last one) */
 static struct {
   const char *socket, *mem_file, *fields, *bad, *pattern;
   int threads, extra_fd, write, timeout_s;
-  long touches;
+  long touches, stride;
   double seconds;
   long after_ms, storm;
   uint64_t seed;
@@ -111,7 +113,7 @@ static struct {
   uint64_t removed, mismatch_count;
   char mismatches[MAX_MISMATCHES][224];
   char error[4096];
-} g = { .fields = "v1.12", .pattern = "sequential", .threads = 2, .touches = -1, .timeout_s = 30,
+} g = { .stride = 1, .fields = "v1.12", .pattern = "sequential", .threads = 2, .touches = -1, .timeout_s = 30,
         .seed = 1, .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static uint64_t now_ns(void) {
@@ -316,7 +318,7 @@ static void add_balloon(const char *s) {
 static void parse_args(int argc, char **argv) {
   static const struct option opts[] = {
     { "socket", 1, 0, 's' }, { "mem-file", 1, 0, 'm' }, { "region", 1, 0, 'r' }, { "fields", 1, 0, 'f' },
-    { "bad", 1, 0, 'b' }, { "extra-fd", 0, 0, 'x' }, { "threads", 1, 0, 'n' }, { "pattern", 1, 0, 'p' },
+    { "bad", 1, 0, 'b' }, { "extra-fd", 0, 0, 'x' }, { "threads", 1, 0, 'n' }, { "pattern", 1, 0, 'p' }, { "stride", 1, 0, 'D' },
     { "touches", 1, 0, 't' }, { "seconds", 1, 0, 'S' }, { "write", 0, 0, 'w' }, { "seed", 1, 0, 'e' },
     { "balloon-inflate", 1, 0, 'B' }, { "balloon-after-ms", 1, 0, 'a' }, { "remove-storm", 1, 0, 'R' },
     { "timeout", 1, 0, 'T' }, { 0, 0, 0, 0 } };
@@ -330,6 +332,7 @@ static void parse_args(int argc, char **argv) {
     case 'x': g.extra_fd = 1; break;
     case 'n': g.threads = (int)parse_long(optarg, 1, MAX_THREADS); break;
     case 'p': g.pattern = optarg; break;
+    case 'D': g.stride = atol(optarg); break;
     case 't': g.touches = parse_long(optarg, 0, 1L << 40); break;
     case 'S': g.seconds = parse_seconds(optarg); break;
     case 'w': g.write = 1; break;
@@ -345,6 +348,7 @@ static void parse_args(int argc, char **argv) {
   if (!g.socket || !g.mem_file || !g.nr) die(EXIT_USAGE, "--socket, --mem-file and --region are required");
   if (strcmp(g.fields, "v1.6") && strcmp(g.fields, "v1.7") && strcmp(g.fields, "v1.12")) die(EXIT_USAGE, "--fields v1.6|v1.7|v1.12");
   if (strcmp(g.pattern, "sequential") && strcmp(g.pattern, "random")) die(EXIT_USAGE, "--pattern sequential|random");
+  if (g.stride < 1) die(EXIT_USAGE, "--stride N: N >= 1");
   const char *kinds[] = { "json", "unaligned", "overlap", "pagesize", "nofd" };
   int known = !g.bad;
   for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) known |= g.bad && !strcmp(g.bad, kinds[i]);
@@ -567,7 +571,7 @@ static void *vcpu_main(void *arg) {
   long todo = g.touches >= 0 ? g.touches : (long)owned;
   int shuffled = !strcmp(g.pattern, "random");
   for (long i = 0; owned && (g.seconds ? now_ns() < until : i < todo); i++) {
-    size_t k = shuffled ? next_random(&t->rng) % owned : (size_t)i % owned;
+    size_t k = shuffled ? next_random(&t->rng) % owned : (size_t)i * (size_t)g.stride % owned;
     touch(t, (size_t)t->index + k * (size_t)g.threads);
   }
   finish(t, 1);
