@@ -232,7 +232,7 @@ function latencyDetails(r: Row, d: Details, out: string[]): void {
 function throughputDetails(r: Row, d: Details, out: string[]): void {
   const indent = ''.padEnd(4);
   if (d.eager_read_ms !== undefined) {
-    out.push(`${indent}every page present ${f(d.all_present_ms, 1)} ms after the VM connected (${d.touches} random touches meanwhile); the file read eagerly ` +
+    out.push(`${indent}every page present ${f(d.all_present_ms, 1)} ms after the VM connected (a vCPU touching random pages meanwhile); the file read eagerly ` +
       `into fresh memory ${f(d.eager_read_ms, 1)} ms: ratio ${f(d.eager_ratio)} (goal <= 1.2)`);
   } else if (d.restore_ms !== undefined) {
     out.push(`${indent}${f(d.bytes_read! / 2 ** 20, 0)} MiB read in ${f(d.restore_ms, 1)} ms (page cache warm, target fresh memory recycled); ` +

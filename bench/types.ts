@@ -188,7 +188,6 @@ export interface ServeDetails {
   eager_read_ms: number;
   /** all_present_ms / eager_read_ms (the goal: at most 1.2). */
   eager_ratio: number;
-  touches: number;
 }
 
 /** Any scenario's details, as the report reads them back from a JSON line: every field optional. */
