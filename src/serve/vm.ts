@@ -9,8 +9,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Handshake } from './handshake.js';
-import type { FromVm, PageSourceSpec, PrefetchMode, ToVm, VmCounters } from './protocol.js';
-import type { GuestRegion } from './regions.js';
+import type { FromVm, ToVm, VmCounters, VmTask } from './protocol.js';
 
 const WORKER_PATH = join(__dirname, 'vm-worker.js');
 /** How long a stopping worker may take before it is terminated. */
@@ -18,19 +17,12 @@ const STOP_GRACE_MS = 1000;
 
 export type OnFailure = 'kill' | 'leave';
 
-export interface VmOptions {
-  vm: number;
+/** What the pager worker gets (VmTask), and what the main thread keeps for itself. */
+export interface VmOptions extends VmTask {
   connection: Handshake;
-  uffdFd: number;
-  regions: GuestRegion[];
-  source: PageSourceSpec;
-  prefetch: PrefetchMode;
-  workingSet: number[];
-  recordWorkingSet: boolean;
   onFailure: OnFailure;
   /** Faults waiting and no page placed for this long: the VM's pages cannot be served. */
   stallSeconds: number;
-  eagainBoundMs: number;
 }
 
 export interface VmEvents {
@@ -56,10 +48,8 @@ export class Vm extends EventEmitter implements VmEvents {
     super();
     this.id = options.vm;
     this.pid = options.connection.pid;
-    this.worker = new Worker(WORKER_PATH, {
-      workerData: { vm: options.vm, uffdFd: options.uffdFd, regions: options.regions, source: options.source, prefetch: options.prefetch,
-        workingSet: options.workingSet, recordWorkingSet: options.recordWorkingSet, eagainBoundMs: options.eagainBoundMs },
-    });
+    const { connection: _connection, onFailure: _onFailure, stallSeconds: _stallSeconds, ...task } = options;
+    this.worker = new Worker(WORKER_PATH, { workerData: task satisfies VmTask });
     this.worker.on('message', (m: FromVm) => this.message(m));
     this.worker.on('error', (error) => this.end('failed', `its pager crashed: ${error.message}`));
     this.worker.on('exit', () => this.endedWith === undefined && this.end('failed', 'its pager exited'));

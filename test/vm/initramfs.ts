@@ -1,6 +1,6 @@
 // The test VM's initramfs: busybox, the node binary and the shared libraries it and the addon
 // need (ldd, the dynamic loader included), the built project (dist-test/src, dist-test/test, the addon,
-// package.json, the runtime node_modules) and test/vm/init.sh as /init. Written uncompressed
+// package.json, the run-time dependencies from package.json and theirs) and test/vm/init.sh as /init. Written uncompressed
 // (103 MiB; measured under TCG on 6.12, the init starts 6.8 s after QEMU, 6.9 s with gzip -1
 // at 42 MiB: no gain, and no compression step) and cached under ~/.cache/postcopy-vm,
 // keyed by a hash of every input, so a run whose inputs have not changed reuses it.
@@ -11,11 +11,9 @@ import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import { CpioWriter } from './cpio.js';
 
-/** Packages the built project loads at run time (the addon through `bindings`). */
-const RUNTIME_MODULES = ['bindings', 'file-uri-to-path'];
 const BUSYBOX = '/bin/busybox';
 /** Bumped when the layout changes, so that older cached images are not reused. */
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 
 export const CACHE_DIR = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'postcopy-vm');
 
@@ -48,25 +46,58 @@ function sharedLibraries(binaries: string[]): string[] {
   return [...libs].sort();
 }
 
+/**
+ * Directories of the packages the built project loads at run time: package.json's
+ * dependencies and theirs, found the way Node finds them (the nearest node_modules upwards).
+ */
+export function runtimeModules(root: string): string[] {
+  const found = new Set<string>();
+  const visit = (dir: string) => {
+    const manifest = JSON.parse(readFileSync(join(root, dir, 'package.json'), 'utf8')) as { dependencies?: Record<string, string> };
+    for (const name of Object.keys(manifest.dependencies ?? {})) {
+      const module = resolveModule(root, dir, name);
+      if (!found.has(module)) {
+        found.add(module);
+        visit(module);
+      }
+    }
+  };
+  visit('.');
+  return [...found].sort();
+}
+
+/** `name` as required from the package at `dir`: its own node_modules, then each enclosing package's. */
+function resolveModule(root: string, dir: string, name: string): string {
+  for (let at = dir; ; ) {
+    const candidate = join(at, 'node_modules', name);
+    if (existsSync(join(root, candidate, 'package.json'))) return candidate;
+    const enclosing = at.lastIndexOf('node_modules/');
+    if (enclosing < 0) throw new Error(`${name} (a dependency of ${join(dir, 'package.json')}) is not installed: run npm install`);
+    at = at.slice(0, Math.max(0, enclosing - 1)) || '.';
+  }
+}
+
+/** The project's files in the image, relative to root: built code, addon, manifest, runtime packages. */
+export function projectFiles(root: string): string[] {
+  const files = filesUnder(root, 'dist-test', (name) => name.endsWith('.js'))
+    .filter((path) => path.startsWith('dist-test/src/') || path.startsWith('dist-test/test/'));
+  files.push('build/Release/postcopy.node', 'package.json');
+  for (const module of runtimeModules(root)) files.push(...filesUnder(root, module));
+  return files;
+}
+
 function entries(root: string): Entry[] {
   if (!existsSync(BUSYBOX)) throw new Error(`${BUSYBOX} is missing (apt-get install busybox-static)`);
   const node = realpathSync(process.execPath);
   const addon = join(root, 'build/Release/postcopy.node');
   if (!existsSync(addon)) throw new Error(`${addon} is missing: build first (npm install)`);
-  const list: Entry[] = [
+  return [
     { path: 'bin/busybox', source: BUSYBOX, mode: 0o755 },
     { path: 'bin/node', source: node, mode: 0o755 },
     { path: 'init', source: join(root, 'test/vm/init.sh'), mode: 0o755 },
     ...sharedLibraries([node, addon]).map((lib) => ({ path: lib.slice(1), source: realpathSync(lib), mode: 0o755 })),
+    ...projectFiles(root).map((path) => ({ path: join('postcopy', path), source: join(root, path), mode: path.endsWith('.node') ? 0o755 : 0o644 })),
   ];
-  const project = (path: string, mode = 0o644) => list.push({ path: join('postcopy', path), source: join(root, path), mode });
-  for (const path of filesUnder(root, 'dist-test', (name) => name.endsWith('.js'))) {
-    if (path.startsWith('dist-test/src/') || path.startsWith('dist-test/test/')) project(path);
-  }
-  project('build/Release/postcopy.node', 0o755);
-  project('package.json');
-  for (const module of RUNTIME_MODULES) for (const path of filesUnder(root, join('node_modules', module))) project(path);
-  return list;
 }
 
 /** Reuses the cached image for these inputs or writes it; returns its path. */
