@@ -42,6 +42,8 @@ export class Vm extends EventEmitter implements VmEvents {
   private readonly watchdog: NodeJS.Timeout;
   private pending = 0;
   private lastPlacedAt = performance.now();
+  /** When the worker last said anything: it reports every 200 ms unless a read holds it in the kernel. */
+  private lastHeardAt = performance.now();
   private endedWith: string | undefined;
 
   constructor(private readonly options: VmOptions) {
@@ -67,6 +69,7 @@ export class Vm extends EventEmitter implements VmEvents {
   }
 
   private message(m: FromVm): void {
+    this.lastHeardAt = performance.now();
     switch (m.type) {
       case 'progress':
         if (m.placedPages !== this.placedPages) this.lastPlacedAt = performance.now();
@@ -88,11 +91,21 @@ export class Vm extends EventEmitter implements VmEvents {
     }
   }
 
-  /** Faults wait and nothing was placed for `stallSeconds`: the source stopped answering. */
+  /**
+   * Faults wait and nothing was placed for `stallSeconds`: the source stopped answering. Or the
+   * worker fell silent that long: a read of the page source never returned (a stalled disk), so
+   * its last word on waiting faults is stale and a vCPU may wait behind that read.
+   */
   private checkStall(): void {
-    const silentMs = performance.now() - this.lastPlacedAt;
-    if (this.pending > 0 && silentMs > this.options.stallSeconds * 1000) {
-      this.end('failed', `no page placed for ${(silentMs / 1000).toFixed(1)} s while ${this.pending} fault(s) wait: the page source stopped answering`);
+    const now = performance.now();
+    const boundMs = this.options.stallSeconds * 1000;
+    const silentMs = now - this.lastPlacedAt;
+    if (this.pending > 0 && silentMs > boundMs) {
+      return this.end('failed', `no page placed for ${(silentMs / 1000).toFixed(1)} s while ${this.pending} fault(s) wait: the page source stopped answering`);
+    }
+    const deafMs = now - this.lastHeardAt;
+    if (deafMs > boundMs) {
+      this.end('failed', `its pager has been held for ${(deafMs / 1000).toFixed(1)} s in a read of the page source that does not return (a stalled disk?)`);
     }
   }
 

@@ -3,12 +3,13 @@
 // userfaultfds, real faults from real threads of another process, real REMOVE events.
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, copyFileSync, mkdtempSync, openSync, rmSync, truncateSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdtempSync, openSync, readSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PageServer, type PageServerOptions, type VmInfo } from '../../src/serve/index.js';
 import { patternImage } from '../support/serve.js';
 import { hugeSkip } from '../support/hugepages.js';
+import { StalledDisk, stallFuseSkip } from '../support/stall-fuse.js';
 import { STANDIN_EXIT, runStandin, standinSkip, startStandin } from '../support/vmm-standin.js';
 
 const MiB = 2 ** 20;
@@ -178,6 +179,48 @@ test('serve: a memory file that becomes unreadable ends the VM (killed, not froz
     s.server.close();
   }
 });
+
+test('serve: a stalled disk: the VM whose page cannot be read is ended within the bound, another VM\'s cached pages are served meanwhile', { skip: skip || stallFuseSkip(), timeout: 90_000 }, async () => {
+  const backing = memoryFile('stalled.mem', 8 * MiB);
+  const disk = await StalledDisk.mount(join(dir, 'fuse'), backing, false);
+  const stallSeconds = 2;
+  const s = await serving(disk.path, { prefetch: 'none', stallSeconds });
+  try {
+    // the first 4 MiB in the page cache (read through the FUSE file), the rest only on the stalled disk
+    const fd = openSync(disk.path, 'r');
+    readSync(fd, new Uint8Array(4 * MiB), 0, 4 * MiB, 0);
+    closeSync(fd);
+    disk.stall();
+    const cold = startStandin(['--socket', s.socket, '--mem-file', backing, '--region', '4M', '--region', '4M', '--threads', '1', '--timeout', '60'], 70_000);
+    await waitFor(() => disk.held.length > 0, 'a read held by the stalled disk');
+    const heldAt = Date.now();
+    const warm = await runStandin(['--socket', s.socket, '--mem-file', backing, '--region', '4M', '--threads', '2'], 30_000);
+    assert.equal(warm.code, STANDIN_EXIT.ok, `the cached VM waits behind the other's read: ${warm.stdout}\n${warm.stderr}`);
+    const run = await cold.done;
+    const endedCold = () => s.events.find((e) => e.event === 'ended' && e.info?.pid === cold.child.pid);
+    await waitFor(() => endedCold() !== undefined, 'end of the stalled VM');
+    const ended = endedCold()!;
+    assert.equal(run.signal, 'SIGKILL', `the VM behind the stalled read is killed, not left frozen: ${run.code} ${run.stdout}`);
+    assert.equal(ended.outcome, 'failed');
+    // the pager's silence, or its last report of a waiting fault: both say the disk stopped answering
+    assert.match(ended.reason ?? '', /held for [\d.]+ s in a read of the page source|the page source stopped answering/);
+    assert.ok(Date.now() - heldAt < (stallSeconds + 4) * 1000, `ended ${Date.now() - heldAt} ms after the read was held (bound ${stallSeconds} s)`);
+    disk.go();
+    const after = await runStandin(['--socket', s.socket, '--mem-file', backing, '--region', '4M', '--region', '4M', '--threads', '2'], 30_000);
+    assert.equal(after.code, STANDIN_EXIT.ok, `once the disk answers, a VM is served whole: ${after.stdout}\n${after.stderr}`);
+  } finally {
+    s.server.close();
+    await disk.unmount();
+  }
+});
+
+async function waitFor(condition: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`no ${what} in ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 async function waitForEvent(events: { event: string }[], name: string, ms = 10_000): Promise<{ event: string; reason?: string; outcome?: string }> {
   const deadline = Date.now() + ms;

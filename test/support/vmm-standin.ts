@@ -62,18 +62,21 @@ export function standinSkip(): string | false {
 
 let built = false;
 
-/** Compiles the stand-in unless the binary is newer than its source; once per process. */
+/** The stand-in's binary, compiled once per process. */
 function buildStandin(): string {
-  if (built) return BINARY;
-  if (!existsSync(BINARY) || statSync(BINARY).mtimeMs < statSync(SOURCE).mtimeMs) {
-    // test files run in parallel processes: each builds aside and renames into place
-    const aside = `${BINARY}.${process.pid}`;
-    const r = spawnSync('cc', ['-O2', '-pthread', '-Wall', '-o', aside, SOURCE], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`cc ${SOURCE} failed: ${r.error?.message ?? r.stderr}`);
-    renameSync(aside, BINARY);
-  }
+  if (!built) compileOnce(SOURCE, BINARY, ['-pthread']);
   built = true;
   return BINARY;
+}
+
+/** Compiles `source` into `binary` unless the binary is newer than its source. */
+export function compileOnce(source: string, binary: string, flags: string[] = []): void {
+  if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(source).mtimeMs) return;
+  // test files run in parallel processes: each builds aside and renames into place
+  const aside = `${binary}.${process.pid}`;
+  const r = spawnSync('cc', ['-O2', '-Wall', ...flags, '-o', aside, source], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`cc ${source} failed: ${r.error?.message ?? r.stderr}`);
+  renameSync(aside, binary);
 }
 
 function parseLine<T>(line: string | undefined): T | undefined {
