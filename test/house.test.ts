@@ -23,7 +23,7 @@ const MAY_IMPORT: Record<string, string[]> = {
   incoming: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager'],
   outgoing: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager'],
   snapshot: ['base', 'kernel', 'memory', 'wire', 'pager'],
-  serve: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'snapshot'],
+  serve: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot'],
   testing: ['base', 'kernel', 'memory', 'wire', 'transport', 'guest'],
   cli: ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot', 'serve', 'testing'],
   '.': ['base', 'kernel', 'memory', 'wire', 'transport', 'pager', 'incoming', 'outgoing', 'snapshot', 'serve'],

@@ -11,6 +11,7 @@ import { GUEST_OPTIONS, RUN_OPTIONS } from './reference-guest.js';
 import { restoreCommand, RESTORE_OPTIONS } from './restore.js';
 import { sendCommand, SEND_OPTIONS } from './send.js';
 import { serveCommand, SERVE_OPTIONS } from './serve.js';
+import { servePagesCommand, SERVE_PAGES_OPTIONS } from './serve-pages.js';
 import { snapshotCommand, SNAPSHOT_OPTIONS } from './snapshot.js';
 import { MIGRATION_OPTIONS } from './source-runner.js';
 
@@ -54,7 +55,11 @@ export const COMMANDS: Command[] = [
   },
   {
     name: 'serve', synopsis: 'serve --socket PATH [opts]', summary: "serve VMs' pages to their VMM (Firecracker's userfaultfd backend)",
-    groups: [SERVE_OPTIONS, OUTPUT_OPTIONS], run: serveCommand, jsonBase: { event: 'stopped' },
+    groups: [SERVE_OPTIONS, TOKEN_OPTIONS, OUTPUT_OPTIONS], run: serveCommand, jsonBase: { event: 'stopped' },
+  },
+  {
+    name: 'serve-pages', synopsis: 'serve-pages --mem-file FILE --listen ADDR', summary: 'serve a memory file to page servers on other hosts (serve --from)',
+    groups: [SERVE_PAGES_OPTIONS, TOKEN_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: servePagesCommand, jsonBase: { event: 'stopped' },
   },
   {
     name: 'restore', synopsis: 'restore FILE [options]', summary: 'restore a snapshot of the reference guest, resume it, verify it',

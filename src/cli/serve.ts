@@ -6,7 +6,8 @@ import { performance } from 'node:perf_hooks';
 import { PostcopyError } from '../base/index.js';
 import { formatEndpoint } from '../transport/index.js';
 import { PageServer, loadWorkingSet, saveWorkingSet, type PageSourceSpec, type VmInfo, type WorkingSetFile } from '../serve/index.js';
-import { choiceOption, endpointOption, numberOption, usage, type CommandArgs, type OptionGroup, type Values } from './options.js';
+import { choiceOption, endpointOption, intOption, numberOption, readToken, usage, type CommandArgs, type OptionGroup, type Values } from './options.js';
+import { MAX_BULK_CHANNELS } from '../wire/index.js';
 import type { CommandEnd } from './output.js';
 
 export const SERVE_OPTIONS: OptionGroup = {
@@ -15,6 +16,9 @@ export const SERVE_OPTIONS: OptionGroup = {
     socket: { type: 'string', value: 'PATH', help: 'the Unix socket VMMs connect to (mem_backend backend_path)' },
     'mem-file': { type: 'string', value: 'FILE', help: "Firecracker's memory file: the regions at their offsets, holes read as zeros" },
     snapshot: { type: 'string', value: 'FILE', help: "this package's snapshot file (every checksum checked before serving)" },
+    from: { type: 'string', value: 'ADDR', help: 'another host\'s memory file: `postcopy serve-pages --listen ADDR` there\nmigrates each VM\'s regions here (faults first, the rest streamed)' },
+    channels: { type: 'string', value: 'N', help: 'with --from: bulk channels for the stream (0-16, default 0)' },
+    'recover-seconds': { type: 'string', value: 'S', help: 'with --from: how long a broken connection may take to come back\n(default 30; then the VM is ended)' },
     'on-failure': { type: 'string', value: 'kill|leave', help: 'a VM whose pages can no longer be served (or that is refused) is\nkilled (default) or left as it is' },
     prefetch: { type: 'string', value: 'MODE', help: 'none | sequential | working-set (default): pages nobody asked for\nyet, behind the faults (the working set first when one is given)' },
     'working-set': { type: 'string', value: 'FILE', help: 'prefetch these pages first (recorded for this very memory file;\na stale one is refused)' },
@@ -43,6 +47,11 @@ export async function serveCommand({ values, json }: CommandArgs): Promise<Comma
   });
   server.on('first-fault', (info, ms) => say(`vm ${info.vm}: first fault after ${ms.toFixed(1)} ms`, { event: 'first-fault', vm: info.vm, ms }));
   server.on('all-present', (info, ms) => say(`vm ${info.vm}: every page present after ${ms.toFixed(1)} ms`, { event: 'all-present', vm: info.vm, ms }));
+  server.on('staged', (info, report) => {
+    const { streamed, requested } = report.pages;
+    say(`vm ${info.vm}: every page arrived from the origin (${streamed} streamed, ${requested} requested, ${report.recoveries} recoveries)`,
+      { event: 'staged', vm: info.vm, pages: report.pages, requests: report.requests, recoveries: report.recoveries, paused_ms: report.paused_ms, latency_us: report.latency_us });
+  });
   server.on('refused', (pid, reason) => {
     counts.refused++;
     say(`refused a VMM${pid === undefined ? '' : ` (pid ${pid})`}: ${reason}`, { event: 'refused', pid, reason });
@@ -66,8 +75,8 @@ export async function serveCommand({ values, json }: CommandArgs): Promise<Comma
   await server.listen();
   const metrics = typeof values.metrics === 'string' ? await server.metrics.listen(endpointOption(values.metrics, '--metrics')) : undefined;
   const metricsAt = metrics && formatEndpoint(metrics);
-  say(`serving ${source.kind === 'file' ? 'memory file' : 'snapshot'} ${source.path} on ${values.socket}${metricsAt ? `; metrics at http://${metricsAt}/metrics` : ''}`,
-    { event: 'listening', socket: values.socket, source: source.path, ...(metricsAt ? { metrics: metricsAt } : {}) });
+  say(`serving ${describe(source)} on ${values.socket}${metricsAt ? `; metrics at http://${metricsAt}/metrics` : ''}`,
+    { event: 'listening', socket: values.socket, source: source.kind === 'remote' ? formatEndpoint(source.from) : source.path, ...(metricsAt ? { metrics: metricsAt } : {}) });
   const signal = await stopped;
   server.close(`the page server stopped (${signal})`);
   const report = { event: 'stopped', signal, vms: counts.vms, refused: counts.refused, ended: counts.ended, served_ms: Math.round(performance.now() - started) };
@@ -76,10 +85,24 @@ export async function serveCommand({ values, json }: CommandArgs): Promise<Comma
 
 function sourceOf(values: Values): PageSourceSpec {
   if (typeof values.socket !== 'string') throw usage('serve needs --socket PATH');
-  const file = values['mem-file'];
-  const snapshot = values.snapshot;
-  if ((typeof file === 'string') === (typeof snapshot === 'string')) throw usage('serve needs exactly one of --mem-file FILE and --snapshot FILE');
-  return typeof file === 'string' ? { kind: 'file', path: file } : { kind: 'snapshot', path: snapshot as string };
+  const given = (['mem-file', 'snapshot', 'from'] as const).filter((option) => typeof values[option] === 'string');
+  if (given.length !== 1) throw usage('serve needs exactly one of --mem-file FILE, --snapshot FILE and --from ADDR');
+  if (given[0] !== 'from') {
+    for (const option of ['channels', 'recover-seconds']) if (values[option] !== undefined) throw usage(`--${option} goes with --from`);
+    return given[0] === 'mem-file' ? { kind: 'file', path: values['mem-file'] as string } : { kind: 'snapshot', path: values.snapshot as string };
+  }
+  const from = endpointOption(values.from as string, '--from');
+  const token = readToken(values['token-file']);
+  if (from.kind === 'tcp' && !token) throw usage('serve --from over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
+  return {
+    kind: 'remote', from, token,
+    channels: intOption(values.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
+    recoverSeconds: numberOption(values['recover-seconds'], 'recover-seconds', 30, 0, 3600),
+  };
+}
+
+function describe(source: PageSourceSpec): string {
+  return source.kind === 'remote' ? `pages from ${formatEndpoint(source.from)}` : `${source.kind === 'file' ? 'memory file' : 'snapshot'} ${source.path}`;
 }
 
 /** --working-set: a stale or damaged one is refused, and the server prefetches without it. */

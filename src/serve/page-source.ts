@@ -1,32 +1,42 @@
 // Where a VM's pages come from, mapped read-only (the page cache is shared by every VM served
 // from the same file, and a placement copies straight from it): Firecracker's memory file, whose
 // holes (diff snapshots, unplugged memory) read as zeros and are placed without reading; or this
-// package's snapshot file, block i for region i, pages not present being zeros.
+// package's snapshot file, block i for region i, pages not present being zeros; or staging
+// memory that a migration from another host fills (remote-staging.ts), region by region: a read
+// of a page not there yet waits in a fault that the migration serves.
 import { Bitmap } from '../memory/index.js';
-import { FileMapping } from '../kernel/index.js';
+import { FileMapping, attachMapping } from '../kernel/index.js';
 import { closeSync, fstatSync, openSync } from 'node:fs';
 import { PostcopyError, ProtocolError } from '../base/index.js';
 import { SnapshotReader } from '../snapshot/index.js';
 import { memoryFileLength, type GuestRegion } from './regions.js';
-import type { PageSourceSpec } from './protocol.js';
+import type { WorkerSourceSpec } from './protocol.js';
 
 export class PageSource {
-  /** The file, to check its length before each read: a mapping past the end reads zeros, silently. */
-  private readonly fd: number;
-
   private constructor(
-    readonly file: FileMapping,
-    private readonly path: string,
+    /** The file mapped, or each region's staging memory. */
+    private readonly from: { file: FileMapping; path: string; fd: number } | { staging: Uint8Array[] },
     /** Per region, the pages (in its page size) that hold data; the others are zeros. */
     private readonly present: Bitmap[],
-    /** Per region, where its page 0 is in the file. */
+    /** Per region, where its page 0 is in the file (in staging: 0). */
     private readonly starts: number[],
-  ) {
-    this.fd = openSync(path, 'r');
+  ) {}
+
+  static open(spec: WorkerSourceSpec, regions: GuestRegion[]): PageSource {
+    switch (spec.kind) {
+      case 'file':
+        return PageSource.memoryFile(spec.path, regions);
+      case 'snapshot':
+        return PageSource.snapshot(spec.path, regions);
+      case 'staging': {
+        const staging = spec.regions.map((d) => new Uint8Array(attachMapping(d.address, d.length)));
+        return new PageSource({ staging }, regions.map((r) => allPages(r)), regions.map(() => 0));
+      }
+    }
   }
 
-  static open(spec: PageSourceSpec, regions: GuestRegion[]): PageSource {
-    return spec.kind === 'file' ? PageSource.memoryFile(spec.path, regions) : PageSource.snapshot(spec.path, regions);
+  private static mapped(path: string, file: FileMapping, present: Bitmap[], starts: number[]): PageSource {
+    return new PageSource({ file, path, fd: openSync(path, 'r') }, present, starts);
   }
 
   private static memoryFile(path: string, regions: GuestRegion[]): PageSource {
@@ -46,7 +56,7 @@ export class PageSource {
         }
         return map;
       });
-      return new PageSource(file, path, present, regions.map((r) => r.offset));
+      return PageSource.mapped(path, file, present, regions.map((r) => r.offset));
     } catch (error) {
       file.close();
       throw error;
@@ -58,10 +68,15 @@ export class PageSource {
     try {
       checkRegionsFit(reader.blocks, regions, path);
       const file = FileMapping.open(path);
-      return new PageSource(file, path, reader.blocks.map((b) => b.present), reader.blocks.map((b) => b.pagesOffset));
+      return PageSource.mapped(path, file, reader.blocks.map((b) => b.present), reader.blocks.map((b) => b.pagesOffset));
     } finally {
       reader.close();
     }
+  }
+
+  /** What a placement of region `region` copies from, at offsetOf(). */
+  bytesOf(region: number): FileMapping | Uint8Array {
+    return 'file' in this.from ? this.from.file : this.from.staging[region];
   }
 
   /** The run from `page` of `region` whose pages are all data or all zeros, at most `maxPages`. */
@@ -82,15 +97,17 @@ export class PageSource {
    * since it was mapped would otherwise be copied as zeros into a guest that had data there.
    */
   checkReadable(offset: number, length: number): void {
-    const size = fstatSync(this.fd).size;
+    if (!('file' in this.from)) return; // staging: this process's own memory
+    const size = fstatSync(this.from.fd).size;
     if (offset + length > size) {
-      throw new PostcopyError('ERR_RESTORE_FAILED', `${this.path} is now ${size} bytes: bytes ${offset}..${offset + length} can no longer be read`);
+      throw new PostcopyError('ERR_RESTORE_FAILED', `${this.from.path} is now ${size} bytes: bytes ${offset}..${offset + length} can no longer be read`);
     }
   }
 
   close(): void {
-    this.file.close();
-    closeSync(this.fd);
+    if (!('file' in this.from)) return;
+    this.from.file.close();
+    closeSync(this.from.fd);
   }
 }
 
@@ -103,4 +120,10 @@ export function checkRegionsFit(blocks: readonly { idstr: string; usedLength: nu
       throw new ProtocolError(`handshake: region ${i} is ${r.size} bytes of ${r.pageSize}-byte pages, block '${b.idstr}' of ${path} ${b.usedLength} of ${b.pageSize}`);
     }
   });
+}
+
+function allPages(region: GuestRegion): Bitmap {
+  const map = new Bitmap(region.size / region.pageSize);
+  map.setRange(0, map.size);
+  return map;
 }

@@ -1,12 +1,20 @@
 // What the page server's main thread and a VM's pager worker say to each other.
+import type { MappingDescriptor } from '../kernel/index.js';
 import type { GuestRegion } from './regions.js';
+import type { RemoteSourceOptions } from './remote-staging.js';
 
-/** Where a VM's pages come from. */
-export type PageSourceSpec =
+/** A file on this host that a VM's pages come from. */
+export type FileSourceSpec =
   /** Firecracker's memory file: raw guest memory, the regions at their offsets, holes read as zeros. */
   | { kind: 'file'; path: string }
   /** This package's snapshot file (checked whole before any VM is served): block i is region i. */
   | { kind: 'snapshot'; path: string };
+
+/** Where a VM's pages come from: a file here, or another host's memory file (`serve-pages` there). */
+export type PageSourceSpec = FileSourceSpec | ({ kind: 'remote' } & RemoteSourceOptions);
+
+/** What a pager worker reads: a file, or staging memory a migration from another host fills (region i: regions[i]). */
+export type WorkerSourceSpec = FileSourceSpec | { kind: 'staging'; regions: MappingDescriptor[] };
 
 export type PrefetchMode = 'none' | 'sequential' | 'working-set';
 
@@ -18,7 +26,7 @@ export interface VmTask {
   /** The VMM's userfaultfd: the worker adopts it (and closes it when done). */
   uffdFd: number;
   regions: GuestRegion[];
-  source: PageSourceSpec;
+  source: WorkerSourceSpec;
   prefetch: PrefetchMode;
   /** Pages to prefetch first, as (region, page) pairs in the region's page size. */
   workingSet: number[];
@@ -53,7 +61,10 @@ export type FromVm =
   | { type: 'working-set'; pages: number[] }
   | { type: 'stopped' };
 
-export type ToVm = { type: 'stop' };
+export type ToVm =
+  | { type: 'stop' }
+  /** Staging is complete (every page arrived): prefetch the rest into the VM now. */
+  | { type: 'prefetch'; mode: PrefetchMode };
 
 export function emptyCounters(): VmCounters {
   return { faults: 0, placedByFault: 0, placedByPrefetch: 0, removeEvents: 0, removedPages: 0, eagainRetries: 0, eexistWakes: 0, bytesRead: 0, latency: { file: [], zero: [], removed: [] } };

@@ -11,9 +11,11 @@ import { SnapshotReader, verifyPageData } from '../snapshot/index.js';
 import { receiveHello, takeConnection, type Handshake } from './handshake.js';
 import { ServeMetrics } from './metrics.js';
 import type { PageSourceSpec, PrefetchMode } from './protocol.js';
+import { RemoteStaging } from './remote-staging.js';
+import type { IncomingReport } from '../incoming/index.js';
 import { checkRegionsFit } from './page-source.js';
 import { memoryFileLength, type GuestRegion } from './regions.js';
-import { Vm, closeQuietly, killQuietly, type OnFailure } from './vm.js';
+import { Vm, closeQuietly, endProcess, killQuietly, type OnFailure } from './vm.js';
 import type { WorkingSetFile } from './working-set.js';
 
 export interface PageServerOptions {
@@ -45,6 +47,8 @@ export interface PageServer {
   on(event: 'ended', listener: (info: VmInfo, reason: string, outcome: string) => void): this;
   on(event: 'refused', listener: (pid: number | undefined, reason: string) => void): this;
   on(event: 'working-set', listener: (info: VmInfo, pages: number[]) => void): this;
+  /** A remote source: every page of the VM's regions has arrived here (the migration's report). */
+  on(event: 'staged', listener: (info: VmInfo, report: IncomingReport) => void): this;
 }
 
 export class PageServer extends EventEmitter {
@@ -62,7 +66,10 @@ export class PageServer extends EventEmitter {
   /** Checks the source (a snapshot: every checksum), then listens. */
   async listen(): Promise<void> {
     const { source, socket } = this.options;
-    statSync(source.path); // there, and ours to read: else the server does not start
+    if (source.kind === 'remote' && this.options.onFailure === 'leave') {
+      throw new PostcopyError('ERR_POSTCOPY_CONFIG', 'a remote source ends a VM whose pages stop coming (--on-failure leave would leave it reading zeros)');
+    }
+    if (source.kind !== 'remote') statSync(source.path); // there, and ours to read: else the server does not start
     if (source.kind === 'snapshot') this.snapshotBlocks = checkSnapshot(source.path);
     try {
       unlinkSync(socket);
@@ -94,7 +101,7 @@ export class PageServer extends EventEmitter {
         closeQuietly(hello.uffdFd);
         throw error;
       }
-      this.start(connection, hello.regions, hello.uffdFd);
+      await this.start(connection, hello.regions, hello.uffdFd);
     } catch (error) {
       this.refuse(connection, error as Error);
     }
@@ -103,20 +110,43 @@ export class PageServer extends EventEmitter {
   /** The regions against the source: a memory file long enough (now: it may have changed), a snapshot's blocks. */
   private checkFit(regions: GuestRegion[]): void {
     const { source } = this.options;
+    if (source.kind === 'remote') return; // the origin checks them against its file
     if (source.kind === 'snapshot') return checkRegionsFit(this.snapshotBlocks, regions, source.path);
     const needed = memoryFileLength(regions);
     const length = statSync(source.path).size;
     if (needed > length) throw new PostcopyError('ERR_POSTCOPY_PROTOCOL', `handshake: the regions need ${needed} bytes of ${source.path}, which has ${length}`);
   }
 
-  private start(connection: Handshake, regions: GuestRegion[], uffdFd: number): void {
+  private async start(connection: Handshake, regions: GuestRegion[], uffdFd: number): Promise<void> {
     const o = this.options;
+    const stallSeconds = o.stallSeconds ?? 10;
+    const prefetch = o.prefetch ?? 'working-set';
+    const { source } = o;
+    let staging: RemoteStaging | undefined;
+    if (source.kind === 'remote') {
+      // the VMM is killed and gone before staging's userfaultfd closes: no zero reaches it
+      staging = new RemoteStaging(regions, source, () => endProcess(connection.pid));
+      try {
+        await staging.start();
+      } catch (error) {
+        closeQuietly(uffdFd);
+        staging.close('refused');
+        staging.release();
+        throw error;
+      }
+    }
     const vm = new Vm({
-      vm: this.nextVm++, connection, uffdFd, regions, source: o.source, prefetch: o.prefetch ?? 'working-set',
-      workingSet: o.prefetch === 'none' ? [] : o.workingSet?.pages ?? [], recordWorkingSet: o.recordWorkingSet ?? false,
-      onFailure: o.onFailure ?? 'kill', stallSeconds: o.stallSeconds ?? 10, eagainBoundMs: (o.stallSeconds ?? 10) * 1000,
+      vm: this.nextVm++, connection, uffdFd, regions,
+      source: source.kind === 'remote' ? { kind: 'staging', regions: staging!.descriptors } : source,
+      // from staging: the faults pull pages while the stream fills it, then the prefetch places the rest
+      prefetch: staging ? 'none' : prefetch,
+      workingSet: prefetch === 'none' ? [] : o.workingSet?.pages ?? [], recordWorkingSet: o.recordWorkingSet ?? false,
+      onFailure: o.onFailure ?? 'kill', eagainBoundMs: stallSeconds * 1000,
+      // a read of staging may wait out a recovery
+      stallSeconds: stallSeconds + (source.kind === 'remote' ? source.recoverSeconds ?? 30 : 0),
     });
     const info: VmInfo = { vm: vm.id, pid: vm.pid, regions };
+    if (staging) this.follow(vm, info, staging, prefetch);
     this.vms.set(vm.id, vm);
     this.metrics.active.inc();
     vm.on('counters', (counters) => this.metrics.add(counters));
@@ -130,6 +160,17 @@ export class PageServer extends EventEmitter {
       this.emit('ended', info, reason, outcome);
     });
     this.emit('vm', info);
+  }
+
+  /** A VM served from staging: prefetch once staging is complete; a failed migration ends the VM; the VM's end ends the migration. */
+  private follow(vm: Vm, info: VmInfo, staging: RemoteStaging, prefetch: PrefetchMode): void {
+    staging.on('complete', (report) => {
+      vm.prefetch(prefetch === 'none' ? 'none' : 'sequential');
+      this.emit('staged', info, report);
+    });
+    staging.on('failed', (error) => vm.fail(`its pages stopped coming from the origin: ${error.message}`));
+    vm.on('ended', (reason) => staging.close(reason));
+    void vm.exited.then(() => staging.release());
   }
 
   /** A VM that cannot be served is ended too (by default), and told nothing: Firecracker reads nothing. */

@@ -14,7 +14,7 @@ import { Userfaultfd, type EventBatch } from '../kernel/index.js';
 import { Bitmap, RamBlock } from '../memory/index.js';
 import { FaultService, PagePlacer, type HostRange, type PagerBlock } from '../pager/index.js';
 import { PageSource } from './page-source.js';
-import { emptyCounters, type FromVm, type PageSourceLabel, type VmCounters, type VmTask } from './protocol.js';
+import { emptyCounters, type FromVm, type PageSourceLabel, type PrefetchMode, type VmCounters, type VmTask } from './protocol.js';
 
 /**
  * A fault places its page alone (the prefetcher places runs behind it): a run of 16 pages took
@@ -50,6 +50,7 @@ export class VmPager {
   private ended = false;
   /** How the page being placed comes, for the latency histogram. */
   private placing: PageSourceLabel = 'file';
+  private prefetching = false;
 
   constructor(private readonly task: VmTask, private readonly post: (message: FromVm) => void) {
     const { regions } = task;
@@ -65,7 +66,14 @@ export class VmPager {
     this.faults.onLatency = (us) => this.counters.latency[this.placing].push(us);
     this.faults.start();
     this.progressTimer = setInterval(() => this.report(), PROGRESS_INTERVAL_MS);
-    if (task.prefetch !== 'none') setImmediate(() => this.prefetchStep());
+    this.prefetch(task.prefetch);
+  }
+
+  /** Starts prefetching behind the faults (staging: once every page has arrived there). */
+  prefetch(mode: PrefetchMode): void {
+    if (mode === 'none' || this.prefetching) return;
+    this.prefetching = true;
+    setImmediate(() => this.prefetchStep());
   }
 
   stop(): void {
@@ -111,7 +119,7 @@ export class VmPager {
     let placed: boolean;
     try {
       if (run.present) this.source.checkReadable(srcOffset, length);
-      placed = this.placer.place(block, page * block.pageSize, run.present ? this.source.file : null, length, srcOffset);
+      placed = this.placer.place(block, page * block.pageSize, run.present ? this.source.bytesOf(region) : null, length, srcOffset);
     } catch (error) {
       if (errorCode(error) === 'ESRCH') return this.gone(`placing in region ${region} failed with ESRCH: the VM is gone`);
       throw new PostcopyError('ERR_RESTORE_FAILED', `region ${region} page ${page}: ${(error as Error).message}`, { cause: error });

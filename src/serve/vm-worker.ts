@@ -12,7 +12,7 @@ try {
   post({ type: 'failed', message: (error as Error).message, code: errorCode(error) ?? 'ERR_POSTCOPY_INTERNAL' });
 }
 parentPort!.on('message', (m: ToVm) => {
-  if (m.type !== 'stop') return;
+  if (m.type === 'prefetch') return pager?.prefetch(m.mode);
   if (pager) pager.stop();
   else post({ type: 'stopped' });
   parentPort!.close();

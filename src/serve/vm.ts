@@ -3,13 +3,13 @@
 // pages while faults wait (a stalled disk), and the end: a VM whose pages can no longer be
 // served is killed (its pid from SO_PEERCRED), never left frozen and never fed zeros.
 import { EventEmitter } from 'node:events';
-import { closeSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import type { Handshake } from './handshake.js';
-import type { FromVm, ToVm, VmCounters, VmTask } from './protocol.js';
+import type { FromVm, PrefetchMode, ToVm, VmCounters, VmTask } from './protocol.js';
 
 const WORKER_PATH = join(__dirname, 'vm-worker.js');
 /** How long a stopping worker may take before it is terminated. */
@@ -45,6 +45,8 @@ export class Vm extends EventEmitter implements VmEvents {
   /** When the worker last said anything: it reports every 200 ms unless a read holds it in the kernel. */
   private lastHeardAt = performance.now();
   private endedWith: string | undefined;
+  /** Resolves once the pager worker has exited: nothing reads the page source any more. */
+  readonly exited: Promise<void>;
 
   constructor(private readonly options: VmOptions) {
     super();
@@ -54,6 +56,7 @@ export class Vm extends EventEmitter implements VmEvents {
     this.worker = new Worker(WORKER_PATH, { workerData: task satisfies VmTask });
     this.worker.on('message', (m: FromVm) => this.message(m));
     this.worker.on('error', (error) => this.end('failed', `its pager crashed: ${error.message}`));
+    this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('exit', () => this.endedWith === undefined && this.end('failed', 'its pager exited'));
     // the VMM sends nothing after its message: an end of this connection means it is gone
     this.socket = new Socket({ fd: options.connection.fd, readable: true, writable: false });
@@ -66,6 +69,16 @@ export class Vm extends EventEmitter implements VmEvents {
   /** Ends serving this VM; with `kill`, the VM too (a VM left unserved would freeze). */
   stop(reason = 'the server stopped'): void {
     this.end('stopped', reason);
+  }
+
+  /** Its pages can no longer be served: ended as after any failure (killed by default). */
+  fail(reason: string): void {
+    this.end('failed', reason);
+  }
+
+  /** Prefetch behind the faults from now on (a remote source: once staging is complete). */
+  prefetch(mode: PrefetchMode): void {
+    this.send({ type: 'prefetch', mode });
   }
 
   private message(m: FromVm): void {
@@ -139,6 +152,26 @@ export function killQuietly(pid: number): void {
     process.kill(pid, 'SIGKILL');
   } catch {
     // gone already
+  }
+}
+
+/**
+ * SIGKILL, then waits until `pid` has no address space any more (gone, or a zombie): from then
+ * on nothing placed there can be read. Rejects if it still runs after `timeoutMs`.
+ */
+export async function endProcess(pid: number, timeoutMs = 2000): Promise<void> {
+  killQuietly(pid);
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    let state: string;
+    try {
+      state = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0];
+    } catch {
+      return; // gone
+    }
+    if (state === 'Z' || state === 'X') return;
+    if (performance.now() > deadline) throw new Error(`process ${pid} still runs ${timeoutMs} ms after SIGKILL (state ${state})`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
 

@@ -3,15 +3,13 @@
 // working set it records, and its last line when SIGTERM stops it.
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { Mapping } from '../../src/kernel/index.js';
 import { BackgroundSnapshot } from '../../src/snapshot/index.js';
-import { CLI } from '../support/cli.js';
+import { startService } from '../support/cli.js';
 import { patternImage } from '../support/serve.js';
 import { STANDIN_EXIT, runStandin, standinSkip } from '../support/vmm-standin.js';
 import { featureSkip } from '../support/hugepages.js';
@@ -21,24 +19,7 @@ const skip = standinSkip();
 const dir = mkdtempSync(join(tmpdir(), 'postcopy-serve-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function startServe(args: string[]) {
-  const child = spawn(process.execPath, [CLI, 'serve', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const events: Record<string, any>[] = [];
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
-  createInterface({ input: child.stdout! }).on('line', (line) => events.push(JSON.parse(line)));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const waitFor = async (name: string, ms = 20_000) => {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const found = events.find((e) => e.event === name);
-      if (found) return found;
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`serve: no '${name}' event (${JSON.stringify(events)})\n${stderr}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  };
-  return { child, events, exited, waitFor };
-}
+const startServe = (args: string[]) => startService('serve', args);
 
 function scrape(address: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -137,11 +118,41 @@ test('postcopy serve --snapshot: a VM served from this package\'s snapshot file,
   assert.match(r.report!.error, /page data of block ram does not match its checksum/);
 });
 
-test('postcopy serve: options are checked, naming option and value', { timeout: 30_000 }, async () => {
+test('postcopy serve --from: serve-pages on the file\'s host, a VM served byte for byte, a staged event, both stop on SIGTERM', { skip, timeout: 90_000 }, async () => {
+  const file = join(dir, 'remote.mem');
+  writeFileSync(file, patternImage(8 * MiB, 5));
+  const origin = startService('serve-pages', ['--mem-file', file, '--listen', `unix:${join(dir, 'origin.sock')}`]);
+  const listening = await origin.waitFor('listening');
+  const socket = join(dir, 'remote-uffd.sock');
+  const serve = startServe(['--socket', socket, '--from', listening.endpoint, '--channels', '1']);
+  try {
+    assert.equal((await serve.waitFor('listening')).source, listening.endpoint);
+    const run = await runStandin(['--socket', socket, '--mem-file', file, '--region', '6M', '--region', '2M', '--threads', '2', '--pattern', 'random'], 30_000);
+    assert.equal(run.code, STANDIN_EXIT.ok, run.stdout + run.stderr);
+    const staged = await serve.waitFor('staged');
+    assert.equal(staged.pages.streamed + staged.pages.requested, (8 * MiB) / 4096);
+    const served = await origin.waitFor('served');
+    assert.match(served.session, /^[0-9a-f-]{36}$/);
+  } finally {
+    serve.child.kill('SIGTERM');
+    origin.child.kill('SIGTERM');
+  }
+  assert.equal(await serve.exited, 0);
+  assert.equal(await origin.exited, 0);
+  assert.equal(origin.events.at(-1)!.event, 'stopped');
+  assert.equal(origin.events.at(-1)!.served, 1);
+});
+
+test('postcopy serve and serve-pages: options are checked, naming option and value', { timeout: 30_000 }, async () => {
   const { runCli } = await import('../support/cli.js');
   for (const [args, pattern] of [
     [['serve', '--mem-file', 'x'], /serve needs --socket PATH/],
-    [['serve', '--socket', join(dir, 's'), '--mem-file', 'x', '--snapshot', 'y'], /exactly one of --mem-file FILE and --snapshot FILE/],
+    [['serve', '--socket', join(dir, 's'), '--mem-file', 'x', '--snapshot', 'y'], /exactly one of --mem-file FILE, --snapshot FILE and --from ADDR/],
+    [['serve', '--socket', join(dir, 's'), '--mem-file', 'x', '--channels', '2'], /--channels goes with --from/],
+    [['serve', '--socket', join(dir, 's'), '--from', '127.0.0.1:7000'], /serve --from over TCP needs a token/],
+    [['serve', '--socket', join(dir, 's'), '--from', 'unix:/x', '--channels', '17'], /--channels '17' must be a whole number from 0 to 16/],
+    [['serve-pages', '--listen', 'unix:/x'], /serve-pages needs --mem-file FILE/],
+    [['serve-pages', '--mem-file', 'x', '--listen', '127.0.0.1:7000'], /serve-pages over TCP needs a token/],
     [['serve', '--socket', join(dir, 's'), '--mem-file', 'x', '--on-failure', 'maybe'], /--on-failure 'maybe' must be one of kill, leave/],
     [['serve', '--socket', join(dir, 's'), '--mem-file', 'x', '--prefetch', 'all'], /--prefetch 'all' must be one of none, sequential, working-set/],
   ] as [string[], RegExp][]) {
@@ -150,6 +161,9 @@ test('postcopy serve: options are checked, naming option and value', { timeout: 
     assert.match(r.report!.error, pattern);
     assert.equal(r.report!.error_code, 'ERR_POSTCOPY_USAGE');
   }
+  const leave = await runCli(['serve', '--socket', join(dir, 's'), '--from', 'unix:/x', '--on-failure', 'leave', '--json'], { POSTCOPY_TOKEN: '' });
+  assert.equal(leave.code, 1);
+  assert.match(leave.report!.error, /--on-failure leave would leave it reading zeros/);
   const missing = await runCli(['serve', '--socket', join(dir, 's'), '--mem-file', join(dir, 'nope.mem'), '--json']);
   assert.equal(missing.code, 1);
   assert.equal(missing.report!.error_code, 'ENOENT');

@@ -115,3 +115,26 @@ export async function verifiedDemo(args: string[]): Promise<Record<string, any>>
   if (r.pages.precopy === 0) assert.equal(r.pages.missing_at_listen, pages, p);
   return r;
 }
+
+/**
+ * A long-running command (serve, serve-pages) with --json: its events as they come, and
+ * waitFor(name), which fails naming what came instead when the process ends first.
+ */
+export function startService(command: string, args: string[], env: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [CLI, command, '--json', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const events: Record<string, any>[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  createInterface({ input: child.stdout! }).on('line', (line) => events.push(JSON.parse(line)));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const waitFor = async (name: string, ms = 20_000) => {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const found = events.find((e) => e.event === name);
+      if (found) return found;
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`${command}: no '${name}' event (${JSON.stringify(events)})\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  return { child, events, exited, waitFor };
+}

@@ -1,0 +1,161 @@
+// `serve-pages`: the host that has a memory file serves it to page servers on other hosts. Each
+// request (origin-request.ts) starts one migration whose source is the outgoing engine with the
+// file's regions in place of a running guest: straight to postcopy, the page server's faults
+// arrive as page requests on the preempt channel, the rest streams (on bulk channels if asked),
+// and a broken connection is recovered as in any migration (the origin reconnects).
+import { EventEmitter } from 'node:events';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { PostcopyError } from '../base/index.js';
+import { FileMapping, Mapping } from '../kernel/index.js';
+import { RamBlock, RamList } from '../memory/index.js';
+import { OutgoingMigration, type OutgoingReport } from '../outgoing/index.js';
+import type { GuestBlock } from '../pager/index.js';
+import { connectChannel, listenOn, parseEndpoint, type ChannelRole, type Endpoint } from '../transport/index.js';
+import { Capability } from '../wire/index.js';
+import { ORIGIN_BANNER, authMatches, checkRequest, newNonce, readJsonLine, regionBlockName, type FileRegion, type OriginRequest } from './origin-request.js';
+
+const REQUEST_TIMEOUT_MS = 5000;
+/** How much of the file one read brings into a session's memory. */
+const LOAD_CHUNK_BYTES = 4 << 20;
+
+export interface PageOriginOptions {
+  memFile: string;
+  /** Where page servers connect to ask for pages. */
+  endpoint: Endpoint;
+  /** Required on TCP: requests and migration channels prove they know it. */
+  token?: string;
+  /** How long a broken connection may take to come back (default 30 s). */
+  recoverSeconds?: number;
+  /** A silent connection is broken after this long (default 5 s). */
+  stallSeconds?: number;
+  /** Caps each session's background stream (MiB/s; default none); requested pages are never held back. */
+  postcopyMaxMiBs?: number;
+}
+
+export interface PageOrigin {
+  on(event: 'session', listener: (session: string, request: OriginRequest) => void): this;
+  on(event: 'refused', listener: (reason: string) => void): this;
+  on(event: 'served', listener: (session: string, report: OutgoingReport) => void): this;
+  on(event: 'failed', listener: (session: string, error: Error) => void): this;
+}
+
+export class PageOrigin extends EventEmitter {
+  private server: Server | undefined;
+  private readonly fileLength: number;
+  /** The file's byte ranges that hold data (holes stay unpopulated: sent as zeros, unread). */
+  private readonly dataRanges: [number, number][];
+  readonly sessions = new Set<string>();
+
+  constructor(private readonly options: PageOriginOptions) {
+    super();
+    if (options.endpoint.kind === 'tcp' && !options.token) throw new PostcopyError('ERR_POSTCOPY_CONFIG', 'serve-pages on TCP needs a token (page servers must prove they know it)');
+    const file = FileMapping.open(options.memFile);
+    try {
+      this.fileLength = file.length;
+      this.dataRanges = file.dataRanges();
+    } finally {
+      file.close();
+    }
+  }
+
+  async listen(): Promise<Endpoint> {
+    this.server = createServer((socket) => void this.answer(socket));
+    return listenOn(this.server, this.options.endpoint);
+  }
+
+  close(): void {
+    this.server?.close();
+  }
+
+  /** One request: checked, answered, then its migration runs. */
+  private async answer(socket: Socket): Promise<void> {
+    socket.on('error', () => undefined);
+    let request: OriginRequest;
+    try {
+      const nonce = newNonce();
+      socket.write(`${JSON.stringify({ origin: ORIGIN_BANNER, nonce })}\n`);
+      const message = await readJsonLine(socket, 'serve-pages request', REQUEST_TIMEOUT_MS);
+      request = checkRequest(message.request, this.fileLength);
+      if (!authMatches(this.options.token, nonce, request, message.auth)) throw new PostcopyError('ERR_POSTCOPY_REFUSED', 'request: wrong token');
+    } catch (error) {
+      const reason = (error as Error).message;
+      socket.end(`${JSON.stringify({ error: reason })}\n`);
+      this.emit('refused', reason);
+      return;
+    }
+    socket.end(`${JSON.stringify({ ok: true })}\n`);
+    this.sessions.add(request.session);
+    this.emit('session', request.session, request);
+    try {
+      this.emit('served', request.session, await this.migrate(request));
+    } catch (error) {
+      this.emit('failed', request.session, error as Error);
+    } finally {
+      this.sessions.delete(request.session);
+    }
+  }
+
+  private async migrate(request: OriginRequest): Promise<OutgoingReport> {
+    const blocks = this.load(request.regions);
+    try {
+      const endpoint = parseEndpoint(request.endpoint, 'request endpoint');
+      const capabilities = Capability.PREEMPT | (request.channels << Capability.BULK_SHIFT);
+      const connect = (role: ChannelRole, timeout = 10, index = 0) => connectChannel<GuestBlock>({
+        endpoint, sessionId: request.session, role, index, token: this.options.token, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
+      });
+      const main = await connect('main');
+      const preempt = await connect('preempt');
+      const bulk = [];
+      for (let index = 0; index < request.channels; index++) bulk.push(await connect('bulk', 10, index));
+      const migration = new OutgoingMigration({
+        blocks, main, preempt, bulk, reconnect: connect,
+        recoverSeconds: this.options.recoverSeconds ?? 30,
+        stallSeconds: this.options.stallSeconds ?? 5,
+        postcopyMaxMiBs: this.options.postcopyMaxMiBs,
+        // a file, not a running guest: nothing to pause, nothing writes
+        precopySeconds: 0,
+        pauseGuest: async () => undefined,
+        holdGuest: (critical) => critical(),
+      });
+      return await migration.run();
+    } finally {
+      for (const block of blocks) block.host!.unmap();
+    }
+  }
+
+  /** The regions' bytes in memory of this session's own (the dirty log arms per mapping). */
+  private load(regions: FileRegion[]): RamList<Mapping> {
+    const blocks = new RamList<Mapping>();
+    const fd = openSync(this.options.memFile, 'r');
+    try {
+      const length = fstatSync(fd).size;
+      regions.forEach((region, i) => {
+        if (region.offset + region.size > length) {
+          throw new PostcopyError('ERR_RESTORE_FAILED', `${this.options.memFile} is now ${length} bytes: region ${i} ends at ${region.offset + region.size}`);
+        }
+        const host = new Mapping(region.size, { name: regionBlockName(i) });
+        blocks.add(new RamBlock<Mapping>({ idstr: regionBlockName(i), usedLength: region.size, host }));
+        this.readInto(fd, region, host);
+      });
+      return blocks;
+    } catch (error) {
+      for (const block of blocks) block.host!.unmap();
+      throw error;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private readInto(fd: number, region: FileRegion, host: Mapping): void {
+    const end = region.offset + region.size;
+    for (const [start, stop] of this.dataRanges) {
+      for (let at = Math.max(start, region.offset); at < Math.min(stop, end); ) {
+        const n = Math.min(LOAD_CHUNK_BYTES, Math.min(stop, end) - at);
+        const read = readSync(fd, host.bytes(at - region.offset, n), 0, n, at);
+        if (read !== n) throw new PostcopyError('ERR_RESTORE_FAILED', `${this.options.memFile}: a short read at ${at} (${read} of ${n} bytes)`);
+        at += n;
+      }
+    }
+  }
+}
