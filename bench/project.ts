@@ -25,6 +25,6 @@ export async function runScenario(name: string, length: number): Promise<Result>
     case 'place':
       return placeScenario(name, length, spec);
     case 'serve':
-      return serveScenario(name, length, spec.prefetch);
+      return serveScenario(name, length, spec);
   }
 }

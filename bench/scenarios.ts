@@ -62,6 +62,8 @@ export interface RestoreSpec {
 export interface ServeSpec {
   kind: 'serve';
   prefetch: boolean;
+  /** Pages from another process (`serve-pages`, its stream capped): faults are page requests. */
+  remote?: boolean;
 }
 /** The floor has this scenario and the project does not; `why` is printed in its row. */
 export interface FloorOnly {
@@ -148,6 +150,7 @@ export const SCENARIOS: readonly Scenario[] = [
   // the page server for VMMs (bench/serve.ts): the handler in this process, the VMM stand-in in another
   { name: 'serve-file-faults', kind: 'latency', project: { kind: 'serve', prefetch: false }, floor: 'missing-4k', target: { p50: 1.5 } },
   { name: 'serve-prefetch', kind: 'throughput', project: { kind: 'serve', prefetch: true }, floor: 'copy-1m', target: { min: 0 } },
+  { name: 'serve-remote-faults', kind: 'latency', project: { kind: 'serve', prefetch: false, remote: true }, floor: 'remote-4k', target: { p50: 2 } },
   // whole migrations of the CLI's reference guest (`postcopy demo`, bench/migration.ts): no floor
   { name: 'migration-1g', kind: 'migration', project: migration1g(0), reference: QEMU_1G },
   { name: 'migration-1g-channels', kind: 'migration', project: migration1g(2), reference: QEMU_1G },

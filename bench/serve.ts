@@ -8,14 +8,21 @@
 //                      connection until every page is present; beside it, in the same run and
 //                      right before, the memory file read eagerly into fresh memory (the
 //                      reference the issue sets: at most 1.2x its time). vs copy-1m for the ratio.
+//   serve-remote-faults as serve-file-faults, touching random pages, but the pages come from
+//                      `postcopy serve-pages` in another process over loopback TCP, its stream
+//                      capped at 1 MiB/s: nearly every fault is a page request. A quarter of
+//                      --mib, as remote-4k. vs remote-4k.
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { round } from '../src/base/index.js';
 import { Mapping } from '../src/kernel/index.js';
-import { PageServer } from '../src/serve/index.js';
+import { PageServer, type PageSourceSpec } from '../src/serve/index.js';
+import { parseEndpoint } from '../src/transport/index.js';
+import { startService } from '../test/support/cli.js';
 import { runStandin, startStandin } from '../test/support/vmm-standin.js';
+import type { ServeSpec } from './scenarios.js';
 import type { LatencyResult, ServeDetails, ThroughputResult } from './types.js';
 
 const PAGE = 4096;
@@ -50,12 +57,26 @@ function eagerReadMs(path: string, length: number): number {
   }
 }
 
-export async function serveScenario(name: string, length: number, prefetch: boolean): Promise<LatencyResult | ThroughputResult & { details: ServeDetails }> {
+const TOKEN = 'bench';
+
+/** `postcopy serve-pages` in its own process, on loopback; resolves with it and where it listens. */
+async function startOrigin(file: string) {
+  const origin = startService('serve-pages', ['--mem-file', file, '--listen', '127.0.0.1:0', '--postcopy-max-mibs', '1'], { POSTCOPY_TOKEN: TOKEN });
+  return { origin, from: parseEndpoint((await origin.waitFor('listening')).endpoint) };
+}
+
+export async function serveScenario(name: string, size: number, spec: ServeSpec): Promise<LatencyResult | ThroughputResult & { details: ServeDetails }> {
+  const { prefetch, remote } = spec;
+  // remote: a quarter, the size of the floor's remote-4k (and of postcopy-fault)
+  const length = remote ? size / 4 : size;
   const dir = mkdtempSync(join(tmpdir(), 'postcopy-bench-serve-'));
+  const origin = remote ? await startOrigin(memoryFile(dir, length)) : undefined;
   try {
-    const file = memoryFile(dir, length);
+    const file = join(dir, 'bench.mem');
+    if (!remote) memoryFile(dir, length);
     const eagerMs = prefetch ? eagerReadMs(file, length) : 0;
-    const server = new PageServer({ socket: join(dir, 'uffd.sock'), source: { kind: 'file', path: file }, prefetch: prefetch ? 'sequential' : 'none' });
+    const source: PageSourceSpec = origin ? { kind: 'remote', from: origin.from, token: TOKEN } : { kind: 'file', path: file };
+    const server = new PageServer({ socket: join(dir, 'uffd.sock'), source, prefetch: prefetch ? 'sequential' : 'none' });
     let connectedAt = 0;
     let allPresentAt = 0;
     let endedWhy: string | undefined;
@@ -66,7 +87,8 @@ export async function serveScenario(name: string, length: number, prefetch: bool
     try {
       const args = ['--socket', join(dir, 'uffd.sock'), '--mem-file', file, '--region', String(length), '--threads', '1', '--timeout', '300'];
       if (!prefetch) {
-        const run = await runStandin([...args, '--touches', String(length / PAGE)], 320_000); // every page faults, as in missing-4k
+        // every page faults, as in missing-4k; from the origin in random order, as in remote-4k
+        const run = await runStandin([...args, '--touches', String(length / PAGE), ...(remote ? ['--pattern', 'random'] : [])], 320_000);
         if (run.code !== 0 || !run.result?.ok) throw new Error(`${name}: the stand-in failed (${run.code ?? run.signal}): ${run.result?.error ?? run.stderr}`);
         return faultResult(name, run.result.first_touches, run.result.touch_us);
       }
@@ -85,6 +107,7 @@ export async function serveScenario(name: string, length: number, prefetch: bool
       server.close();
     }
   } finally {
+    origin?.origin.child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   }
 }
