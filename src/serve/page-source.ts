@@ -74,6 +74,11 @@ export class PageSource {
     }
   }
 
+  /** How its data pages are placed, for the latency histogram. */
+  get label(): 'file' | 'remote' {
+    return 'file' in this.from ? 'file' : 'remote';
+  }
+
   /** What a placement of region `region` copies from, at offsetOf(). */
   bytesOf(region: number): FileMapping | Uint8Array {
     return 'file' in this.from ? this.from.file : this.from.staging[region];

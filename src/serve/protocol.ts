@@ -18,8 +18,11 @@ export type WorkerSourceSpec = FileSourceSpec | { kind: 'staging'; regions: Mapp
 
 export type PrefetchMode = 'none' | 'sequential' | 'working-set';
 
-/** How a page was placed, for the latency histogram: read from the source, a hole or removed range (zeros). */
-export type PageSourceLabel = 'file' | 'zero' | 'removed';
+/**
+ * How a page was placed, for the latency histogram: from the file, from staging (a remote
+ * source), or zeros (a hole). A removed range faults no more: it is unregistered.
+ */
+export type PageSourceLabel = 'file' | 'remote' | 'zero';
 
 export interface VmTask {
   vm: number;
@@ -67,5 +70,5 @@ export type ToVm =
   | { type: 'prefetch'; mode: PrefetchMode };
 
 export function emptyCounters(): VmCounters {
-  return { faults: 0, placedByFault: 0, placedByPrefetch: 0, removeEvents: 0, removedPages: 0, eagainRetries: 0, eexistWakes: 0, bytesRead: 0, latency: { file: [], zero: [], removed: [] } };
+  return { faults: 0, placedByFault: 0, placedByPrefetch: 0, removeEvents: 0, removedPages: 0, eagainRetries: 0, eexistWakes: 0, bytesRead: 0, latency: { file: [], remote: [], zero: [] } };
 }

@@ -75,7 +75,7 @@ export class RemoteStaging extends EventEmitter {
     const { from, token } = this.options;
     const origin = connect(from.kind === 'unix' ? { path: from.path } : { host: from.host, port: from.port });
     try {
-      await new Promise<void>((resolve, reject) => origin.once('connect', resolve).once('error', reject));
+      await new Promise<void>((resolve, reject) => origin.once('connect', resolve).once('error', (error) => reject(new ProtocolError(`the origin at ${formatEndpoint(from)}: ${error.message}`))));
       const hello = await readJsonLine(origin, `the origin at ${formatEndpoint(from)}`, REQUEST_TIMEOUT_MS);
       if (hello.origin !== ORIGIN_BANNER || typeof hello.nonce !== 'string') throw new ProtocolError(`${formatEndpoint(from)} is not a postcopy serve-pages origin`);
       const listening = await this.listen(origin);

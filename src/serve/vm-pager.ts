@@ -114,7 +114,7 @@ export class VmPager {
     let end = page + 1;
     while (end < run.end && !block.receivedMap.get(end * perPage)) end++;
     const length = (end - page) * block.pageSize;
-    this.placing = run.present ? 'file' : 'zero';
+    this.placing = run.present ? this.source.label : 'zero';
     const srcOffset = this.source.offsetOf(region, page, block.pageSize);
     let placed: boolean;
     try {

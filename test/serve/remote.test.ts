@@ -132,11 +132,12 @@ test('serve --from: an origin that dies for good ends its VM (killed, not frozen
   }
 });
 
-test('serve --from: a page server with the wrong token is refused by the origin, naming why; its VM is ended, the origin serves on', { skip, timeout: 60_000 }, async () => {
+test('serve --from: a wrong token is refused by the origin, an unreachable origin too, each naming why; the VM is ended, the origin serves on', { skip, timeout: 60_000 }, async () => {
   const file = memoryFile('token.mem', 8 * MiB, [0, 1 * MiB]);
   const origin = await startOrigin(file);
   const wrong = await serving({ from: origin.endpoint, token: 'not-the-token' });
   const right = await serving({ from: origin.endpoint, token: TOKEN });
+  const unreachable = await serving({ from: { kind: 'tcp', host: '127.0.0.1', port: 1 }, token: TOKEN });
   try {
     const refused = await runStandin(['--socket', wrong.socket, '--mem-file', file, '--region', '8M', '--timeout', '20'], 30_000);
     assert.equal(refused.signal, 'SIGKILL', `${refused.code} ${refused.stdout}`);
@@ -145,9 +146,15 @@ test('serve --from: a page server with the wrong token is refused by the origin,
     assert.match((await origin.waitFor('refused')).reason, /wrong token/);
     const served = await runStandin(['--socket', right.socket, '--mem-file', file, '--region', '8M'], 30_000);
     assert.equal(served.code, STANDIN_EXIT.ok, `${served.stdout}\n${served.stderr}`);
+    // nobody listens at the origin's address: refused, naming it
+    const nowhere = await runStandin(['--socket', unreachable.socket, '--mem-file', file, '--region', '8M', '--timeout', '20'], 30_000);
+    assert.equal(nowhere.signal, 'SIGKILL', `${nowhere.code} ${nowhere.stdout}`);
+    const why = await waitFor(() => unreachable.events.find((e) => e.event === 'refused'), 'refused event');
+    assert.match(why.reason ?? '', /the origin at 127\.0\.0\.1:1: connect ECONNREFUSED/);
   } finally {
     wrong.server.close();
     right.server.close();
+    unreachable.server.close();
     origin.child.kill('SIGTERM');
   }
 });
