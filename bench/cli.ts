@@ -1,12 +1,12 @@
-// The bench, compiled: `npm run bench [-- --json] [--mib N] [--only a,b] [--runs N] [--cpu LIST]`
-// runs scripts/bench.mjs, which builds what is missing and then runs this.
+// The bench, compiled: `npm run bench [-- --json] [--mib N] [--only a,b] [--runs N] [--pause-ms MS]
+// [--cpu LIST]` runs scripts/bench.mjs, which builds what is missing and then runs this.
 //
 // Compiles the plain-C floor (../shared/bench/uffd-floor.c, or $POSTCOPY_FLOOR_SRC), then for
-// each run: runs the floor once (all its scenarios) and each of the project's scenarios in a
-// fresh `node dist-test/bench/main.js <scenario>` process (bench/runner.ts). Keeps the best run of
-// each side (lowest p50 / highest GB/s, or as the scenario table says) and prints project vs
-// floor with their ratio (bench/report.ts). Only ratios from one invocation mean anything: this
-// machine is noisy.
+// each run and each scenario: the floor's scenario it is compared with, then ours in a fresh
+// `node dist-test/bench/main.js <scenario>` process, same size, same pause before each
+// (bench/runner.ts). Prints the best run of each side (lowest p50 / highest GB/s, or as the
+// scenario table says) with their ratio, and under it the medians, spreads and their ratio
+// (bench/report.ts). Only ratios from one invocation mean anything: this machine is noisy.
 // --cpu LIST runs both sides under `taskset -c LIST`, to diagnose: --cpu 0 removes the
 // cross-CPU wake-up mode that makes fault latency bimodal here, but it also crowds Node's
 // helper threads onto that CPU (see bench/README.md).
@@ -20,14 +20,14 @@ import { SCENARIOS } from './scenarios.js';
 function usage(message?: string): never {
   if (message) process.stderr.write(`bench: ${message}\n`);
   process.stderr.write(
-    'usage: npm run bench -- [--json] [--mib N] [--only a,b] [--runs N] [--cpu LIST]\n' +
+    'usage: npm run bench -- [--json] [--mib N] [--only a,b] [--runs N] [--pause-ms MS] [--cpu LIST]\n' +
       `scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}\n`,
   );
   process.exit(2);
 }
 
 function parseOptions(args: string[]): BenchOptions {
-  const options: BenchOptions = { json: false, mib: 256, runs: 1, only: null, cpu: null };
+  const options: BenchOptions = { json: false, mib: 256, runs: 5, only: null, cpu: null, pauseMs: 1000 };
   const value = (i: number): string => (i + 1 < args.length ? args[i + 1] : usage(`${args[i]} needs a value`));
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -35,12 +35,14 @@ function parseOptions(args: string[]): BenchOptions {
     else if (a === '--mib') options.mib = Number(value(i++));
     else if (a === '--runs') options.runs = Number(value(i++));
     else if (a === '--cpu') options.cpu = value(i++);
+    else if (a === '--pause-ms') options.pauseMs = Number(value(i++));
     else if (a === '--only') options.only = value(i++).split(',').map((s) => s.trim()).filter(Boolean);
     else if (a === '-h' || a === '--help') usage();
     else usage(`unknown option ${a}`);
   }
   if (!Number.isInteger(options.mib) || options.mib < 2 || options.mib % 2) usage('--mib must be an even integer >= 2 (huge-2m uses 2 MiB pages)');
   if (!Number.isInteger(options.runs) || options.runs < 1) usage('--runs must be a positive integer');
+  if (!Number.isInteger(options.pauseMs) || options.pauseMs < 0) usage('--pause-ms must be a whole number of milliseconds');
   if (options.cpu !== null && !/^[0-9][0-9,-]*$/.test(options.cpu)) usage('--cpu takes a CPU list such as 0 or 0,1');
   for (const name of options.only ?? []) if (!SCENARIOS.some((s) => s.name === name)) usage(`unknown scenario '${name}'`);
   return options;

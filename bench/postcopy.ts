@@ -51,7 +51,7 @@ export interface PostcopyThroughputResult extends ThroughputResult {
   details: PostcopyThroughputDetails;
 }
 
-/** Size of the loaded and throughput scenarios' block: 4 x --mib (1 GiB by default), at most 1 GiB. */
+/** Size of the loaded scenario's block: 4 x --mib (1 GiB by default), at most 1 GiB. */
 export function streamLength(length: number): number {
   return Math.min(4 * length, GIB);
 }
@@ -62,7 +62,7 @@ export async function postcopyScenario(name: string, length: number, spec: Postc
     return faultOnly(name, Math.max(PAGE * 64, Math.floor(length / 4 / PAGE) * PAGE));
   }
   if (spec.mode === 'loaded') return faultLoaded(name, streamLength(length), spec.channels);
-  return throughput(name, streamLength(length), spec.channels);
+  return throughput(name, length, spec.channels); // the size of the floor's stream-4k: like with like
 }
 
 // ---- the source child ------------------------------------------------------------------------
@@ -369,6 +369,8 @@ async function throughput(name: string, length: number, channels: number): Promi
         pages_streamed: report.pages.streamed,
         pages_requested: report.pages.requested,
         pages_zero: report.pages.zero,
+        send_cpu_us_per_4k: round((src.process_cpu_ms * 1000) / pages, 3),
+        recv_cpu_us_per_4k: destProcessMs !== undefined ? round((destProcessMs * 1000) / pages, 3) : null,
         // share of the postcopy phase each side's main thread spent on a CPU (1 = never idle)
         dest_main_busy: dest ? round(dest.cpuMs / wallMs, 3) : null,
         dest_main_sleeps_per_ms: dest ? round(dest.sleeps / wallMs, 3) : null,

@@ -1,7 +1,7 @@
 // The bench's report: one row per selected scenario (project vs floor, their ratios, the
 // target and whether it is met), printed as a table or as one JSON object per line.
 import { cpus, loadavg, release } from 'node:os';
-import type { BenchOptions, RunResults } from './runner.js';
+import { better, type BenchOptions, type RunResults } from './runner.js';
 import type { LatencyScenario, MigrationScenario, Scenario, ThroughputScenario } from './scenarios.js';
 import type { Details, Kind, Measured } from './types.js';
 
@@ -34,6 +34,11 @@ export interface Row {
   us_per_4k?: number | null;
   floor_gb_per_s?: number | null;
   floor_us_per_4k?: number | null;
+  /** A page stream: each side's CPU per 4 KiB page, ours (from details) and the floor's. */
+  send_cpu_us_per_4k?: number | null;
+  recv_cpu_us_per_4k?: number | null;
+  floor_send_cpu_us_per_4k?: number | null;
+  floor_recv_cpu_us_per_4k?: number | null;
   ratio?: number | null;
   p99_ratio?: number | null;
   handler_sleeps_per_fault?: number | null;
@@ -55,12 +60,25 @@ export interface Row {
   bytes_sent?: number | null;
   reference?: string;
   details?: Details;
+  /** Over every run of each side: the ranking figure's median and spread, the ratio of the medians. */
+  median?: MedianSummary;
   skipped?: string;
   floor_skipped?: string;
   /** Always set, after everything else (so they come last in the JSON line). */
   mib?: number;
   runs?: number;
   cpu?: string;
+}
+
+export interface MedianSummary {
+  figure: 'p50_us' | 'p99_us' | 'gb_per_s' | 'total_ms';
+  runs: number;
+  project: number | null;
+  floor?: number | null;
+  ratio?: number | null;
+  /** [min, max] of the figure over the runs. */
+  project_spread: [number, number] | null;
+  floor_spread?: [number, number] | null;
 }
 
 export function ratio(a: number | null | undefined, b: number | null | undefined): number | null {
@@ -71,20 +89,22 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
 
 export function buildRows(selected: readonly Scenario[], results: RunResults, options: BenchOptions): Row[] {
   return selected.map((s) => {
-    const ours: Measured =
-      s.project.kind === 'floor-only' ? { scenario: s.name, skipped: s.project.why } : results.oursBest.get(s.name) ?? { scenario: s.name, skipped: 'not run' };
+    const oursRuns = s.project.kind === 'floor-only' ? [] : results.oursRuns.get(s.name) ?? [];
+    const floorRuns = results.floorRuns.get(s.name) ?? [];
+    const ours: Measured = s.project.kind === 'floor-only' ? { scenario: s.name, skipped: s.project.why } : bestOf(oursRuns, s) ?? { scenario: s.name, skipped: 'not run' };
     const row: Row = { scenario: s.name, kind: s.kind };
     let floorSkipped: string | undefined;
     if (s.kind === 'migration') {
       migrationRow(row, s, ours);
     } else {
       const floorName = s.floor ?? s.name;
-      const floor: Measured = results.floorBest.get(floorName) ?? { scenario: floorName, skipped: `no ${floorName} result from the floor` };
+      const floor: Measured = bestOf(floorRuns, s) ?? { scenario: floorName, skipped: `no ${floorName} result from the floor` };
       if (s.floor) row.floor_scenario = s.floor;
       if (s.kind === 'latency') latencyRow(row, s, ours, floor);
       else throughputRow(row, s, ours, floor);
       floorSkipped = floor.skipped;
     }
+    row.median = medianSummary(s, oursRuns, floorRuns);
     if (ours.details) row.details = ours.details;
     if (ours.skipped) row.skipped = ours.skipped;
     if (floorSkipped) row.floor_skipped = floorSkipped;
@@ -93,6 +113,36 @@ export function buildRows(selected: readonly Scenario[], results: RunResults, op
     if (options.cpu !== null) row.cpu = options.cpu;
     return row;
   });
+}
+
+/** The figure that ranks a scenario's runs. */
+function rankingFigure(s: Scenario): MedianSummary['figure'] {
+  if (s.kind === 'migration') return 'total_ms';
+  if (s.kind === 'throughput') return 'gb_per_s';
+  return s.best === 'p99' ? 'p99_us' : 'p50_us';
+}
+
+/** The best run (lowest latency, highest GB/s, shortest migration), or undefined without any. */
+function bestOf(runs: readonly Measured[], s: Scenario): Measured | undefined {
+  return runs.reduce<Measured | undefined>((best, run) => better(best, run, s.kind === 'latency' ? s.best : undefined), undefined);
+}
+
+function median(values: number[]): number | null {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return Math.round((sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2) * 1000) / 1000;
+}
+
+function medianSummary(s: Scenario, oursRuns: readonly Measured[], floorRuns: readonly Measured[]): MedianSummary {
+  const figure = rankingFigure(s);
+  const values = (runs: readonly Measured[]) => runs.map((r) => r[figure]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+  const spread = (v: number[]): [number, number] | null => (v.length ? [Math.min(...v), Math.max(...v)] : null);
+  const ours = values(oursRuns);
+  const summary: MedianSummary = { figure, runs: Math.max(oursRuns.length, floorRuns.length), project: median(ours), project_spread: spread(ours) };
+  if (s.kind === 'migration') return summary;
+  const floor = values(floorRuns);
+  return { ...summary, floor: median(floor), ratio: ratio(summary.project, median(floor)), floor_spread: spread(floor) };
 }
 
 type Figure = Exclude<keyof Measured, 'scenario' | 'skipped' | 'details'>;
@@ -136,6 +186,14 @@ function throughputRow(row: Row, s: ThroughputScenario, ours: Measured, floor: M
     figures(floor, ['gb_per_s', 'us_per_4k'], 'floor_'),
     { ratio: ratio(ours.gb_per_s, floor.gb_per_s) },
   );
+  if (floor.send_cpu_us_per_4k !== undefined) {
+    Object.assign(row, {
+      send_cpu_us_per_4k: ours.details?.send_cpu_us_per_4k ?? null,
+      recv_cpu_us_per_4k: ours.details?.recv_cpu_us_per_4k ?? null,
+      floor_send_cpu_us_per_4k: floor.send_cpu_us_per_4k,
+      floor_recv_cpu_us_per_4k: floor.recv_cpu_us_per_4k ?? null,
+    });
+  }
   const target: RowTarget = (row.target = { ratio_min: s.target.min });
   row.on_target = row.ratio == null ? null : row.ratio >= s.target.min;
   if (s.target.faultP50 === undefined) return;
@@ -180,6 +238,23 @@ function targetText(r: Row): string {
   return parts.length ? `${parts.join(', ')}: ${verdict(r)}` : '';
 }
 
+/** The line under a row: the median of every run of each side, their spread, the ratio of the medians. */
+function medianLine(r: Row): string | undefined {
+  const m = r.median;
+  if (!m || m.runs < 2) return undefined;
+  const digits = m.figure === 'gb_per_s' ? 3 : m.figure === 'total_ms' ? 0 : 2;
+  const spread = (s: [number, number] | null | undefined) => (s ? ` [${f(s[0], digits)}–${f(s[1], digits)}]` : '');
+  const floor = m.floor === undefined ? '' : `, floor ${f(m.floor, digits)}${spread(m.floor_spread)}, ratio ${f(m.ratio)}`;
+  return `    median ${m.figure} of ${m.runs} runs: project ${f(m.project, digits)}${spread(m.project_spread)}${floor}`;
+}
+
+/** Pushes a row's line, then its median line. */
+function pushRow(out: string[], line: string, r: Row): void {
+  out.push(withNotes(line.trimEnd(), r));
+  const m = medianLine(r);
+  if (m) out.push(m);
+}
+
 /** Width of a table's scenario column: its longest name and two spaces, at least 23. */
 const nameWidth = (rows: Row[]): number => Math.max(23, ...rows.map((r) => r.scenario.length + 2));
 
@@ -195,7 +270,7 @@ function sameNameTables(rows: Row[], out: string[]): void {
     for (const r of lat) {
       const line = `${r.scenario.padEnd(15)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 9)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
         `${pad(f(r.ratio), 11)}${pad(f(r.p99_ratio), 7)}${pad(f(r.handler_sleeps_per_fault), 14)}  ${verdict(r)}`;
-      out.push(withNotes(line.trimEnd(), r));
+      pushRow(out, line, r);
     }
   }
   const thr = rows.filter((r) => r.kind === 'throughput' && !r.floor_scenario);
@@ -204,7 +279,7 @@ function sameNameTables(rows: Row[], out: string[]): void {
     out.push('placement throughput, GB/s — ratio = project / floor, higher is better (target ≥ 0.90)');
     out.push(`${'scenario'.padEnd(15)}${pad('project', 12)}${pad('floor', 9)}${pad('ratio', 9)}  target`);
     for (const r of thr) {
-      out.push(withNotes(`${r.scenario.padEnd(15)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 9)}${pad(f(r.ratio), 9)}  ${verdict(r)}`, r));
+      pushRow(out, `${r.scenario.padEnd(15)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 9)}${pad(f(r.ratio), 9)}  ${verdict(r)}`, r);
     }
   }
 }
@@ -244,6 +319,8 @@ function throughputDetails(r: Row, d: Details, out: string[]): void {
     out.push(`${indent}${d.pages_streamed! + d.pages_requested!} pages in ${f(d.postcopy_ms, 0)} ms (${f(r.us_per_4k)} µs per 4 KiB), ${d.bulk_channels} bulk channel(s); ` +
       `main thread busy: destination ${f(d.dest_main_busy)}, source ${f(d.source_main_busy)} (1 = never idle); ` +
       `all threads: destination ${f(d.dest_process_busy)}, source ${f(d.source_process_busy)} CPUs`);
+    out.push(`${indent}CPU per 4 KiB, every thread: source ${f(r.send_cpu_us_per_4k)} µs (floor's sender ${f(r.floor_send_cpu_us_per_4k)}), ` +
+      `destination ${f(r.recv_cpu_us_per_4k)} µs (floor's receiver ${f(r.floor_recv_cpu_us_per_4k)})`);
   }
 }
 
@@ -261,7 +338,7 @@ function otherFloorTables(rows: Row[], out: string[]): void {
     for (const r of plat) {
       const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(11)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 10)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
         `${pad(f(r.ratio), 11)}${pad(f(r.p99_ratio), 8)}  ${targetText(r)}`;
-      out.push(withNotes(line.trimEnd(), r));
+      pushRow(out, line, r);
       if (r.details) latencyDetails(r, r.details, out);
     }
   }
@@ -270,7 +347,7 @@ function otherFloorTables(rows: Row[], out: string[]): void {
     out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(11)}${pad('project GB/s', 12)}${pad('floor GB/s', 12)}${pad('ratio', 8)}  target`);
     for (const r of pthr) {
       const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(11)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 12)}${pad(f(r.ratio), 8)}  ${targetText(r)}`;
-      out.push(withNotes(line.trimEnd(), r));
+      pushRow(out, line, r);
       if (r.details) throughputDetails(r, r.details, out);
     }
   }
@@ -289,7 +366,7 @@ function migrationTable(rows: Row[], out: string[]): void {
   for (const r of mig) {
     const line = `${r.scenario.padEnd(w)}${pad(r.channels ?? '—', 9)}${pad(f(r.total_ms, 0), 10)}${pad(f(r.downtime_ms), 13)}${pad(f(r.blocktime_ms, 0), 14)}` +
       `${pad(f(r.request_p50_us, 0), 9)}${pad(f(r.request_p99_us, 0), 8)}${pad(f(r.bytes_sent == null ? null : r.bytes_sent / 2 ** 20, 0), 10)}`;
-    out.push(withNotes(line, r));
+    pushRow(out, line, r);
     const d = r.details;
     if (!d || d.precopy_ms === undefined) continue;
     const parts = Object.entries(d.downtime_parts_ms ?? {}).map(([k, v]) => `${k} ${f(v)}`).join(', ');
@@ -304,7 +381,8 @@ function migrationTable(rows: Row[], out: string[]): void {
 export function printTable(rows: Row[], results: RunResults, options: BenchOptions): void {
   const out: string[] = [];
   out.push(
-    `postcopy bench: ${options.mib} MiB per scenario, best of ${options.runs} run${options.runs > 1 ? 's' : ''} each side, ` +
+    `postcopy bench: ${options.mib} MiB per scenario, ${options.runs} run${options.runs > 1 ? 's' : ''} each side, alternating per scenario ` +
+      `(floor, project, floor, project...), a ${options.pauseMs} ms pause before each; best (the table) and median [spread] (the line under a row), ` +
       `node ${process.version}, linux ${release()}, ${cpus().length} CPUs` +
       (options.cpu !== null ? `, both sides pinned to CPU ${options.cpu}` : ''),
   );

@@ -1,9 +1,12 @@
-// Running both sides of the bench: compiles the plain-C floor (../shared/bench/uffd-floor.c, or
-// $POSTCOPY_FLOOR_SRC) into a temporary directory, then for each run: runs the floor once (all
-// its scenarios) and each selected project scenario in a fresh `node dist-test/bench/main.js
-// <scenario>` process, keeping each side's best run per scenario. Owns the cleanup of what it
-// sets up (temporary directory, huge-page reservation, the running child) on every way out:
-// exit, SIGINT, SIGTERM, SIGHUP.
+// Running both sides of the bench, like with like: compiles the plain-C floor
+// (../shared/bench/uffd-floor.c, or $POSTCOPY_FLOOR_SRC) into a temporary directory, then for
+// each run and each selected scenario: the floor's scenario it is compared with (`--only NAME
+// --mib N`), then ours in a fresh `node dist-test/bench/main.js <scenario>` process, side by
+// side at the same size, each after the same pause (this VM hands freed memory back to its host
+// at once: whoever runs right after a big free meets different memory). Every run of each side
+// is kept; the report takes best and median. Owns the cleanup of what it sets up (temporary
+// directory, huge-page reservation, the running child) on every way out: exit, SIGINT,
+// SIGTERM, SIGHUP.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -25,12 +28,16 @@ export interface BenchOptions {
   only: string[] | null;
   /** CPU list for `taskset -c`, or null. */
   cpu: string | null;
+  /** The pause before each side's run, so that both meet memory in the same state. */
+  pauseMs: number;
 }
 
 export interface RunResults {
   floorSource: string;
-  floorBest: Map<string, Measured>;
-  oursBest: Map<string, Measured>;
+  /** By the table's scenario name: every run of the floor scenario it is compared with, in order. */
+  floorRuns: Map<string, Measured[]>;
+  /** By scenario name: every run of ours, in order. */
+  oursRuns: Map<string, Measured[]>;
   /** Something failed (the floor, or a project scenario): the bench exits 1. */
   failed: boolean;
   /** 1-min load average before the runs: other work on the machine shows here first. */
@@ -204,47 +211,65 @@ export function better(a: Measured | undefined, b: Measured, by: 'p50' | 'p99' =
   return b[first]! < a[first]! || (b[first] === a[first] && b[second]! < a[second]!) ? b : a;
 }
 
-/** Runs the floor and every selected scenario of ours `options.runs` times; the best of each. */
+/** The floor's `name` alone, at --mib; its result, or why there is none. */
+async function runFloor(options: BenchOptions, floorBinary: string, name: string): Promise<Measured> {
+  // the floor reserves (and restores) its own huge pages; if it is killed half-way, put the
+  // reservation back for it
+  const hugeBefore = readHugeSetting();
+  if (hugeBefore !== null) restoreHugePages = () => {
+    if (readHugeSetting() !== hugeBefore) writeFileSync(NR_HUGEPAGES, String(hugeBefore));
+  };
+  try {
+    const floor = parseFloor(await capture(options, floorBinary, ['--json', '--mib', String(options.mib), '--only', name], CHILD_TIMEOUT_MS));
+    restoreHugePages = undefined; // it finished and restored its reservation itself
+    return floor.get(name) ?? { scenario: name, skipped: `no ${name} result from the floor` };
+  } finally {
+    cleanupHugePages();
+  }
+}
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * `options.runs` times, each selected scenario: the floor's side, then ours, each after the
+ * same pause. Every result is kept.
+ */
 export async function runBench(options: BenchOptions, selected: readonly Scenario[]): Promise<RunResults | null> {
   const floorSource = process.env.POSTCOPY_FLOOR_SRC || join(root, '..', 'shared', 'bench', 'uffd-floor.c');
   const floorBinary = compileFloor(floorSource);
   if (!floorBinary) return null;
   const loadBefore = loadavg()[0];
-  const floorBest = new Map<string, Measured>();
-  const oursBest = new Map<string, Measured>();
+  const floorRuns = new Map<string, Measured[]>();
+  const oursRuns = new Map<string, Measured[]>();
+  const keep = (runs: Map<string, Measured[]>, name: string, result: Measured) => runs.set(name, [...(runs.get(name) ?? []), result]);
   let failed = false;
   for (let run = 1; run <= options.runs; run++) {
     const tag = options.runs > 1 ? ` (run ${run}/${options.runs})` : '';
-    log(`bench: floor: uffd-floor --json --mib ${options.mib}${tag}`);
-    // The floor reserves (and restores) its own huge pages; if it is killed half-way, put the
-    // reservation back for it.
-    const hugeBefore = readHugeSetting();
-    if (hugeBefore !== null) restoreHugePages = () => {
-      if (readHugeSetting() !== hugeBefore) writeFileSync(NR_HUGEPAGES, String(hugeBefore));
-    };
-    try {
-      const floor = parseFloor(await capture(options, floorBinary, ['--json', '--mib', String(options.mib)], CHILD_TIMEOUT_MS));
-      restoreHugePages = undefined; // it finished and restored its reservation itself
-      for (const [name, r] of floor) floorBest.set(name, better(floorBest.get(name), r));
-    } catch (error) {
-      log(`bench: floor: ${(error as Error).message}`);
-      failed = true;
-    } finally {
-      cleanupHugePages();
-    }
     for (const s of selected) {
+      if (s.kind !== 'migration') {
+        const floorName = s.floor ?? s.name;
+        log(`bench: floor: ${floorName}${s.floor ? ` (for ${s.name})` : ''}${tag}`);
+        await pause(options.pauseMs);
+        try {
+          keep(floorRuns, s.name, await runFloor(options, floorBinary, floorName));
+        } catch (error) {
+          log(`bench: floor: ${floorName}: ${(error as Error).message}`);
+          failed = true;
+        }
+      }
       if (s.project.kind === 'floor-only') continue;
       log(`bench: project: ${s.name}${tag}`);
+      await pause(options.pauseMs);
       try {
-        oursBest.set(s.name, better(oursBest.get(s.name), await runOurs(options, s.name), s.kind === 'latency' ? s.best : undefined));
+        keep(oursRuns, s.name, await runOurs(options, s.name));
       } catch (error) {
         const message = (error as Error).message;
         log(`bench: project: ${s.name}: ${message}`);
-        oursBest.set(s.name, oursBest.get(s.name) ?? { scenario: s.name, skipped: `failed: ${message}` });
+        keep(oursRuns, s.name, { scenario: s.name, skipped: `failed: ${message}` });
         failed = true;
       }
     }
   }
   cleanup();
-  return { floorSource, floorBest, oursBest, failed, loadBefore };
+  return { floorSource, floorRuns, oursRuns, failed, loadBefore };
 }

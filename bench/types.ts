@@ -103,6 +103,9 @@ export interface PostcopyThroughputDetails {
   pages_streamed: number;
   pages_requested: number;
   pages_zero: number;
+  /** Each side's CPU (every thread) per 4 KiB page streamed, as the floor's stream-4k reports its own. */
+  send_cpu_us_per_4k: number;
+  recv_cpu_us_per_4k: number | null;
   /** Share of the postcopy phase each side's main thread spent on a CPU (1 = never idle). */
   dest_main_busy: number | null;
   dest_main_sleeps_per_ms: number | null;
@@ -218,6 +221,9 @@ export interface Measured {
   handler_cpu_us_per_fault?: number;
   gb_per_s?: number;
   us_per_4k?: number;
+  /** The floor's stream-4k: each side's CPU per page. */
+  send_cpu_us_per_4k?: number;
+  recv_cpu_us_per_4k?: number;
   total_ms?: number;
   downtime_ms?: number;
   blocktime_ms?: number;
