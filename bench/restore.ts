@@ -70,11 +70,8 @@ function writeBenchSnapshot(path: string, length: number, period: Buffer): void 
     for (let offset = 0; offset < length; offset += PERIOD) {
       const chunk = period.subarray(0, Math.min(PERIOD, length - offset));
       writeFully(writer.fd, chunk, writer.pageOffset(0, offset / PAGE));
-      for (let j = 0; j < chunk.length / PAGE; j++) {
-        const page = offset / PAGE + j;
-        present.set(page);
-        sum = SnapshotReader.foldChecksum(sum, chunk.subarray(j * PAGE, (j + 1) * PAGE), page);
-      }
+      present.setRange(offset / PAGE, chunk.length / PAGE);
+      sum = SnapshotReader.foldPages(sum, chunk, PAGE, offset / PAGE);
     }
     writer.finish([present], [sum]);
   } catch (error) {

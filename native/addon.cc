@@ -1,5 +1,5 @@
 // postcopy native addon: thin, errno-faithful wrappers of mmap/madvise/memfd, userfaultfd and
-// the Unix socket calls a userfaultfd handler needs.
+// the Unix socket calls a userfaultfd handler needs, and CRC32C over runs of pages.
 // No policy lives here; src/kernel/ is the only user of this module.
 #include <fcntl.h>
 #include <napi.h>
@@ -17,6 +17,7 @@ Napi::Value PagemapScan(const Napi::CallbackInfo& info);
 void DefinePlacement(napi_env env, napi_value exports);
 void DefineSocket(Napi::Env env, Napi::Object exports);
 Napi::Function DefineFileMapping(Napi::Env env);
+void DefineChecksum(Napi::Env env, Napi::Object exports);
 
 static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
@@ -49,6 +50,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("exitNow", Napi::Function::New<ExitNow>(env, "exitNow"));
   exports.Set("duplicateDescriptor", Napi::Function::New<DuplicateDescriptor>(env, "duplicateDescriptor"));
   exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
+  DefineChecksum(env, exports);
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }

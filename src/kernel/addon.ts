@@ -67,6 +67,9 @@ export interface Addon {
   exitNow(code: number): never;
   duplicateDescriptor(fd: number): number;
   pagemapScan(fd: number, arg: BigUint64Array, vec: BigUint64Array): number;
+  crc32c(bytes: Uint8Array, seed?: number, software?: boolean): number;
+  checksumPages(bytes: Uint8Array, pageSize: number, firstIndex: number): number;
+  crc32cHardware: boolean;
   pageSize: number;
 }
 

@@ -189,14 +189,14 @@ export class BackgroundSnapshot extends EventEmitter {
 
   /**
    * Makes the file complete, with the guest free: page checksums read back from the file
-   * (taken in the walk they would lengthen the protected window: crc32 runs on one core),
+   * (taken in the walk they would lengthen the protected window),
    * bitmaps, device state, syncs, trailer, rename. Returns the ms the checksums took.
    */
   private complete(present: Bitmap[], deviceState: Uint8Array | undefined): number {
     const started = performance.now();
     const writer = this.writer!;
     const checksums = this.options.pageChecksums ?? true
-      ? foldPresentPages(this.blocks.map((b, i) => ({ pageSize: b.pageSize, pages: b.pages, present: present[i] })),
+      ? foldPresentPages(writer.layout.version, this.blocks.map((b, i) => ({ pageSize: b.pageSize, pages: b.pages, present: present[i] })),
         (block, page, count, into) => readFully(writer.fd, into.subarray(0, count * this.blocks[block].pageSize), writer.pageOffset(block, page), writer.partialPath, 'page data'))
       : [];
     const checksumMs = performance.now() - started;

@@ -9,7 +9,7 @@ import {
   HEADER_PROBE,
   SnapshotFlag,
   SnapshotFormatError,
-  addChecksum,
+  SNAPSHOT_VERSION,
   crc32,
   decodeHeader,
   decodeTrailer,
@@ -17,7 +17,6 @@ import {
   encodeHeader,
   encodeTrailer,
   headerLengthOf,
-  pageChecksum,
   planLayout,
   trailerProbeLength,
   type BlockSummary,
@@ -26,6 +25,7 @@ import {
   type SnapshotTrailer,
 } from '../wire/snapshot-format.js';
 import { verifyPageData, type PageDataCheck } from './verify.js';
+import { foldPageRun } from './page-checksums.js';
 import { hex, PostcopyError } from '../base/index.js';
 
 /** A file that is not a complete snapshot: interrupted, failed, or damaged. */
@@ -97,8 +97,9 @@ export class SnapshotWriter {
   }
 
   /** Creates PATH.partial with its header; pages go to `pageOffset(block, page)`. */
-  static create(path: string, blocks: SnapshotBlockSpec[], options: { deviceStateLength?: number; pageChecksums?: boolean } = {}): SnapshotWriter {
-    const layout = planLayout(blocks, options.deviceStateLength ?? 0, options.pageChecksums ? SnapshotFlag.PAGE_CHECKSUMS : 0);
+  /** `version`: the format's (default the newest; 1 only to test that older files are still read). */
+  static create(path: string, blocks: SnapshotBlockSpec[], options: { deviceStateLength?: number; pageChecksums?: boolean; version?: number } = {}): SnapshotWriter {
+    const layout = planLayout(blocks, options.deviceStateLength ?? 0, options.pageChecksums ? SnapshotFlag.PAGE_CHECKSUMS : 0, options.version);
     return new SnapshotWriter(path, layout);
   }
 
@@ -294,9 +295,14 @@ export class SnapshotReader {
     }
   }
 
-  /** Folds one present page into a block's running page checksum (compare with pageChecksum at the end). */
-  static foldChecksum(sum: number, page: Uint8Array, index: number): number {
-    return addChecksum(sum, pageChecksum(page, index));
+  /** Folds a run of present pages (the first being `firstPage`) into a block's running page checksum (compare with pageChecksum at the end). */
+  foldPages(sum: number, pages: Uint8Array, pageSize: number, firstPage: number): number {
+    return foldPageRun(this.layout.version, sum, pages, pageSize, firstPage);
+  }
+
+  /** The same for a file of `version` (default: the one written now), without a reader. */
+  static foldPages(sum: number, pages: Uint8Array, pageSize: number, firstPage: number, version = SNAPSHOT_VERSION): number {
+    return foldPageRun(version, sum, pages, pageSize, firstPage);
   }
 
   close(): void {

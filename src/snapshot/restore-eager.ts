@@ -84,11 +84,7 @@ export async function restoreEager(reader: SnapshotReader, targets: readonly Map
         failed = true; // the other lanes stop at their next read
         throw error;
       }
-      for (let p = page; p < end; p++) {
-        const data = into.subarray((p - page) * b.pageSize, (p - page + 1) * b.pageSize);
-        if (!b.present.get(p)) data.fill(0); // a hole read through: zeros, whatever the file holds there
-        else if (reader.pageChecksums) sums[block] = SnapshotReader.foldChecksum(sums[block], data, p);
-      }
+      settleRead(reader, block, page, end, into, sums);
       bytesRead += into.length;
       pagesRead += present;
     }
@@ -115,6 +111,22 @@ export async function restoreEager(reader: SnapshotReader, targets: readonly Map
     zero_pages: reader.blocks.reduce((s, b) => s + b.pages, 0) - pagesRead,
     checksum_verified: reader.pageChecksums,
   };
+}
+
+/**
+ * After a read of pages [page, end) of `block` into `into`: a hole read through is zeros,
+ * whatever the file holds there; each run of present pages is checksummed in one call.
+ */
+function settleRead(reader: SnapshotReader, block: number, page: number, end: number, into: Uint8Array, sums: number[]): void {
+  const b = reader.blocks[block];
+  for (let p = page; p < end; ) {
+    const present = b.present.get(p);
+    const runEnd = Math.min(end, present ? b.present.findNextZero(p) : b.present.findNextSet(p));
+    const run = into.subarray((p - page) * b.pageSize, (runEnd - page) * b.pageSize);
+    if (!present) run.fill(0);
+    else if (reader.pageChecksums) sums[block] = reader.foldPages(sums[block], run, b.pageSize, p);
+    p = runEnd;
+  }
 }
 
 /** Every run of present pages, joined across short holes, cut at READ_BYTES. */

@@ -272,7 +272,7 @@ export class LazyRestore extends EventEmitter {
       } catch (error) {
         throw new PostcopyError('ERR_RESTORE_FAILED', `reading block '${block.idstr}' page ${page} of ${this.reader.file} failed: ${(error as Error).message}`, { cause: error });
       }
-      for (let p = 0; p < count; p++) this.sums[index] = SnapshotReader.foldChecksum(this.sums[index], data.subarray(p * block.pageSize, (p + 1) * block.pageSize), page + p);
+      this.sums[index] = this.reader.foldPages(this.sums[index], data, block.pageSize, page);
     } else {
       this.counts.zero += count;
     }

@@ -1,7 +1,7 @@
 // The page data of a complete snapshot against the trailer's per-block page checksums: every
 // present page is read (runs of present pages, in large sequential reads; holes are skipped,
 // they hold nothing) and folded into its block's sum.
-import { addChecksum, pageChecksum } from '../wire/snapshot-format.js';
+import { foldPageRun } from './page-checksums.js';
 import type { Bitmap } from '../memory/bitmap.js';
 import type { SnapshotReader } from './file.js';
 
@@ -32,7 +32,7 @@ export interface PresentPages {
  * in runs of present pages (holes hold nothing). The snapshot engine computes the trailer's sums
  * this way from its own file once the guest is free; verifyPageData checks them the same way.
  */
-export function foldPresentPages(blocks: PresentPages[], read: (block: number, page: number, count: number, into: Buffer) => void): number[] {
+export function foldPresentPages(version: number, blocks: PresentPages[], read: (block: number, page: number, count: number, into: Buffer) => void): number[] {
   const buffer = Buffer.allocUnsafe(READ_BYTES);
   return blocks.map((b, block) => {
     const perRead = Math.floor(buffer.length / b.pageSize);
@@ -40,7 +40,7 @@ export function foldPresentPages(blocks: PresentPages[], read: (block: number, p
     for (let page = b.present.findNextSet(0); page < b.pages; page = b.present.findNextSet(page)) {
       const count = Math.min(b.present.findNextZero(page) - page, perRead);
       read(block, page, count, buffer);
-      for (let i = 0; i < count; i++) sum = addChecksum(sum, pageChecksum(buffer.subarray(i * b.pageSize, (i + 1) * b.pageSize), page + i));
+      sum = foldPageRun(version, sum, buffer.subarray(0, count * b.pageSize), b.pageSize, page);
       page += count;
     }
     return sum;
@@ -52,7 +52,7 @@ export function foldPresentPages(blocks: PresentPages[], read: (block: number, p
  * sum per block, so finding the page would need a checksum per page.
  */
 export function verifyPageData(reader: SnapshotReader): PageDataCheck[] {
-  const sums = foldPresentPages(reader.blocks, (block, page, count, into) => reader.readPages(block, page, count, into));
+  const sums = foldPresentPages(reader.layout.version, reader.blocks, (block, page, count, into) => reader.readPages(block, page, count, into));
   return reader.blocks.map((b, block) => ({
     block, idstr: b.idstr, present: b.present.count(), expected: b.pageChecksum, actual: sums[block], ok: sums[block] === b.pageChecksum,
   }));

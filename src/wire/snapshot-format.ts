@@ -11,7 +11,12 @@ export const SNAPSHOT_MAGIC = 'PCSNAP01';
 export const TRAILER_MAGIC = 'PCSNEND1';
 /** Written where the trailer goes when a snapshot fails, with the reason. */
 export const FAILED_MAGIC = 'PCSNFAIL';
-export const SNAPSHOT_VERSION = 1;
+/**
+ * Written: 2. Read: 1 and 2, which differ only in the page checksum: version 1 sums zlib's
+ * CRC-32 of each page, version 2 CRC32C (Castagnoli, computed in hardware where the CPU can).
+ */
+export const SNAPSHOT_VERSION = 2;
+export const SNAPSHOT_VERSIONS_READ: readonly number[] = [1, 2];
 export const REGION_ALIGN = 1 << 20;
 export const SNAPSHOT_TARGET_PAGE = TARGET_PAGE_SIZE;
 const MAX_BLOCKS = 1024;
@@ -119,7 +124,8 @@ function blockProblem(b: SnapshotBlockSpec): { field: 'idstr' | 'page size' | 'u
 }
 
 /** Places every part of the file: header and block table, bitmaps, page regions, device state, trailer. */
-export function planLayout(blocks: SnapshotBlockSpec[], deviceStateLength: number, flags = 0): SnapshotLayout {
+export function planLayout(blocks: SnapshotBlockSpec[], deviceStateLength: number, flags = 0, version = SNAPSHOT_VERSION): SnapshotLayout {
+  if (!SNAPSHOT_VERSIONS_READ.includes(version)) throw new RangeError(`snapshot: version ${version} (this writer knows ${SNAPSHOT_VERSIONS_READ.join(' and ')})`);
   if (blocks.length === 0 || blocks.length > MAX_BLOCKS) throw new RangeError(`snapshot: ${blocks.length} blocks (1..${MAX_BLOCKS})`);
   if (flags & ~KNOWN_FLAGS) throw new RangeError(`snapshot: unknown flags ${hex((flags & ~KNOWN_FLAGS))}`);
   if (!Number.isSafeInteger(deviceStateLength) || deviceStateLength < 0) throw new RangeError(`snapshot: device state length ${deviceStateLength}`);
@@ -149,7 +155,7 @@ export function planLayout(blocks: SnapshotBlockSpec[], deviceStateLength: numbe
   const trailerOffset = alignUp(deviceStateOffset + deviceStateLength, 8);
   const fileLength = trailerOffset + trailerLength(blocks.length);
   if (!Number.isSafeInteger(fileLength)) throw new RangeError(`snapshot: a file of ${fileLength} bytes is too large`);
-  return { version: SNAPSHOT_VERSION, flags, targetPageSize: SNAPSHOT_TARGET_PAGE, blocks: laid, headerLength, deviceStateOffset, deviceStateLength, trailerOffset, fileLength };
+  return { version, flags, targetPageSize: SNAPSHOT_TARGET_PAGE, blocks: laid, headerLength, deviceStateOffset, deviceStateLength, trailerOffset, fileLength };
 }
 
 /** Names the part of the file an offset falls in ("block 1 (vga) page region"), for messages. */
@@ -240,6 +246,7 @@ class FieldReader {
 export const HEADER_PROBE = FIXED_HEADER;
 
 interface FixedHeader {
+  version: number;
   flags: number;
   count: number;
   deviceStateOffset: number;
@@ -260,7 +267,7 @@ function decodeFixedHeader(r: FieldReader, fileSize: number): FixedHeader {
   if (!SNAPSHOT_MAGIC.startsWith(magic)) r.fail('magic', 0, `${JSON.stringify(magic)} is not ${JSON.stringify(SNAPSHOT_MAGIC)}: not a postcopy snapshot`);
   r.need('fixed header', 0, FIXED_HEADER);
   const version = r.u32('version', 8);
-  if (version !== SNAPSHOT_VERSION) r.fail('version', 8, `${version} is not supported (this reader knows ${SNAPSHOT_VERSION})`);
+  if (!SNAPSHOT_VERSIONS_READ.includes(version)) r.fail('version', 8, `${version} is not supported (this reader knows ${SNAPSHOT_VERSIONS_READ.join(' and ')})`);
   const flags = r.u32('flags', 12);
   if (flags & ~KNOWN_FLAGS) r.fail('flags', 12, `unknown flags ${hex((flags & ~KNOWN_FLAGS))}`);
   const targetPageSize = r.u32('target page size', 16);
@@ -278,7 +285,7 @@ function decodeFixedHeader(r: FieldReader, fileSize: number): FixedHeader {
   const longest = FIXED_HEADER + count * (BLOCK_ENTRY_FIXED + MAX_IDSTR);
   if (headerLength < shortest || headerLength > longest) r.fail('header length', 48, `${headerLength} is not possible for ${count} blocks (${shortest}..${longest})`);
   if (headerLength > fileSize) r.fail('block table', FIXED_HEADER, `truncated: the header is ${headerLength} bytes, the file only ${fileSize}`);
-  return { flags, count, deviceStateOffset, deviceStateLength, trailerOffset, headerLength };
+  return { version, flags, count, deviceStateOffset, deviceStateLength, trailerOffset, headerLength };
 }
 
 /** How long the header is, from its first HEADER_PROBE bytes (checked again by decodeHeader). */
@@ -321,7 +328,7 @@ export function decodeHeader(buf: Buffer, file: string, fileSize: number): Snaps
   // Every checksum matched; the offsets must still be those this format places (a crafted file).
   let expected: SnapshotLayout;
   try {
-    expected = planLayout(blocks, fixed.deviceStateLength, fixed.flags);
+    expected = planLayout(blocks, fixed.deviceStateLength, fixed.flags, fixed.version);
   } catch (e) {
     return r.fail('block table', FIXED_HEADER, (e as Error).message);
   }
@@ -436,8 +443,12 @@ export function decodeTrailer(buf: Buffer, layout: SnapshotLayout, file: string,
   };
 }
 
-/** The order-independent checksum of one saved page, added mod 2^32 into its block's sum. */
-export function pageChecksum(page: Uint8Array, index: number): number {
+/**
+ * Version 1's checksum of one saved page: zlib's CRC-32 continued from the page's index, added
+ * mod 2^32 into its block's sum (order-independent). Version 2's is CRC32C, the same way
+ * (src/snapshot/page-checksums.ts: the addon computes it).
+ */
+export function crc32PageChecksum(page: Uint8Array, index: number): number {
   return crc32(page, index >>> 0);
 }
 

@@ -42,7 +42,7 @@ test('a complete file: header, blocks, pages present and zero, checksums verifie
   assert.equal(text.code, 0, text.stderr);
   assert.equal(text.stderr, '');
   assert.match(text.stdout, new RegExp(`^${path}: complete\n`));
-  assert.match(text.stdout, /format +version 1, target page 4096, flags PAGE_CHECKSUMS/);
+  assert.match(text.stdout, /format +version 2, target page 4096, flags PAGE_CHECKSUMS/);
   assert.match(text.stdout, /device state 4000 bytes at \d+/);
   assert.match(text.stdout, new RegExp(`pc.ram +2097152 +4096 +512 +${present[0]} +${512 - present[0]}\n`));
   assert.match(text.stdout, new RegExp(`huge +4194304 +2097152 +2 +${present[1]} +${2 - present[1]}\n`));

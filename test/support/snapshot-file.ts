@@ -16,11 +16,12 @@ export function guestDeviceState(blocks: { idstr: string; writes: number; thread
   return Buffer.from(JSON.stringify({ blocks: blocks.map((b) => ({ ...b, guest: true })) }));
 }
 
-export function writeSnapshot(path: string, sources: SnapshotSource[], options: { deviceState?: Uint8Array; pageChecksums?: boolean } = {}): void {
-  const { deviceState, pageChecksums = true } = options;
+export function writeSnapshot(path: string, sources: SnapshotSource[], options: { deviceState?: Uint8Array; pageChecksums?: boolean; version?: number } = {}): void {
+  const { deviceState, pageChecksums = true, version } = options;
   const writer = SnapshotWriter.create(path, sources.map((s) => ({ idstr: s.idstr, usedLength: s.mapping.length, pageSize: s.mapping.pageSize })), {
     deviceStateLength: deviceState?.length ?? 0,
     pageChecksums,
+    version,
   });
   const maps: Bitmap[] = [];
   const sums: number[] = [];
@@ -36,7 +37,7 @@ export function writeSnapshot(path: string, sources: SnapshotSource[], options: 
       for (let at = 0; zero && at < pageSize; at += 4096) zero = isZeroPage(data, at);
       if (zero) continue;
       present.set(page);
-      sum = SnapshotReader.foldChecksum(sum, data, page);
+      sum = SnapshotReader.foldPages(sum, data, pageSize, page, writer.layout.version);
     }
     // contiguous present pages go in one write
     for (let page = present.findNextSet(0); page < pages; ) {

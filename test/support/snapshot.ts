@@ -22,6 +22,8 @@ export interface SnapshotOptions {
   /** Share of pages that hold data (the rest are zero pages, left as holes). */
   presentShare?: number;
   seed?: number;
+  /** The format version to write (default: the newest). */
+  version?: number;
 }
 
 /** Writes a complete snapshot of `blocks` at `path` (through PATH.partial, as the engine does). */
@@ -34,7 +36,7 @@ export function writeSnapshot(path: string, blocks: SnapshotBlockSpec[], options
     block.forEach((page, i) => page && map.set(i));
     return map;
   });
-  const sums = pages.map((block) => block.reduce((sum, page, i) => (page ? SnapshotReader.foldChecksum(sum, page, i) : sum), 0));
+  const sums = pages.map((block) => block.reduce((sum, page, i) => (page ? SnapshotReader.foldPages(sum, page, page.length, i, writer.layout.version) : sum), 0));
   const deviceState = options.deviceStateLength ? randomBytes(options.deviceStateLength, random) : undefined;
   writer.finish(maps, sums, deviceState);
   return { path, pages, deviceState };

@@ -191,6 +191,18 @@ test('a header claiming huge lengths is refused without allocating what it claim
   expectRefused(path, /block 0 \(x\) used length at offset 67: 4503599627370496 is more than 4294967296 pages/);
 });
 
+test('versions: new files are version 2 (CRC32C page checksums), version 1 is still read, any other is refused naming both', (t) => {
+  const layout = planLayout([{ idstr: 'x', usedLength: PAGE, pageSize: PAGE }], 0);
+  assert.equal(layout.version, 2);
+  assert.equal(planLayout([{ idstr: 'x', usedLength: PAGE, pageSize: PAGE }], 0, 0, 1).version, 1);
+  assert.throws(() => planLayout([{ idstr: 'x', usedLength: PAGE, pageSize: PAGE }], 0, 0, 3), /version 3 \(this writer knows 1 and 2\)/);
+  const header = encodeHeader(layout);
+  header.writeUInt32LE(3, 8);
+  const path = join(tempDir(t), 'version-3.snap');
+  writeFileSync(path, header);
+  expectRefused(path, /version at offset 8: 3 is not supported \(this reader knows 1 and 2\)/);
+});
+
 /** The field names the reader may give for a damaged byte at `offset`, by the part it is in. */
 function acceptableFields(layout: SnapshotLayout, offset: number): RegExp {
   const fixed: [number, string][] = [
