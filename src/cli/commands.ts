@@ -58,7 +58,7 @@ export const COMMANDS: Command[] = [
     groups: [SERVE_OPTIONS, TOKEN_OPTIONS, OUTPUT_OPTIONS], run: serveCommand, jsonBase: { event: 'stopped' },
   },
   {
-    name: 'serve-pages', synopsis: 'serve-pages --mem-file FILE --listen ADDR', summary: 'serve a memory file to page servers on other hosts (serve --from)',
+    name: 'serve-pages', synopsis: 'serve-pages --listen ADDR', summary: 'serve a memory file to page servers on other hosts (serve --from)',
     groups: [SERVE_PAGES_OPTIONS, TOKEN_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: servePagesCommand, jsonBase: { event: 'stopped' },
   },
   {

@@ -45,7 +45,6 @@ export class PageOrigin extends EventEmitter {
   private readonly fileLength: number;
   /** The file's byte ranges that hold data (holes stay unpopulated: sent as zeros, unread). */
   private readonly dataRanges: [number, number][];
-  readonly sessions = new Set<string>();
 
   constructor(private readonly options: PageOriginOptions) {
     super();
@@ -85,14 +84,11 @@ export class PageOrigin extends EventEmitter {
       return;
     }
     socket.end(`${JSON.stringify({ ok: true })}\n`);
-    this.sessions.add(request.session);
     this.emit('session', request.session, request);
     try {
       this.emit('served', request.session, await this.migrate(request));
     } catch (error) {
       this.emit('failed', request.session, error as Error);
-    } finally {
-      this.sessions.delete(request.session);
     }
   }
 
