@@ -2,7 +2,7 @@
 // `npm run test:vm`: builds the TypeScript (and the addon if missing), then boots Debian's
 // kernels in QEMU and runs the kernel-layer tests, migrations and a snapshot inside each.
 // The logic is in test/vm/host.ts; options: --kernel 6.1 (repeatable), --accel kvm|tcg|auto,
-// --timeout S (per kernel), --steps features,tests,migration,snapshot.
+// --timeout S (per kernel), --steps features,tests,migration,snapshot,serve.
 import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';

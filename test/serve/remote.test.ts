@@ -67,7 +67,8 @@ test('serve --from: two VMs at once from another host\'s memory file, byte for b
   const origin = await startOrigin(file, ['--postcopy-max-mibs', '12']);
   const s = await serving({ from: origin.endpoint, token: TOKEN, channels: 1 });
   try {
-    const args = ['--socket', s.socket, '--mem-file', file, '--region', '16M', '--region', '16M', '--threads', '2', '--pattern', 'random', '--write', '--seconds', '3'];
+    // each VM lives until its staging is complete (32 MiB at 12 MiB/s: ~2.7 s, or sooner with its requests): else it ends before 'staged'
+    const args = ['--socket', s.socket, '--mem-file', file, '--region', '16M', '--region', '16M', '--threads', '2', '--pattern', 'random', '--write', '--seconds', '8'];
     const runs = await Promise.all([runStandin(args, 60_000), runStandin([...args, '--seed', '2'], 60_000)]);
     for (const run of runs) assert.equal(run.code, STANDIN_EXIT.ok, `${run.stdout}\n${run.stderr}`);
     for (const run of runs) {
@@ -97,7 +98,7 @@ test('serve --from through a chaos proxy: the connections are cut mid-restore, r
   };
   const s = await serving({ from: origin.endpoint, token: TOKEN, stallSeconds: 2, recoverSeconds: 20, advertise });
   try {
-    const run = await runStandin(['--socket', s.socket, '--mem-file', file, '--region', '24M', '--threads', '2', '--pattern', 'random', '--seconds', '4'], 90_000);
+    const run = await runStandin(['--socket', s.socket, '--mem-file', file, '--region', '24M', '--threads', '2', '--pattern', 'random', '--seconds', '15'], 90_000);
     assert.equal(run.code, STANDIN_EXIT.ok, `${run.stdout}\n${run.stderr}`);
     const staged = await waitFor(() => s.events.find((e) => e.event === 'staged'), 'staged event', 60_000);
     assert.ok(proxies[0].stats().faultsFired > 0, 'the proxy cut a connection');

@@ -56,14 +56,15 @@ export interface StandinRun {
 
 /** Why the stand-in cannot run here, or false. */
 export function standinSkip(): string | false {
+  if (!existsSync(SOURCE) && existsSync(BINARY)) return featureSkip('EVENT_REMOVE'); // built elsewhere (the test VM's image)
   if (spawnSync('cc', ['--version']).error) return 'no C compiler (cc) to build the VMM stand-in';
   return featureSkip('EVENT_REMOVE');
 }
 
 let built = false;
 
-/** The stand-in's binary, compiled once per process. */
-function buildStandin(): string {
+/** The stand-in's binary, compiled once per process (or as built before, where its source is not: the test VM). */
+export function buildStandin(): string {
   if (!built) compileOnce(SOURCE, BINARY, ['-pthread']);
   built = true;
   return BINARY;
@@ -71,7 +72,7 @@ function buildStandin(): string {
 
 /** Compiles `source` into `binary` unless the binary is newer than its source. */
 export function compileOnce(source: string, binary: string, flags: string[] = []): void {
-  if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(source).mtimeMs) return;
+  if (existsSync(binary) && (!existsSync(source) || statSync(binary).mtimeMs >= statSync(source).mtimeMs)) return;
   // test files run in parallel processes: each builds aside and renames into place
   const aside = `${binary}.${process.pid}`;
   const r = spawnSync('cc', ['-O2', '-Wall', ...flags, '-o', aside, source], { encoding: 'utf8' });

@@ -1,7 +1,7 @@
 // Runs inside the test VM (started by test/vm/init.sh, from /postcopy): the feature table, the
 // kernel-layer tests, a small migration per dirty log the kernel offers and one on hugetlb
-// blocks, a background snapshot and a lazy restore, each in a child process with a time
-// bound. Prints one line `POSTCOPY-VM-RESULT {json}` (a VmResult) for the host
+// blocks, a background snapshot and a lazy restore, and the page server (serve-step.ts), each in
+// a child process with a time bound. Prints one line `POSTCOPY-VM-RESULT {json}` (a VmResult) for the host
 // (test/vm/host.ts) to read.
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -162,6 +162,22 @@ function snapshotAndRestore(features: FeatureReport): StepResult[] {
   return [snapshot, restore];
 }
 
+/** The page server against the VMM stand-in: from a memory file, then from an origin (serve-step.ts). */
+function pageServer(): StepResult {
+  const name = 'page server';
+  console.log(`\n== ${name}: serve --mem-file, then serve-pages and serve --from (test/vm/serve-step.ts)`);
+  const r = node(['dist-test/test/vm/serve-step.js'], 400, true);
+  const report = lastJson(r.stdout) as { ok?: boolean; detail?: string; skipped?: string } | undefined;
+  if (report?.skipped) {
+    console.log(`${name}: skipped: ${report.skipped}`);
+    return { name, ok: true, skipped: true, ms: r.ms, detail: report.skipped };
+  }
+  const ok = r.status === 0 && report?.ok === true;
+  const detail = report?.detail ?? r.why ?? 'no report';
+  console.log(`${ok ? 'ok' : 'FAILED'}: ${name} ${detail} (${r.ms} ms)`);
+  return { name, ok, ms: r.ms, detail };
+}
+
 function main(): void {
   const only = /(?:^|\s)postcopy\.steps=(\S+)/.exec(readFileSync('/proc/cmdline', 'utf8'))?.[1]?.split(',');
   const wanted = (step: string) => !only || only.includes(step);
@@ -178,6 +194,7 @@ function main(): void {
       steps.push(hugeMigration(features));
     }
     if (wanted('snapshot')) steps.push(...snapshotAndRestore(features));
+    if (wanted('serve')) steps.push(pageServer());
   }
   const result: VmResult = { kernel: features.kernel, features, steps, ok: steps.every((s) => s.ok) };
   console.log(`\n${RESULT_MARK}${JSON.stringify(result)}`);

@@ -1,6 +1,6 @@
 // `npm run test:vm [-- --kernel 6.1 --kernel 6.12] [--accel kvm|tcg|auto] [--timeout S]
-// [--steps features,tests,migration,snapshot]`: boots Debian kernels in QEMU with an initramfs
-// of this build and runs the kernel-layer tests, migrations and a snapshot inside (see
+// [--steps features,tests,migration,snapshot,serve]`: boots Debian kernels in QEMU with an initramfs
+// of this build and runs the kernel-layer tests, migrations, a snapshot and the page server inside (see
 // test/vm/guest.ts). Prints per kernel its version, feature table and test counts; exits 1
 // if any kernel's run failed, timed out or reported nothing.
 import { join } from 'node:path';

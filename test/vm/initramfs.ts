@@ -1,6 +1,7 @@
-// The test VM's initramfs: busybox, the node binary and the shared libraries it and the addon
-// need (ldd, the dynamic loader included), the built project (dist-test/src, dist-test/test, the addon,
-// package.json, the run-time dependencies from package.json and theirs) and test/vm/init.sh as /init. Written uncompressed
+// The test VM's initramfs: busybox, the node binary and the shared libraries it, the addon and
+// the VMM stand-in need (ldd, the dynamic loader included), the built project (dist-test/src,
+// dist-test/test, the addon, the page server tests' VMM stand-in compiled here, package.json,
+// the run-time dependencies from package.json and theirs) and test/vm/init.sh as /init. Written uncompressed
 // (103 MiB; measured under TCG on 6.12, the init starts 6.8 s after QEMU, 6.9 s with gzip -1
 // at 42 MiB: no gain, and no compression step) and cached under ~/.cache/postcopy-vm,
 // keyed by a hash of every input, so a run whose inputs have not changed reuses it.
@@ -10,10 +11,11 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, renameS
 import { homedir } from 'node:os';
 import { join, relative } from 'node:path';
 import { CpioWriter } from './cpio.js';
+import { buildStandin } from '../support/vmm-standin.js';
 
 const BUSYBOX = '/bin/busybox';
 /** Bumped when the layout changes, so that older cached images are not reused. */
-const LAYOUT_VERSION = 2;
+const LAYOUT_VERSION = 3;
 
 export const CACHE_DIR = join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'postcopy-vm');
 
@@ -86,23 +88,35 @@ export function projectFiles(root: string): string[] {
   return files;
 }
 
-function entries(root: string): Entry[] {
+/** The VMM stand-in of the page server's tests, built here (the image has no compiler), or undefined without a compiler. */
+function standinBinary(log: (line: string) => void): string | undefined {
+  try {
+    return buildStandin();
+  } catch (error) {
+    log(`initramfs: no VMM stand-in, the page server step will skip (${(error as Error).message.split('\n')[0]})`);
+    return undefined;
+  }
+}
+
+function entries(root: string, log: (line: string) => void): Entry[] {
   if (!existsSync(BUSYBOX)) throw new Error(`${BUSYBOX} is missing (apt-get install busybox-static)`);
   const node = realpathSync(process.execPath);
   const addon = join(root, 'build/Release/postcopy.node');
   if (!existsSync(addon)) throw new Error(`${addon} is missing: build first (npm install)`);
+  const standin = standinBinary(log);
   return [
     { path: 'bin/busybox', source: BUSYBOX, mode: 0o755 },
     { path: 'bin/node', source: node, mode: 0o755 },
     { path: 'init', source: join(root, 'test/vm/init.sh'), mode: 0o755 },
-    ...sharedLibraries([node, addon]).map((lib) => ({ path: lib.slice(1), source: realpathSync(lib), mode: 0o755 })),
+    ...sharedLibraries(standin ? [node, addon, standin] : [node, addon]).map((lib) => ({ path: lib.slice(1), source: realpathSync(lib), mode: 0o755 })),
+    ...(standin ? [{ path: join('postcopy', relative(root, standin)), source: standin, mode: 0o755 }] : []),
     ...projectFiles(root).map((path) => ({ path: join('postcopy', path), source: join(root, path), mode: path.endsWith('.node') ? 0o755 : 0o644 })),
   ];
 }
 
 /** Reuses the cached image for these inputs or writes it; returns its path. */
 export function initramfs(root: string, log: (line: string) => void): string {
-  const list = entries(root);
+  const list = entries(root, log);
   const hash = createHash('sha256').update(`layout ${LAYOUT_VERSION}\n`);
   for (const entry of list) hash.update(`${entry.path} ${entry.mode}\n`).update(readFileSync(entry.source));
   const key = hash.digest('hex').slice(0, 16);
