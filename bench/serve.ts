@@ -70,10 +70,10 @@ export async function serveScenario(name: string, size: number, spec: ServeSpec)
   // remote: a quarter, the size of the floor's remote-4k (and of postcopy-fault)
   const length = remote ? size / 4 : size;
   const dir = mkdtempSync(join(tmpdir(), 'postcopy-bench-serve-'));
-  const origin = remote ? await startOrigin(memoryFile(dir, length)) : undefined;
+  let origin: Awaited<ReturnType<typeof startOrigin>> | undefined;
   try {
-    const file = join(dir, 'bench.mem');
-    if (!remote) memoryFile(dir, length);
+    const file = memoryFile(dir, length);
+    origin = remote ? await startOrigin(file) : undefined;
     const eagerMs = prefetch ? eagerReadMs(file, length) : 0;
     const source: PageSourceSpec = origin ? { kind: 'remote', from: origin.from, token: TOKEN } : { kind: 'file', path: file };
     const server = new PageServer({ socket: join(dir, 'uffd.sock'), source, prefetch: prefetch ? 'sequential' : 'none' });

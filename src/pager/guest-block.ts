@@ -2,6 +2,7 @@
 // Mapping of this process or a region of a VMM's address space (page server), and the
 // userfaultfd that serves MISSING faults on this process's blocks.
 import { Userfaultfd, hasFeatures, type Feature, type Mapping } from '../kernel/index.js';
+import { TARGET_PAGE_SIZE } from '../base/index.js';
 import type { RamBlock } from '../memory/index.js';
 
 /** Where a block's memory is: its first address and its length. */
@@ -29,4 +30,27 @@ export function openForMissing(blocks: Iterable<GuestBlock>): Userfaultfd {
   if (hasFeatures('THREAD_ID')) needs.add('THREAD_ID');
   if (hasFeatures('POISON')) needs.add('POISON');
   return Userfaultfd.open({ features: [...needs] });
+}
+
+/** Where a sequential prefetch is: a block and a host page of it. */
+export interface PrefetchCursor {
+  block: number;
+  page: number;
+}
+
+/**
+ * Moves `cursor` to the first host page not yet received, from where it stands across the
+ * blocks in order; false once every page of every block is there.
+ */
+export function nextMissingPage(blocks: readonly RamBlock<unknown>[], cursor: PrefetchCursor): boolean {
+  for (; cursor.block < blocks.length; cursor.block++, cursor.page = 0) {
+    const block = blocks[cursor.block];
+    const perPage = block.pageSize / TARGET_PAGE_SIZE;
+    const missing = block.receivedMap.findNextZero(cursor.page * perPage);
+    if (missing < block.receivedMap.size) {
+      cursor.page = Math.floor(missing / perPage);
+      return true;
+    }
+  }
+  return false;
 }

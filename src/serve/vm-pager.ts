@@ -12,7 +12,7 @@ import { performance } from 'node:perf_hooks';
 import { ESRCH, PostcopyError, TARGET_PAGE_SIZE, errorCode } from '../base/index.js';
 import { Userfaultfd, type EventBatch } from '../kernel/index.js';
 import { Bitmap, RamBlock } from '../memory/index.js';
-import { FaultService, PagePlacer, type HostRange, type PagerBlock } from '../pager/index.js';
+import { FaultService, PagePlacer, nextMissingPage, type HostRange, type PagerBlock, type PrefetchCursor } from '../pager/index.js';
 import { PageSource } from './page-source.js';
 import { emptyCounters, type FromVm, type PageSourceLabel, type PrefetchMode, type VmCounters, type VmTask } from './protocol.js';
 
@@ -42,7 +42,7 @@ export class VmPager {
   private allPresent = false;
   private readonly recorded: number[] = [];
   private nextWorkingSetPage = 0;
-  private sequential = { region: 0, page: 0 };
+  private readonly sequential: PrefetchCursor = { block: 0, page: 0 };
   /** When the oldest fault deferred by EAGAIN was deferred (0: none). */
   private deferredSince = 0;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -199,16 +199,8 @@ export class VmPager {
       const block = this.blocks[region];
       if (block && page < block.usedLength / block.pageSize && !this.isDone(region, page)) return { region, page };
     }
-    for (const s = this.sequential; s.region < this.blocks.length; s.region++, s.page = 0) {
-      const block = this.blocks[s.region];
-      const perPage = block.pageSize / TARGET_PAGE_SIZE;
-      const missing = block.receivedMap.findNextZero(s.page * perPage);
-      if (missing < block.receivedMap.size) {
-        s.page = Math.floor(missing / perPage);
-        return { region: s.region, page: s.page };
-      }
-    }
-    return undefined;
+    const s = this.sequential;
+    return nextMissingPage(this.blocks, s) ? { region: s.block, page: s.page } : undefined;
   }
 
   private isDone(region: number, page: number): boolean {

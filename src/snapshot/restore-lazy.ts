@@ -12,7 +12,7 @@ import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { exitNow, type Mapping, type Userfaultfd } from '../kernel/index.js';
 import { RamBlock } from '../memory/index.js';
-import { FaultService, PagePlacer, blocktimePerThread, endGuestSurely, latencyReport, openForMissing, type GuestBlock, type LatencyReport } from '../pager/index.js';
+import { FaultService, PagePlacer, blocktimePerThread, endGuestSurely, latencyReport, nextMissingPage, openForMissing, type GuestBlock, type LatencyReport, type PrefetchCursor } from '../pager/index.js';
 import { SnapshotFormatError } from '../wire/snapshot-format.js';
 import { SnapshotReader } from './file.js';
 import { checkTargets, runFrom } from './restore-targets.js';
@@ -97,7 +97,7 @@ export class LazyRestore extends EventEmitter {
   private readonly counts = { byFault: 0, byPrefetch: 0, zero: 0 };
   private nextWorkingSetPage = 0;
   private workingSetLoaded = false;
-  private sequential = { block: 0, page: 0 };
+  private readonly sequential: PrefetchCursor = { block: 0, page: 0 };
   private finishing = false;
   private prefetching = false;
   private readonly progressTimer: NodeJS.Timeout;
@@ -239,16 +239,8 @@ export class LazyRestore extends EventEmitter {
       this.workingSetLoaded = true;
       this.emit('working-set-loaded', this.workingSet.length);
     }
-    for (const s = this.sequential; s.block < this.blocks.length; s.block++, s.page = 0) {
-      const b = this.blocks[s.block];
-      const perPage = b.pageSize / TARGET_PAGE_SIZE;
-      const missing = b.receivedMap.findNextZero(s.page * perPage);
-      if (missing < b.receivedMap.size) {
-        s.page = Math.floor(missing / perPage);
-        return { block: s.block, page: s.page };
-      }
-    }
-    return undefined;
+    const s = this.sequential;
+    return nextMissingPage(this.blocks, s) ? { block: s.block, page: s.page } : undefined;
   }
 
   /**

@@ -13,6 +13,7 @@ import { parseEndpoint } from '../../src/transport/index.js';
 import { startService } from '../support/cli.js';
 import { patternImage } from '../support/serve.js';
 import { STANDIN_EXIT, runStandin, standinSkip, startStandin } from '../support/vmm-standin.js';
+import { waitFor } from '../support/threads.js';
 
 const MiB = 2 ** 20;
 const PAGE = 4096;
@@ -52,14 +53,10 @@ async function serving(remote: RemoteSourceOptions, options: Partial<PageServerO
   return { server, socket, events };
 }
 
-async function waitFor<T>(find: () => T | undefined, what: string, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const found = find();
-    if (found !== undefined) return found;
-    if (Date.now() > deadline) throw new Error(`no ${what} in ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+/** What `find` returns once it returns something (within `ms`). */
+async function found<T>(find: () => T | undefined, what: string, ms = 20_000): Promise<T> {
+  await waitFor(() => find() !== undefined, ms, what);
+  return find()!;
 }
 
 test('serve --from: two VMs at once from another host\'s memory file, byte for byte; faults are page requests, the rest streams, each page once', { skip, timeout: 120_000 }, async () => {
@@ -72,13 +69,13 @@ test('serve --from: two VMs at once from another host\'s memory file, byte for b
     const runs = await Promise.all([runStandin(args, 60_000), runStandin([...args, '--seed', '2'], 60_000)]);
     for (const run of runs) assert.equal(run.code, STANDIN_EXIT.ok, `${run.stdout}\n${run.stderr}`);
     for (const run of runs) {
-      const staged = await waitFor(() => s.events.find((e) => e.event === 'staged' && e.pid === run.result!.pid), 'staged event');
+      const staged = await found(() => s.events.find((e) => e.event === 'staged' && e.pid === run.result!.pid), 'staged event');
       const pages = staged.report.pages;
       assert.equal(pages.missing_at_listen, (32 * MiB) / PAGE, 'every page of the regions came by postcopy');
       assert.equal(pages.streamed + pages.requested, pages.missing_at_listen, JSON.stringify(pages));
       assert.ok(pages.requested > 0, `the VM's faults outran the capped stream: some pages were requested (${JSON.stringify(pages)})`);
     }
-    await waitFor(() => (origin.events.filter((e) => e.event === 'served').length === 2 ? true : undefined), 'two served sessions');
+    await found(() => (origin.events.filter((e) => e.event === 'served').length === 2 ? true : undefined), 'two served sessions');
   } finally {
     s.server.close();
     origin.child.kill('SIGTERM');
@@ -100,7 +97,7 @@ test('serve --from through a chaos proxy: the connections are cut mid-restore, r
   try {
     const run = await runStandin(['--socket', s.socket, '--mem-file', file, '--region', '24M', '--threads', '2', '--pattern', 'random', '--seconds', '15'], 90_000);
     assert.equal(run.code, STANDIN_EXIT.ok, `${run.stdout}\n${run.stderr}`);
-    const staged = await waitFor(() => s.events.find((e) => e.event === 'staged'), 'staged event', 60_000);
+    const staged = await found(() => s.events.find((e) => e.event === 'staged'), 'staged event', 60_000);
     assert.ok(proxies[0].stats().faultsFired > 0, 'the proxy cut a connection');
     assert.ok(staged.report.recoveries >= 1, `recovered: ${JSON.stringify(staged.report)}`);
     assert.equal(staged.report.pages.streamed + staged.report.pages.requested, staged.report.pages.missing_at_listen);
@@ -124,7 +121,7 @@ test('serve --from: an origin that dies for good ends its VM (killed, not frozen
     const killedAt = Date.now();
     const run = await vm.done;
     assert.equal(run.signal, 'SIGKILL', `the VM is ended, not left frozen: ${run.code} ${run.stdout}`);
-    const ended = await waitFor(() => s.events.find((e) => e.event === 'ended'), 'ended event');
+    const ended = await found(() => s.events.find((e) => e.event === 'ended'), 'ended event');
     assert.equal(ended.outcome, 'failed');
     assert.match(ended.reason ?? '', /its pages stopped coming from the origin/);
     assert.ok(Date.now() - killedAt < (recoverSeconds + 5) * 1000, `ended ${Date.now() - killedAt} ms after the origin died (recovery bound ${recoverSeconds} s)`);
@@ -142,7 +139,7 @@ test('serve --from: a wrong token is refused by the origin, an unreachable origi
   try {
     const refused = await runStandin(['--socket', wrong.socket, '--mem-file', file, '--region', '8M', '--timeout', '20'], 30_000);
     assert.equal(refused.signal, 'SIGKILL', `${refused.code} ${refused.stdout}`);
-    const event = await waitFor(() => wrong.events.find((e) => e.event === 'refused'), 'refused event');
+    const event = await found(() => wrong.events.find((e) => e.event === 'refused'), 'refused event');
     assert.match(event.reason ?? '', /refused: request: wrong token/);
     assert.match((await origin.waitFor('refused')).reason, /wrong token/);
     const served = await runStandin(['--socket', right.socket, '--mem-file', file, '--region', '8M'], 30_000);
@@ -150,7 +147,7 @@ test('serve --from: a wrong token is refused by the origin, an unreachable origi
     // nobody listens at the origin's address: refused, naming it
     const nowhere = await runStandin(['--socket', unreachable.socket, '--mem-file', file, '--region', '8M', '--timeout', '20'], 30_000);
     assert.equal(nowhere.signal, 'SIGKILL', `${nowhere.code} ${nowhere.stdout}`);
-    const why = await waitFor(() => unreachable.events.find((e) => e.event === 'refused'), 'refused event');
+    const why = await found(() => unreachable.events.find((e) => e.event === 'refused'), 'refused event');
     assert.match(why.reason ?? '', /the origin at 127\.0\.0\.1:1: connect ECONNREFUSED/);
   } finally {
     wrong.server.close();

@@ -10,6 +10,7 @@ import { PageServer, type PageServerOptions, type VmInfo } from '../../src/serve
 import { patternImage } from '../support/serve.js';
 import { hugeSkip } from '../support/hugepages.js';
 import { StalledDisk, stallFuseSkip } from '../support/stall-fuse.js';
+import { waitFor } from '../support/threads.js';
 import { STANDIN_EXIT, runStandin, standinSkip, startStandin } from '../support/vmm-standin.js';
 
 const MiB = 2 ** 20;
@@ -192,13 +193,13 @@ test('serve: a stalled disk: the VM whose page cannot be read is ended within th
     closeSync(fd);
     disk.stall();
     const cold = startStandin(['--socket', s.socket, '--mem-file', backing, '--region', '4M', '--region', '4M', '--threads', '1', '--timeout', '60'], 70_000);
-    await waitFor(() => disk.held.length > 0, 'a read held by the stalled disk');
+    await waitFor(() => disk.held.length > 0, 10_000, 'a read held by the stalled disk');
     const heldAt = Date.now();
     const warm = await runStandin(['--socket', s.socket, '--mem-file', backing, '--region', '4M', '--threads', '2'], 30_000);
     assert.equal(warm.code, STANDIN_EXIT.ok, `the cached VM waits behind the other's read: ${warm.stdout}\n${warm.stderr}`);
     const run = await cold.done;
     const endedCold = () => s.events.find((e) => e.event === 'ended' && e.info?.pid === cold.child.pid);
-    await waitFor(() => endedCold() !== undefined, 'end of the stalled VM');
+    await waitFor(() => endedCold() !== undefined, 10_000, 'the end of the stalled VM');
     const ended = endedCold()!;
     assert.equal(run.signal, 'SIGKILL', `the VM behind the stalled read is killed, not left frozen: ${run.code} ${run.stdout}`);
     assert.equal(ended.outcome, 'failed');
@@ -213,14 +214,6 @@ test('serve: a stalled disk: the VM whose page cannot be read is ended within th
     await disk.unmount();
   }
 });
-
-async function waitFor(condition: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`no ${what} in ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function waitForEvent(events: { event: string }[], name: string, ms = 10_000): Promise<{ event: string; reason?: string; outcome?: string }> {
   const deadline = Date.now() + ms;
