@@ -1,5 +1,5 @@
-// Unix sockets: a message with descriptors (SCM_RIGHTS), and who is on the other end
-// (SO_PEERCRED). What a VMM's userfaultfd handler needs to take the one message the VMM sends.
+// Unix sockets: a message with descriptors (SCM_RIGHTS), who is on the other end
+// (SO_PEERCRED), and a connected pair. What a VMM's userfaultfd handler needs to take the one message the VMM sends.
 #include <napi.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -91,7 +91,21 @@ static Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// socketPair() -> [fd, fd]: a connected pair of Unix stream sockets (close-on-exec). A worker
+// thread that reads and writes a descriptor itself gets one end when its channel is TLS: the
+// thread holding the TLS session relays between the other end and the connection.
+static Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) ThrowErrno(env, errno, "socketpair", "AF_UNIX SOCK_STREAM");
+  Napi::Array pair = Napi::Array::New(env, 2);
+  pair.Set(0u, Napi::Number::New(env, fds[0]));
+  pair.Set(1u, Napi::Number::New(env, fds[1]));
+  return pair;
+}
+
 void DefineSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
   exports.Set("receiveMessage", Napi::Function::New<ReceiveMessage>(env, "receiveMessage"));
   exports.Set("peerCredentials", Napi::Function::New<PeerCredentials>(env, "peerCredentials"));
 }

@@ -14,6 +14,7 @@ export const ERROR_CODES = {
   ERR_POSTCOPY_RECOVERY_TIMEOUT: 'a broken connection not recovered within its bound',
   ERR_POSTCOPY_REFUSED: 'the destination refused a channel (the reason follows)',
   ERR_POSTCOPY_HANDSHAKE: "a channel's handshake failed or timed out",
+  ERR_POSTCOPY_TLS: 'a TLS handshake failed: a certificate not trusted or expired, another key, or a peer without TLS (the reason follows)',
   ERR_POSTCOPY_PEER_FAILED: 'the other side failed (SHUT with a non-zero status)',
   ERR_POSTCOPY_INTERRUPTED: 'stopped by a signal or by the caller',
   ERR_POSTCOPY_GUEST: 'the guest could not be resumed or stopped',

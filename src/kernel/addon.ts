@@ -63,6 +63,7 @@ export interface Addon {
   /** bytes: >= 0 (0 at end of stream), or -EAGAIN when nothing is there yet. */
   receiveMessage(fd: number, buffer: ArrayBufferView | ArrayBuffer, maxDescriptors: number): { bytes: number; descriptors: number[]; truncated: boolean };
   peerCredentials(fd: number): { pid: number; uid: number; gid: number };
+  socketPair(): [number, number];
   gettid(): number;
   exitNow(code: number): never;
   duplicateDescriptor(fd: number): number;

@@ -39,3 +39,11 @@ export function receiveMessage(fd: number, buffer: ArrayBufferView | ArrayBuffer
 export function peerCredentials(fd: number): PeerCredentials {
   return addon.peerCredentials(fd);
 }
+
+/**
+ * A connected pair of Unix stream sockets (close-on-exec), for a worker thread that owns one
+ * end while this thread relays the other (a TLS channel's bytes, decrypted here).
+ */
+export function socketPair(): [number, number] {
+  return addon.socketPair();
+}

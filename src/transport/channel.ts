@@ -2,9 +2,11 @@
 // backpressure: `send` reports when the caller should wait for `drained()`. A channel knows
 // when it last heard from its peer, so that a silent connection (a network partition: no
 // bytes and no close) is noticed within a bound (see StallWatch).
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { TLSSocket } from 'node:tls';
 import { duplicateDescriptor } from '../kernel/process.js';
+import { socketPair } from '../kernel/socket.js';
 import { PostcopyError } from '../base/index.js';
 
 export type ChannelRole = 'main' | 'preempt' | 'bulk';
@@ -52,13 +54,17 @@ export class Channel {
   }
 
   /**
-   * Hands the connection over to a worker thread: a duplicate of the socket's descriptor (the
-   * worker owns and closes it), after which this side lets go of its own without a word to the
-   * peer (closing one of two descriptors of a socket sends nothing). Only for a channel whose
-   * handshake is over and which has nothing buffered on this side: take it in the tick that
-   * wrote HELLO_ACK (the 'channel' event), before this socket can read what the peer sends next.
+   * Hands the connection over to a worker thread: a descriptor the worker owns and closes.
+   * Plain: a duplicate of the socket's, after which this side lets go of its own without a
+   * word to the peer (closing one of two descriptors of a socket sends nothing). TLS: the
+   * session cannot leave this thread, so the worker gets one end of a socket pair and this
+   * thread relays between the other end and the connection (see relayThroughPair). Only for a
+   * channel whose handshake is over and which has nothing buffered on this side: take it in
+   * the tick that wrote HELLO_ACK (the 'channel' event), before this socket can read what the
+   * peer sends next.
    */
   takeDescriptor(): number {
+    if (this.socket instanceof TLSSocket) return this.relayThroughPair(this.socket);
     const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', `internal: the ${this.name} channel has no descriptor to hand over`);
     const copy = duplicateDescriptor(fd);
@@ -66,6 +72,24 @@ export class Channel {
     this.socket.on('error', () => undefined);
     this.socket.destroy();
     return copy;
+  }
+
+  /**
+   * Relays a TLS connection through a socket pair: bytes both ways with backpressure (pipe),
+   * an end of stream passed on as one (so the last packet and TLS's close_notify are
+   * flushed first), and a broken side breaking the other, so the worker sees the failure.
+   */
+  private relayThroughPair(tls: TLSSocket): number {
+    const [mine, theirs] = socketPair();
+    const local = new Socket({ fd: mine, readable: true, writable: true });
+    tls.removeAllListeners();
+    tls.on('error', () => local.destroy());
+    local.on('error', () => tls.destroy());
+    tls.on('close', () => local.end());
+    local.on('close', (hadError) => hadError && tls.destroy());
+    tls.pipe(local);
+    local.pipe(tls);
+    return theirs;
   }
 
   /** Counts bytes that arrived: the peer is alive. */

@@ -1,9 +1,13 @@
-// The source's side of a channel: connect, answer the destination's challenge with HELLO,
-// and wait for HELLO_ACK (or a refusal, which is thrown with its reason).
+// The source's side of a channel: connect (with TLS when given), send the stream header at
+// once, answer the destination's challenge with HELLO, and wait for HELLO_ACK (or a
+// refusal, which is thrown with its reason). The header goes first so that a listener
+// expecting TLS sees plaintext at once and can say so.
 import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { ReturnPathDecoder, Role, StreamEncoder, helloAuth, type BlockLookup, type BlockShape } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, type Endpoint } from './endpoint.js';
+import { clientTlsOptions, explainTlsError, type TlsSettings } from './tls.js';
 import { PostcopyError } from '../base/index.js';
 
 export interface ConnectOptions<B extends BlockShape> {
@@ -19,6 +23,8 @@ export interface ConnectOptions<B extends BlockShape> {
   capabilities?: number;
   /** Seconds the whole handshake may take (default 10). */
   timeout?: number;
+  /** TLS on this channel (the destination must listen with TLS too). */
+  tls?: TlsSettings;
 }
 
 export interface ConnectedChannel<B extends BlockShape> {
@@ -32,10 +38,10 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
   const where = formatEndpoint(endpoint);
   const index = options.role === 'bulk' ? options.index ?? 0 : 0;
   const name = options.role === 'bulk' ? `bulk ${index}` : options.role;
-  const socket: Socket = endpoint.kind === 'unix' ? netConnect(endpoint.path) : netConnect(endpoint.port, endpoint.host);
-  socket.setNoDelay(true);
+  const socket = openSocket(endpoint, options.tls);
   const returnPath = new ReturnPathDecoder<B>({ blocks: options.blocks });
   const encoder = new StreamEncoder();
+  socket.write(encoder.header());
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE', `${where}: the ${name} channel's handshake did not finish within ${options.timeout ?? 10} s`)),
       (options.timeout ?? 10) * 1000);
@@ -55,7 +61,6 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
           if (event.type === 'challenge') {
             const role = options.role === 'main' ? Role.MAIN : options.role === 'preempt' ? Role.PREEMPT : Role.BULK;
             const auth = helloAuth(options.token, event.nonce, options.sessionId, role, index);
-            socket.write(encoder.header());
             socket.write(encoder.hello({ sessionId: options.sessionId, role, index, capabilities: options.capabilities ?? 0, auth }));
           } else if (event.type === 'refuse') {
             return fail(new PostcopyError('ERR_POSTCOPY_REFUSED', `${where} refused the ${name} channel: ${event.reason}`));
@@ -75,11 +80,23 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
       }
     };
     const onClose = () => fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE', `${where} closed the ${name} channel during the handshake`));
-    const onError = (error: NodeJS.ErrnoException) => fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE',
-      `${name} channel to ${where}: ${error.code === 'ENOENT' ? 'no such socket' : error.code === 'ECONNREFUSED' ? 'nobody listens there' : error.message}`, { cause: error }));
+    const onError = (error: NodeJS.ErrnoException) => {
+      const tlsReason = options.tls && explainTlsError(error, `the destination ${where}`);
+      if (tlsReason) return fail(new PostcopyError('ERR_POSTCOPY_TLS', `${name} channel: ${tlsReason}`, { cause: error }));
+      fail(new PostcopyError('ERR_POSTCOPY_HANDSHAKE',
+        `${name} channel to ${where}: ${error.code === 'ENOENT' ? 'no such socket' : error.code === 'ECONNREFUSED' ? 'nobody listens there' : error.message}`, { cause: error }));
+    };
     socket.on('data', onData);
     socket.on('error', onError);
     socket.once('close', onClose);
   });
   return { channel: new Channel(socket, options.role, index), encoder, returnPath };
+}
+
+/** A connection to `endpoint`, TLS 1.3 when settings are given; writes wait for the handshake. */
+function openSocket(endpoint: Endpoint, tls: TlsSettings | undefined): Socket {
+  const where = endpoint.kind === 'unix' ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port };
+  const socket = tls ? tlsConnect({ ...where, ...clientTlsOptions(tls, endpoint.kind === 'unix' ? 'localhost' : endpoint.host) }) : netConnect(where);
+  socket.setNoDelay(true);
+  return socket;
 }

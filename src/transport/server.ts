@@ -4,9 +4,11 @@
 // Connections that have not proven themselves are few and short-lived: at most
 // `maxPending` at once, each closed if it says no HELLO within `helloTimeout` or sends more
 // than a HELLO's worth of bytes first, so a peer without the token cannot exhaust descriptors
-// or memory.
+// or memory. With TLS the challenge and everything after it go inside TLS 1.3.
 import { createServer, type Server, type Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
+import { writeSync } from 'node:fs';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import {
   Command,
   StreamDecoder,
@@ -22,6 +24,7 @@ import {
 } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, listenOn, type Endpoint } from './endpoint.js';
+import { explainTlsError, peerRefusal, serverTlsOptions, type TlsSettings } from './tls.js';
 import { PostcopyError } from '../base/index.js';
 
 export interface ListenOptions<B extends BlockShape> {
@@ -35,8 +38,12 @@ export interface ListenOptions<B extends BlockShape> {
   helloTimeout?: number;
   /** Connections still in their handshake at once; more are closed at once (default 16). */
   maxPending?: number;
+  /** TLS 1.3 on every connection: a plaintext peer is refused (told so in plaintext). */
+  tls?: TlsSettings;
 }
 
+/** The first byte of a TLS handshake record: a TLS client at a plaintext listener. */
+const TLS_HANDSHAKE_RECORD = 0x16;
 /** More than a HELLO (header, challenge answer) before the HELLO is complete: not a source. */
 const MAX_BYTES_BEFORE_HELLO = 4096;
 /** How long a refused peer gets to read the reason before its connection is destroyed. */
@@ -75,8 +82,34 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
   }
 
   async listen(): Promise<Endpoint> {
-    this.server = createServer((socket) => this.accept(socket));
+    const { tls } = this.options;
+    if (tls) {
+      const server = createTlsServer(serverTlsOptions(tls, this.options.helloTimeout ?? 5), (socket) => this.accept(socket));
+      server.on('tlsClientError', (error, socket) => this.refuseTls(error, socket));
+      this.server = server;
+    } else {
+      this.server = createServer((socket) => this.accept(socket));
+    }
     return listenOn(this.server, this.options.endpoint);
+  }
+
+  /**
+   * A TLS handshake failed (Node closes the connection). A plaintext source, which has sent
+   * its stream header, is told why in plaintext, the only thing it can read: one small
+   * write on the descriptor before Node closes it.
+   */
+  private refuseTls(error: NodeJS.ErrnoException, socket: TLSSocket): void {
+    const reason = explainTlsError(error, 'the source') ?? (error.message.split('\n')[0] || String(error.code));
+    const plaintextPeer = /does not speak TLS/.test(reason);
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (plaintextPeer && typeof fd === 'number' && fd >= 0) {
+      try {
+        writeSync(fd, encodeRefuse('this listener takes TLS only: run the source with TLS too (--tls-cert, --tls-key, --tls-ca or --tls-psk)'));
+      } catch {
+        // gone already: the reason is logged here all the same
+      }
+    }
+    this.emit('refused', `TLS handshake failed: ${reason}`);
   }
 
   close(): void {
@@ -97,6 +130,11 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
     if (this.pending >= (this.options.maxPending ?? 16)) {
       this.emit('refused', `too many connections in their handshake (${this.pending})`);
       socket.destroy();
+      return;
+    }
+    const tlsRefusal = this.options.tls && peerRefusal(this.options.tls, socket as TLSSocket);
+    if (tlsRefusal) {
+      this.refuse(socket, tlsRefusal);
       return;
     }
     const nonce = createNonce();
@@ -129,6 +167,10 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
     socket.write(encodeChallenge(nonce));
     let before = 0;
     const onData = (chunk: Buffer) => {
+      if (before === 0 && chunk[0] === TLS_HANDSHAKE_RECORD && !this.options.tls) {
+        finish('the source speaks TLS and this listener does not: run both sides with TLS, or neither');
+        return;
+      }
       let hello: HelloFields | undefined;
       try {
         before += chunk.length;
