@@ -4,7 +4,7 @@
 import { demoCommand, DEMO_OPTIONS } from './demo.js';
 import { featuresCommand } from './features.js';
 import { inspectCommand } from './inspect.js';
-import { LIVENESS_OPTIONS, OUTPUT_OPTIONS, TOKEN_OPTIONS, parseCommandLine, wantsJson, usage, type CommandArgs, type OptionGroup } from './options.js';
+import { LIVENESS_OPTIONS, OUTPUT_OPTIONS, TLS_OPTIONS, TOKEN_OPTIONS, parseCommandLine, wantsJson, usage, type CommandArgs, type OptionGroup } from './options.js';
 import { runCommand, type CommandEnd } from './output.js';
 import { receiveCommand, RECEIVE_OPTIONS } from './receive.js';
 import { GUEST_OPTIONS, RUN_OPTIONS } from './reference-guest.js';
@@ -35,11 +35,11 @@ export const COMMANDS: Command[] = [
   },
   {
     name: 'send', synopsis: 'send --connect ADDR [opts]', summary: 'the source side: run the guest here and migrate it to ADDR',
-    groups: [GUEST_OPTIONS, MIGRATION_OPTIONS, SEND_OPTIONS, TOKEN_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: sendCommand,
+    groups: [GUEST_OPTIONS, MIGRATION_OPTIONS, SEND_OPTIONS, TOKEN_OPTIONS, TLS_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: sendCommand,
   },
   {
     name: 'receive', synopsis: 'receive --listen ADDR', summary: 'the destination side: take a migration, resume and verify the guest',
-    groups: [RECEIVE_OPTIONS, TOKEN_OPTIONS, RUN_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: receiveCommand, jsonBase: { event: 'report' },
+    groups: [RECEIVE_OPTIONS, TOKEN_OPTIONS, TLS_OPTIONS, RUN_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: receiveCommand, jsonBase: { event: 'report' },
   },
   {
     name: 'features', synopsis: 'features [--json]', summary: "what this kernel's userfaultfd grants, and what each feature is for",
@@ -55,11 +55,11 @@ export const COMMANDS: Command[] = [
   },
   {
     name: 'serve', synopsis: 'serve --socket PATH [opts]', summary: "serve VMs' pages to their VMM (Firecracker's userfaultfd backend)",
-    groups: [SERVE_OPTIONS, TOKEN_OPTIONS, OUTPUT_OPTIONS], run: serveCommand, jsonBase: { event: 'stopped' },
+    groups: [SERVE_OPTIONS, TOKEN_OPTIONS, TLS_OPTIONS, OUTPUT_OPTIONS], run: serveCommand, jsonBase: { event: 'stopped' },
   },
   {
     name: 'serve-pages', synopsis: 'serve-pages --listen ADDR', summary: 'serve a memory file to page servers on other hosts (serve --from)',
-    groups: [SERVE_PAGES_OPTIONS, TOKEN_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: servePagesCommand, jsonBase: { event: 'stopped' },
+    groups: [SERVE_PAGES_OPTIONS, TOKEN_OPTIONS, TLS_OPTIONS, LIVENESS_OPTIONS, OUTPUT_OPTIONS], run: servePagesCommand, jsonBase: { event: 'stopped' },
   },
   {
     name: 'restore', synopsis: 'restore FILE [options]', summary: 'restore a snapshot of the reference guest, resume it, verify it',

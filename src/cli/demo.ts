@@ -4,11 +4,12 @@
 // channels go through a fault-injecting proxy that cuts them at seeded points in postcopy.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { exitNow } from '../kernel/index.js';
-import { formatEndpoint, parseEndpoint, type Endpoint } from '../transport/index.js';
+import { formatEndpoint, loadTls, parseEndpoint, throwawayCredentials, type Endpoint, type TlsFiles } from '../transport/index.js';
 import { choiceOption, intOption, type CommandArgs, type OptionGroup } from './options.js';
 import { progressPrinter, type CommandEnd } from './output.js';
 import { notVerified, runSeconds } from './reference-guest.js';
@@ -30,6 +31,7 @@ export const DEMO_OPTIONS: OptionGroup = {
   title: 'demo',
   options: {
     transport: { type: 'string', value: 'tcp|unix', help: 'the channel transport (default tcp)' },
+    tls: { type: 'boolean', help: 'every channel over TLS 1.3, with a throwaway authority and certificate\nmade for this run (both sides present and check one)' },
     chaos: { type: 'string', value: 'SEED', help: 'both channels go through a fault-injecting proxy that cuts\nthem at points chosen from SEED during postcopy; the migration must\nrecover and verify (the report counts the recoveries)' },
   },
 };
@@ -40,9 +42,28 @@ export async function demoCommand({ values: o, json }: CommandArgs): Promise<Com
   const chaosSeed = o.chaos === undefined ? undefined : intOption(o.chaos, 'chaos', 0, 0, 2 ** 31 - 1);
   const token = randomBytes(24).toString('hex');
   const printer = progressPrinter();
-  const status = printer.note;
+  const tlsFiles = o.tls === true ? writeThrowawayCredentials() : undefined;
+  try {
+    return await demo(o, json, { config, transport, chaosSeed, token, tlsFiles, printer });
+  } finally {
+    if (tlsFiles) rmSync(dirname(tlsFiles.cert), { recursive: true, force: true });
+  }
+}
 
-  const destination = await startDestination(transport, config, runSeconds(o), token, status);
+type CertificateFiles = Required<Omit<TlsFiles, 'psk'>>;
+
+interface DemoSetup {
+  config: SourceConfig;
+  transport: 'tcp' | 'unix';
+  chaosSeed: number | undefined;
+  token: string;
+  tlsFiles: CertificateFiles | undefined;
+  printer: ReturnType<typeof progressPrinter>;
+}
+
+async function demo(o: CommandArgs['values'], json: boolean, { config, transport, chaosSeed, token, tlsFiles, printer }: DemoSetup): Promise<CommandEnd> {
+  const status = printer.note;
+  const destination = await startDestination(transport, config, runSeconds(o), token, tlsFiles, status);
   const chaos = chaosSeed === undefined ? undefined : await startChaos(chaosSeed, destination.endpoint, transport, status);
   // faults only once the destination runs the guest: postcopy, where recovery applies
   destination.onState((state) => state === 'RUNNING' && chaos?.proxy.arm());
@@ -56,7 +77,7 @@ export async function demoCommand({ values: o, json }: CommandArgs): Promise<Com
 
   let source;
   try {
-    source = await runSource(config, chaos?.endpoint ?? destination.endpoint, token, printer.progress);
+    source = await runSource(config, chaos?.endpoint ?? destination.endpoint, { token, tls: tlsFiles && loadTls(tlsFiles) }, printer.progress);
   } catch (error) {
     return failed(error as Error, destination, chaos);
   } finally {
@@ -75,7 +96,7 @@ export async function demoCommand({ values: o, json }: CommandArgs): Promise<Com
     ...(chaos ? { chaos: chaos.summary() } : {}),
     config: {
       size: config.size, blocks: config.blocks, huge: config.huge, threads: config.threads, pattern: config.pattern, precopy_seconds: config.precopySeconds,
-      transport, preempt: config.preempt, channels: config.channels, recover_seconds: config.recoverSeconds,
+      transport, tls: tlsFiles ? 'certificates' : 'none', preempt: config.preempt, channels: config.channels, recover_seconds: config.recoverSeconds,
     },
   };
   const error = destError !== undefined ? codedError(String(destError), destCode) : code !== 0 ? codedError(`the destination exited ${code}`, 'ERR_POSTCOPY_PEER_FAILED') : notVerified(dest);
@@ -88,11 +109,13 @@ function codedError(message: string, code: unknown): Error {
 }
 
 /** The destination process: `receive`, which ends when this process does (it watches its stdin). */
-async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig, guestRunSeconds: number, token: string, status: (line: string) => void): Promise<Destination> {
+async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig, guestRunSeconds: number, token: string, tlsFiles: CertificateFiles | undefined,
+  status: (line: string) => void): Promise<Destination> {
   const listen = transport === 'unix' ? `unix:${join(tmpdir(), `postcopy-${process.pid}.sock`)}` : '127.0.0.1:0';
   // a small young generation: the destination's resident memory is the guest's plus little
   const child = spawn(process.execPath, ['--max-semi-space-size=1', join(__dirname, 'main.js'), 'receive', '--listen', listen, '--json',
-    '--run-seconds', String(guestRunSeconds), '--recover-seconds', String(config.recoverSeconds), '--stall-seconds', String(config.stallSeconds), '--exit-on-stdin-eof'], {
+    '--run-seconds', String(guestRunSeconds), '--recover-seconds', String(config.recoverSeconds), '--stall-seconds', String(config.stallSeconds), '--exit-on-stdin-eof',
+    ...(tlsFiles ? ['--tls-cert', tlsFiles.cert, '--tls-key', tlsFiles.key, '--tls-ca', tlsFiles.ca] : [])], {
     env: { ...process.env, POSTCOPY_TOKEN: token },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
@@ -125,6 +148,20 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
     });
   });
   return { child, endpoint: parseEndpoint(await listening), exited, report: () => report, onState: (l) => stateListeners.push(l) };
+}
+
+/**
+ * demo --tls: a throwaway authority and a loopback certificate it signs, in a private
+ * directory; both processes present this one certificate and check the other's against it.
+ */
+function writeThrowawayCredentials(): CertificateFiles {
+  const directory = mkdtempSync(join(tmpdir(), 'postcopy-demo-tls-'));
+  const { authority, host } = throwawayCredentials();
+  const write = (name: string, text: string) => {
+    writeFileSync(join(directory, name), text, { mode: 0o600 });
+    return join(directory, name);
+  };
+  return { cert: write('host.crt', host.cert), key: write('host.key', host.key), ca: write('authority.crt', authority.cert) };
 }
 
 /**

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { PostcopyError, errorCode } from '../base/index.js';
-import { parseEndpoint, type Endpoint } from '../transport/index.js';
+import { loadTls, parseEndpoint, type Endpoint, type TlsSettings } from '../transport/index.js';
 
 /** A command line that cannot run: exit 2, with the message naming the option and value. */
 export function usage(message: string): PostcopyError {
@@ -159,6 +159,22 @@ export const TOKEN_OPTIONS: OptionGroup = {
   title: 'token',
   options: { 'token-file': { type: 'string', value: 'FILE', help: 'the shared token for TCP (else POSTCOPY_TOKEN)' } },
 };
+
+export const TLS_OPTIONS: OptionGroup = {
+  title: 'tls',
+  options: {
+    'tls-cert': { type: 'string', value: 'FILE', help: "TLS 1.3 on every channel: this side's certificate (PEM); both sides\nneed --tls-cert, --tls-key and --tls-ca, and the token still" },
+    'tls-key': { type: 'string', value: 'FILE', help: 'the key of --tls-cert (PEM)' },
+    'tls-ca': { type: 'string', value: 'FILE', help: "the authority that signs the peer's certificate (PEM)" },
+    'tls-psk': { type: 'string', value: 'FILE', help: 'TLS 1.3 with a key both sides hold instead of certificates: hex\ndigits in FILE (openssl rand -hex 32)' },
+  },
+};
+
+/** TLS settings from --tls-cert, --tls-key and --tls-ca, or --tls-psk; undefined without them (plaintext). */
+export function readTls(o: Values): TlsSettings | undefined {
+  const file = (name: string) => (typeof o[`tls-${name}`] === 'string' ? (o[`tls-${name}`] as string) : undefined);
+  return loadTls({ cert: file('cert'), key: file('key'), ca: file('ca'), psk: file('psk') });
+}
 
 /** The token from --token-file, else from POSTCOPY_TOKEN. */
 export function readToken(tokenFile: string | boolean | undefined): string | undefined {

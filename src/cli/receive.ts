@@ -6,9 +6,9 @@
 import { Mapping } from '../kernel/index.js';
 import { RamList } from '../memory/index.js';
 import { IncomingMigration } from '../incoming/index.js';
-import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
+import { IncomingListener, formatEndpoint, type Endpoint, type TlsSettings } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { usage, endpointOption, livenessConfig, readToken, type CommandArgs, type OptionGroup, type Values } from './options.js';
+import { usage, endpointOption, livenessConfig, readTls, readToken, type CommandArgs, type OptionGroup, type Values } from './options.js';
 import { peakRssMiB, type CommandEnd } from './output.js';
 import { notVerified, runSeconds, verifyGuests, type DeviceState } from './reference-guest.js';
 import { PostcopyError, TARGET_PAGE_SIZE } from '../base/index.js';
@@ -28,6 +28,7 @@ type Outcome = Omit<CommandEnd, 'human'>;
 interface ReceiveConfig {
   endpoint: Endpoint;
   token: string | undefined;
+  tls: TlsSettings | undefined;
   runSeconds: number;
   recoverSeconds: number;
   stallSeconds: number;
@@ -57,7 +58,7 @@ function receiveConfig(o: Values): ReceiveConfig {
   const endpoint = endpointOption(o.listen, '--listen');
   const token = readToken(o['token-file']);
   if (endpoint.kind === 'tcp' && !token) throw usage('receive over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
-  return { endpoint, token, runSeconds: runSeconds(o), ...livenessConfig(o), exitOnStdinEof: o['exit-on-stdin-eof'] === true };
+  return { endpoint, token, tls: readTls(o), runSeconds: runSeconds(o), ...livenessConfig(o), exitOnStdinEof: o['exit-on-stdin-eof'] === true };
 }
 
 /** The destination of one migration of the reference guest: the engine, and the guests it resumes on RUN. */
@@ -83,14 +84,14 @@ class ReferenceDestination {
 
   /** Listens where told, admitting one migration (and its reconnections) into the engine. */
   async listen(): Promise<IncomingListener<GuestBlock>> {
-    const { endpoint, token } = this.config;
+    const { endpoint, token, tls } = this.config;
     const migration = this.migration;
-    const listener = new IncomingListener<GuestBlock>({ endpoint, token, allowNoToken: endpoint.kind === 'unix', blocks: migration.blocks });
+    const listener = new IncomingListener<GuestBlock>({ endpoint, token, tls, allowNoToken: endpoint.kind === 'unix', blocks: migration.blocks });
     listener.admit = (hello) => migration.admit(hello);
     listener.on('channel', (accepted) => migration.attach(accepted));
     listener.on('refused', (reason) => this.say({ event: 'refused', reason }, `refused a connection: ${reason}`));
     const bound = await listener.listen();
-    this.say({ event: 'listening', endpoint: formatEndpoint(bound) }, `listening on ${formatEndpoint(bound)}`);
+    this.say({ event: 'listening', endpoint: formatEndpoint(bound), tls: tls?.kind ?? 'none' }, `listening on ${formatEndpoint(bound)}${tls ? ` (TLS 1.3, ${tls.kind === 'psk' ? 'pre-shared key' : 'certificates'})` : ''}`);
     return listener;
   }
 

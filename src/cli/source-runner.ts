@@ -3,7 +3,7 @@
 // postcopy), then ends the guest and frees its memory.
 import { randomUUID } from 'node:crypto';
 import { DIRTY_LOG_KINDS, OutgoingMigration, type DirtyLogKind, type OutgoingProgress, type OutgoingReport } from '../outgoing/index.js';
-import { connectChannel, type ChannelRole, type Endpoint } from '../transport/index.js';
+import { connectChannel, type ChannelRole, type Endpoint, type TlsSettings } from '../transport/index.js';
 import { Capability, MAX_BULK_CHANNELS } from '../wire/index.js';
 import { choiceOption, intOption, livenessConfig, numberOption, type OptionGroup, type Values } from './options.js';
 import { deviceStateOf, guestSetupConfig, startReferenceGuests, type DeviceState, type GuestSetup } from './reference-guest.js';
@@ -52,14 +52,20 @@ export interface SourceResult {
   sourceWrites: number;
 }
 
-export async function runSource(config: SourceConfig, endpoint: Endpoint, token: string | undefined,
+/** What the source proves and how its channels are protected: the token, and TLS if any. */
+export interface SourceCredentials {
+  token: string | undefined;
+  tls?: TlsSettings;
+}
+
+export async function runSource(config: SourceConfig, endpoint: Endpoint, { token, tls }: SourceCredentials,
   onProgress: (p: OutgoingProgress | { phase: 'setup'; message: string }) => void): Promise<SourceResult> {
   const { blocks, guests, threadsPerBlock } = await startReferenceGuests(config, onProgress);
   const session = randomUUID();
   try {
     const capabilities = (config.preempt ? Capability.PREEMPT : 0) | (config.channels << Capability.BULK_SHIFT);
     const connect = (role: ChannelRole, timeout = 10, index = 0) => connectChannel<GuestBlock>({
-      endpoint, sessionId: session, role, index, token, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
+      endpoint, sessionId: session, role, index, token, tls, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
     });
     const main = await connect('main');
     const preempt = config.preempt ? await connect('preempt') : undefined;
