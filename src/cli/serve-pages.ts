@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import { PageOrigin } from '../serve/index.js';
 import { formatEndpoint } from '../transport/index.js';
-import { endpointOption, livenessConfig, numberOption, readToken, usage, type CommandArgs, type OptionGroup } from './options.js';
+import { endpointOption, livenessConfig, numberOption, readTls, readToken, usage, type CommandArgs, type OptionGroup } from './options.js';
 import type { CommandEnd } from './output.js';
 
 export const SERVE_PAGES_OPTIONS: OptionGroup = {
@@ -26,7 +26,8 @@ export async function servePagesCommand({ values, json }: CommandArgs): Promise<
   if (endpoint.kind === 'tcp' && !token) throw usage('serve-pages over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   const say = (line: string, event: Record<string, unknown>) => (json ? console.log(JSON.stringify(event)) : process.stderr.write(`${line}\n`));
   const postcopyMaxMiBs = numberOption(values['postcopy-max-mibs'], 'postcopy-max-mibs', 0, 0, 1e6) || undefined;
-  const origin = new PageOrigin({ memFile: values['mem-file'], endpoint, token, postcopyMaxMiBs, ...livenessConfig(values) });
+  const tls = readTls(values);
+  const origin = new PageOrigin({ memFile: values['mem-file'], endpoint, token, tls, postcopyMaxMiBs, ...livenessConfig(values) });
   const counts = { sessions: 0, served: 0, failed: 0, refused: 0 };
   origin.on('session', (session, request) => {
     counts.sessions++;
@@ -50,7 +51,7 @@ export async function servePagesCommand({ values, json }: CommandArgs): Promise<
     process.once('SIGTERM', () => resolve('SIGTERM'));
   });
   const bound = await origin.listen();
-  say(`serving ${values['mem-file']} on ${formatEndpoint(bound)}`, { event: 'listening', endpoint: formatEndpoint(bound), mem_file: values['mem-file'] });
+  say(`serving ${values['mem-file']} on ${formatEndpoint(bound)}${tls ? ' (TLS 1.3)' : ''}`, { event: 'listening', endpoint: formatEndpoint(bound), mem_file: values['mem-file'], tls: tls?.kind ?? 'none' });
   const signal = await stopped;
   origin.close();
   const report = { event: 'stopped', signal, ...counts, served_ms: Math.round(performance.now() - started) };

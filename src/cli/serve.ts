@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { PostcopyError } from '../base/index.js';
 import { formatEndpoint } from '../transport/index.js';
 import { PageServer, loadWorkingSet, saveWorkingSet, type PageSourceSpec, type VmInfo, type WorkingSetFile } from '../serve/index.js';
-import { choiceOption, endpointOption, intOption, numberOption, readToken, usage, type CommandArgs, type OptionGroup, type Values } from './options.js';
+import { choiceOption, endpointOption, intOption, numberOption, readTls, readToken, usage, type CommandArgs, type OptionGroup, type Values } from './options.js';
 import { MAX_BULK_CHANNELS } from '../wire/index.js';
 import type { CommandEnd } from './output.js';
 
@@ -88,14 +88,14 @@ function sourceOf(values: Values): PageSourceSpec {
   const given = (['mem-file', 'snapshot', 'from'] as const).filter((option) => typeof values[option] === 'string');
   if (given.length !== 1) throw usage('serve needs exactly one of --mem-file FILE, --snapshot FILE and --from ADDR');
   if (given[0] !== 'from') {
-    for (const option of ['channels', 'recover-seconds']) if (values[option] !== undefined) throw usage(`--${option} goes with --from`);
+    for (const option of ['channels', 'recover-seconds', 'tls-cert', 'tls-key', 'tls-ca', 'tls-psk']) if (values[option] !== undefined) throw usage(`--${option} goes with --from`);
     return given[0] === 'mem-file' ? { kind: 'file', path: values['mem-file'] as string } : { kind: 'snapshot', path: values.snapshot as string };
   }
   const from = endpointOption(values.from as string, '--from');
   const token = readToken(values['token-file']);
   if (from.kind === 'tcp' && !token) throw usage('serve --from over TCP needs a token: --token-file FILE or POSTCOPY_TOKEN');
   return {
-    kind: 'remote', from, token,
+    kind: 'remote', from, token, tls: readTls(values),
     channels: intOption(values.channels, 'channels', 0, 0, MAX_BULK_CHANNELS),
     recoverSeconds: numberOption(values['recover-seconds'], 'recover-seconds', 30, 0, 3600),
   };

@@ -5,13 +5,14 @@
 // and a broken connection is recovered as in any migration (the origin reconnects).
 import { EventEmitter } from 'node:events';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { PostcopyError } from '../base/index.js';
 import { FileMapping, Mapping } from '../kernel/index.js';
 import { RamBlock, RamList } from '../memory/index.js';
 import { OutgoingMigration, type OutgoingReport } from '../outgoing/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { connectChannel, listenOn, parseEndpoint, type ChannelRole, type Endpoint } from '../transport/index.js';
+import { connectChannel, createServerFor, explainTlsError, listenOn, parseEndpoint, peerRefusal, type ChannelRole, type Endpoint, type TlsSettings } from '../transport/index.js';
 import { Capability } from '../wire/index.js';
 import { ORIGIN_BANNER, authMatches, checkRequest, newNonce, readJsonLine, regionBlockName, type FileRegion, type OriginRequest } from './origin-request.js';
 
@@ -31,6 +32,8 @@ export interface PageOriginOptions {
   stallSeconds?: number;
   /** Caps each session's background stream (MiB/s; default none); requested pages are never held back. */
   postcopyMaxMiBs?: number;
+  /** TLS 1.3 on requests and on every migration channel (page servers must use it too). */
+  tls?: TlsSettings;
 }
 
 export interface PageOrigin {
@@ -59,7 +62,8 @@ export class PageOrigin extends EventEmitter {
   }
 
   async listen(): Promise<Endpoint> {
-    this.server = createServer((socket) => void this.answer(socket));
+    this.server = createServerFor(this.options.tls, REQUEST_TIMEOUT_MS / 1000, (socket) => void this.answer(socket),
+      (error) => this.emit('refused', `TLS handshake failed: ${explainTlsError(error, 'the page server') ?? error.message}`));
     return listenOn(this.server, this.options.endpoint);
   }
 
@@ -72,6 +76,8 @@ export class PageOrigin extends EventEmitter {
     socket.on('error', () => undefined);
     let request: OriginRequest;
     try {
+      const tlsRefusal = this.options.tls && peerRefusal(this.options.tls, socket as TLSSocket);
+      if (tlsRefusal) throw new PostcopyError('ERR_POSTCOPY_REFUSED', tlsRefusal);
       const nonce = newNonce();
       socket.write(`${JSON.stringify({ origin: ORIGIN_BANNER, nonce })}\n`);
       const message = await readJsonLine(socket, 'serve-pages request', REQUEST_TIMEOUT_MS);
@@ -98,7 +104,7 @@ export class PageOrigin extends EventEmitter {
       const endpoint = parseEndpoint(request.endpoint, 'request endpoint');
       const capabilities = Capability.PREEMPT | (request.channels << Capability.BULK_SHIFT);
       const connect = (role: ChannelRole, timeout = 10, index = 0) => connectChannel<GuestBlock>({
-        endpoint, sessionId: request.session, role, index, token: this.options.token, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
+        endpoint, sessionId: request.session, role, index, token: this.options.token, tls: this.options.tls, blocks, timeout, capabilities: role === 'main' ? capabilities : 0,
       });
       const main = await connect('main');
       const preempt = await connect('preempt');

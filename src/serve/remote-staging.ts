@@ -8,7 +8,7 @@
 // Staging costs the size of the VM's regions in this process, freed when its pager has exited.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProtocolError } from '../base/index.js';
@@ -16,7 +16,7 @@ import { Mapping, type MappingDescriptor } from '../kernel/index.js';
 import { RamBlock, RamList } from '../memory/index.js';
 import { IncomingMigration, type IncomingReport } from '../incoming/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { IncomingListener, formatEndpoint, type Endpoint } from '../transport/index.js';
+import { IncomingListener, connectSocket, explainTlsError, formatEndpoint, type Endpoint, type TlsSettings } from '../transport/index.js';
 import { ORIGIN_BANNER, readJsonLine, regionBlockName, requestAuth, type OriginRequest } from './origin-request.js';
 import type { GuestRegion } from './regions.js';
 
@@ -26,6 +26,8 @@ export interface RemoteSourceOptions {
   /** The origin: `postcopy serve-pages --listen` there. */
   from: Endpoint;
   token?: string;
+  /** TLS 1.3 on the request and on every channel (the origin must use it too). */
+  tls?: TlsSettings;
   /** Bulk channels the origin opens (0: the stream shares the main channel). */
   channels?: number;
   /** How long a broken connection may take to come back (default 30 s). */
@@ -72,10 +74,11 @@ export class RemoteStaging extends EventEmitter {
 
   /** Listens for the migration's channels, then asks the origin for the regions; throws its refusal. */
   async start(): Promise<void> {
-    const { from, token } = this.options;
-    const origin = connect(from.kind === 'unix' ? { path: from.path } : { host: from.host, port: from.port });
+    const { from, token, tls } = this.options;
+    const origin = connectSocket(from, tls);
     try {
-      await new Promise<void>((resolve, reject) => origin.once('connect', resolve).once('error', (error) => reject(new ProtocolError(`the origin at ${formatEndpoint(from)}: ${error.message}`))));
+      await new Promise<void>((resolve, reject) => origin.once(tls ? 'secureConnect' : 'connect', resolve).once('error', (error) =>
+        reject(new ProtocolError(`the origin at ${formatEndpoint(from)}: ${(tls && explainTlsError(error, 'the origin')) || error.message}`))));
       const hello = await readJsonLine(origin, `the origin at ${formatEndpoint(from)}`, REQUEST_TIMEOUT_MS);
       if (hello.origin !== ORIGIN_BANNER || typeof hello.nonce !== 'string') throw new ProtocolError(`${formatEndpoint(from)} is not a postcopy serve-pages origin`);
       const listening = await this.listen(origin);
@@ -118,11 +121,11 @@ export class RemoteStaging extends EventEmitter {
   }
 
   private async listen(origin: Socket): Promise<Endpoint> {
-    const { from, token } = this.options;
+    const { from, token, tls } = this.options;
     const endpoint: Endpoint = from.kind === 'unix'
       ? { kind: 'unix', path: join(tmpdir(), `postcopy-staging-${this.session}.sock`) }
       : { kind: 'tcp', host: origin.localAddress!, port: 0 };
-    const listener = new IncomingListener<GuestBlock>({ endpoint, token, allowNoToken: endpoint.kind === 'unix', blocks: this.migration.blocks });
+    const listener = new IncomingListener<GuestBlock>({ endpoint, token, tls, allowNoToken: endpoint.kind === 'unix', blocks: this.migration.blocks });
     listener.admit = (hello) => this.migration.admit(hello);
     listener.on('channel', (accepted) => this.migration.attach(accepted));
     this.listener = listener;

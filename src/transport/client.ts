@@ -2,12 +2,10 @@
 // once, answer the destination's challenge with HELLO, and wait for HELLO_ACK (or a
 // refusal, which is thrown with its reason). The header goes first so that a listener
 // expecting TLS sees plaintext at once and can say so.
-import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
 import { ReturnPathDecoder, Role, StreamEncoder, helloAuth, type BlockLookup, type BlockShape } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, type Endpoint } from './endpoint.js';
-import { clientTlsOptions, explainTlsError, type TlsSettings } from './tls.js';
+import { connectSocket, explainTlsError, type TlsSettings } from './tls.js';
 import { PostcopyError } from '../base/index.js';
 
 export interface ConnectOptions<B extends BlockShape> {
@@ -38,7 +36,7 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
   const where = formatEndpoint(endpoint);
   const index = options.role === 'bulk' ? options.index ?? 0 : 0;
   const name = options.role === 'bulk' ? `bulk ${index}` : options.role;
-  const socket = openSocket(endpoint, options.tls);
+  const socket = connectSocket(endpoint, options.tls);
   const returnPath = new ReturnPathDecoder<B>({ blocks: options.blocks });
   const encoder = new StreamEncoder();
   socket.write(encoder.header());
@@ -93,10 +91,3 @@ export async function connectChannel<B extends BlockShape>(options: ConnectOptio
   return { channel: new Channel(socket, options.role, index), encoder, returnPath };
 }
 
-/** A connection to `endpoint`, TLS 1.3 when settings are given; writes wait for the handshake. */
-function openSocket(endpoint: Endpoint, tls: TlsSettings | undefined): Socket {
-  const where = endpoint.kind === 'unix' ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port };
-  const socket = tls ? tlsConnect({ ...where, ...clientTlsOptions(tls, endpoint.kind === 'unix' ? 'localhost' : endpoint.host) }) : netConnect(where);
-  socket.setNoDelay(true);
-  return socket;
-}

@@ -5,10 +5,10 @@
 // `maxPending` at once, each closed if it says no HELLO within `helloTimeout` or sends more
 // than a HELLO's worth of bytes first, so a peer without the token cannot exhaust descriptors
 // or memory. With TLS the challenge and everything after it go inside TLS 1.3.
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
 import { writeSync } from 'node:fs';
-import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
 import {
   Command,
   StreamDecoder,
@@ -24,7 +24,7 @@ import {
 } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, listenOn, type Endpoint } from './endpoint.js';
-import { explainTlsError, peerRefusal, serverTlsOptions, type TlsSettings } from './tls.js';
+import { createServerFor, explainTlsError, peerRefusal, type TlsSettings } from './tls.js';
 import { PostcopyError } from '../base/index.js';
 
 export interface ListenOptions<B extends BlockShape> {
@@ -82,14 +82,7 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
   }
 
   async listen(): Promise<Endpoint> {
-    const { tls } = this.options;
-    if (tls) {
-      const server = createTlsServer(serverTlsOptions(tls, this.options.helloTimeout ?? 5), (socket) => this.accept(socket));
-      server.on('tlsClientError', (error, socket) => this.refuseTls(error, socket));
-      this.server = server;
-    } else {
-      this.server = createServer((socket) => this.accept(socket));
-    }
+    this.server = createServerFor(this.options.tls, this.options.helloTimeout ?? 5, (socket) => this.accept(socket), (error, socket) => this.refuseTls(error, socket));
     return listenOn(this.server, this.options.endpoint);
   }
 

@@ -4,8 +4,10 @@
 // pre-shared key both sides hold. The token stays the authorization (HELLO, inside TLS); TLS
 // keeps the pages secret and unaltered on the way.
 import { readFileSync } from 'node:fs';
-import { createSecureContext, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
+import { connect as netConnect, createServer as createNetServer, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, createSecureContext, createServer as createTlsServer, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
 import { PostcopyError } from '../base/index.js';
+import type { Endpoint } from './endpoint.js';
 
 export type TlsSettings =
   | { kind: 'certificate'; cert: Buffer; key: Buffer; ca: Buffer }
@@ -57,7 +59,7 @@ export function loadTls(files: TlsFiles): TlsSettings | undefined {
  * client's handshake before the server checks its certificate, so only a refusal sent
  * inside TLS reaches the source with its reason.
  */
-export function serverTlsOptions(settings: TlsSettings, handshakeSeconds: number): TlsOptions {
+function serverTlsOptions(settings: TlsSettings, handshakeSeconds: number): TlsOptions {
   const common = { minVersion: 'TLSv1.3' as const, handshakeTimeout: handshakeSeconds * 1000 };
   if (settings.kind === 'psk') return { ...common, ciphers: PSK_CIPHERS, pskCallback: (_socket, identity) => (identity === PSK_IDENTITY ? settings.key : null) };
   return { ...common, cert: settings.cert, key: settings.key, ca: settings.ca, requestCert: true, rejectUnauthorized: false };
@@ -72,11 +74,29 @@ export function peerRefusal(settings: TlsSettings, socket: TLSSocket): string | 
 }
 
 /** Options for the source's TLS client: TLS 1.3 only, the destination's certificate checked against `host`. */
-export function clientTlsOptions(settings: TlsSettings, host: string): ConnectionOptions {
+function clientTlsOptions(settings: TlsSettings, host: string): ConnectionOptions {
   if (settings.kind === 'psk') {
     return { minVersion: 'TLSv1.3', ciphers: PSK_CIPHERS, pskCallback: () => ({ psk: settings.key, identity: PSK_IDENTITY }), checkServerIdentity: () => undefined };
   }
   return { minVersion: 'TLSv1.3', cert: settings.cert, key: settings.key, ca: settings.ca, servername: host.includes(':') || /^[\d.]+$/.test(host) ? undefined : host, rejectUnauthorized: true };
+}
+
+/**
+ * A server handing each connection to `onConnection`: with TLS, once its handshake is done
+ * (a failed one goes to `onTlsError`; Node closes the connection after it).
+ */
+export function createServerFor(tls: TlsSettings | undefined, handshakeSeconds: number, onConnection: (socket: Socket) => void,
+  onTlsError: (error: NodeJS.ErrnoException, socket: TLSSocket) => void): Server {
+  if (!tls) return createNetServer(onConnection);
+  return createTlsServer(serverTlsOptions(tls, handshakeSeconds), onConnection).on('tlsClientError', onTlsError);
+}
+
+/** A connection to `endpoint`, TLS 1.3 when settings are given (writes wait for the handshake), Nagle off. */
+export function connectSocket(endpoint: Endpoint, tls: TlsSettings | undefined): Socket {
+  const where = endpoint.kind === 'unix' ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port };
+  const socket = tls ? tlsConnect({ ...where, ...clientTlsOptions(tls, endpoint.kind === 'unix' ? 'localhost' : endpoint.host) }) : netConnect(where);
+  socket.setNoDelay(true);
+  return socket;
 }
 
 /** Verification failures of the peer's certificate, by OpenSSL's name for them. */

@@ -13,13 +13,14 @@ import { startService } from '../support/cli.js';
 import { patternImage } from '../support/serve.js';
 import { STANDIN_EXIT, runStandin, standinSkip } from '../support/vmm-standin.js';
 import { featureSkip } from '../support/hugepages.js';
+import { tlsArgs, writeTlsCredentials } from '../support/tls.js';
 
 const MiB = 2 ** 20;
 const skip = standinSkip();
 const dir = mkdtempSync(join(tmpdir(), 'postcopy-serve-cli-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-const startServe = (args: string[]) => startService('serve', args);
+const startServe = (args: string[], env: Record<string, string> = {}) => startService('serve', args, env);
 
 function scrape(address: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -118,30 +119,37 @@ test('postcopy serve --snapshot: a VM served from this package\'s snapshot file,
   assert.match(r.report!.error, /page data of block ram does not match its checksum/);
 });
 
-test('postcopy serve --from: serve-pages on the file\'s host, a VM served byte for byte, a staged event, both stop on SIGTERM', { skip, timeout: 90_000 }, async () => {
-  const file = join(dir, 'remote.mem');
-  writeFileSync(file, patternImage(8 * MiB, 5));
-  const origin = startService('serve-pages', ['--mem-file', file, '--listen', `unix:${join(dir, 'origin.sock')}`]);
-  const listening = await origin.waitFor('listening');
-  const socket = join(dir, 'remote-uffd.sock');
-  const serve = startServe(['--socket', socket, '--from', listening.endpoint, '--channels', '1']);
-  try {
-    assert.equal((await serve.waitFor('listening')).source, listening.endpoint);
-    const run = await runStandin(['--socket', socket, '--mem-file', file, '--region', '6M', '--region', '2M', '--threads', '2', '--pattern', 'random'], 30_000);
-    assert.equal(run.code, STANDIN_EXIT.ok, run.stdout + run.stderr);
-    const staged = await serve.waitFor('staged');
-    assert.equal(staged.pages.streamed + staged.pages.requested, (8 * MiB) / 4096);
-    const served = await origin.waitFor('served');
-    assert.match(served.session, /^[0-9a-f-]{36}$/);
-  } finally {
-    serve.child.kill('SIGTERM');
-    origin.child.kill('SIGTERM');
-  }
-  assert.equal(await serve.exited, 0);
-  assert.equal(await origin.exited, 0);
-  assert.equal(origin.events.at(-1)!.event, 'stopped');
-  assert.equal(origin.events.at(-1)!.served, 1);
-});
+for (const tls of [false, true]) {
+  const how = tls ? 'over TCP with TLS certificates and the token' : 'on Unix sockets';
+  test(`postcopy serve --from ${how}: serve-pages on the file's host, a VM served byte for byte, a staged event, both stop on SIGTERM`, { skip, timeout: 90_000 }, async () => {
+    const file = join(dir, 'remote.mem');
+    writeFileSync(file, patternImage(8 * MiB, 5));
+    const credentials = tls ? tlsArgs(writeTlsCredentials(dir).good) : [];
+    const env: Record<string, string> = tls ? { POSTCOPY_TOKEN: 'serve-from-token' } : {};
+    const origin = startService('serve-pages', ['--mem-file', file, '--listen', tls ? '127.0.0.1:0' : `unix:${join(dir, 'origin.sock')}`, ...credentials], env);
+    const listening = await origin.waitFor('listening');
+    assert.equal(listening.tls, tls ? 'certificate' : 'none');
+    const socket = join(dir, 'remote-uffd.sock');
+    const serve = startServe(['--socket', socket, '--from', listening.endpoint, '--channels', '1', ...credentials], env);
+    try {
+      assert.equal((await serve.waitFor('listening')).source, listening.endpoint);
+      const run = await runStandin(['--socket', socket, '--mem-file', file, '--region', '6M', '--region', '2M', '--threads', '2', '--pattern', 'random'], 30_000);
+      assert.equal(run.code, STANDIN_EXIT.ok, run.stdout + run.stderr);
+      const staged = await serve.waitFor('staged');
+      assert.equal(staged.pages.streamed + staged.pages.requested, (8 * MiB) / 4096);
+      const served = await origin.waitFor('served');
+      assert.match(served.session, /^[0-9a-f-]{36}$/);
+    } finally {
+      serve.child.kill('SIGTERM');
+      origin.child.kill('SIGTERM');
+    }
+    assert.equal(await serve.exited, 0);
+    assert.equal(await origin.exited, 0);
+    assert.equal(origin.events.at(-1)!.event, 'stopped');
+    assert.equal(origin.events.at(-1)!.served, 1);
+    assert.equal(origin.events.at(-1)!.refused, 0);
+  });
+}
 
 test('postcopy serve and serve-pages: options are checked, naming option and value', { timeout: 30_000 }, async () => {
   const { runCli } = await import('../support/cli.js');
