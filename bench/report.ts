@@ -97,9 +97,9 @@ export function buildRows(selected: readonly Scenario[], results: RunResults, op
     if (s.kind === 'migration') {
       migrationRow(row, s, ours);
     } else {
-      const floorName = s.floor ?? s.name;
-      const floor: Measured = bestOf(floorRuns, s) ?? { scenario: floorName, skipped: `no ${floorName} result from the floor` };
-      if (s.floor) row.floor_scenario = s.floor;
+      const floorName = s.baseline ? `${s.baseline} (ours)` : s.floor ?? s.name;
+      const floor: Measured = bestOf(floorRuns, s) ?? { scenario: floorName, skipped: `no ${floorName} result` };
+      if (s.floor || s.baseline) row.floor_scenario = floorName;
       if (s.kind === 'latency') latencyRow(row, s, ours, floor);
       else throughputRow(row, s, ours, floor);
       floorSkipped = floor.skipped;
@@ -329,14 +329,15 @@ function otherFloorTables(rows: Row[], out: string[]): void {
   const pc = rows.filter((r) => r.floor_scenario);
   if (!pc.length) return;
   const w = nameWidth(pc);
+  const vs = Math.max(11, ...pc.map((r) => r.floor_scenario!.length + 2));
   out.push('');
   out.push('postcopy over loopback TCP (destination in the scenario process, source in a child process), snapshot and restore; ratio = project /');
-  out.push('the floor scenario under "vs". Latency: the toucher\'s own clock around each faulting load, µs (lower is better).');
+  out.push('the floor scenario under "vs" (or ours, where it says so). Latency: the toucher\'s own clock around each faulting load, µs (lower is better).');
   const plat = pc.filter((r) => r.kind === 'latency');
   if (plat.length) {
-    out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(11)}${pad('project p50', 12)}${pad('p99', 10)}${pad('floor p50', 11)}${pad('p99', 9)}${pad('ratio p50', 11)}${pad('p99', 8)}  target`);
+    out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(vs)}${pad('project p50', 12)}${pad('p99', 10)}${pad('floor p50', 11)}${pad('p99', 9)}${pad('ratio p50', 11)}${pad('p99', 8)}  target`);
     for (const r of plat) {
-      const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(11)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 10)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
+      const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(vs)}${pad(f(r.p50_us), 12)}${pad(f(r.p99_us), 10)}${pad(f(r.floor_p50_us), 11)}${pad(f(r.floor_p99_us), 9)}` +
         `${pad(f(r.ratio), 11)}${pad(f(r.p99_ratio), 8)}  ${targetText(r)}`;
       pushRow(out, line, r);
       if (r.details) latencyDetails(r, r.details, out);
@@ -344,9 +345,9 @@ function otherFloorTables(rows: Row[], out: string[]): void {
   }
   const pthr = pc.filter((r) => r.kind === 'throughput');
   if (pthr.length) {
-    out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(11)}${pad('project GB/s', 12)}${pad('floor GB/s', 12)}${pad('ratio', 8)}  target`);
+    out.push(`${'scenario'.padEnd(w)}${'vs'.padEnd(vs)}${pad('project GB/s', 12)}${pad('floor GB/s', 12)}${pad('ratio', 8)}  target`);
     for (const r of pthr) {
-      const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(11)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 12)}${pad(f(r.ratio), 8)}  ${targetText(r)}`;
+      const line = `${r.scenario.padEnd(w)}${r.floor_scenario!.padEnd(vs)}${pad(f(r.gb_per_s, 3), 12)}${pad(f(r.floor_gb_per_s, 3), 12)}${pad(f(r.ratio), 8)}  ${targetText(r)}`;
       pushRow(out, line, r);
       if (r.details) throughputDetails(r, r.details, out);
     }

@@ -246,7 +246,16 @@ export async function runBench(options: BenchOptions, selected: readonly Scenari
   for (let run = 1; run <= options.runs; run++) {
     const tag = options.runs > 1 ? ` (run ${run}/${options.runs})` : '';
     for (const s of selected) {
-      if (s.kind !== 'migration') {
+      if (s.kind !== 'migration' && s.baseline) {
+        log(`bench: project: ${s.baseline} (baseline for ${s.name})${tag}`);
+        await pause(options.pauseMs);
+        try {
+          keep(floorRuns, s.name, await runOurs(options, s.baseline));
+        } catch (error) {
+          log(`bench: project: ${s.baseline}: ${(error as Error).message}`);
+          failed = true;
+        }
+      } else if (s.kind !== 'migration') {
         const floorName = s.floor ?? s.name;
         log(`bench: floor: ${floorName}${s.floor ? ` (for ${s.name})` : ''}${tag}`);
         await pause(options.pauseMs);

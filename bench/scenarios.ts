@@ -33,6 +33,8 @@ export interface PostcopySpec {
    * Only the project's OutgoingMigration has them: 0 for mode 'fault'.
    */
   channels: number;
+  /** TLS 1.3 on every channel. */
+  tls?: boolean;
 }
 /**
  * A whole migration of the reference guest: `postcopy demo --json` with these options, in a
@@ -89,6 +91,8 @@ interface Common {
   project: ProjectSpec | FloorOnly;
   /** The floor scenario compared with, when it is not the one of the same name. */
   floor?: string;
+  /** Compared with this scenario of ours instead of the floor (run in the floor's turn). */
+  baseline?: string;
 }
 export interface LatencyScenario extends Common {
   kind: 'latency';
@@ -117,7 +121,7 @@ const PAGE = 4096;
 const HUGE = 2 * 1024 * 1024;
 const fault = (pageSize: number, threads: number, wp = false): FaultSpec => ({ kind: 'fault', pageSize, huge: pageSize > PAGE, wp, threads });
 const place = (run: number, zero = false): PlaceSpec => ({ kind: 'place', run, zero });
-const postcopy = (mode: PostcopyMode, channels = 0): PostcopySpec => ({ kind: 'postcopy', mode, channels });
+const postcopy = (mode: PostcopyMode, channels = 0, tls = false): PostcopySpec => ({ kind: 'postcopy', mode, channels, tls });
 /** The issue's migration: a 1 GiB reference guest, two threads writing random pages flat out, 1 s of precopy. */
 const migration1g = (channels: number): MigrationSpec => ({ kind: 'migration', size: '1G', threads: 2, pattern: 'random', precopySeconds: 1, channels });
 const QEMU_1G = 'QEMU 7.2 here (preempt; guest writing one byte per random page flat out): total 1.7 s, downtime 1 ms, blocktime 425 ms';
@@ -138,6 +142,8 @@ export const SCENARIOS: readonly Scenario[] = [
   { name: 'postcopy-fault-loaded', kind: 'latency', project: postcopy('loaded'), floor: 'remote-4k', target: { p99Us: 2000 }, best: 'p99' },
   { name: 'postcopy-throughput', kind: 'throughput', project: postcopy('throughput'), floor: 'stream-4k', target: { min: 0.8 } },
   { name: 'postcopy-throughput-channels', kind: 'throughput', project: postcopy('throughput', 2), floor: 'stream-4k', target: { min: 1.0 } },
+  // TLS 1.3 against our own plaintext stream, the two run alternately
+  { name: 'postcopy-throughput-tls', kind: 'throughput', project: postcopy('throughput', 0, true), baseline: 'postcopy-throughput', target: { min: 0.6 } },
   // a background snapshot into a file while a writer thread writes (bench/snapshot.ts)
   { name: 'snapshot', kind: 'throughput', project: { kind: 'snapshot' }, floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },
   { name: 'snapshot-1page', kind: 'throughput', project: { kind: 'snapshot', claimPages: 1 }, floor: 'snapshot-wp', target: { min: 0.8, faultP50: 1.5 } },

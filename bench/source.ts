@@ -17,14 +17,14 @@
 //                     --channels N (N > 0), N bulk channels carry the stream, each fed by a
 //                     worker, as `postcopy send --channels N` does (src/cli/source-runner.ts).
 //
-// The token comes in $POSTCOPY_BENCH_TOKEN. The process prints one JSON line (what it did, and
+// The token comes in $POSTCOPY_BENCH_TOKEN, TLS settings (if any) in $POSTCOPY_BENCH_TLS. The process prints one JSON line (what it did, and
 // its main thread's CPU time while it served) and exits; it also exits when its stdin closes,
 // so that it never outlives the scenario process that spawned it, however that one ends.
 import { randomUUID } from 'node:crypto';
 import { Mapping } from '../src/kernel/index.js';
 import { Bitmap, RamBlock, RamList } from '../src/memory/index.js';
 import { OutgoingMigration, type OutgoingReport } from '../src/outgoing/index.js';
-import { connectChannel, type ChannelRole, type ConnectedChannel, type Endpoint } from '../src/transport/index.js';
+import { connectChannel, type ChannelRole, type ConnectedChannel, type Endpoint, type TlsSettings } from '../src/transport/index.js';
 import { Capability, MAX_BULK_CHANNELS, type ReturnPathEvent } from '../src/wire/index.js';
 import { mainThreadStats, processCpuMs } from './stats.js';
 import { TARGET_PAGE_SIZE } from '../src/base/index.js';
@@ -75,11 +75,20 @@ export async function sourceMain(args: string[]): Promise<SourceOutput> {
   process.stdin.resume();
 
   const token = process.env.POSTCOPY_BENCH_TOKEN;
+  tls = benchTls(process.env.POSTCOPY_BENCH_TLS);
   const endpoint: Endpoint = { kind: 'tcp', host, port };
   const sessionId = `bench-${randomUUID()}`;
   return mode === 'requests'
     ? requestsOnly(endpoint, token, sessionId, length)
     : outgoing(endpoint, token, sessionId, length, channels);
+}
+
+/** TLS settings the scenario process made for this run (JSON of Buffers), if any. */
+let tls: TlsSettings | undefined;
+function benchTls(json: string | undefined): TlsSettings | undefined {
+  if (!json) return undefined;
+  const o = JSON.parse(json, (_key, value) => (value && value.type === 'Buffer' ? Buffer.from(value.data) : value));
+  return o as TlsSettings;
 }
 
 async function requestsOnly(endpoint: Endpoint, token: string | undefined, sessionId: string, length: number): Promise<SourceOutput> {
@@ -190,7 +199,7 @@ async function outgoing(endpoint: Endpoint, token: string | undefined, sessionId
     // main announces preempt and the bulk channels, which connect after it (as the CLI does)
     const capabilities = Capability.PREEMPT | (channels << Capability.BULK_SHIFT);
     const connect = (role: ChannelRole, index = 0) =>
-      connectChannel<GuestBlock>({ endpoint, sessionId, role, index, token, blocks, capabilities: role === 'main' ? capabilities : 0 });
+      connectChannel<GuestBlock>({ endpoint, sessionId, role, index, token, tls, blocks, capabilities: role === 'main' ? capabilities : 0 });
     const main = await connect('main');
     const preempt = await connect('preempt');
     const bulk: ConnectedChannel<GuestBlock>[] = [];
