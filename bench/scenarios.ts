@@ -140,6 +140,7 @@ export const SCENARIOS: readonly Scenario[] = [
   // (each against a floor scenario of the same run: remote-4k for faults, stream-4k for the stream)
   { name: 'postcopy-fault', kind: 'latency', project: postcopy('fault'), floor: 'remote-4k', target: { p50: 2 } },
   { name: 'postcopy-fault-loaded', kind: 'latency', project: postcopy('loaded'), floor: 'remote-4k', target: { p99Us: 2000 }, best: 'p99' },
+  { name: 'postcopy-fault-loaded-channels', kind: 'latency', project: postcopy('loaded', 2), floor: 'remote-4k', target: { p99Us: 2000 }, best: 'p99' },
   { name: 'postcopy-throughput', kind: 'throughput', project: postcopy('throughput'), floor: 'stream-4k', target: { min: 0.8 } },
   { name: 'postcopy-throughput-channels', kind: 'throughput', project: postcopy('throughput', 2), floor: 'stream-4k', target: { min: 1.0 } },
   // TLS 1.3 against our own plaintext stream, the two run alternately

@@ -13,6 +13,7 @@ import { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { TARGET_PAGE_SIZE, isConnectionError } from '../base/index.js';
+import { setThreadPolicy } from '../kernel/process.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
 import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, type BulkPacket } from '../wire/bulk-packet.js';
 import { channelClosedMessage } from '../transport/channel.js';
@@ -64,11 +65,18 @@ class BulkWorker {
   private waitingForListen = false;
   private done = false;
   private lastReceivedAt = performance.now();
+  private lastStallCheckAt = performance.now();
   private bytes = 0;
   private readonly applied = new Map<number, Applied>();
   private readonly stallTimer: NodeJS.Timeout;
+  private get stallCheckMs(): number {
+    return Math.max(50, this.task.stallMs / 4);
+  }
 
   constructor(private readonly task: BulkWorkerTask) {
+    // the stream is background work: a thread a guest waits for (the main thread serving
+    // faults and the preempt channel, a vCPU) takes the CPU the moment it wakes
+    setThreadPolicy('idle');
     this.decoder = new BulkPacketDecoder(task.blocks, task.channel);
     if (task.uffdFd !== undefined) this.listen(task.uffdFd);
     else this.writer = new PrecopyWriter(task.blocks);
@@ -83,7 +91,7 @@ class BulkWorker {
     this.socket = new Socket(options);
     this.socket.on('end', () => this.fail(new Error(channelClosedMessage(task.channel)), true));
     this.socket.on('error', (error) => this.fail(new Error(channelClosedMessage(task.channel, error)), true));
-    this.stallTimer = setInterval(() => this.checkStall(), Math.max(50, task.stallMs / 4));
+    this.stallTimer = setInterval(() => this.checkStall(), this.stallCheckMs);
     parentPort!.on('message', (m: ToBulkWorker) => this.command(m));
   }
 
@@ -227,8 +235,13 @@ class BulkWorker {
   }
 
   private checkStall(): void {
-    if (this.waitingForListen || this.done) return;
-    const silentMs = performance.now() - this.lastReceivedAt;
+    const now = performance.now();
+    // this thread had no CPU (it runs only when nobody else wants one): bytes may be waiting
+    // unread, so judge next round
+    const late = now - this.lastStallCheckAt > 4 * this.stallCheckMs;
+    this.lastStallCheckAt = now;
+    if (this.waitingForListen || this.done || late) return;
+    const silentMs = now - this.lastReceivedAt;
     if (silentMs > this.task.stallMs) {
       this.fail(new Error(`${this.task.channel} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.task.stallMs / 1000} s)`), true);
     }

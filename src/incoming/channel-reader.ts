@@ -3,8 +3,9 @@
 // - at MULTIFD_FLUSH the main stream waits until every bulk channel has synced (what follows,
 //   discards and LISTEN, must not overtake a page still on a bulk channel); meanwhile only
 //   PING is answered, so that the source's stall watch stays content while the bulk drains;
-// - the engine may hold the stream back for a moment (`holdFor`), so that a faulting thread's
-//   page on the preempt channel gets this thread first.
+// - the engine may hold the stream back for a moment (`holdFor`), or for the rest of this turn
+//   of the event loop (`yieldTurn`), so that a faulting thread's page on the preempt channel
+//   gets this thread first.
 import { Command, type StreamDecoder, type StreamEvent } from '../wire/index.js';
 import type { Channel } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
@@ -25,6 +26,9 @@ export class ChannelReader {
   private readonly deferred: StreamEvent<GuestBlock>[] = [];
   private waitingAtFlush = false;
   private holdTimer: NodeJS.Timeout | undefined;
+  private yielding = false;
+  /** Bytes read since reading last yielded its turn. */
+  bytesThisTurn = 0;
 
   constructor(
     readonly channel: Channel,
@@ -36,6 +40,7 @@ export class ChannelReader {
     channel.socket.on('data', (chunk: Buffer) => {
       if (!this.live()) return;
       channel.received(chunk.length);
+      this.bytesThisTurn += chunk.length;
       decoder.push(chunk);
       this.pump();
     });
@@ -71,7 +76,24 @@ export class ChannelReader {
     if (!this.holdTimer) return;
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;
-    this.channel.socket.resume();
+    if (!this.yielding) this.channel.socket.resume();
+  }
+
+  /**
+   * Reads no more in this turn of the event loop: libuv reads a busy socket up to 32 times
+   * (2 MiB) per turn before it looks at the next one, and a page a thread waits for may be
+   * behind that on the preempt channel. The other descriptors ready in this turn (preempt,
+   * userfaultfd) go first; reading goes on in the next turn.
+   */
+  yieldTurn(): void {
+    if (this.yielding || this.holdTimer) return;
+    this.yielding = true;
+    this.bytesThisTurn = 0;
+    this.channel.socket.pause();
+    setImmediate(() => {
+      this.yielding = false;
+      if (!this.holdTimer) this.channel.socket.resume();
+    });
   }
 
   private pump(): void {

@@ -42,6 +42,11 @@ import { IncomingStateMachine, type IncomingState, type IncomingTransition } fro
 
 /** Longest the main stream is held back for a waiting thread's page on the preempt channel. */
 const STREAM_HOLD_MS = 1;
+/**
+ * Stream bytes read in one turn of the event loop in postcopy: a new fault is read (and its
+ * request sent) after at most this much stream, 64 pages placed (libuv alone would read 2 MiB).
+ */
+const STREAM_TURN_BYTES = 256 << 10;
 /** How often requests, progress and the pause are checked. */
 const LIVENESS_TICK_MS = 100;
 
@@ -153,16 +158,20 @@ export class IncomingMigration extends EventEmitter {
   }
 
   /**
-   * After each read: the pending run is placed. While a guest thread waits for a page just
-   * requested, the main stream steps aside for a moment: that leaves this thread to the preempt
-   * channel and, through TCP backpressure, slows the source's stream. Only for a fresh request:
-   * a page the source had already sent is in this very stream, and holding it would delay it.
+   * After each read: the pending run is placed. In postcopy the main stream never keeps this
+   * thread from a fault or from the preempt channel for long: it yields its turn of the event
+   * loop after STREAM_TURN_BYTES, or at once while a thread waits. For a request just sent it
+   * steps aside for a moment (holdFor), which through TCP backpressure also slows the source's
+   * stream while the answer comes.
    */
   private afterRead(channel: Channel): void {
     this.intake.flush();
     this.checkComplete();
-    const fresh = performance.now() - this.lastRequestAt < STREAM_HOLD_MS;
-    if (channel === this.connection.main && this.connection.preempt && (this.faults?.waiting ?? 0) > 0 && fresh) this.mainReader?.holdFor(STREAM_HOLD_MS);
+    const reader = this.mainReader;
+    if (channel !== this.connection.main || !reader || !this.faults) return;
+    const waiting = this.faults.waiting > 0;
+    if (waiting && this.connection.preempt && performance.now() - this.lastRequestAt < STREAM_HOLD_MS) reader.holdFor(STREAM_HOLD_MS);
+    else if (waiting || reader.bytesThisTurn >= STREAM_TURN_BYTES) reader.yieldTurn();
   }
 
   /** An answer that could not be written means a broken connection; anything else is fatal. */

@@ -26,7 +26,9 @@ export type ToBulkSender =
   /** A SYNC packet after everything queued. */
   | { type: 'sync' }
   /** The END packet after everything queued, then close. */
-  | { type: 'end' };
+  | { type: 'end' }
+  /** Postcopy: from now on the worker yields the CPU to every other thread (SCHED_IDLE). */
+  | { type: 'background' };
 
 export type FromBulkSender =
   /** Pages handed to the kernel (written to the socket), `zero` of them zero pages. */
