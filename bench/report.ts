@@ -186,12 +186,14 @@ function throughputRow(row: Row, s: ThroughputScenario, ours: Measured, floor: M
     figures(floor, ['gb_per_s', 'us_per_4k'], 'floor_'),
     { ratio: ratio(ours.gb_per_s, floor.gb_per_s) },
   );
-  if (floor.send_cpu_us_per_4k !== undefined) {
+  // the floor's stream prints each side's CPU per page; a baseline of ours has it in details
+  const floorSend = floor.send_cpu_us_per_4k ?? floor.details?.send_cpu_us_per_4k;
+  if (floorSend !== undefined) {
     Object.assign(row, {
       send_cpu_us_per_4k: ours.details?.send_cpu_us_per_4k ?? null,
       recv_cpu_us_per_4k: ours.details?.recv_cpu_us_per_4k ?? null,
-      floor_send_cpu_us_per_4k: floor.send_cpu_us_per_4k,
-      floor_recv_cpu_us_per_4k: floor.recv_cpu_us_per_4k ?? null,
+      floor_send_cpu_us_per_4k: floorSend,
+      floor_recv_cpu_us_per_4k: floor.recv_cpu_us_per_4k ?? floor.details?.recv_cpu_us_per_4k ?? null,
     });
   }
   const target: RowTarget = (row.target = { ratio_min: s.target.min });
@@ -319,8 +321,9 @@ function throughputDetails(r: Row, d: Details, out: string[]): void {
     out.push(`${indent}${d.pages_streamed! + d.pages_requested!} pages in ${f(d.postcopy_ms, 0)} ms (${f(r.us_per_4k)} µs per 4 KiB), ${d.bulk_channels} bulk channel(s); ` +
       `main thread busy: destination ${f(d.dest_main_busy)}, source ${f(d.source_main_busy)} (1 = never idle); ` +
       `all threads: destination ${f(d.dest_process_busy)}, source ${f(d.source_process_busy)} CPUs`);
-    out.push(`${indent}CPU per 4 KiB, every thread: source ${f(r.send_cpu_us_per_4k)} µs (floor's sender ${f(r.floor_send_cpu_us_per_4k)}), ` +
-      `destination ${f(r.recv_cpu_us_per_4k)} µs (floor's receiver ${f(r.floor_recv_cpu_us_per_4k)})`);
+    const other = r.floor_scenario?.endsWith('(ours)') ? r.floor_scenario.replace(' (ours)', '') : "floor's";
+    out.push(`${indent}CPU per 4 KiB, every thread: source ${f(r.send_cpu_us_per_4k)} µs (${other} sender ${f(r.floor_send_cpu_us_per_4k)}), ` +
+      `destination ${f(r.recv_cpu_us_per_4k)} µs (${other} receiver ${f(r.floor_recv_cpu_us_per_4k)})`);
   }
 }
 
