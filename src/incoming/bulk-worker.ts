@@ -74,9 +74,6 @@ class BulkWorker {
   }
 
   constructor(private readonly task: BulkWorkerTask) {
-    // the stream is background work: a thread a guest waits for (the main thread serving
-    // faults and the preempt channel, a vCPU) takes the CPU the moment it wakes
-    setThreadPolicy('idle');
     this.decoder = new BulkPacketDecoder(task.blocks, task.channel);
     if (task.uffdFd !== undefined) this.listen(task.uffdFd);
     else this.writer = new PrecopyWriter(task.blocks);
@@ -110,6 +107,11 @@ class BulkWorker {
   }
 
   private listen(uffdFd: number): void {
+    // from LISTEN the stream is background work: a thread a guest waits for (the main thread
+    // serving faults and the preempt channel, a vCPU) takes the CPU the moment it wakes. Not
+    // before: in precopy nothing here waits, and on a shared host an idle thread would be
+    // starved by any busy one (the source's guest, when both run on one host)
+    setThreadPolicy('idle');
     this.placers = this.task.blocks.map((b) => new RangePlacer(uffdFd, b.address, b.length));
     this.writer?.close(); // plain writes end here
     this.writer = undefined;
