@@ -3,7 +3,6 @@
 // No policy lives here; src/kernel/ is the only user of this module.
 #include <fcntl.h>
 #include <napi.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -41,24 +40,6 @@ static Napi::Value DuplicateDescriptor(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), copy);
 }
 
-// setThreadPolicy('normal' | 'batch' | 'idle'): the scheduling policy of the calling thread
-// (sched_setscheduler with pid 0 is the caller's thread on Linux, not its process). A worker
-// doing background work (a bulk channel) takes 'idle' so that the threads a faulting guest
-// waits for get a CPU the moment they wake. Lowering needs no privilege.
-static Napi::Value SetThreadPolicy(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsString()) ThrowArgType(info[0], "policy", "string");
-  const std::string name = info[0].As<Napi::String>();
-  int policy;
-  if (name == "normal") policy = SCHED_OTHER;
-  else if (name == "batch") policy = SCHED_BATCH;
-  else if (name == "idle") policy = SCHED_IDLE;
-  else ThrowOutOfRange(info[0], "policy", "'normal', 'batch' or 'idle'");
-  sched_param param{};
-  if (sched_setscheduler(0, policy, &param) != 0) ThrowErrno(env, errno, "sched_setscheduler", name);
-  return env.Undefined();
-}
-
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Mapping", Mapping::Init(env));
   exports.Set("Userfaultfd", Userfaultfd::Init(env));
@@ -67,7 +48,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   DefineSocket(env, exports);
   exports.Set("gettid", Napi::Function::New<GetTid>(env, "gettid"));
   exports.Set("exitNow", Napi::Function::New<ExitNow>(env, "exitNow"));
-  exports.Set("setThreadPolicy", Napi::Function::New<SetThreadPolicy>(env, "setThreadPolicy"));
   exports.Set("duplicateDescriptor", Napi::Function::New<DuplicateDescriptor>(env, "duplicateDescriptor"));
   exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
   DefineChecksum(env, exports);

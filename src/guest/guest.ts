@@ -40,8 +40,6 @@ import { LedgerInfo } from './ledger.js';
 const FAILED_STOP_GRACE_MS = 1000;
 /** A word nobody notifies: `hold` sleeps on it for a few microseconds at a time. */
 const HOLD_SLEEP = new Int32Array(new SharedArrayBuffer(4));
-/** How long pause() watches for the threads to park before it waits for their messages. */
-const PAUSE_SPIN_MS = 2;
 
 export interface RunOptions {
   /** Per-thread budget: each thread parks after this many operations (default: no limit). */
@@ -260,12 +258,6 @@ export class Guest extends EventEmitter {
   /** Park every thread between two operations; resolves when all are parked. */
   async pause(): Promise<void> {
     this.command(CMD_PAUSE);
-    // threads park within microseconds of the command: watch for it here (a vCPU stop is
-    // synchronous too) rather than wait for their messages through the event loop, which
-    // would add its latency to a switchover's downtime; a thread that takes longer (blocked in
-    // a fault) is waited for as before
-    const deadline = performance.now() + PAUSE_SPIN_MS;
-    while (!this.allParked() && performance.now() < deadline) Atomics.wait(HOLD_SLEEP, 0, 0, 0.02);
     await this.waitFor(() => this.allParked());
   }
 

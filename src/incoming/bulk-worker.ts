@@ -13,7 +13,6 @@ import { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { TARGET_PAGE_SIZE, isConnectionError } from '../base/index.js';
-import { setThreadPolicy } from '../kernel/process.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
 import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, type BulkPacket } from '../wire/bulk-packet.js';
 import { channelClosedMessage } from '../transport/channel.js';
@@ -65,13 +64,9 @@ class BulkWorker {
   private waitingForListen = false;
   private done = false;
   private lastReceivedAt = performance.now();
-  private lastStallCheckAt = performance.now();
   private bytes = 0;
   private readonly applied = new Map<number, Applied>();
   private readonly stallTimer: NodeJS.Timeout;
-  private get stallCheckMs(): number {
-    return Math.max(50, this.task.stallMs / 4);
-  }
 
   constructor(private readonly task: BulkWorkerTask) {
     this.decoder = new BulkPacketDecoder(task.blocks, task.channel);
@@ -88,7 +83,7 @@ class BulkWorker {
     this.socket = new Socket(options);
     this.socket.on('end', () => this.fail(new Error(channelClosedMessage(task.channel)), true));
     this.socket.on('error', (error) => this.fail(new Error(channelClosedMessage(task.channel, error)), true));
-    this.stallTimer = setInterval(() => this.checkStall(), this.stallCheckMs);
+    this.stallTimer = setInterval(() => this.checkStall(), Math.max(50, task.stallMs / 4));
     parentPort!.on('message', (m: ToBulkWorker) => this.command(m));
   }
 
@@ -107,11 +102,6 @@ class BulkWorker {
   }
 
   private listen(uffdFd: number): void {
-    // from LISTEN the stream is background work: a thread a guest waits for (the main thread
-    // serving faults and the preempt channel, a vCPU) takes the CPU the moment it wakes. Not
-    // before: in precopy nothing here waits, and on a shared host an idle thread would be
-    // starved by any busy one (the source's guest, when both run on one host)
-    setThreadPolicy('idle');
     this.placers = this.task.blocks.map((b) => new RangePlacer(uffdFd, b.address, b.length));
     this.writer?.close(); // plain writes end here
     this.writer = undefined;
@@ -237,13 +227,8 @@ class BulkWorker {
   }
 
   private checkStall(): void {
-    const now = performance.now();
-    // this thread had no CPU (it runs only when nobody else wants one): bytes may be waiting
-    // unread, so judge next round
-    const late = now - this.lastStallCheckAt > 4 * this.stallCheckMs;
-    this.lastStallCheckAt = now;
-    if (this.waitingForListen || this.done || late) return;
-    const silentMs = now - this.lastReceivedAt;
+    if (this.waitingForListen || this.done) return;
+    const silentMs = performance.now() - this.lastReceivedAt;
     if (silentMs > this.task.stallMs) {
       this.fail(new Error(`${this.task.channel} channel stalled: nothing received for ${(silentMs / 1000).toFixed(1)} s (bound ${this.task.stallMs / 1000} s)`), true);
     }

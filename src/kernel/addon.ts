@@ -3,9 +3,6 @@ import bindings = require('bindings');
 
 export type Address = bigint | number;
 
-/** Linux scheduling policies a thread may lower itself to. */
-export type ThreadPolicy = 'normal' | 'batch' | 'idle';
-
 export interface NativeMapping {
   readonly address: bigint;
   readonly length: number;
@@ -69,7 +66,6 @@ export interface Addon {
   socketPair(): [number, number];
   gettid(): number;
   exitNow(code: number): never;
-  setThreadPolicy(policy: ThreadPolicy): void;
   duplicateDescriptor(fd: number): number;
   pagemapScan(fd: number, arg: BigUint64Array, vec: BigUint64Array): number;
   crc32c(bytes: Uint8Array, seed?: number, software?: boolean): number;

@@ -23,7 +23,7 @@ export {
 } from './constants.js';
 export { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PagemapReader, PagemapScanner } from './pagemap.js';
 export { checksumPages, crc32c, crc32cHardware, crc32cSoftware } from './checksum.js';
-export { duplicateDescriptor, exitNow, setThreadPolicy } from './process.js';
+export { duplicateDescriptor, exitNow } from './process.js';
 export { SelfMemory } from './self-memory.js';
 export { argumentError, errnoError, type SystemError } from './errors.js';
 export type { Address } from './addon.js';

@@ -4,7 +4,7 @@
 // guest thread blocked on a page that will never arrive dies in the kernel and never reads
 // a zero page.
 import { writeSync } from 'node:fs';
-import { addon, type ThreadPolicy } from './addon.js';
+import { addon } from './addon.js';
 
 /**
  * Writes `message` (if any) to stderr, then ends the process with `code` at once: no
@@ -28,13 +28,4 @@ export function exitNow(code: number, message?: string): never {
  */
 export function duplicateDescriptor(fd: number): number {
   return addon.duplicateDescriptor(fd);
-}
-
-/**
- * The calling thread's scheduling policy (sched_setscheduler on the thread, not the process).
- * 'idle': runs only when nothing else wants the CPU, and yields it the moment another thread
- * wakes; for background work that must never delay a thread a guest waits for.
- */
-export function setThreadPolicy(policy: ThreadPolicy): void {
-  addon.setThreadPolicy(policy);
 }

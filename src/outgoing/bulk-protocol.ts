@@ -26,9 +26,7 @@ export type ToBulkSender =
   /** A SYNC packet after everything queued. */
   | { type: 'sync' }
   /** The END packet after everything queued, then close. */
-  | { type: 'end' }
-  /** Postcopy: from now on the worker yields the CPU to every other thread (SCHED_IDLE). */
-  | { type: 'background' };
+  | { type: 'end' };
 
 export type FromBulkSender =
   /** Pages handed to the kernel (written to the socket), `zero` of them zero pages. */

@@ -7,7 +7,6 @@
 import { Socket } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { attachMapping } from '../kernel/mapping.js';
-import { setThreadPolicy } from '../kernel/process.js';
 import { isZero } from '../memory/zero.js';
 import { BulkFlag, encodeBulkHeader } from '../wire/bulk-packet.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
@@ -41,7 +40,6 @@ class BulkSender {
   private command(m: ToBulkSender): void {
     if (this.done) return;
     if (m.type === 'pages') return this.sendPages(m.block, m.pages, m.untouched);
-    if (m.type === 'background') return setThreadPolicy('idle');
     this.writeHeader(encodeBulkHeader({ flags: m.type === 'sync' ? BulkFlag.SYNC : BulkFlag.END, number: this.number++ }));
     if (m.type === 'end') {
       this.done = true;

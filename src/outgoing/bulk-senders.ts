@@ -73,15 +73,6 @@ export class BulkSenders {
     return new Promise((resolve) => (this.room = resolve));
   }
 
-  /**
-   * Postcopy: the workers yield the CPU to every other thread from now on, so that the thread
-   * answering page requests runs the moment a request arrives. (Not in precopy: the guest
-   * runs here then, and a busy guest would starve the stream.)
-   */
-  background(): void {
-    for (let i = 0; i < this.count; i++) this.post(i, { type: 'background' });
-  }
-
   sync(): void {
     for (let i = 0; i < this.count; i++) this.post(i, { type: 'sync' });
   }

@@ -83,7 +83,6 @@ export class OutgoingMigration {
       else this.channels.markBrokenBy(error);
     });
     this.sender.bulk = bulk;
-    if (this.phase === 'postcopy') bulk.background();
   }
 
   /** After a break: the bulk workers of the broken connection stop. */
@@ -245,7 +244,6 @@ export class OutgoingMigration {
   /** Background scan with requests first, until the dirty bitmap is empty and COMPLETE is acknowledged. */
   private async postcopy(): Promise<void> {
     this.phase = 'postcopy';
-    this.sender.bulk?.background();
     this.progress(); // postcopy has begun: the guest runs on the destination
     this.map.cursor = { block: 0, page: 0 };
     const startRateWindow = () => (this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy });

@@ -78,17 +78,11 @@ export class PageSender {
     }
   }
 
-  /**
-   * A page already sent is in flight behind the stream. With a preempt channel it goes again
-   * there at once: a faulting thread never waits for the stream's queue (the destination takes
-   * whichever copy comes first; the other is a duplicate, EEXIST). On the main channel alone a
-   * second copy would queue behind the first: skipped once; asked for again, it did not
-   * arrive: sent again.
-   */
+  /** A page already sent is in flight: skipped once; asked for again, it did not arrive: sent again. */
   private serveRequest(target: ConnectedChannel<GuestBlock>, blockIndex: number, host: number): void {
     if (this.sendHostPage(target, blockIndex, host, 'requested')) return;
     const key = blockIndex * 2 ** 32 + host;
-    if (this.channels.preempt || this.skippedRequests.delete(key)) {
+    if (this.skippedRequests.delete(key)) {
       this.sendHostPage(target, blockIndex, host, 'requested', true);
       this.counts.requestsResent++;
     } else {

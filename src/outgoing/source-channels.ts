@@ -7,7 +7,7 @@ import type { ConnectedChannel, Channel } from '../transport/index.js';
 import { StallWatch } from '../transport/index.js';
 import { type ReturnPathEvent } from '../wire/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { PostcopyError } from '../base/index.js';
+import { PostcopyError, isConnectionError } from '../base/index.js';
 
 export interface SourceChannelOptions {
   main: ConnectedChannel<GuestBlock>;
@@ -158,7 +158,10 @@ export class SourceChannels {
           this.options.onReturnPath(event);
         }
       } catch (error) {
-        this.options.onProtocolError(error as Error);
+        // a request answered on the preempt channel just as it closed (its 'close' not handled
+        // yet) is a break of the connection, which recovery heals, not malformed input
+        if (isConnectionError(error)) this.markBrokenBy(error as Error);
+        else this.options.onProtocolError(error as Error);
       }
     };
     channel.socket.on('data', (chunk: Buffer) => {
