@@ -1,5 +1,6 @@
-// Unix sockets: a message with descriptors (SCM_RIGHTS), who is on the other end
-// (SO_PEERCRED), and a connected pair. What a VMM's userfaultfd handler needs to take the one message the VMM sends.
+// Unix sockets: a message with descriptors (SCM_RIGHTS) and who is on the other end
+// (SO_PEERCRED), what a VMM's userfaultfd handler needs to take the one message the VMM
+// sends; and a connected pair, for a worker thread behind a TLS channel.
 #include <napi.h>
 #include <sys/socket.h>
 #include <unistd.h>
