@@ -3,6 +3,7 @@
 // sockets cannot do either: libuv reads a non-IPC pipe with read(2), and the kernel then
 // drops the descriptors. So the socket must not be read by libuv (pauseOnConnect) while
 // these take from it.
+import type { Socket } from 'node:net';
 import { EAGAIN } from '../base/index.js';
 import { addon } from './addon.js';
 
@@ -46,4 +47,13 @@ export function peerCredentials(fd: number): PeerCredentials {
  */
 export function socketPair(): [number, number] {
   return addon.socketPair();
+}
+
+/**
+ * The descriptor under a Node socket (its libuv handle's, which Node does not expose), or
+ * undefined once it has none: to hand a connection to a worker, or to write to it past Node.
+ */
+export function socketDescriptor(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }

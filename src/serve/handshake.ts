@@ -5,7 +5,7 @@
 import { closeSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { PostcopyError } from '../base/index.js';
-import { duplicateDescriptor, peerCredentials, receiveMessage } from '../kernel/index.js';
+import { duplicateDescriptor, peerCredentials, receiveMessage, socketDescriptor } from '../kernel/index.js';
 import { parseRegions, type GuestRegion } from './regions.js';
 
 /** Firecracker sends a few hundred bytes; a bound keeps a hostile peer small. */
@@ -28,9 +28,9 @@ export interface VmHello {
 
 /** Takes the descriptor of a connection accepted with pauseOnConnect (nothing read yet). */
 export function takeConnection(socket: Socket): Handshake {
-  const handle = (socket as unknown as { _handle?: { fd?: number } })._handle;
-  if (typeof handle?.fd !== 'number' || handle.fd < 0) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', 'internal: an accepted connection without a descriptor');
-  const fd = duplicateDescriptor(handle.fd);
+  const accepted = socketDescriptor(socket);
+  if (accepted === undefined) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', 'internal: an accepted connection without a descriptor');
+  const fd = duplicateDescriptor(accepted);
   socket.destroy();
   try {
     const { pid, uid } = peerCredentials(fd);

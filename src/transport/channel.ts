@@ -6,7 +6,7 @@ import { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { TLSSocket } from 'node:tls';
 import { duplicateDescriptor } from '../kernel/process.js';
-import { socketPair } from '../kernel/socket.js';
+import { socketDescriptor, socketPair } from '../kernel/socket.js';
 import { PostcopyError } from '../base/index.js';
 
 export type ChannelRole = 'main' | 'preempt' | 'bulk';
@@ -65,8 +65,8 @@ export class Channel {
    */
   takeDescriptor(): number {
     if (this.socket instanceof TLSSocket) return this.relayThroughPair(this.socket);
-    const fd = (this.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', `internal: the ${this.name} channel has no descriptor to hand over`);
+    const fd = socketDescriptor(this.socket);
+    if (fd === undefined) throw new PostcopyError('ERR_POSTCOPY_INTERNAL', `internal: the ${this.name} channel has no descriptor to hand over`);
     const copy = duplicateDescriptor(fd);
     this.socket.removeAllListeners();
     this.socket.on('error', () => undefined);

@@ -24,6 +24,7 @@ import {
 } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, listenOn, type Endpoint } from './endpoint.js';
+import { socketDescriptor } from '../kernel/socket.js';
 import { createServerFor, explainTlsError, peerRefusal, type TlsSettings } from './tls.js';
 import { PostcopyError } from '../base/index.js';
 
@@ -94,8 +95,8 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
   private refuseTls(error: NodeJS.ErrnoException, socket: TLSSocket): void {
     const reason = explainTlsError(error, 'the source') ?? (error.message.split('\n')[0] || String(error.code));
     const plaintextPeer = /does not speak TLS/.test(reason);
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (plaintextPeer && typeof fd === 'number' && fd >= 0) {
+    const fd = socketDescriptor(socket);
+    if (plaintextPeer && fd !== undefined) {
       try {
         writeSync(fd, encodeRefuse('this listener takes TLS only: run the source with TLS too (--tls-cert, --tls-key, --tls-ca or --tls-psk)'));
       } catch {

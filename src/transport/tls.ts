@@ -4,8 +4,8 @@
 // pre-shared key both sides hold. The token stays the authorization (HELLO, inside TLS); TLS
 // keeps the pages secret and unaltered on the way.
 import { readFileSync } from 'node:fs';
-import { connect as netConnect, createServer as createNetServer, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect, createSecureContext, createServer as createTlsServer, type ConnectionOptions, type TLSSocket, type TlsOptions } from 'node:tls';
+import { connect as netConnect, createServer as createNetServer, isIP, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, createSecureContext, createServer as createTlsServer, type ConnectionOptions, type SecureContext, type TLSSocket, type TlsOptions } from 'node:tls';
 import { PostcopyError } from '../base/index.js';
 import type { Endpoint } from './endpoint.js';
 
@@ -45,7 +45,7 @@ export function loadTls(files: TlsFiles): TlsSettings | undefined {
   if (missing.length) throw config(`TLS with certificates needs --tls-cert, --tls-key and --tls-ca: --tls-${missing.join(' and --tls-')} missing`);
   const settings: TlsSettings = { kind: 'certificate', cert: read('cert', files.cert!), key: read('key', files.key!), ca: read('ca', files.ca!) };
   try {
-    createSecureContext({ cert: settings.cert, key: settings.key, ca: settings.ca });
+    contextOf(settings);
   } catch (error) {
     const reason = (error as Error).message;
     throw config(/mismatch/i.test(reason) ? `--tls-key ${files.key} is not the key of --tls-cert ${files.cert}` : `TLS settings (--tls-cert ${files.cert}, --tls-key ${files.key}, --tls-ca ${files.ca}): ${reason}`);
@@ -78,7 +78,15 @@ function clientTlsOptions(settings: TlsSettings, host: string): ConnectionOption
   if (settings.kind === 'psk') {
     return { minVersion: 'TLSv1.3', ciphers: PSK_CIPHERS, pskCallback: () => ({ psk: settings.key, identity: PSK_IDENTITY }), checkServerIdentity: () => undefined };
   }
-  return { minVersion: 'TLSv1.3', cert: settings.cert, key: settings.key, ca: settings.ca, servername: host.includes(':') || /^[\d.]+$/.test(host) ? undefined : host, rejectUnauthorized: true };
+  return { minVersion: 'TLSv1.3', secureContext: contextOf(settings), servername: isIP(host) ? undefined : host, rejectUnauthorized: true };
+}
+
+/** Parsed once per settings: every channel and every reconnection reuses it. */
+const contexts = new WeakMap<TlsSettings, SecureContext>();
+function contextOf(settings: Extract<TlsSettings, { kind: 'certificate' }>): SecureContext {
+  let context = contexts.get(settings);
+  if (!context) contexts.set(settings, (context = createSecureContext({ cert: settings.cert, key: settings.key, ca: settings.ca, minVersion: 'TLSv1.3' })));
+  return context;
 }
 
 /**
