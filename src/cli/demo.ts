@@ -36,15 +36,10 @@ export const DEMO_OPTIONS: OptionGroup = {
   },
 };
 
-export async function demoCommand({ values: o, json }: CommandArgs): Promise<CommandEnd> {
-  const config = sourceConfig(o);
-  const transport = choiceOption(o.transport, 'transport', ['tcp', 'unix'] as const, 'tcp');
-  const chaosSeed = o.chaos === undefined ? undefined : intOption(o.chaos, 'chaos', 0, 0, 2 ** 31 - 1);
-  const token = randomBytes(24).toString('hex');
-  const printer = progressPrinter();
-  const tlsFiles = o.tls === true ? writeThrowawayCredentials() : undefined;
+export async function demoCommand(args: CommandArgs): Promise<CommandEnd> {
+  const tlsFiles = args.values.tls === true ? writeThrowawayCredentials() : undefined;
   try {
-    return await demo(o, json, { config, transport, chaosSeed, token, tlsFiles, printer });
+    return await demo(args, tlsFiles);
   } finally {
     if (tlsFiles) rmSync(dirname(tlsFiles.cert), { recursive: true, force: true });
   }
@@ -52,16 +47,12 @@ export async function demoCommand({ values: o, json }: CommandArgs): Promise<Com
 
 type CertificateFiles = Required<Omit<TlsFiles, 'psk'>>;
 
-interface DemoSetup {
-  config: SourceConfig;
-  transport: 'tcp' | 'unix';
-  chaosSeed: number | undefined;
-  token: string;
-  tlsFiles: CertificateFiles | undefined;
-  printer: ReturnType<typeof progressPrinter>;
-}
-
-async function demo(o: CommandArgs['values'], json: boolean, { config, transport, chaosSeed, token, tlsFiles, printer }: DemoSetup): Promise<CommandEnd> {
+async function demo({ values: o, json }: CommandArgs, tlsFiles: CertificateFiles | undefined): Promise<CommandEnd> {
+  const config = sourceConfig(o);
+  const transport = choiceOption(o.transport, 'transport', ['tcp', 'unix'] as const, 'tcp');
+  const chaosSeed = o.chaos === undefined ? undefined : intOption(o.chaos, 'chaos', 0, 0, 2 ** 31 - 1);
+  const token = randomBytes(24).toString('hex');
+  const printer = progressPrinter();
   const status = printer.note;
   const destination = await startDestination(transport, config, runSeconds(o), token, tlsFiles, status);
   const chaos = chaosSeed === undefined ? undefined : await startChaos(chaosSeed, destination.endpoint, transport, status);
