@@ -1,5 +1,6 @@
 // postcopy native addon: thin, errno-faithful wrappers of mmap/madvise/memfd, userfaultfd and
-// the Unix socket calls a userfaultfd handler needs, and CRC32C over runs of pages.
+// the Unix socket calls a userfaultfd handler needs, CRC32C over runs of pages, and pages
+// written to a socket straight from memory.
 // No policy lives here; src/kernel/ is the only user of this module.
 #include <fcntl.h>
 #include <napi.h>
@@ -18,6 +19,7 @@ void DefinePlacement(napi_env env, napi_value exports);
 void DefineSocket(Napi::Env env, Napi::Object exports);
 Napi::Function DefineFileMapping(Napi::Env env);
 void DefineChecksum(Napi::Env env, Napi::Object exports);
+void DefinePageIo(Napi::Env env, Napi::Object exports);
 
 static Napi::Value GetTid(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(syscall(SYS_gettid)));
@@ -51,6 +53,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("duplicateDescriptor", Napi::Function::New<DuplicateDescriptor>(env, "duplicateDescriptor"));
   exports.Set("pagemapScan", Napi::Function::New<PagemapScan>(env, "pagemapScan"));
   DefineChecksum(env, exports);
+  DefinePageIo(env, exports);
   exports.Set("pageSize", Napi::Number::New(env, static_cast<double>(sysconf(_SC_PAGESIZE))));
   return exports;
 }

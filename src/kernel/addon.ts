@@ -71,6 +71,8 @@ export interface Addon {
   crc32c(bytes: Uint8Array, seed?: number, software?: boolean): number;
   checksumPages(bytes: Uint8Array, pageSize: number, firstIndex: number): number;
   crc32cHardware: boolean;
+  markZeroPages(memory: Uint8Array, offsets: Float64Array, pageSize: number, zero: Uint8Array): number;
+  writeRuns(fd: number, header: Uint8Array, memory: Uint8Array, runs: Float64Array, timeoutMs: number): number;
   pageSize: number;
 }
 

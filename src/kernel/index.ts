@@ -22,6 +22,7 @@ export {
   type RegisterMode,
 } from './constants.js';
 export { PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PagemapReader, PagemapScanner } from './pagemap.js';
+export { markZeroPages, writeRuns } from './page-io.js';
 export { checksumPages, crc32c, crc32cHardware, crc32cSoftware } from './checksum.js';
 export { duplicateDescriptor, exitNow } from './process.js';
 export { SelfMemory } from './self-memory.js';

@@ -15,6 +15,8 @@ export interface BulkSenderTask {
   blocks: BulkSenderBlock[];
   /** Idle this long: an empty packet, so that the destination sees the channel alive. */
   heartbeatMs: number;
+  /** A write the destination takes nothing of for this long fails the channel (it is stalled). */
+  stallMs: number;
 }
 
 export type ToBulkSender =

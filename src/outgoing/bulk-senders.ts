@@ -4,6 +4,7 @@
 // again in a later precopy round can never overtake its older copy on another channel; a SYNC
 // on every channel, answered by the main channel's MULTIFD_FLUSH, orders them against the
 // commands of the switchover.
+import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { ConnectedChannel } from '../transport/index.js';
@@ -28,7 +29,7 @@ export class BulkSenders {
   private endedAll: (() => void) | undefined;
   private stopped = false;
 
-  constructor(channels: ConnectedChannel<GuestBlock>[], private readonly blocks: readonly GuestBlock[], heartbeatMs: number, private readonly onBroken: (error: Error) => void) {
+  constructor(channels: ConnectedChannel<GuestBlock>[], private readonly blocks: readonly GuestBlock[], timing: Pick<BulkSenderTask, 'heartbeatMs' | 'stallMs'>, private readonly onBroken: (error: Error) => void) {
     this.count = channels.length;
     this.inFlight = channels.map(() => 0);
     this.ended = channels.map(() => false);
@@ -37,9 +38,12 @@ export class BulkSenders {
         channel: channel.name,
         socketFd: channel.takeDescriptor(),
         blocks: blocks.map((b) => ({ idstr: b.idstr, address: b.host!.base, length: b.postcopyLength, pageSize: b.pageSize })),
-        heartbeatMs,
+        ...timing,
       };
       const worker = new Worker(WORKER_PATH, { workerData: task });
+      // closed here, not by the worker (fs.close of a descriptor it did not open warns there),
+      // and only once it is gone: no write of its can reach a descriptor reused since
+      worker.on('exit', () => closeSync(task.socketFd));
       worker.on('message', (m: FromBulkSender) => this.message(index, m));
       worker.on('error', (error) => this.broken(new PostcopyError('ERR_POSTCOPY_INTERNAL', `${channel.name} worker: ${error.message}`, { cause: error })));
       return worker;

@@ -47,12 +47,16 @@ export class OutgoingMigration {
   /** A failure no recovery can heal (a malformed return path, the destination failed). */
   private fatal: Error | undefined;
 
+  /** How long a channel may take nothing, or a step wait for the destination, before it counts as broken. */
+  private readonly stallMs: number;
+
   constructor(private readonly options: OutgoingOptions) {
+    this.stallMs = (options.stallSeconds ?? 5) * 1000;
     this.map = new PageMap(options.blocks);
     this.channels = new SourceChannels({
       main: options.main,
       preempt: options.preempt,
-      stallMs: (options.stallSeconds ?? 5) * 1000,
+      stallMs: this.stallMs,
       heartbeatMs: HEARTBEAT_MS,
       onReturnPath: (event) => this.onReturnPath(event),
       onProtocolError: (error) => this.failFatally(error),
@@ -76,7 +80,7 @@ export class OutgoingMigration {
   }
 
   private startBulk(channels: ConnectedChannel<GuestBlock>[]): void {
-    const bulk: BulkSenders = new BulkSenders(channels, this.map.blocks, HEARTBEAT_MS, (error) => {
+    const bulk: BulkSenders = new BulkSenders(channels, this.map.blocks, { heartbeatMs: HEARTBEAT_MS, stallMs: this.stallMs }, (error) => {
       if (this.sender.bulk !== bulk) return;
       // a worker that crashed is a bug, not a broken connection: no recovery would heal it
       if ((error as PostcopyError).code === 'ERR_POSTCOPY_INTERNAL') this.failFatally(error);

@@ -52,8 +52,8 @@ export interface BulkPacketFields {
   flags?: number;
   number: number;
   idstr?: string;
-  normal?: readonly number[];
-  zero?: readonly number[];
+  normal?: ArrayLike<number> & Iterable<number>;
+  zero?: ArrayLike<number> & Iterable<number>;
 }
 
 /**

@@ -18,7 +18,7 @@ const blocks: BulkBlockInfo[] = [
 function packet(fields: Parameters<typeof encodeBulkHeader>[0]): Buffer {
   const header = encodeBulkHeader(fields);
   const data = Buffer.alloc((fields.normal?.length ?? 0) * PAGE);
-  (fields.normal ?? []).forEach((offset, i) => data.fill((offset / PAGE) & 0xff, i * PAGE, (i + 1) * PAGE));
+  Array.from(fields.normal ?? [], (offset, i) => data.fill((offset / PAGE) & 0xff, i * PAGE, (i + 1) * PAGE));
   return Buffer.concat([header, data]);
 }
 
