@@ -7,8 +7,8 @@
 //   migration-1g-channels  the same with 2 bulk channels
 //
 // Its figures (total time, downtime, blocktime, page-request p50/p99, bytes sent) are reported
-// as they are, beside the table's reference (QEMU on this machine, a different workload): no
-// floor, no ratio. The demo verifies every page at the destination; a migration that does not
+// as they are; with --qemu, beside QEMU's own postcopy from the same invocation (bench/qemu.ts,
+// a different guest): no floor, no ratio. The demo verifies every page at the destination; a migration that does not
 // verify fails the scenario.
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';

@@ -1,9 +1,11 @@
 // The bench's report: one row per selected scenario (project vs floor, their ratios, the
-// target and whether it is met), printed as a table or as one JSON object per line.
+// target and whether it is met; a whole migration beside QEMU's, with --qemu), printed as a
+// table or as one JSON object per line.
 import { cpus, loadavg, release } from 'node:os';
+import { qemuName, specArgs } from './qemu.js';
 import { better, type BenchOptions, type RunResults } from './runner.js';
 import type { LatencyScenario, MigrationScenario, Scenario, ThroughputScenario } from './scenarios.js';
-import type { Details, Kind, Measured } from './types.js';
+import type { Details, Kind, Measured, QemuResult, QemuRun } from './types.js';
 
 /** The bounds a row is held to, as printed in its JSON `target`. */
 export interface RowTarget {
@@ -49,7 +51,7 @@ export interface Row {
   write_fault_p50_us?: number | null;
   floor_write_fault_p50_us?: number | null;
   write_fault_p50_ratio?: number | null;
-  // migration (no floor: `reference` is what it is set beside)
+  // migration (no floor; with --qemu, QEMU's own postcopy beside it)
   channels?: number;
   total_ms?: number | null;
   downtime_ms?: number | null;
@@ -58,7 +60,7 @@ export interface Row {
   request_p50_us?: number | null;
   request_p99_us?: number | null;
   bytes_sent?: number | null;
-  reference?: string;
+  qemu?: QemuRow;
   details?: Details;
   /** Over every run of each side: the ranking figure's median and spread, the ratio of the medians. */
   median?: MedianSummary;
@@ -81,6 +83,20 @@ export interface MedianSummary {
   floor_spread?: [number, number] | null;
 }
 
+/** QEMU's own postcopy beside a whole migration (--qemu), from the same invocation: no ratio. */
+export interface QemuRow {
+  /** `qemu-system-x86_64 --version`'s first line. */
+  version: string;
+  /** What ran, without the paths: `bench.py postcopy --mode write --delay 1 --preempt`. */
+  command: string;
+  /** The run with the shortest total time (as ours), or null when none completed. */
+  best: QemuResult | null;
+  /** Total time over every completed run: median and [min, max]. */
+  median: { figure: 'total_ms'; runs: number; qemu: number | null; spread: [number, number] | null };
+  /** Every run, in order; a failed one says why. */
+  runs: QemuRun[];
+}
+
 export function ratio(a: number | null | undefined, b: number | null | undefined): number | null {
   return a! > 0 && b! > 0 ? Math.round((a! / b!) * 100) / 100 : null;
 }
@@ -96,6 +112,7 @@ export function buildRows(selected: readonly Scenario[], results: RunResults, op
     let floorSkipped: string | undefined;
     if (s.kind === 'migration') {
       migrationRow(row, s, ours);
+      if (results.qemu) row.qemu = qemuRow(results.qemu.version, s, results.qemuRuns.get(s.name) ?? []);
     } else {
       const floorName = s.baseline ? `${s.baseline} (ours)` : s.floor ?? s.name;
       const floor: Measured = bestOf(floorRuns, s) ?? { scenario: floorName, skipped: `no ${floorName} result` };
@@ -127,22 +144,23 @@ function bestOf(runs: readonly Measured[], s: Scenario): Measured | undefined {
   return runs.reduce<Measured | undefined>((best, run) => better(best, run, s.kind === 'latency' ? s.best : undefined), undefined);
 }
 
-function median(values: number[]): number | null {
+export function median(values: number[]): number | null {
   if (!values.length) return null;
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return Math.round((sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2) * 1000) / 1000;
 }
 
+const spreadOf = (v: number[]): [number, number] | null => (v.length ? [Math.min(...v), Math.max(...v)] : null);
+
 function medianSummary(s: Scenario, oursRuns: readonly Measured[], floorRuns: readonly Measured[]): MedianSummary {
   const figure = rankingFigure(s);
   const values = (runs: readonly Measured[]) => runs.map((r) => r[figure]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
-  const spread = (v: number[]): [number, number] | null => (v.length ? [Math.min(...v), Math.max(...v)] : null);
   const ours = values(oursRuns);
-  const summary: MedianSummary = { figure, runs: Math.max(oursRuns.length, floorRuns.length), project: median(ours), project_spread: spread(ours) };
+  const summary: MedianSummary = { figure, runs: Math.max(oursRuns.length, floorRuns.length), project: median(ours), project_spread: spreadOf(ours) };
   if (s.kind === 'migration') return summary;
   const floor = values(floorRuns);
-  return { ...summary, floor: median(floor), ratio: ratio(summary.project, median(floor)), floor_spread: spread(floor) };
+  return { ...summary, floor: median(floor), ratio: ratio(summary.project, median(floor)), floor_spread: spreadOf(floor) };
 }
 
 type Figure = Exclude<keyof Measured, 'scenario' | 'skipped' | 'details'>;
@@ -207,11 +225,24 @@ function throughputRow(row: Row, s: ThroughputScenario, ours: Measured, floor: M
   row.on_target = row.on_target === null || faultsOk === null ? null : row.on_target && faultsOk;
 }
 
-/** A whole migration: its own figures and the reference they stand beside; no floor, no ratio. */
+/** A whole migration: its own figures; no floor, no ratio. */
 function migrationRow(row: Row, s: MigrationScenario, ours: Measured): void {
   row.channels = s.project.channels;
   Object.assign(row, figures(ours, ['total_ms', 'downtime_ms', 'blocktime_ms', 'request_p50_us', 'request_p99_us', 'bytes_sent']));
-  row.reference = s.reference;
+}
+
+/** QEMU's runs beside a migration: the best (shortest total time, as ours), the median and spread of the total time. */
+export function qemuRow(version: string, s: MigrationScenario, runs: readonly QemuRun[]): QemuRow {
+  const done = runs.filter((r): r is QemuResult => !('skipped' in r));
+  const best = done.reduce<QemuResult | null>((a, b) => (a && a.total_ms <= b.total_ms ? a : b), null);
+  const totals = done.map((r) => r.total_ms);
+  return {
+    version,
+    command: `bench.py postcopy ${specArgs(s.qemu).join(' ')}`,
+    best,
+    median: { figure: 'total_ms', runs: runs.length, qemu: median(totals), spread: spreadOf(totals) },
+    runs: [...runs],
+  };
 }
 
 // ---- printout ----------------------------------------------------------------------------------
@@ -247,7 +278,8 @@ function medianLine(r: Row): string | undefined {
   const digits = m.figure === 'gb_per_s' ? 3 : m.figure === 'total_ms' ? 0 : 2;
   const spread = (s: [number, number] | null | undefined) => (s ? ` [${f(s[0], digits)}–${f(s[1], digits)}]` : '');
   const floor = m.floor === undefined ? '' : `, floor ${f(m.floor, digits)}${spread(m.floor_spread)}, ratio ${f(m.ratio)}`;
-  return `    median ${m.figure} of ${m.runs} runs: project ${f(m.project, digits)}${spread(m.project_spread)}${floor}`;
+  const qemu = r.qemu ? `, ${qemuName(r.qemu.version)} ${f(r.qemu.median.qemu, digits)}${spread(r.qemu.median.spread)} (no ratio)` : '';
+  return `    median ${m.figure} of ${m.runs} runs: project ${f(m.project, digits)}${spread(m.project_spread)}${floor}${qemu}`;
 }
 
 /** Pushes a row's line, then its median line. */
@@ -357,28 +389,63 @@ function otherFloorTables(rows: Row[], out: string[]): void {
   }
 }
 
-/** Whole migrations: their own figures, and the references they stand beside (no ratio). */
-function migrationTable(rows: Row[], out: string[]): void {
+const mib = (bytes: number | null | undefined, digits = 0): string => f(bytes == null ? null : bytes / 2 ** 20, digits);
+
+/** The lines under a migration row: the demo's precopy, postcopy and downtime figures. */
+function migrationDetails(d: Details, out: string[]): void {
+  const indent = ''.padEnd(4);
+  const parts = Object.entries(d.downtime_parts_ms ?? {}).map(([k, v]) => `${k} ${f(v)}`).join(', ');
+  out.push(`${indent}precopy ${d.precopy_ms} ms (sent ${f(d.precopy_send_mib_s, 0)} MiB/s, the guest dirtied ${f(d.precopy_dirty_mib_s, 0)} MiB/s); ` +
+    `postcopy ${f(d.postcopy_ms, 0)} ms at ${f(d.postcopy_gb_per_s, 3)} GB/s; pages ${d.pages_precopy} precopy, ${d.pages_streamed} streamed, ${d.pages_requested} requested (avg ${f(d.request_avg_us, 0)} µs)`);
+  out.push(`${indent}downtime parts (ms): ${parts}; pause to RUN applied ${f(d.downtime_to_run_ms)} ms; destination peak RSS ${d.destination_peak_rss_mb ?? '—'} MiB`);
+}
+
+/** QEMU's row under a migration's (same columns; its best run), a line of its other figures, its failed runs. */
+function qemuLines(q: QemuRow, w: number, out: string[]): void {
+  const indent = ''.padEnd(4);
+  const b = q.best;
+  const d = b?.details;
+  out.push(`${`  ${qemuName(q.version)}`.padEnd(w)}${pad(0, 9)}${pad(f(b?.total_ms, 0), 10)}${pad(f(b?.downtime_ms), 13)}${pad(f(b?.blocktime_ms, 0), 14)}` +
+    `${pad(f(d?.request_p50_us, 0), 9)}${pad(f(d?.request_p99_us, 0), 8)}${pad(mib(b?.bytes_sent), 10)}`);
+  const completed = `${q.runs.length - q.runs.filter((r) => 'skipped' in r).length} of ${q.runs.length} runs completed`;
+  if (b && d) {
+    const misread = d.downtime_reported_ms === undefined ? '' : ` (QEMU said ${d.downtime_reported_ms} ms: 7.2's figure for a switchover under 1 ms)`;
+    out.push(`${indent}${qemuName(q.version)}: setup ${b.setup_ms} ms, ${b.requests} page requests, postcopy ${f(d.postcopy_ms, 0)} ms; sent ${mib(d.precopy_bytes)} MiB in precopy, ` +
+      `${mib(d.postcopy_bytes)} MiB in postcopy; the guest's longest stall at the destination ${f(d.guest_max_gap_ms, 0)} ms${misread}; ${completed}`);
+  } else out.push(`${indent}${qemuName(q.version)}: ${completed}`);
+  q.runs.forEach((r, i) => 'skipped' in r && out.push(`${indent}${qemuName(q.version)} run ${i + 1}: ${r.skipped.split('\n')[0]}`));
+}
+
+/** What the migration rows stand beside: QEMU from this invocation, or how to run it. */
+function besideText(results: RunResults): string[] {
+  const q = results.qemu;
+  if (!q) return ["QEMU's own postcopy was not run: --qemu runs it beside each of these runs, alternating (a QEMU figure from another day is no reference here)"];
+  const name = qemuName(q.version);
+  return [
+    `${name} (the rows under ours): ${q.script} postcopy, run in this invocation in the floor's turn of each run, after the same pause; kernel ${q.kernel}, TCG.`,
+    `Side by side, not a ratio: ${name}'s guest is one TCG vCPU writing one byte per random page of 768 MiB (1 GiB guest), ours two native threads`,
+    'rewriting whole pages (header and checksum); here every guest thread, source and destination share two CPUs. QEMU\'s figures: the source\'s',
+    `query-migrate (total-time, downtime, RAM transferred), the destination's postcopy-blocktime${q.trace ? ', request latency from its trace events (exact, not buckets)' : ''}.`,
+  ];
+}
+
+/** Whole migrations: their own figures, and QEMU's beside them with --qemu (no ratio). */
+function migrationTable(rows: Row[], results: RunResults, out: string[]): void {
   const mig = rows.filter((r) => r.kind === 'migration');
   if (!mig.length) return;
   const w = nameWidth(mig);
-  const indent = ''.padEnd(4);
   out.push('');
   out.push('whole migrations of the reference guest (`postcopy demo --json`, its own destination process; no floor): the source\'s total time');
   out.push('and downtime, the destination\'s blocktime and page requests (fault read to placed; histogram bucket bounds, µs)');
   out.push(`${'scenario'.padEnd(w)}${pad('channels', 9)}${pad('total ms', 10)}${pad('downtime ms', 13)}${pad('blocktime ms', 14)}${pad('req p50', 9)}${pad('p99', 8)}${pad('sent MiB', 10)}`);
   for (const r of mig) {
     const line = `${r.scenario.padEnd(w)}${pad(r.channels ?? '—', 9)}${pad(f(r.total_ms, 0), 10)}${pad(f(r.downtime_ms), 13)}${pad(f(r.blocktime_ms, 0), 14)}` +
-      `${pad(f(r.request_p50_us, 0), 9)}${pad(f(r.request_p99_us, 0), 8)}${pad(f(r.bytes_sent == null ? null : r.bytes_sent / 2 ** 20, 0), 10)}`;
+      `${pad(f(r.request_p50_us, 0), 9)}${pad(f(r.request_p99_us, 0), 8)}${pad(mib(r.bytes_sent), 10)}`;
     pushRow(out, line, r);
-    const d = r.details;
-    if (!d || d.precopy_ms === undefined) continue;
-    const parts = Object.entries(d.downtime_parts_ms ?? {}).map(([k, v]) => `${k} ${f(v)}`).join(', ');
-    out.push(`${indent}precopy ${d.precopy_ms} ms (sent ${f(d.precopy_send_mib_s, 0)} MiB/s, the guest dirtied ${f(d.precopy_dirty_mib_s, 0)} MiB/s); ` +
-      `postcopy ${f(d.postcopy_ms, 0)} ms at ${f(d.postcopy_gb_per_s, 3)} GB/s; pages ${d.pages_precopy} precopy, ${d.pages_streamed} streamed, ${d.pages_requested} requested (avg ${f(d.request_avg_us, 0)} µs)`);
-    out.push(`${indent}downtime parts (ms): ${parts}; pause to RUN applied ${f(d.downtime_to_run_ms)} ms; destination peak RSS ${d.destination_peak_rss_mb ?? '—'} MiB`);
+    if (r.details?.precopy_ms !== undefined) migrationDetails(r.details, out);
+    if (r.qemu) qemuLines(r.qemu, w, out);
   }
-  for (const reference of new Set(mig.map((r) => r.reference))) if (reference) out.push(`beside: ${reference}`);
+  out.push(...besideText(results));
 }
 
 /** The human table: a heading with the run's conditions, then the tables. */
@@ -391,8 +458,9 @@ export function printTable(rows: Row[], results: RunResults, options: BenchOptio
       (options.cpu !== null ? `, both sides pinned to CPU ${options.cpu}` : ''),
   );
   out.push(`floor: ${results.floorSource} (cc -O2 -pthread), run in this invocation; 1-min load average ${results.loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after`);
+  if (results.qemu) out.push(`qemu: ${results.qemu.version}, run in the floor's turn of each whole migration (${results.qemu.anchor})`);
   sameNameTables(rows, out);
   otherFloorTables(rows, out);
-  migrationTable(rows, out);
+  migrationTable(rows, results, out);
   process.stdout.write(out.join('\n') + '\n');
 }

@@ -4,15 +4,17 @@
 // --mib N`), then ours in a fresh `node dist-test/bench/main.js <scenario>` process, side by
 // side at the same size, each after the same pause (this VM hands freed memory back to its host
 // at once: whoever runs right after a big free meets different memory). Every run of each side
-// is kept; the report takes best and median. Owns the cleanup of what it sets up (temporary
-// directory, huge-page reservation, the running child) on every way out: exit, SIGINT,
-// SIGTERM, SIGHUP.
+// is kept; the report takes best and median. With --qemu, a whole-migration scenario's turn of
+// the floor runs QEMU's own postcopy instead (bench/qemu.ts), after the same pause. Owns the
+// cleanup of what it sets up (temporary directory, huge-page reservation, the running child)
+// on every way out: exit, SIGINT, SIGTERM, SIGHUP.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Scenario } from './scenarios.js';
-import type { Measured } from './types.js';
+import { parseQemuRun, qemuArgs, specArgs, type QemuSetup } from './qemu.js';
+import type { MigrationScenario, Scenario } from './scenarios.js';
+import type { Measured, QemuResult, QemuRun } from './types.js';
 
 /** The repository: dist-test/bench/runner.js is two levels below it. */
 export const root = join(__dirname, '..', '..');
@@ -30,6 +32,12 @@ export interface BenchOptions {
   cpu: string | null;
   /** The pause before each side's run, so that both meet memory in the same state. */
   pauseMs: number;
+  /** Run QEMU's own postcopy beside each run of a whole-migration scenario. */
+  qemu: boolean;
+  /** --qemu-anchor: the anchor's folder (else $POSTCOPY_QEMU_ANCHOR, else ../shared/anchors/qemu). */
+  qemuAnchor: string | null;
+  /** --qemu-trace: QEMU's per-request latency from its trace events. */
+  qemuTrace: boolean;
 }
 
 export interface RunResults {
@@ -38,7 +46,10 @@ export interface RunResults {
   floorRuns: Map<string, Measured[]>;
   /** By scenario name: every run of ours, in order. */
   oursRuns: Map<string, Measured[]>;
-  /** Something failed (the floor, or a project scenario): the bench exits 1. */
+  /** With --qemu: what runs QEMU, and by migration scenario every QEMU run beside it, in order. */
+  qemu: QemuSetup | null;
+  qemuRuns: Map<string, QemuRun[]>;
+  /** Something failed (the floor, a QEMU run, or a project scenario): the bench exits 1. */
   failed: boolean;
   /** 1-min load average before the runs: other work on the machine shows here first. */
   loadBefore: number;
@@ -51,8 +62,27 @@ export const log = (line: string): void => void process.stderr.write(line + '\n'
 let tmp: string | undefined;
 let restoreHugePages: (() => void) | undefined;
 let child: ChildProcess | undefined;
+/** The running child leads a process group of its own (QEMU's bench.py and its two QEMUs). */
+let childGroup = false;
+
+/**
+ * Ends the running child. A group goes at once, by its id, with SIGKILL: Python dies of SIGTERM
+ * and SIGHUP without running its `finally`, which would leave both QEMUs (2 GiB of guests) behind.
+ */
+function killChild(signal: NodeJS.Signals): void {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  if (!childGroup) child.kill(signal);
+  else {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // ESRCH: the whole group ended already
+    }
+  }
+}
 
 export function cleanup(): void {
+  if (childGroup) killChild('SIGKILL');
   if (restoreHugePages) {
     const restore = restoreHugePages;
     restoreHugePages = undefined;
@@ -68,12 +98,12 @@ export function cleanup(): void {
   }
 }
 
-/** Cleans up on exit, and on SIGINT/SIGTERM/SIGHUP also kills the running child first. */
+/** Cleans up on exit (a child's process group too), and on SIGINT/SIGTERM/SIGHUP also kills the running child first. */
 export function installCleanup(): void {
   process.on('exit', cleanup);
   for (const [signal, number] of [['SIGINT', 2], ['SIGTERM', 15], ['SIGHUP', 1]] as const) {
     process.on(signal, () => {
-      if (child && child.exitCode === null) child.kill(signal);
+      killChild(signal);
       cleanup();
       process.exit(128 + number);
     });
@@ -103,19 +133,25 @@ function compileFloor(floorSource: string): string | null {
   return floorBinary;
 }
 
-/** Runs a child (under taskset with --cpu) with stderr passed through; resolves to its stdout. */
-function capture(options: BenchOptions, cmd: string, args: string[], timeoutMs: number): Promise<string> {
+/**
+ * Runs a child (under taskset with --cpu) with stderr passed through; resolves to its stdout.
+ * `group`: in a process group of its own, which goes with it (and out of the terminal's, whose
+ * SIGINT reaches the bench alone, which then ends the group).
+ */
+function capture(options: BenchOptions, cmd: string, args: string[], timeoutMs: number, group = false): Promise<string> {
   if (options.cpu !== null) [cmd, args] = ['taskset', ['-c', options.cpu, cmd, ...args]];
   return new Promise((resolve, reject) => {
-    const running = spawn(cmd, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    const running = spawn(cmd, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], detached: group });
     child = running;
+    childGroup = group;
     let out = '';
     running.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
-    const timer = setTimeout(() => running.kill('SIGKILL'), timeoutMs);
+    const timer = setTimeout(() => killChild('SIGKILL'), timeoutMs);
     running.on('error', reject);
     running.on('close', (code, signal) => {
       clearTimeout(timer);
       child = undefined;
+      childGroup = false;
       if (code === 0) resolve(out);
       else reject(new Error(`${cmd} ${args.join(' ')}: ${signal ? `killed by ${signal}` : `exit ${code}`}`));
     });
@@ -230,55 +266,81 @@ async function runFloor(options: BenchOptions, floorBinary: string, name: string
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** One QEMU postcopy beside `s`: bench.py writes its JSON object to a file of this run's own. */
+async function runQemu(options: BenchOptions, setup: QemuSetup, s: MigrationScenario, run: number): Promise<QemuResult> {
+  const out = join(tmp!, `qemu-${s.name}-${run}.jsonl`);
+  let failure: Error | undefined;
+  try {
+    // its one-line summary is progress, for stderr: stdout is the report's
+    const summary = (await capture(options, 'python3', qemuArgs(setup, s.qemu, out), CHILD_TIMEOUT_MS, true)).trim();
+    if (summary) log(`bench: qemu: ${summary}`);
+  } catch (error) {
+    failure = error as Error;
+  }
+  // a run that failed still writes its object, with QEMU's error in it
+  const written = existsSync(out) ? readFileSync(out, 'utf8').trim().split('\n').pop() : undefined;
+  if (!written) throw failure ?? new Error(`${setup.script} wrote nothing to ${out}`);
+  return parseQemuRun(written);
+}
+
+/** What one invocation runs with, and what it has measured so far. */
+interface Session {
+  options: BenchOptions;
+  floorBinary: string;
+  results: RunResults;
+}
+
+const keep = <T>(runs: Map<string, T[]>, name: string, result: T) => runs.set(name, [...(runs.get(name) ?? []), result]);
+
+/** One side's turn: its progress line, the pause, the run; its result, or the error (said on stderr). */
+async function turn<T>(options: BenchOptions, label: string, note: string, run: () => Promise<T>): Promise<T | Error> {
+  log(`bench: ${label}${note}`);
+  await pause(options.pauseMs);
+  try {
+    return await run();
+  } catch (error) {
+    log(`bench: ${label}: ${(error as Error).message}`);
+    return error as Error;
+  }
+}
+
+/** The floor's turn of a scenario's run: our baseline, the floor's scenario, or QEMU beside a migration. */
+async function otherSide({ options, floorBinary, results }: Session, s: Scenario, run: number, tag: string): Promise<void> {
+  if (s.kind === 'migration') {
+    const qemu = results.qemu;
+    if (!qemu) return;
+    const r = await turn(options, `qemu: bench.py postcopy ${specArgs(s.qemu).join(' ')}`, ` (beside ${s.name})${tag}`, () => runQemu(options, qemu, s, run));
+    keep<QemuRun>(results.qemuRuns, s.name, r instanceof Error ? { skipped: `failed: ${r.message}` } : r);
+    if (r instanceof Error) results.failed = true;
+    return;
+  }
+  const floorName = s.floor ?? s.name;
+  const r = s.baseline
+    ? await turn(options, `project: ${s.baseline}`, ` (baseline for ${s.name})${tag}`, () => runOurs(options, s.baseline!))
+    : await turn(options, `floor: ${floorName}`, `${s.floor ? ` (for ${s.name})` : ''}${tag}`, () => runFloor(options, floorBinary, floorName));
+  if (r instanceof Error) results.failed = true;
+  else keep(results.floorRuns, s.name, r);
+}
+
 /**
- * `options.runs` times, each selected scenario: the floor's side, then ours, each after the
- * same pause. Every result is kept.
+ * `options.runs` times, each selected scenario: the floor's side (or QEMU's, beside a
+ * migration, with `qemu`), then ours, each after the same pause. Every result is kept.
  */
-export async function runBench(options: BenchOptions, selected: readonly Scenario[]): Promise<RunResults | null> {
+export async function runBench(options: BenchOptions, selected: readonly Scenario[], qemu: QemuSetup | null): Promise<RunResults | null> {
   const floorSource = process.env.POSTCOPY_FLOOR_SRC || join(root, '..', 'shared', 'bench', 'uffd-floor.c');
   const floorBinary = compileFloor(floorSource);
   if (!floorBinary) return null;
-  const loadBefore = loadavg()[0];
-  const floorRuns = new Map<string, Measured[]>();
-  const oursRuns = new Map<string, Measured[]>();
-  const keep = (runs: Map<string, Measured[]>, name: string, result: Measured) => runs.set(name, [...(runs.get(name) ?? []), result]);
-  let failed = false;
+  const results: RunResults = { floorSource, floorRuns: new Map(), oursRuns: new Map(), qemu, qemuRuns: new Map(), failed: false, loadBefore: loadavg()[0] };
   for (let run = 1; run <= options.runs; run++) {
     const tag = options.runs > 1 ? ` (run ${run}/${options.runs})` : '';
     for (const s of selected) {
-      if (s.kind !== 'migration' && s.baseline) {
-        log(`bench: project: ${s.baseline} (baseline for ${s.name})${tag}`);
-        await pause(options.pauseMs);
-        try {
-          keep(floorRuns, s.name, await runOurs(options, s.baseline));
-        } catch (error) {
-          log(`bench: project: ${s.baseline}: ${(error as Error).message}`);
-          failed = true;
-        }
-      } else if (s.kind !== 'migration') {
-        const floorName = s.floor ?? s.name;
-        log(`bench: floor: ${floorName}${s.floor ? ` (for ${s.name})` : ''}${tag}`);
-        await pause(options.pauseMs);
-        try {
-          keep(floorRuns, s.name, await runFloor(options, floorBinary, floorName));
-        } catch (error) {
-          log(`bench: floor: ${floorName}: ${(error as Error).message}`);
-          failed = true;
-        }
-      }
+      await otherSide({ options, floorBinary, results }, s, run, tag);
       if (s.project.kind === 'floor-only') continue;
-      log(`bench: project: ${s.name}${tag}`);
-      await pause(options.pauseMs);
-      try {
-        keep(oursRuns, s.name, await runOurs(options, s.name));
-      } catch (error) {
-        const message = (error as Error).message;
-        log(`bench: project: ${s.name}: ${message}`);
-        keep(oursRuns, s.name, { scenario: s.name, skipped: `failed: ${message}` });
-        failed = true;
-      }
+      const r = await turn(options, `project: ${s.name}`, tag, () => runOurs(options, s.name));
+      keep(results.oursRuns, s.name, r instanceof Error ? { scenario: s.name, skipped: `failed: ${r.message}` } : r);
+      if (r instanceof Error) results.failed = true;
     }
   }
   cleanup();
-  return { floorSource, floorRuns, oursRuns, failed, loadBefore };
+  return results;
 }

@@ -51,6 +51,45 @@ export interface MigrationResult {
   details: MigrationDetails;
 }
 
+/**
+ * One run of QEMU's own postcopy beside a whole migration (`--qemu`, bench/qemu.ts): the JSON
+ * object the anchor's bench.py writes, QEMU's `query-migrate` on both sides. Its guest is one
+ * TCG vCPU writing one byte per random page: side by side with ours, never a ratio.
+ */
+export interface QemuResult {
+  /** The source's total-time: `migrate` to completed. */
+  total_ms: number;
+  /** The source's downtime (a switchover under 1 ms, which QEMU 7.2 misreports, reads 0). */
+  downtime_ms: number;
+  setup_ms: number;
+  /** The destination's postcopy-blocktime (its one vCPU blocked on a missing page). */
+  blocktime_ms: number;
+  /** Pages the destination requested (postcopy-requests). */
+  requests: number;
+  /** RAM bytes sent in precopy and postcopy (transferred). */
+  bytes_sent: number;
+  details: QemuDetails;
+}
+
+export interface QemuDetails {
+  precopy_bytes: number;
+  postcopy_bytes: number;
+  /** From postcopy-active to completed (the source's events). */
+  postcopy_ms: number | null;
+  /** The destination guest's longest gap between two of its writes, over the seconds it printed. */
+  guest_max_gap_ms: number | null;
+  /** What QEMU 7.2 said the downtime was, when it was that bug (larger than the total time). */
+  downtime_reported_ms?: number;
+  /** `--qemu-trace`: fault thread's request to page placed, from QEMU's trace events (exact, not buckets). */
+  request_p50_us?: number;
+  request_p99_us?: number;
+  traced_requests?: number;
+  run_id: string;
+}
+
+/** A QEMU run beside a migration: its figures, or why there are none. */
+export type QemuRun = QemuResult | { skipped: string };
+
 export interface Skipped {
   scenario: string;
   skipped: string;

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run bench [-- --json] [--mib N] [--only a,b] [--runs N] [--cpu LIST]`
+// `npm run bench [-- --json] [--mib N] [--only a,b] [--runs N] [--cpu LIST] [--qemu]`
 //
 // Builds what is missing (the addon with node-gyp, then TypeScript with tsc), then runs the
 // compiled bench, dist-test/bench/cli.js, with the same arguments: see bench/cli.ts for what it does

@@ -1,8 +1,9 @@
-// What the test VMs need from the host: qemu, busybox and Debian's kernel images. Missing ones
-// are installed with apt-get (as root), without building the host an initrd for the new
-// kernels (INITRD=No: the VMs boot our own initramfs, and the host does not boot them). A
-// fresh machine's package lists can lack a package (6.12 lives in bookworm-security) or name
-// versions the mirror no longer has (404): then the lists are updated, once, and apt asked again.
+// What the test VMs need from the host: qemu, busybox and Debian's kernel images (the bench's
+// --qemu asks for a few more packages: bench/qemu.ts). Missing ones are installed with apt-get
+// (as root), without building the host an initrd for the new kernels (INITRD=No: the VMs boot
+// our own initramfs, and the host does not boot them). A fresh machine's package lists can lack
+// a package (6.12 lives in bookworm-security) or name versions the mirror no longer has (404):
+// then the lists are updated, once, and apt asked again.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 
@@ -16,7 +17,7 @@ export interface Kernel {
   image: string;
 }
 
-function onPath(command: string): boolean {
+export function onPath(command: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
 }
 
@@ -38,9 +39,12 @@ const APT_ENV = { ...process.env, DEBIAN_FRONTEND: 'noninteractive', INITRD: 'No
 /** What apt says when its lists are missing a package or name a version the mirror dropped. */
 const STALE_LISTS = /Unable to locate package|has no installation candidate|404\s+Not Found|maybe run apt-get update/;
 
-/** Runs apt-get with its stdout on ours and its stderr both on ours and returned. */
+/**
+ * Runs apt-get with its stdout on our stderr (the bench's --json keeps stdout for its JSON lines)
+ * and its stderr both on ours and returned.
+ */
 function aptGet(args: string[], timeoutMs: number): { status: string | undefined; stderr: string } {
-  const r = spawnSync('apt-get', args, { env: APT_ENV, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 });
+  const r = spawnSync('apt-get', args, { env: APT_ENV, stdio: ['ignore', 2, 'pipe'], encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 });
   process.stderr.write(r.stderr ?? '');
   const status = r.error ? r.error.message : r.status !== 0 ? `exit ${r.status ?? r.signal}` : undefined;
   return { status, stderr: r.stderr ?? '' };
@@ -86,11 +90,21 @@ function aptInstall(packages: string[], log: (line: string) => void): void {
   if (r.status) throw new Error(`apt-get install ${packages.join(' ')} failed (${r.status}); see above`);
 }
 
-/** Installs what is missing (qemu, busybox-static, the kernels asked for); returns the kernels. */
-export function prepareHost(series: string[], log: (line: string) => void): Kernel[] {
-  const missing: string[] = [];
-  if (!onPath(QEMU)) missing.push('qemu-system-x86');
-  if (!existsSync('/bin/busybox')) missing.push('busybox-static');
+/** A Debian package the host may lack, and how to tell that it is there. */
+export interface HostNeed {
+  pkg: string;
+  present: () => boolean;
+}
+
+/** What every QEMU boot of ours needs: qemu, and busybox for the initramfs. */
+export const QEMU_NEEDS: readonly HostNeed[] = [
+  { pkg: 'qemu-system-x86', present: () => onPath(QEMU) },
+  { pkg: 'busybox-static', present: () => existsSync('/bin/busybox') },
+];
+
+/** Installs what is missing (`needs`, the kernels asked for); returns the kernels. */
+export function prepareHost(series: string[], log: (line: string) => void, needs: readonly HostNeed[] = QEMU_NEEDS): Kernel[] {
+  const missing = needs.filter((need) => !need.present()).map((need) => need.pkg);
   const kernels = series.filter((s) => !installedKernel(s));
   if (missing.length || kernels.length) {
     const what = [...missing, ...kernels.map((s) => `a ${s} kernel`)].join(', ');
