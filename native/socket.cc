@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 #include "args.h"
@@ -105,7 +106,31 @@ static Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   return pair;
 }
 
+// setSocketBuffers(fd, sendBytes, receiveBytes) -> { send, receive }: SO_SNDBUF and SO_RCVBUF
+// (0 leaves one as it is), then both as the kernel now has them (it doubles what it is given
+// and clamps it to its bounds; setting one ends its autotuning on that socket). Node sets
+// neither on a TCP socket.
+static Napi::Value SetSocketBuffers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ToFd(info[0], "fd");
+  int sizes[2] = {ToInt(info[1], "sendBytes", 0, INT_MAX / 2), ToInt(info[2], "receiveBytes", 0, INT_MAX / 2)};
+  const int options[2] = {SO_SNDBUF, SO_RCVBUF};
+  const char* names[2] = {"SO_SNDBUF", "SO_RCVBUF"};
+  for (int i = 0; i < 2; i++) {
+    if (sizes[i] != 0 && setsockopt(fd, SOL_SOCKET, options[i], &sizes[i], sizeof sizes[i]) != 0)
+      ThrowErrno(env, errno, "setsockopt", std::string(names[i]) + " of fd " + std::to_string(fd));
+    socklen_t length = sizeof sizes[i];
+    if (getsockopt(fd, SOL_SOCKET, options[i], &sizes[i], &length) != 0)
+      ThrowErrno(env, errno, "getsockopt", std::string(names[i]) + " of fd " + std::to_string(fd));
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("send", Napi::Number::New(env, sizes[0]));
+  result.Set("receive", Napi::Number::New(env, sizes[1]));
+  return result;
+}
+
 void DefineSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("setSocketBuffers", Napi::Function::New<SetSocketBuffers>(env, "setSocketBuffers"));
   exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
   exports.Set("receiveMessage", Napi::Function::New<ReceiveMessage>(env, "receiveMessage"));
   exports.Set("peerCredentials", Napi::Function::New<PeerCredentials>(env, "peerCredentials"));

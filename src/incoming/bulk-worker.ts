@@ -14,6 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { parentPort, workerData } from 'node:worker_threads';
 import { TARGET_PAGE_SIZE, isConnectionError } from '../base/index.js';
 import { RangePlacer } from '../kernel/userfaultfd.js';
+import { setSocketBuffers } from '../kernel/socket.js';
 import { BulkFlag, BulkPacketDecoder, MAX_PACKET_BYTES, type BulkPacket } from '../wire/bulk-packet.js';
 import { channelClosedMessage } from '../transport/channel.js';
 import { HugePageAssembler } from '../pager/huge-page-assembler.js';
@@ -25,6 +26,11 @@ import type { BulkWorkerTask, FromBulkWorker, ToBulkWorker } from './bulk-protoc
 const RECEIVE_BYTES = 4 << 20;
 /** A read gets at least this much room (the buffer grows if unapplied bytes leave less). */
 const MIN_READ_BYTES = 64 << 10;
+/**
+ * The socket's receive buffer from LISTEN on: a page requested in postcopy that the source
+ * had already handed to this channel waits behind what is queued here (bulk-senders.ts).
+ */
+const POSTCOPY_SOCKET_BYTES = 256 << 10;
 
 interface Applied {
   ranges: number[];
@@ -102,6 +108,7 @@ class BulkWorker {
   }
 
   private listen(uffdFd: number): void {
+    setSocketBuffers(this.task.socketFd, 0, POSTCOPY_SOCKET_BYTES);
     this.placers = this.task.blocks.map((b) => new RangePlacer(uffdFd, b.address, b.length));
     this.writer?.close(); // plain writes end here
     this.writer = undefined;

@@ -50,6 +50,16 @@ export function socketPair(): [number, number] {
 }
 
 /**
+ * Bounds a socket's kernel buffers (SO_SNDBUF, SO_RCVBUF; 0 leaves one as it is): bytes queued
+ * there are bytes a page requested meanwhile waits behind. Returns both sizes as the kernel now
+ * has them: it doubles what it is given and clamps it to its limits; setting one ends its
+ * autotuning.
+ */
+export function setSocketBuffers(fd: number, sendBytes: number, receiveBytes: number): { send: number; receive: number } {
+  return addon.setSocketBuffers(fd, sendBytes, receiveBytes);
+}
+
+/**
  * The descriptor under a Node socket (its libuv handle's, which Node does not expose), or
  * undefined once it has none: to hand a connection to a worker, or to write to it past Node.
  */

@@ -7,6 +7,7 @@
 import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { setSocketBuffers } from '../kernel/index.js';
 import type { ConnectedChannel } from '../transport/index.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
 import type { GuestBlock } from '../pager/index.js';
@@ -17,6 +18,14 @@ const WORKER_PATH = join(__dirname, 'bulk-sender-worker.js');
 const STRIPE_PAGES = 64;
 /** Pages queued to one worker and not yet written to its socket: more waits (bounds the memory held). */
 const MAX_IN_FLIGHT_PAGES = 1024;
+/**
+ * In postcopy, less: a request for a page already handed to a bulk channel is skipped (the
+ * design's rule), so the guest thread waits behind everything queued ahead of that page, in
+ * the worker and in both kernels' socket buffers. Those are bounded too (POSTCOPY_SOCKET_BYTES
+ * here, the destination's worker its receive buffer).
+ */
+const POSTCOPY_IN_FLIGHT_PAGES = 128;
+const POSTCOPY_SOCKET_BYTES = 256 << 10;
 
 export class BulkSenders {
   readonly count: number;
@@ -28,6 +37,9 @@ export class BulkSenders {
   private room: (() => void) | undefined;
   private endedAll: (() => void) | undefined;
   private stopped = false;
+  private maxInFlight = MAX_IN_FLIGHT_PAGES;
+  /** Each worker's descriptor, until it exits (then closed). */
+  private readonly descriptors: (number | undefined)[] = [];
 
   constructor(channels: ConnectedChannel<GuestBlock>[], private readonly blocks: readonly GuestBlock[], timing: Pick<BulkSenderTask, 'heartbeatMs' | 'stallMs'>, private readonly onBroken: (error: Error) => void) {
     this.count = channels.length;
@@ -43,7 +55,11 @@ export class BulkSenders {
       const worker = new Worker(WORKER_PATH, { workerData: task });
       // closed here, not by the worker (fs.close of a descriptor it did not open warns there),
       // and only once it is gone: no write of its can reach a descriptor reused since
-      worker.on('exit', () => closeSync(task.socketFd));
+      this.descriptors[index] = task.socketFd;
+      worker.on('exit', () => {
+        this.descriptors[index] = undefined;
+        closeSync(task.socketFd);
+      });
       worker.on('message', (m: FromBulkSender) => this.message(index, m));
       worker.on('error', (error) => this.broken(new PostcopyError('ERR_POSTCOPY_INTERNAL', `${channel.name} worker: ${error.message}`, { cause: error })));
       return worker;
@@ -68,7 +84,13 @@ export class BulkSenders {
   }
 
   get hasRoom(): boolean {
-    return this.inFlight.every((n) => n < MAX_IN_FLIGHT_PAGES);
+    return this.inFlight.every((n) => n < this.maxInFlight);
+  }
+
+  /** Postcopy has begun: a shorter queue, and smaller send buffers (see POSTCOPY_IN_FLIGHT_PAGES). */
+  enterPostcopy(): void {
+    this.maxInFlight = POSTCOPY_IN_FLIGHT_PAGES;
+    for (const fd of this.descriptors) if (fd !== undefined) setSocketBuffers(fd, POSTCOPY_SOCKET_BYTES, 0);
   }
 
   /** Resolves once every channel has room again (or the channels stop). */

@@ -87,6 +87,7 @@ export class OutgoingMigration {
       else this.channels.markBrokenBy(error);
     });
     this.sender.bulk = bulk;
+    if (this.phase === 'postcopy' || this.phase === 'paused') bulk.enterPostcopy(); // channels of a recovery
   }
 
   /** After a break: the bulk workers of the broken connection stop. */
@@ -248,6 +249,7 @@ export class OutgoingMigration {
   /** Background scan with requests first, until the dirty bitmap is empty and COMPLETE is acknowledged. */
   private async postcopy(): Promise<void> {
     this.phase = 'postcopy';
+    this.sender.bulk?.enterPostcopy();
     this.progress(); // postcopy has begun: the guest runs on the destination
     this.map.cursor = { block: 0, page: 0 };
     const startRateWindow = () => (this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy });
