@@ -1,5 +1,5 @@
 // Pages between memory and a descriptor, one call per packet: what a bulk channel's worker
-// needs so that no JavaScript runs per page. Mechanism only: TypeScript says which bytes
+// needs so that no page's bytes pass through JavaScript. Mechanism only: TypeScript says which bytes
 // (offsets and runs of a view of guest memory); these check each against the view, so a bad
 // offset is a RangeError, never a read outside the block.
 #include <napi.h>

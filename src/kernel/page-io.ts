@@ -1,6 +1,6 @@
 // Pages between memory and a socket, one native call per packet: a bulk channel's worker
-// classifies a packet's pages and writes them straight from guest memory, so no JavaScript
-// runs per page. Offsets and runs are checked against the view of memory they index.
+// classifies a packet's pages and writes them straight from guest memory, so no page's bytes
+// pass through JavaScript. Offsets and runs are checked against the view of memory they index.
 import { addon } from './addon.js';
 
 /**
