@@ -24,6 +24,8 @@ interface Destination {
   exited: Promise<number>;
   /** Its last 'report' event. */
   report(): Record<string, unknown> | undefined;
+  /** Its last state, undefined while no migration has reached it. */
+  state(): string | undefined;
   onState(listener: (state: string) => void): void;
 }
 
@@ -115,6 +117,7 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
   const exited = new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? 1)));
   let report: Record<string, unknown> | undefined;
   const stateListeners: ((state: string) => void)[] = [];
+  let lastState: string | undefined;
   const listening = new Promise<string>((resolve, reject) => {
     const lines = createInterface({ input: child.stdout! });
     // its stdout ends when it exits: every line, its failure report included, has been read
@@ -130,6 +133,7 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
       if (event.event === 'listening') resolve(event.endpoint as string);
       else if (event.event === 'state') {
         status(`destination: state ${event.state}`);
+        lastState = event.state as string;
         for (const listener of stateListeners) listener(event.state as string);
       }
       else if (event.event === 'paused') status(`destination: paused: ${event.reason}`);
@@ -138,7 +142,7 @@ async function startDestination(transport: 'tcp' | 'unix', config: SourceConfig,
       else if (event.event === 'report') report = event;
     });
   });
-  return { child, endpoint: parseEndpoint(await listening), exited, report: () => report, onState: (l) => stateListeners.push(l) };
+  return { child, endpoint: parseEndpoint(await listening), exited, report: () => report, state: () => lastState, onState: (l) => stateListeners.push(l) };
 }
 
 /**
@@ -184,15 +188,18 @@ async function startChaos(seed: number, target: Endpoint, transport: 'tcp' | 'un
 }
 
 /**
- * The source failed: the destination's account too, and whether it exited (it must). When the
- * source failed because the destination did (SHUT with a failure status), the destination's
- * error is the cause and leads the one line.
+ * The source failed: the destination's account too, and whether it exited (it must, on its own,
+ * once a migration has reached it). When the source failed because the destination did (SHUT
+ * with a failure status), the destination's error is the cause and leads the one line.
  */
 async function failed(error: Error, destination: Destination, chaos: Awaited<ReturnType<typeof startChaos>> | undefined): Promise<CommandEnd> {
+  // no migration reached it (the source failed before one began): it would listen for ever
+  const unreached = destination.state() === undefined;
+  if (unreached) destination.child.kill('SIGTERM');
   const code = await Promise.race([destination.exited, new Promise<number>((r) => setTimeout(() => r(-1), 10_000))]);
   destination.child.kill('SIGKILL');
-  const dest = destination.report();
-  const exitNote = code >= 0 ? `destination exited ${code}` : 'the destination did not exit within 10 s';
+  const dest = unreached ? undefined : destination.report();
+  const exitNote = unreached ? 'the destination, which no migration had reached, was ended' : code >= 0 ? `destination exited ${code}` : 'the destination did not exit within 10 s';
   const sourceCode = errorCode(error);
   const causedByDestination = sourceCode === 'ERR_POSTCOPY_PEER_FAILED' && typeof dest?.error === 'string';
   const message = causedByDestination ? `destination: ${dest!.error} (source: ${error.message})`

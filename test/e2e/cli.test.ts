@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, assertJsonFailure, runCli, startReceiver } from '../support/cli.js';
 import { featureSkip } from '../support/hugepages.js';
+import { freeHugePages } from '../../src/kernel/index.js';
 import { waitFor } from '../support/threads.js';
 import { parseEndpoint } from '../../src/transport/index.js';
 
@@ -90,6 +91,15 @@ test('demo and send --json with a bad value: one JSON object naming option and v
 test('send --json whose destination is not there: one JSON object naming error and error_code, exit 1', async () => {
   const r = await runCli(['send', '--json', '--connect', 'unix:/nonexistent-dir/postcopy.sock', '--size', '8M', '--precopy-seconds', '0']);
   assertJsonFailure(r, 1, 'ERR_POSTCOPY_HANDSHAKE', /^main channel to unix:\/nonexistent-dir\/postcopy.sock: no such socket/);
+});
+
+test('demo whose source fails before any migration begins ends its listening destination at once, and says so', async (t) => {
+  // the source's set-up needs 32 free 2 MiB pages for --huge --size 64M; none must be free here
+  if (freeHugePages() >= 32) return t.skip(`${freeHugePages()} huge pages are free: the source would not fail`);
+  const start = performance.now();
+  const r = await runCli(['demo', '--json', '--huge', '--size', '64M', '--precopy-seconds', '0']);
+  assertJsonFailure(r, 2, 'ERR_POSTCOPY_USAGE', /needs 32 free 2 MiB huge pages.*; the destination, which no migration had reached, was ended$/);
+  assert.ok(performance.now() - start < 8_000, `took ${performance.now() - start} ms (it waited 10 s for a destination that listens for ever)`);
 });
 
 /** `postcopy --help` as sections: each heading's commands, and the options listed under it (with whether they take a value). */
