@@ -123,6 +123,21 @@ inline int ToFd(const Napi::Value& v, const char* name) { return ToInt(v, name, 
 [[noreturn]] void ThrowOutOfRange(const Napi::Value& received, const char* name, const std::string& range);
 [[noreturn]] void ThrowInvalidValue(const Napi::Value& received, const char* name, const std::string& reason);
 
+// The bytes of an ArrayBufferView or ArrayBuffer (ReadBytes), their count in *length.
+inline uint8_t* ToBytes(const Napi::Value& v, const char* name, size_t* length) {
+  uint8_t* data;
+  if (!ReadBytes(v.Env(), v, name, &data, length)) ThrowPending(v.Env());
+  return data;
+}
+
+// A Float64Array (offset, length pairs; a buffer of decoded events): anything else is
+// ERR_INVALID_ARG_TYPE.
+inline Napi::Float64Array ToFloat64Array(const Napi::Value& v, const char* name) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    ThrowArgType(v, name, "an instance of Float64Array");
+  return v.As<Napi::Float64Array>();
+}
+
 // `this`, for an ObjectWrap class: V8 refuses a method called on a foreign receiver (Illegal
 // invocation) but not an accessor, and ObjectWrap's Unwrap takes any wrapped object (a
 // Userfaultfd read as a Mapping crashes). So each class tags its objects in its constructor

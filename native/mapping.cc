@@ -201,9 +201,7 @@ void Mapping::RefusePair(Napi::Env env, double offset, double length, size_t at)
 Napi::Value Mapping::MadviseRanges(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto region = Live(env, "madviseRanges");
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-    ThrowArgType(info[0], "ranges", "an instance of Float64Array");
-  auto pairs = info[0].As<Napi::Float64Array>();
+  auto pairs = ToFloat64Array(info[0], "ranges");
   if (pairs.ElementLength() % 2 != 0)
     ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(pairs.ElementLength())), "ranges.length",
                     "even: (offset, length) pairs");

@@ -19,21 +19,6 @@
 
 namespace postcopy {
 
-// The elements of a Float64Array argument.
-static const double* ToFloat64Array(const Napi::Value& v, const char* name, size_t* count) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-    ThrowArgType(v, name, "an instance of Float64Array");
-  Napi::Float64Array array = v.As<Napi::Float64Array>();
-  *count = array.ElementLength();
-  return array.Data();
-}
-
-static uint8_t* ToBytes(const Napi::Value& v, const char* name, size_t* length) {
-  uint8_t* data;
-  if (!ReadBytes(v.Env(), v, name, &data, length)) ThrowPending(v.Env());
-  return data;
-}
-
 // Element `i` of `values`, as a byte offset or length: a non-negative safe integer.
 static size_t ElementSize(Napi::Env env, const double* values, size_t i, const char* array) {
   if (!IsSize(values[i])) {
@@ -65,7 +50,9 @@ static Napi::Value MarkZeroPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t memoryLength, pages, flagsLength;
   const uint8_t* memory = ToBytes(info[0], "memory", &memoryLength);
-  const double* offsets = ToFloat64Array(info[1], "offsets", &pages);
+  Napi::Float64Array offsetArray = ToFloat64Array(info[1], "offsets");
+  const double* offsets = offsetArray.Data();
+  pages = offsetArray.ElementLength();
   const size_t pageSize = ToSize(info[2], "pageSize");
   if (pageSize == 0) ThrowOutOfRange(info[2], "pageSize", ">= 1");
   uint8_t* zero = ToBytes(info[3], "zero", &flagsLength);
@@ -100,7 +87,9 @@ static Napi::Value WriteRuns(const Napi::CallbackInfo& info) {
   size_t headerLength, memoryLength, runValues;
   uint8_t* header = ToBytes(info[1], "header", &headerLength);
   uint8_t* memory = ToBytes(info[2], "memory", &memoryLength);
-  const double* runs = ToFloat64Array(info[3], "runs", &runValues);
+  Napi::Float64Array runArray = ToFloat64Array(info[3], "runs");
+  const double* runs = runArray.Data();
+  runValues = runArray.ElementLength();
   if (runValues % 2) ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(runValues)), "runs.length", "even (offset, length pairs)");
   const int timeoutMs = ToInt(info[4], "timeoutMs", 0, INT_MAX);
 

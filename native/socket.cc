@@ -26,9 +26,8 @@ static constexpr int kMaxDescriptors = 253;
 static Napi::Value ReceiveMessage(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ToFd(info[0], "fd");
-  uint8_t* data;
   size_t size;
-  if (!ReadBytes(env, info[1], "buffer", &data, &size)) ThrowPending(env);
+  uint8_t* data = ToBytes(info[1], "buffer", &size);
   // an empty buffer would read nothing and return 0, which means end of stream
   if (size == 0) ThrowOutOfRange(Napi::Number::New(env, 0), "buffer.byteLength", ">= 1");
   const int max = ToInt(info[2], "maxDescriptors", 0, kMaxDescriptors);

@@ -244,9 +244,7 @@ int Userfaultfd::ReadInto(double* out, size_t capacity) {
 // readEvents(buffer: Float64Array) -> events decoded (0 if none pending), or -errno
 Napi::Value Userfaultfd::ReadEvents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-    ThrowArgType(info[0], "buffer", "an instance of Float64Array");
-  Napi::Float64Array buffer = info[0].As<Napi::Float64Array>();
+  Napi::Float64Array buffer = ToFloat64Array(info[0], "buffer");
   return Napi::Number::New(env, ReadInto(buffer.Data(), buffer.ElementLength() / kEventStride));
 }
 
@@ -256,10 +254,8 @@ Napi::Value Userfaultfd::ReadEvents(const Napi::CallbackInfo& info) {
 Napi::Value Userfaultfd::StartEvents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = LiveFd(env, "uv_poll_start");
-  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
-    ThrowArgType(info[0], "buffer", "an instance of Float64Array");
+  Napi::Float64Array buffer = ToFloat64Array(info[0], "buffer");
   if (!info[1].IsFunction()) ThrowArgType(info[1], "callback", "of type function");
-  Napi::Float64Array buffer = info[0].As<Napi::Float64Array>();
   if (buffer.ElementLength() < kEventStride)
     ThrowOutOfRange(Napi::Number::New(env, static_cast<double>(buffer.ElementLength())), "buffer.length",
                     ">= " + std::to_string(kEventStride) + " (one event)");

@@ -2,7 +2,8 @@
 // sends (bytes with its userfaultfd in SCM_RIGHTS), and the pid at the other end. Node's own
 // sockets cannot do either: libuv reads a non-IPC pipe with read(2), and the kernel then
 // drops the descriptors. So the socket must not be read by libuv (pauseOnConnect) while
-// these take from it.
+// these take from it. Besides: a connected pair for a worker behind a TLS channel, the
+// descriptor under a Node socket, and bounds on a socket's kernel buffers (Node sets none).
 import type { Socket } from 'node:net';
 import { EAGAIN } from '../base/index.js';
 import { addon } from './addon.js';

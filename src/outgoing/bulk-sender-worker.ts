@@ -15,7 +15,9 @@ import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** Target pages in one packet of a 4 KiB block (a huge page's packet holds that page). */
 const PACKET_PAGES = 128;
+/** A packet without pages: its header alone. */
 const NO_RUNS = new Float64Array(0);
+const NO_MEMORY = Buffer.alloc(0);
 
 class BulkSender {
   private readonly memory: Buffer[];
@@ -84,7 +86,7 @@ class BulkSender {
   }
 
   private writeHeader(header: Buffer): void {
-    this.write(header, this.memory[0] ?? Buffer.alloc(0), NO_RUNS, 0, 0);
+    this.write(header, NO_MEMORY, NO_RUNS, 0, 0);
   }
 
   /**
