@@ -22,6 +22,8 @@ export interface CertificateRequest {
   issuer?: IssuedCertificate;
   notBefore?: Date;
   notAfter?: Date;
+  /** Unsigned, big-endian; 16 random bytes unless told. */
+  serial?: Buffer;
 }
 
 const OID = {
@@ -43,8 +45,7 @@ export function issueCertificate(request: CertificateRequest): IssuedCertificate
   const subject = name(request.commonName);
   const issuerName = request.issuer ? name(commonNameOf(request.issuer.cert)) : subject;
   const signer: KeyObject = request.issuer ? createPrivateKey(request.issuer.key) : privateKey;
-  const serial = randomBytes(16);
-  serial[0] &= 0x7f; // a positive INTEGER
+  const serial = request.serial ?? randomBytes(16);
   const algorithm = sequence(oid(OID.ecdsaWithSha256));
   const extensions = [
     extension(OID.basicConstraints, true, sequence(...(request.authority ? [tlv(0x01, Buffer.from([0xff]))] : []))),
@@ -53,8 +54,8 @@ export function issueCertificate(request: CertificateRequest): IssuedCertificate
     ...(request.altNames?.length ? [extension(OID.subjectAltName, false, sequence(...request.altNames.map(altName)))] : []),
   ];
   const tbs = sequence(
-    tlv(0xa0, integer(Buffer.from([2]))), // v3
-    integer(serial),
+    tlv(0xa0, unsignedInteger(Buffer.from([2]))), // v3
+    unsignedInteger(serial),
     algorithm,
     issuerName,
     sequence(time(notBefore), time(notAfter)),
@@ -89,8 +90,13 @@ function sequence(...items: Buffer[]): Buffer {
   return tlv(0x30, Buffer.concat(items));
 }
 
-function integer(bytes: Buffer): Buffer {
-  return tlv(0x02, bytes);
+/** An unsigned big-endian number as DER wants it: no leading zero byte unless the next has its
+ *  top bit set (OpenSSL refuses any other padding). */
+function unsignedInteger(bytes: Buffer): Buffer {
+  let start = 0;
+  while (start < bytes.length - 1 && bytes[start] === 0) start++;
+  const digits = bytes.subarray(start);
+  return tlv(0x02, digits[0] & 0x80 ? Buffer.concat([Buffer.from([0]), digits]) : digits);
 }
 
 function oid(dotted: string): Buffer {
