@@ -233,10 +233,11 @@ export class Bitmap {
   }
 
   /** Runs of bits set both here and in `other` (of the same size) as [start, length], ascending. */
-  *andRanges(other: Bitmap): IterableIterator<[start: number, length: number]> {
+  andRanges(other: Bitmap): [start: number, length: number][] {
     if (other.size !== this.size) throw new RangeError(`Bitmap andRanges: sizes ${this.size} and ${other.size} differ`);
     const a = this.#words;
     const b = other.#words;
+    const runs: [number, number][] = [];
     let runStart = -1;
     for (let w = 0; w < a.length; w++) {
       const v = a[w] & b[w];
@@ -254,13 +255,14 @@ export class Bitmap {
           const clear = ~v & above;
           if (clear === 0) break;
           bit = ctz32(clear);
-          yield [runStart, w * 32 + bit - runStart];
+          runs.push([runStart, w * 32 + bit - runStart]);
           runStart = -1;
         }
       }
     }
     // bits past size are zero, so a run still open ends at size
-    if (runStart >= 0) yield [runStart, this.size - runStart];
+    if (runStart >= 0) runs.push([runStart, this.size - runStart]);
+    return runs;
   }
 
   /** Runs of clear bits as [start, length], in ascending order. */

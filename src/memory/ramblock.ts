@@ -140,6 +140,9 @@ export class RamBlock<H = unknown> {
   }
 
   #checkRange(what: string, offset: number, length: number): void {
+    const fits = Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 &&
+      offset % TARGET_PAGE_SIZE === 0 && length % TARGET_PAGE_SIZE === 0 && offset + length <= this.postcopyLength;
+    if (fits) return; // called per page placed: the message is built only when it is needed
     const where = `RamBlock '${this.idstr}' ${what}`;
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new RangeError(`${where}: offset ${offset} length ${length} must be non-negative integers`);

@@ -187,7 +187,7 @@ export class PayloadReader {
   u64(field: string): number {
     const hi = this.u32(field);
     const lo = this.u32(field);
-    return u64Number(hi, lo, `${this.context}: ${field}`);
+    return hi < 0x200000 ? hi * 0x100000000 + lo : u64Number(hi, lo, `${this.context}: ${field}`);
   }
 
   slice(n: number, field: string): Uint8Array {

@@ -365,16 +365,18 @@ export class StreamDecoder<B extends BlockShape = BlockShape> {
     const block = this.#lookup(idstr);
     if (block === undefined) throw new ProtocolError(`${context}: block '${idstr}' is unknown`);
     const ranges: ByteRange[] = [];
+    const { pageSize, postcopyLength } = block;
+    // decoded inside the pause, thousands at a time: messages are built only for a bad range
     while (payload.remaining > 0) {
       const start = payload.u64('range start');
       const length = payload.u64('range length');
-      const range = `range ${hex(start)}+${hex(length)}`;
-      if (length === 0) throw new ProtocolError(`${context}: ${range} of block '${idstr}' is empty`);
-      if (start % block.pageSize !== 0 || length % block.pageSize !== 0) {
-        throw new ProtocolError(`${context}: ${range} is not aligned to block '${idstr}' page size ${hex(block.pageSize)}`);
-      }
-      if (start + length > block.postcopyLength) {
-        throw new ProtocolError(`${context}: ${range} extends beyond block '${idstr}' postcopy length ${hex(block.postcopyLength)}`);
+      if (length === 0 || start % pageSize !== 0 || length % pageSize !== 0 || start + length > postcopyLength) {
+        const range = `range ${hex(start)}+${hex(length)}`;
+        if (length === 0) throw new ProtocolError(`${context}: ${range} of block '${idstr}' is empty`);
+        if (start % pageSize !== 0 || length % pageSize !== 0) {
+          throw new ProtocolError(`${context}: ${range} is not aligned to block '${idstr}' page size ${hex(pageSize)}`);
+        }
+        throw new ProtocolError(`${context}: ${range} extends beyond block '${idstr}' postcopy length ${hex(postcopyLength)}`);
       }
       ranges.push([start, length]);
     }

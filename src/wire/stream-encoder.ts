@@ -126,27 +126,34 @@ export function encodeDiscard(block: BlockRef, ranges: Iterable<ByteRange>): Buf
   const idstr = refName(block);
   const id = nameBytes(idstr, 'POSTCOPY_RAM_DISCARD idstr');
   const alignment = typeof block !== 'string' && block.pageSize !== undefined ? block.pageSize : TARGET_PAGE_SIZE;
-  const limit = typeof block !== 'string' ? block.postcopyLength : undefined;
-  const list: ByteRange[] = [];
-  for (const [start, length] of ranges) {
-    checkAligned(start, alignment, `POSTCOPY_RAM_DISCARD '${idstr}' range start`);
-    checkAligned(length, alignment, `POSTCOPY_RAM_DISCARD '${idstr}' range length`);
-    if (length === 0) throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range at ${hex(start)} is empty`);
-    if (limit !== undefined && start + length > limit) {
-      throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range ${hex(start)}+${hex(length)} extends beyond postcopy length ${hex(limit)}`);
-    }
-    list.push([start, length]);
+  const limit = typeof block !== 'string' && block.postcopyLength !== undefined ? block.postcopyLength : Infinity;
+  // thousands of ranges may be encoded inside the pause, in code that has run a few times at
+  // most: plain loops, and a message built only for a range that is refused
+  const list = Array.isArray(ranges) ? (ranges as readonly ByteRange[]) : [...ranges];
+  for (let i = 0; i < list.length; i++) {
+    const start = list[i][0];
+    const length = list[i][1];
+    const fits = Number.isSafeInteger(start) && Number.isSafeInteger(length) && start >= 0 && length > 0 &&
+      start % alignment === 0 && length % alignment === 0 && start + length <= limit;
+    if (!fits) refuseDiscardRange(idstr, alignment, limit, start, length);
   }
   if (list.length === 0) throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}': no ranges (QEMU requires at least one)`);
   const perCommand = maxDiscardPairs(id.length);
   const frames: Buffer[] = [];
-  for (let i = 0; i < list.length; i += perCommand) {
-    const batch = list.slice(i, i + perCommand);
-    const payload = new Writer(3 + id.length + 16 * batch.length).u8(DISCARD_VERSION).u8(id.length).bytes(id).u8(0);
-    for (const [start, length] of batch) payload.u64(start).u64(length);
+  for (let first = 0; first < list.length; first += perCommand) {
+    const end = Math.min(first + perCommand, list.length);
+    const payload = new Writer(3 + id.length + 16 * (end - first)).u8(DISCARD_VERSION).u8(id.length).bytes(id).u8(0).u64Pairs(list, first, end);
     frames.push(encodeCommand(Command.POSTCOPY_RAM_DISCARD, payload.done()));
   }
   return frames.length === 1 ? frames[0] : Buffer.concat(frames);
+}
+
+/** Throws why a discard range cannot be sent. */
+function refuseDiscardRange(idstr: string, alignment: number, limit: number, start: number, length: number): never {
+  checkAligned(start, alignment, `POSTCOPY_RAM_DISCARD '${idstr}' range start`);
+  checkAligned(length, alignment, `POSTCOPY_RAM_DISCARD '${idstr}' range length`);
+  if (length === 0) throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range at ${hex(start)} is empty`);
+  throw new RangeError(`POSTCOPY_RAM_DISCARD '${idstr}' range ${hex(start)}+${hex(length)} extends beyond postcopy length ${hex(limit)}`);
 }
 
 /** RECV_BITMAP command: `u8 len, idstr`; the destination answers on the return path. */

@@ -37,6 +37,20 @@ export class Writer {
     return this;
   }
 
+  /** pairs[from..to) as u64 pairs (safe integers): a DataView, as thousands may be written by code not yet optimised. */
+  u64Pairs(pairs: readonly (readonly [number, number])[], from: number, to: number): this {
+    const view = new DataView(this.buffer.buffer, this.buffer.byteOffset + this.#pos, 16 * (to - from));
+    for (let i = from, at = 0; i < to; i++, at += 16) {
+      const [a, b] = pairs[i];
+      view.setUint32(at, Math.floor(a / 0x100000000));
+      view.setUint32(at + 4, a % 0x100000000);
+      view.setUint32(at + 8, Math.floor(b / 0x100000000));
+      view.setUint32(at + 12, b % 0x100000000);
+    }
+    this.#pos += 16 * (to - from);
+    return this;
+  }
+
   u64n(v: bigint): this {
     this.buffer.writeBigUInt64BE(v, this.#pos);
     this.#pos += 8;
