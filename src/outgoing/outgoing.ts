@@ -25,6 +25,12 @@ import { SourceChannels } from './source-channels.js';
 import { Switchover } from './switchover.js';
 
 const HEARTBEAT_MS = 1000;
+/**
+ * After the switchover the background stream waits for the PONG to a PING sent behind RUN, at
+ * most this long: the destination's discards, LISTEN and RUN then have both CPUs of a small host
+ * to themselves. Requests are answered meanwhile.
+ */
+const RUN_APPLIED_WAIT_MS = 100;
 
 export class OutgoingMigration {
   readonly counts = newSourceCounts();
@@ -253,6 +259,7 @@ export class OutgoingMigration {
     this.progress(); // postcopy has begun: the guest runs on the destination
     this.map.cursor = { block: 0, page: 0 };
     const startRateWindow = () => (this.postcopyStart = { at: performance.now(), sent: this.counts.postcopy });
+    await this.channels.roundTrip(RUN_APPLIED_WAIT_MS);
     startRateWindow();
     for (;;) {
       if (this.channels.broken) {

@@ -41,9 +41,11 @@ export class Switchover {
   async run(log: DirtyLog, bulk: BulkSenders | undefined): Promise<Downtime> {
     const { main } = this.channels;
     if (bulk) {
-      // every bulk page before any discard: the destination's main stream waits at the flush
+      // every bulk page before any discard: the destination's main stream waits at the flush,
+      // and the pause waits until it is past it (that wait is no downtime)
       bulk.sync();
       main.channel.send(main.encoder.multifdFlush());
+      await this.channels.roundTrip(this.options.stallSeconds * 1000);
     }
     await this.discardBeforePause(log);
     this.throwIfBroken();
