@@ -16,6 +16,7 @@ export const ERROR_CODES = {
   ERR_POSTCOPY_HANDSHAKE: "a channel's handshake failed or timed out",
   ERR_POSTCOPY_TLS: 'a TLS handshake failed: a certificate not trusted or expired, another key, or a peer without TLS (the reason follows)',
   ERR_POSTCOPY_PEER_FAILED: 'the other side failed (SHUT with a non-zero status)',
+  ERR_POSTCOPY_GUEST_ENDED: "the destination's guest ended before every page arrived: nothing more is wanted",
   ERR_POSTCOPY_INTERRUPTED: 'stopped by a signal or by the caller',
   ERR_POSTCOPY_GUEST: 'the guest could not be resumed or stopped',
   ERR_POSTCOPY_ADDRESS: 'an address that is not HOST:PORT, [IPv6]:PORT or unix:PATH',

@@ -1,7 +1,8 @@
 // `postcopy serve-pages`: the host that has a memory file serves it to page servers on other
 // hosts (`postcopy serve --from ADDR`). Each request is one migration of a VM's regions, straight
-// to postcopy, recovered after a break like any migration. Runs until SIGINT or SIGTERM; each
-// event is one line (one JSON object with --json); the last line is its report.
+// to postcopy, recovered after a break like any migration. Runs until SIGINT or SIGTERM, then
+// takes no more requests and lets the sessions under way finish (a second signal ends them);
+// each event is one line (one JSON object with --json); the last line is its report.
 import { performance } from 'node:perf_hooks';
 import { PageOrigin } from '../serve/index.js';
 import { formatEndpoint } from '../transport/index.js';
@@ -28,7 +29,7 @@ export async function servePagesCommand({ values, json }: CommandArgs): Promise<
   const postcopyMaxMiBs = numberOption(values['postcopy-max-mibs'], 'postcopy-max-mibs', 0, 0, 1e6) || undefined;
   const tls = readTls(values);
   const origin = new PageOrigin({ memFile: values['mem-file'], endpoint, token, tls, postcopyMaxMiBs, ...livenessConfig(values) });
-  const counts = { sessions: 0, served: 0, failed: 0, refused: 0 };
+  const counts = { sessions: 0, served: 0, ended: 0, failed: 0, refused: 0 };
   origin.on('session', (session, request) => {
     counts.sessions++;
     say(`session ${session}: ${request.regions.length} region(s) to ${request.endpoint}`, { event: 'session', session, regions: request.regions, endpoint: request.endpoint, channels: request.channels });
@@ -42,18 +43,33 @@ export async function servePagesCommand({ values, json }: CommandArgs): Promise<
     counts.failed++;
     say(`session ${session} failed: ${error.message}`, { event: 'failed', session, reason: error.message });
   });
+  origin.on('ended', (session, error) => {
+    counts.ended++;
+    say(`session ${session}: ${error.message}`, { event: 'ended', session, reason: error.message });
+  });
   origin.on('refused', (reason) => {
     counts.refused++;
     say(`refused a request: ${reason}`, { event: 'refused', reason });
   });
-  const stopped = new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
+  const nextSignal = () => new Promise<string>((resolve) => {
+    const on = (signal: string) => {
+      process.off('SIGINT', on).off('SIGTERM', on);
+      resolve(signal);
+    };
+    process.on('SIGINT', on).on('SIGTERM', on);
   });
+  const stopped = nextSignal();
   const bound = await origin.listen();
   say(`serving ${values['mem-file']} on ${formatEndpoint(bound)}${tls ? ' (TLS 1.3)' : ''}`, { event: 'listening', endpoint: formatEndpoint(bound), mem_file: values['mem-file'], tls: tls?.kind ?? 'none' });
   const signal = await stopped;
   origin.close();
-  const report = { event: 'stopped', signal, ...counts, served_ms: Math.round(performance.now() - started) };
-  return { report, human: `stopped (${signal}): ${counts.served} session(s) served, ${counts.failed} failed, ${counts.refused} refused` };
+  let cut = 0;
+  if (origin.active) {
+    say(`${signal}: no more requests; waiting for ${origin.active} session(s) under way to finish (a second signal ends them)`, { event: 'draining', signal, sessions: origin.active });
+    const second = await Promise.race([origin.drained().then(() => undefined), nextSignal()]);
+    if (second) cut = origin.active;
+  }
+  const report = { event: 'stopped', signal, ...counts, cut, served_ms: Math.round(performance.now() - started) };
+  const ended = counts.ended ? `, ${counts.ended} ended by their VM` : '';
+  return { report, human: `stopped (${signal}): ${counts.served} session(s) served${ended}, ${counts.failed} failed, ${counts.refused} refused${cut ? `, ${cut} cut off by a second signal` : ''}` };
 }

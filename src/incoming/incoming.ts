@@ -23,6 +23,7 @@ import {
   encodeRecvBitmap,
   encodeResumeAck,
   encodeShut,
+  ShutStatus,
   type HelloFields,
   type MemSizeBlock,
   type StreamEvent,
@@ -376,7 +377,7 @@ export class IncomingMigration extends EventEmitter {
     for (const block of this.blocks) this.uffd?.unregister(block.host!.address, block.host!.length);
     this.uffd?.close();
     const main = this.connection.main;
-    if (main && !main.closed) main.send(encodeShut(0)); // else the source learns it on resume
+    if (main && !main.closed) main.send(encodeShut(ShutStatus.DONE)); // else the source learns it on resume
     this.emit('end', this.report());
   }
 
@@ -420,7 +421,7 @@ export class IncomingMigration extends EventEmitter {
   private resume(channel: Channel): void {
     if (this.state === 'END') {
       channel.send(encodeResumeAck(ResumeState.END));
-      channel.send(encodeShut(0));
+      channel.send(encodeShut(ShutStatus.DONE));
       return;
     }
     if (this.state !== 'PAUSED') throw new ProtocolError(`POSTCOPY_RESUME is not allowed in state ${this.state} (only while PAUSED)`);
@@ -444,7 +445,13 @@ export class IncomingMigration extends EventEmitter {
     this.mainReader?.endHold();
   }
 
-  fail(error: Error): void {
+  /** The guest is gone (its VM stopped) before every page arrived: failed here, and SHUT tells
+   *  the source that nothing more is wanted (it ends at once, and not as a fault of its own). */
+  guestEnded(reason: string): void {
+    this.fail(new PostcopyError('ERR_POSTCOPY_GUEST_ENDED', `the guest ended before its pages all arrived: ${reason}`), ShutStatus.GUEST_ENDED);
+  }
+
+  fail(error: Error, shutStatus: number = ShutStatus.FAILED): void {
     if (this.state === 'FAILED' || this.state === 'END') return;
     if (this.state === 'PAUSED') this.recovery.pausedMs += performance.now() - this.pausedAt;
     this.machine.fail(error);
@@ -452,7 +459,7 @@ export class IncomingMigration extends EventEmitter {
     const { main, preempt } = this.connection;
     if (main && !main.closed) {
       try {
-        main.send(encodeShut(1));
+        main.send(encodeShut(shutStatus));
         main.close();
       } catch {
         // the connection is what failed
@@ -464,13 +471,8 @@ export class IncomingMigration extends EventEmitter {
     this.emit('failed', error);
     if (!this.uffd) return;
     endGuestSurely({
-      uffd: this.uffd,
-      blocks: this.blocks,
-      registered: this.times.listenAt > 0,
-      waiting: this.faults?.waiting ?? 0,
-      stopFaults: () => this.faults?.stop(),
-      stopGuest: this.options.stopGuest,
-      stopTimeoutMs: this.settings.guestStopTimeoutMs,
+      uffd: this.uffd, blocks: this.blocks, registered: this.times.listenAt > 0, waiting: this.faults?.waiting ?? 0,
+      stopFaults: () => this.faults?.stop(), stopGuest: this.options.stopGuest, stopTimeoutMs: this.settings.guestStopTimeoutMs,
       stuck: (message) => this.guestStuck(message),
     }, `the migration failed (${error.message})`);
   }

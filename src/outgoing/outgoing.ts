@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PostcopyError, TARGET_PAGE_SIZE, isConnectionError } from '../base/index.js';
-import type { ReturnPathEvent } from '../wire/index.js';
+import { ShutStatus, type ReturnPathEvent } from '../wire/index.js';
 import type { ConnectedChannel } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
 import { BulkSenders } from './bulk-senders.js';
@@ -118,7 +118,12 @@ export class OutgoingMigration {
         return this.sender.request(event.block, event.start, event.length, this.phase === 'postcopy');
       case 'shut':
         this.shut = { status: event.status };
-        if (event.status !== 0) this.failFatally(new PostcopyError('ERR_POSTCOPY_PEER_FAILED', `the destination failed (status ${event.status}) during ${this.phase}`));
+        if (event.status === ShutStatus.GUEST_ENDED) {
+          const left = this.map.totalDirty;
+          this.failFatally(new PostcopyError('ERR_POSTCOPY_GUEST_ENDED', `the destination's guest ended during ${this.phase}, with ${left} page(s) not yet sent: nothing more is wanted`));
+        } else if (event.status !== ShutStatus.DONE) {
+          this.failFatally(new PostcopyError('ERR_POSTCOPY_PEER_FAILED', `the destination failed (status ${event.status}) during ${this.phase}`));
+        }
         this.onShut?.();
         return;
       case 'recv-bitmap':

@@ -41,6 +41,8 @@ export interface PageOrigin {
   on(event: 'refused', listener: (reason: string) => void): this;
   on(event: 'served', listener: (session: string, report: OutgoingReport) => void): this;
   on(event: 'failed', listener: (session: string, error: Error) => void): this;
+  /** The page server's VM ended before every page was sent: nothing more is wanted (no failure). */
+  on(event: 'ended', listener: (session: string, error: Error) => void): this;
 }
 
 export class PageOrigin extends EventEmitter {
@@ -48,6 +50,8 @@ export class PageOrigin extends EventEmitter {
   private readonly fileLength: number;
   /** The file's byte ranges that hold data (holes stay unpopulated: sent as zeros, unread). */
   private readonly dataRanges: [number, number][];
+  /** Sessions whose migration runs, each resolved when it ends however it ends. */
+  private readonly sessions = new Set<Promise<void>>();
 
   constructor(private readonly options: PageOriginOptions) {
     super();
@@ -67,8 +71,19 @@ export class PageOrigin extends EventEmitter {
     return listenOn(this.server, this.options.endpoint);
   }
 
+  /** Takes no more requests; sessions under way go on (see `drained`). */
   close(): void {
     this.server?.close();
+  }
+
+  /** How many sessions are under way. */
+  get active(): number {
+    return this.sessions.size;
+  }
+
+  /** Resolves once no session is under way. */
+  async drained(): Promise<void> {
+    while (this.sessions.size) await Promise.all(this.sessions);
   }
 
   /** One request: checked, answered, then its migration runs. */
@@ -91,10 +106,15 @@ export class PageOrigin extends EventEmitter {
     }
     socket.end(`${JSON.stringify({ ok: true })}\n`);
     this.emit('session', request.session, request);
+    const session = this.migrate(request).then(
+      (report) => void this.emit('served', request.session, report),
+      (error: PostcopyError) => void this.emit(error.code === 'ERR_POSTCOPY_GUEST_ENDED' ? 'ended' : 'failed', request.session, error),
+    );
+    this.sessions.add(session);
     try {
-      this.emit('served', request.session, await this.migrate(request));
-    } catch (error) {
-      this.emit('failed', request.session, error as Error);
+      await session;
+    } finally {
+      this.sessions.delete(session);
     }
   }
 

@@ -134,7 +134,7 @@ export class RemoteStaging extends EventEmitter {
 
   /** The VM ended: a migration still under way fails (its VMM is gone: stopping it is immediate). */
   close(reason: string): void {
-    if (!this.finished) this.migration.fail(new ProtocolError(`the VM ended before its pages all arrived: ${reason}`));
+    if (!this.finished) this.migration.guestEnded(`its VM ended (${reason})`);
     this.listener?.close();
   }
 

@@ -92,6 +92,13 @@ export const ReturnPathType = {
 } as const;
 export type ReturnPathType = (typeof ReturnPathType)[keyof typeof ReturnPathType];
 
+/**
+ * SHUT's status. QEMU sends 0 (done) or 1 (failed) and takes any other value as failed too;
+ * GUEST_ENDED is ours: the destination's guest is gone (its VM stopped), so nothing more is
+ * wanted, which is no fault of either side.
+ */
+export const ShutStatus = { DONE: 0, FAILED: 1, GUEST_ENDED: 2 } as const;
+
 const RP_NAMES = new Map<number, string>(Object.entries(ReturnPathType).map(([name, value]) => [value, name]));
 
 export function returnPathTypeName(type: number): string | undefined {

@@ -18,6 +18,7 @@ export {
   RECV_BITMAP_ENDING,
   ResumeState,
   ReturnPathType,
+  ShutStatus,
   Role,
   roleName,
   VERSION,

@@ -156,3 +156,44 @@ test('serve --from: a wrong token is refused by the origin, an unreachable origi
     origin.child.kill('SIGTERM');
   }
 });
+
+test("serve --from: a VM that ends before its pages all arrived ends its origin session at once, as 'ended' (its VM's doing), not as a failure", { skip, timeout: 60_000 }, async () => {
+  const file = memoryFile('short.mem', 32 * MiB, [1 * MiB, 2 * MiB]);
+  const origin = await startOrigin(file, ['--postcopy-max-mibs', '2']);
+  const s = await serving({ from: origin.endpoint, token: TOKEN });
+  try {
+    // 32 MiB at 2 MiB/s would take 16 s: the VM is gone long before
+    const run = await runStandin(['--socket', s.socket, '--mem-file', file, '--region', '32M', '--threads', '2', '--pattern', 'random', '--seconds', '1'], 30_000);
+    assert.equal(run.code, STANDIN_EXIT.ok, `${run.stdout}\n${run.stderr}`);
+    const vmEndedAt = Date.now();
+    const ended = await origin.waitFor('ended', 10_000);
+    assert.match(ended.reason, /the destination's guest ended during postcopy, with [1-9]\d* page\(s\) not yet sent: nothing more is wanted/);
+    // SHUT said so: no recovery attempted (30 s), no stall (5 s)
+    assert.ok(Date.now() - vmEndedAt < 3000, `${Date.now() - vmEndedAt} ms after the VM ended`);
+    assert.deepEqual(origin.events.filter((e) => e.event === 'failed'), []);
+  } finally {
+    s.server.close();
+    origin.child.kill('SIGTERM');
+  }
+});
+
+test('serve-pages on SIGTERM takes no more requests and lets the session under way finish; its report counts it served', { skip, timeout: 60_000 }, async () => {
+  const file = memoryFile('drain.mem', 16 * MiB, [1 * MiB, 2 * MiB]);
+  const origin = await startOrigin(file, ['--postcopy-max-mibs', '8']);
+  const s = await serving({ from: origin.endpoint, token: TOKEN });
+  try {
+    const vm = startStandin(['--socket', s.socket, '--mem-file', file, '--region', '16M', '--threads', '2', '--pattern', 'random', '--seconds', '6'], 30_000);
+    await origin.waitFor('session');
+    origin.child.kill('SIGTERM');
+    assert.equal((await origin.waitFor('draining')).sessions, 1);
+    const run = await vm.done;
+    assert.equal(run.code, STANDIN_EXIT.ok, `${run.stdout}\n${run.stderr}`);
+    assert.equal(await origin.exited, 0);
+    const stopped = origin.events.find((e) => e.event === 'stopped');
+    assert.ok(stopped, JSON.stringify(origin.events));
+    assert.deepEqual([stopped.signal, stopped.served, stopped.failed, stopped.cut], ['SIGTERM', 1, 0, 0]);
+    assert.equal((await found(() => s.events.find((e) => e.event === 'staged'), 'staged event')).report.pages.missing_at_listen, (16 * MiB) / PAGE);
+  } finally {
+    s.server.close();
+  }
+});
