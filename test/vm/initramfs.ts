@@ -5,7 +5,7 @@
 // (103 MiB; measured under TCG on 6.12, the init starts 6.8 s after QEMU, 6.9 s with gzip -1
 // at 42 MiB: no gain, and no compression step) and cached under ~/.cache/postcopy-vm,
 // keyed by a hash of every input, so a run whose inputs have not changed reuses it.
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
@@ -42,8 +42,13 @@ function filesUnder(root: string, dir: string, keep: (name: string) => boolean =
 function sharedLibraries(binaries: string[]): string[] {
   const libs = new Set<string>();
   for (const binary of binaries) {
-    const out = execFileSync('ldd', [binary], { encoding: 'utf8' });
-    for (const match of out.matchAll(/(?:=>\s*)?(\/\S+)\s+\(0x/g)) libs.add(match[1]);
+    const r = spawnSync('ldd', [binary], { encoding: 'utf8' });
+    if (r.status !== 0) {
+      // a static binary (busybox-static) has none, and ldd says so with status 1
+      if (/not a dynamic executable/.test(`${r.stdout}${r.stderr}`)) continue;
+      throw new Error(`ldd ${binary}: ${r.error?.message ?? `${r.stderr}`.trim()}`);
+    }
+    for (const match of r.stdout.matchAll(/(?:=>\s*)?(\/\S+)\s+\(0x/g)) libs.add(match[1]);
   }
   return [...libs].sort();
 }
@@ -108,7 +113,8 @@ function entries(root: string, log: (line: string) => void): Entry[] {
     { path: 'bin/busybox', source: BUSYBOX, mode: 0o755 },
     { path: 'bin/node', source: node, mode: 0o755 },
     { path: 'init', source: join(root, 'test/vm/init.sh'), mode: 0o755 },
-    ...sharedLibraries(standin ? [node, addon, standin] : [node, addon]).map((lib) => ({ path: lib.slice(1), source: realpathSync(lib), mode: 0o755 })),
+    // busybox too: where Debian's dynamic busybox is /bin/busybox, its libraries come along
+    ...sharedLibraries(standin ? [BUSYBOX, node, addon, standin] : [BUSYBOX, node, addon]).map((lib) => ({ path: lib.slice(1), source: realpathSync(lib), mode: 0o755 })),
     ...(standin ? [{ path: join('postcopy', relative(root, standin)), source: standin, mode: 0o755 }] : []),
     ...projectFiles(root).map((path) => ({ path: join('postcopy', path), source: join(root, path), mode: path.endsWith('.node') ? 0o755 : 0o644 })),
   ];

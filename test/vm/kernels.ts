@@ -99,6 +99,7 @@ export interface HostNeed {
 /** What every QEMU boot of ours needs: qemu, and busybox for the initramfs. */
 export const QEMU_NEEDS: readonly HostNeed[] = [
   { pkg: 'qemu-system-x86', present: () => onPath(QEMU) },
+  // a static busybox is what it installs; a dynamic one there works too (the initramfs takes its libraries)
   { pkg: 'busybox-static', present: () => existsSync('/bin/busybox') },
 ];
 
