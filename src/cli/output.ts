@@ -87,3 +87,13 @@ export function peakRssMiB(): number {
   const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
   return match ? Math.round(Number(match[1]) / 1024) : 0;
 }
+
+/**
+ * The next SIGINT or SIGTERM. A long-running command asks for it first thing, before it says
+ * it listens: a supervisor may signal at any moment, and Node's default would end the process
+ * with no report. The listeners stay (the command ends with exitNow): a signal between two
+ * calls is never left to that default either.
+ */
+export function nextSignal(): Promise<'SIGINT' | 'SIGTERM'> {
+  return new Promise((resolve) => process.on('SIGINT', () => resolve('SIGINT')).on('SIGTERM', () => resolve('SIGTERM')));
+}

@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { PageOrigin } from '../serve/index.js';
 import { formatEndpoint } from '../transport/index.js';
 import { endpointOption, livenessConfig, numberOption, readTls, readToken, usage, type CommandArgs, type OptionGroup } from './options.js';
-import type { CommandEnd } from './output.js';
+import { nextSignal, type CommandEnd } from './output.js';
 
 export const SERVE_PAGES_OPTIONS: OptionGroup = {
   title: 'serve-pages',
@@ -20,6 +20,7 @@ export const SERVE_PAGES_OPTIONS: OptionGroup = {
 
 export async function servePagesCommand({ values, json }: CommandArgs): Promise<CommandEnd> {
   const started = performance.now();
+  const stopped = nextSignal();
   if (typeof values['mem-file'] !== 'string') throw usage('serve-pages needs --mem-file FILE');
   if (typeof values.listen !== 'string') throw usage('serve-pages needs --listen ADDR');
   const endpoint = endpointOption(values.listen, '--listen');
@@ -51,14 +52,6 @@ export async function servePagesCommand({ values, json }: CommandArgs): Promise<
     counts.refused++;
     say(`refused a request: ${reason}`, { event: 'refused', reason });
   });
-  const nextSignal = () => new Promise<string>((resolve) => {
-    const on = (signal: string) => {
-      process.off('SIGINT', on).off('SIGTERM', on);
-      resolve(signal);
-    };
-    process.on('SIGINT', on).on('SIGTERM', on);
-  });
-  const stopped = nextSignal();
   const bound = await origin.listen();
   say(`serving ${values['mem-file']} on ${formatEndpoint(bound)}${tls ? ' (TLS 1.3)' : ''}`, { event: 'listening', endpoint: formatEndpoint(bound), mem_file: values['mem-file'], tls: tls?.kind ?? 'none' });
   const signal = await stopped;

@@ -8,7 +8,7 @@ import { formatEndpoint } from '../transport/index.js';
 import { PageServer, loadWorkingSet, saveWorkingSet, type PageSourceSpec, type VmInfo, type WorkingSetFile } from '../serve/index.js';
 import { choiceOption, endpointOption, intOption, numberOption, readTls, readToken, usage, type CommandArgs, type OptionGroup, type Values } from './options.js';
 import { MAX_BULK_CHANNELS } from '../wire/index.js';
-import type { CommandEnd } from './output.js';
+import { nextSignal, type CommandEnd } from './output.js';
 
 export const SERVE_OPTIONS: OptionGroup = {
   title: 'serve',
@@ -30,6 +30,7 @@ export const SERVE_OPTIONS: OptionGroup = {
 
 export async function serveCommand({ values, json }: CommandArgs): Promise<CommandEnd> {
   const started = performance.now();
+  const stopped = nextSignal();
   const source = sourceOf(values);
   const say = (line: string, event: Record<string, unknown>) => (json ? console.log(JSON.stringify(event)) : process.stderr.write(`${line}\n`));
   const workingSet = loadWorkingSetOption(values, source, say);
@@ -67,11 +68,6 @@ export async function serveCommand({ values, json }: CommandArgs): Promise<Comma
       say(`vm ${info.vm}: its working set of ${pages.length / 2} pages saved to ${recordTo}`, { event: 'working-set-saved', vm: info.vm, pages: pages.length / 2, file: recordTo });
     });
   }
-  // before anything says 'listening': a supervisor may signal the moment it reads that line
-  const stopped = new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-  });
   await server.listen();
   const metrics = typeof values.metrics === 'string' ? await server.metrics.listen(endpointOption(values.metrics, '--metrics')) : undefined;
   const metricsAt = metrics && formatEndpoint(metrics);
