@@ -1,12 +1,13 @@
 // Reading one main or preempt channel of the destination: each chunk goes to the channel's
 // decoder and every whole event to the engine, in order. Two kinds of flow control:
 // - at MULTIFD_FLUSH the main stream waits until every bulk channel has synced (what follows,
-//   discards and LISTEN, must not overtake a page still on a bulk channel); meanwhile only
-//   PING is answered, so that the source's stall watch stays content while the bulk drains;
+//   discards and LISTEN, must not overtake a page still on a bulk channel); meanwhile only a
+//   heartbeat PING is answered, so that the source's stall watch stays content while the bulk
+//   drains (a PING_IN_ORDER waits its turn: its PONG means "all before it is done");
 // - the engine may hold the stream back for a moment (`holdFor`), or for the rest of this turn
 //   of the event loop (`yieldTurn`), so that a faulting thread's page on the preempt channel
 //   gets this thread first.
-import { Command, type StreamDecoder, type StreamEvent } from '../wire/index.js';
+import { Command, PING_IN_ORDER, type StreamDecoder, type StreamEvent } from '../wire/index.js';
 import type { Channel } from '../transport/index.js';
 import type { GuestBlock } from '../pager/index.js';
 
@@ -102,7 +103,7 @@ export class ChannelReader {
       while (!this.waitingAtFlush && this.deferred.length) this.events.event(this.deferred.shift()!, channel);
       for (let event = this.decoder.next(); event; event = this.decoder.next()) {
         if (!this.waitingAtFlush) this.events.event(event, channel);
-        else if (event.type === 'command' && event.cmd === Command.PING) this.events.event(event, channel); // "alive", not "done"
+        else if (event.type === 'command' && event.cmd === Command.PING && !(event.value & PING_IN_ORDER)) this.events.event(event, channel); // "alive", not "done"
         else this.deferred.push(event);
       }
       this.events.read(channel);

@@ -5,7 +5,7 @@
 // named (channel and phase) and announced, so that every wait of the engine ends.
 import type { ConnectedChannel, Channel } from '../transport/index.js';
 import { StallWatch } from '../transport/index.js';
-import { type ReturnPathEvent } from '../wire/index.js';
+import { PING_IN_ORDER, type ReturnPathEvent } from '../wire/index.js';
 import type { GuestBlock } from '../pager/index.js';
 import { PostcopyError, isConnectionError } from '../base/index.js';
 
@@ -72,13 +72,12 @@ export class SourceChannels {
 
   /**
    * A PING on the main channel, resolved (true) by its PONG: the destination has handled
-   * everything sent before it (with bulk channels, except while its main stream waits at the
-   * switchover's MULTIFD_FLUSH: PINGs are answered at once then). False when the connection
-   * breaks or no PONG comes in time.
+   * everything sent before it (PING_IN_ORDER: a MULTIFD_FLUSH's wait included). False when the
+   * connection breaks or no PONG comes in time.
    */
   async roundTrip(timeoutMs: number): Promise<boolean> {
     if (this.broken) return false;
-    const value = ++this.pings >>> 0;
+    const value = (++this.pings | PING_IN_ORDER) >>> 0;
     const { channel, encoder } = this.main;
     if (encoder.ramOpen) channel.send(encoder.endRam());
     channel.send(encoder.ping(value));

@@ -93,6 +93,14 @@ export const ReturnPathType = {
 export type ReturnPathType = (typeof ReturnPathType)[keyof typeof ReturnPathType];
 
 /**
+ * A PING whose value has this bit asks for a PONG once everything sent before it is handled,
+ * even while the destination's main stream waits at a MULTIFD_FLUSH (the source's round trips).
+ * Without it (heartbeats) the PONG says only "alive", and comes at once during that wait, so a
+ * long bulk drain does not look like a stalled connection. QEMU answers every PING in order.
+ */
+export const PING_IN_ORDER = 0x80000000;
+
+/**
  * SHUT's status. QEMU sends 0 (done) or 1 (failed) and takes any other value as failed too;
  * GUEST_ENDED is ours: the destination's guest is gone (its VM stopped), so nothing more is
  * wanted, which is no fault of either side.

@@ -19,6 +19,7 @@ export {
   ResumeState,
   ReturnPathType,
   ShutStatus,
+  PING_IN_ORDER,
   Role,
   roleName,
   VERSION,

@@ -3,8 +3,8 @@
 // channels (4 KiB and hugetlb, with precopy and straight to postcopy), verified page by page.
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { BULK_MAGIC, BulkFlag, BulkPacketDecoder, Capability, MAX_PACKET_PAGES, encodeBulkHeader, type BulkBlockInfo } from '../../src/wire/index.js';
-import { PAGE, destination } from '../support/destination.js';
+import { BULK_MAGIC, BulkFlag, BulkPacketDecoder, Capability, MAX_PACKET_PAGES, PING_IN_ORDER, encodeBulkHeader, type BulkBlockInfo } from '../../src/wire/index.js';
+import { PAGE, destination, returnPath } from '../support/destination.js';
 import { featureSkip, hugeSkip } from '../support/hugepages.js';
 import { verifiedDemo } from '../support/cli.js';
 import { waitFor } from '../support/threads.js';
@@ -146,6 +146,31 @@ test('bulk: precopy pages, SYNC and postcopy pages in one read; after LISTEN the
       assert.ok(memory[page * PAGE] === expected && memory[page * PAGE + PAGE - 1] === expected, `page ${page} holds ${memory[page * PAGE]}, expected ${expected}`);
     }
     assert.equal(d.migration.state, 'RUNNING', 'page 0 never came: still running, not failed');
+  } finally {
+    d.cleanup();
+  }
+});
+
+test("at MULTIFD_FLUSH a heartbeat PING is answered at once, a PING_IN_ORDER only once every bulk channel has synced: the source's round trip means done", { timeout: 30_000 }, async () => {
+  const d = await destination({ capabilities: 1 << Capability.BULK_SHIFT });
+  try {
+    const { channel, encoder } = d.source;
+    const events = returnPath(d.source);
+    const pongs = () => events.filter((e) => e.type === 'pong').map((e) => (e as { value: number }).value);
+    channel.send(encoder.memSize([{ idstr: 'ram0', usedLength: 1 << 21, pageSize: PAGE }]));
+    channel.send(encoder.endRam());
+    channel.send(encoder.advise(PAGE));
+    const bulk = await d.connect('bulk', 0, 0);
+    const ordered = (PING_IN_ORDER | 2) >>> 0;
+    channel.send(encoder.multifdFlush());
+    channel.send(encoder.endRam());
+    channel.send(Buffer.concat([encoder.ping(1), encoder.ping(ordered)]));
+    await waitFor(() => pongs().length > 0, 5000, 'the heartbeat PONG');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(pongs(), [1], 'the ordered PING waits behind the flush');
+    bulk.channel.send(packet({ number: 0, flags: BulkFlag.SYNC }));
+    await waitFor(() => pongs().length === 2, 5000, 'the ordered PONG after SYNC');
+    assert.deepEqual(pongs(), [1, ordered]);
   } finally {
     d.cleanup();
   }
