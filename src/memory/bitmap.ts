@@ -235,9 +235,10 @@ export class Bitmap {
   /** Runs of bits set both here and in `other` (of the same size) as [start, length], ascending. */
   andRanges(other: Bitmap): [start: number, length: number][] {
     if (other.size !== this.size) throw new RangeError(`Bitmap andRanges: sizes ${this.size} and ${other.size} differ`);
+    const runs: [number, number][] = [];
+    if (this.#count === 0 || other.#count === 0) return runs; // e.g. nothing sent yet: no walk
     const a = this.#words;
     const b = other.#words;
-    const runs: [number, number][] = [];
     let runStart = -1;
     for (let w = 0; w < a.length; w++) {
       const v = a[w] & b[w];

@@ -31,7 +31,10 @@ export interface DowntimeParts {
   discard: number;
   /** Encoding LISTEN, the device state and RUN. */
   commands: number;
-  /** Handing the switchover's one buffer to the kernel (on loopback this includes waking the destination). */
+  /**
+   * Handing the switchover's one buffer to the kernel. On loopback this includes waking the
+   * destination, and the scheduler may run it first on this CPU: then its switchover is in here.
+   */
   write: number;
 }
 
@@ -55,6 +58,8 @@ export interface OutgoingReport {
    * dirtied since the last sync before the pause, LISTEN, device state and RUN, the write.
    */
   downtime_parts_ms: DowntimeParts;
+  /** Target pages the final sync (in the pause) found written: the guest's writes since the last sync before it. */
+  final_sync_pages: number;
   /** When the pause began (epoch milliseconds), to set beside the destination's RUN on the same host. */
   pause_epoch_ms: number;
   /**
@@ -103,6 +108,7 @@ export function newSourceCounts(): SourceCounts {
 export interface Downtime extends DowntimeParts {
   total: number;
   start: number;
+  syncPages: number;
 }
 
 export interface SourceReportParts {
@@ -135,6 +141,7 @@ export function outgoingReport(p: SourceReportParts): OutgoingReport {
     paused_ms: Math.round(counts.pausedMs),
     downtime_ms: round(downtime.total),
     downtime_parts_ms: { pause: round(downtime.pause), sync: round(downtime.sync), discard: round(downtime.discard), commands: round(downtime.commands), write: round(downtime.write) },
+    final_sync_pages: downtime.syncPages,
     pause_epoch_ms: round(performance.timeOrigin + downtime.start, 3),
     discards: { ...p.discards, before_pause_ms: round(p.discards.before_pause_ms) },
     precopy_ms: Math.round(p.precopyMs),

@@ -246,6 +246,30 @@ test('pages never touched go as zero pages without being read; ones written duri
   }
 });
 
+test('straight to postcopy, what the guest wrote before the switchover is synced outside the pause: the final sync finds nothing', { skip: featureSkip('PAGEFAULT_FLAG_WP', 'WP_ASYNC', 'WP_UNPOPULATED'), timeout: 60_000 }, async () => {
+  // 256 untouched pages are written once the log is armed (by this thread: the PAGEMAP_SCAN log
+  // records writes without a fault), and nothing is written after that
+  const written = Array.from({ length: 256 }, (_, i) => SIZE / 4096 / 2 + i * 4);
+  let mapping: Mapping | undefined;
+  const p = await pair({
+    dirtyLog: 'pagemap-scan',
+    holdGuest: (critical) => {
+      critical();
+      for (const page of written) mapping!.bytes(page * 4096, 4096).fill(0x5a);
+    },
+  }, { recoverSeconds: 0 }, true, 'first-half');
+  try {
+    mapping = p.sourceBlocks.byId('ram0')!.host!;
+    const report = await p.outgoing.run();
+    assert.equal(await p.ended, 'END');
+    assert.equal(report.final_sync_pages, 0, 'the pre-pause sync took the 256 written pages');
+    assert.equal(report.discarded_pages, 0, 'nothing was sent before the pause: nothing to discard');
+    assert.ok(p.same(), 'the destination holds the source memory byte for byte, the written pages too');
+  } finally {
+    p.cleanup();
+  }
+});
+
 test('the convergence judge: outpaced twice, or a dirty set not halved in 3 rounds, stops; shrinking rounds go on', () => {
   const run = (rounds: [number, number, number][]) => {
     const judge = convergenceJudge();
