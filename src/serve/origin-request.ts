@@ -1,5 +1,7 @@
 // How a page server asks the host that has the memory file (`serve-pages`, the origin) for a
 // VM's pages. One short exchange of JSON lines on a connection to the origin, then it closes:
+//   server -> origin  {"server":"postcopy serve"}   (at once: a TLS origin then sees a page
+//                     server without TLS within milliseconds, and answers {"error":...} in plaintext)
 //   origin -> server  {"origin":"postcopy serve-pages","nonce":HEX}
 //   server -> origin  {"request":{regions,endpoint,session,channels},"auth":HEX}
 //   origin -> server  {"ok":true} | {"error":"why"}
@@ -12,6 +14,7 @@ import type { Socket } from 'node:net';
 import { ProtocolError, TARGET_PAGE_SIZE } from '../base/index.js';
 
 export const ORIGIN_BANNER = 'postcopy serve-pages';
+export const SERVER_BANNER = 'postcopy serve';
 /** A line longer than this is not a request (256 regions fit in far less). */
 const MAX_LINE_BYTES = 64 << 10;
 
@@ -80,10 +83,19 @@ function checkRegion(value: unknown, i: number, fileLength: number): FileRegion 
   return { offset, size, pageSize };
 }
 
-/** Reads one line from `socket` (at most MAX_LINE_BYTES, within `timeoutMs`) and parses it as JSON. */
-export function readJsonLine(socket: Socket, what: string, timeoutMs: number): Promise<Record<string, unknown>> {
+/** What a connection's reader received after the last line it returned (lines can share a chunk). */
+export interface LineCarry {
+  text: string;
+}
+
+/**
+ * Reads one line from `socket` (at most MAX_LINE_BYTES, within `timeoutMs`) and parses it as
+ * JSON. Where one side sends two lines in a row, both reads share a `carry`.
+ */
+export function readJsonLine(socket: Socket, what: string, timeoutMs: number, carry: LineCarry = { text: '' }): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
-    let text = '';
+    let text = carry.text;
+    carry.text = '';
     const done = (error: Error | undefined, value?: Record<string, unknown>) => {
       clearTimeout(timer);
       socket.off('data', onData).off('end', onEnd).off('error', onError);
@@ -91,13 +103,14 @@ export function readJsonLine(socket: Socket, what: string, timeoutMs: number): P
       else resolve(value!);
     };
     const timer = setTimeout(() => done(new ProtocolError(`${what}: nothing within ${timeoutMs} ms`)), timeoutMs);
-    const onData = (chunk: Buffer) => {
+    const onData = (chunk: Buffer | string) => {
       text += chunk.toString('utf8');
       const end = text.indexOf('\n');
       if (end < 0) {
         if (text.length > MAX_LINE_BYTES) done(new ProtocolError(`${what}: a line longer than ${MAX_LINE_BYTES} bytes`));
         return;
       }
+      carry.text = text.slice(end + 1);
       try {
         const value = JSON.parse(text.slice(0, end));
         if (typeof value !== 'object' || value === null) throw new Error(`not an object`);
@@ -109,5 +122,6 @@ export function readJsonLine(socket: Socket, what: string, timeoutMs: number): P
     const onEnd = () => done(new ProtocolError(`${what}: the connection closed`));
     const onError = (error: Error) => done(new ProtocolError(`${what}: ${error.message}`));
     socket.on('data', onData).on('end', onEnd).on('error', onError);
+    if (text) onData('');
   });
 }

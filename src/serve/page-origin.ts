@@ -7,14 +7,14 @@ import { EventEmitter } from 'node:events';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import type { Server, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { PostcopyError } from '../base/index.js';
+import { PostcopyError, ProtocolError } from '../base/index.js';
 import { FileMapping, Mapping } from '../kernel/index.js';
 import { RamBlock, RamList } from '../memory/index.js';
 import { OutgoingMigration, type OutgoingReport } from '../outgoing/index.js';
 import type { GuestBlock } from '../pager/index.js';
-import { connectChannel, createServerFor, explainTlsError, listenOn, parseEndpoint, peerRefusal, type ChannelRole, type Endpoint, type TlsSettings } from '../transport/index.js';
+import { answerPlaintext, connectChannel, createServerFor, explainTlsError, isPlaintextPeer, listenOn, parseEndpoint, peerRefusal, type ChannelRole, type Endpoint, type TlsSettings } from '../transport/index.js';
 import { Capability } from '../wire/index.js';
-import { ORIGIN_BANNER, authMatches, checkRequest, newNonce, readJsonLine, regionBlockName, type FileRegion, type OriginRequest } from './origin-request.js';
+import { ORIGIN_BANNER, SERVER_BANNER, authMatches, checkRequest, newNonce, readJsonLine, regionBlockName, type FileRegion, type OriginRequest } from './origin-request.js';
 
 const REQUEST_TIMEOUT_MS = 5000;
 /** How much of the file one read brings into a session's memory. */
@@ -66,8 +66,11 @@ export class PageOrigin extends EventEmitter {
   }
 
   async listen(): Promise<Endpoint> {
-    this.server = createServerFor(this.options.tls, REQUEST_TIMEOUT_MS / 1000, (socket) => void this.answer(socket),
-      (error) => this.emit('refused', `TLS handshake failed: ${explainTlsError(error, 'the page server') ?? error.message}`));
+    this.server = createServerFor(this.options.tls, REQUEST_TIMEOUT_MS / 1000, (socket) => void this.answer(socket), (error, socket) => {
+      // a page server without TLS has sent its banner and reads plaintext: it is told why
+      if (isPlaintextPeer(error)) answerPlaintext(socket, `${JSON.stringify({ error: 'this origin takes TLS only: run serve --from with TLS too (--tls-cert, --tls-key, --tls-ca or --tls-psk)' })}\n`);
+      this.emit('refused', `TLS handshake failed: ${explainTlsError(error, 'the page server') ?? error.message}`);
+    });
     return listenOn(this.server, this.options.endpoint);
   }
 
@@ -95,7 +98,10 @@ export class PageOrigin extends EventEmitter {
       if (tlsRefusal) throw new PostcopyError('ERR_POSTCOPY_REFUSED', tlsRefusal);
       const nonce = newNonce();
       socket.write(`${JSON.stringify({ origin: ORIGIN_BANNER, nonce })}\n`);
-      const message = await readJsonLine(socket, 'serve-pages request', REQUEST_TIMEOUT_MS);
+      const carry = { text: '' };
+      const banner = await readJsonLine(socket, 'serve-pages request', REQUEST_TIMEOUT_MS, carry);
+      if (banner.server !== SERVER_BANNER) throw new ProtocolError(`serve-pages request: the peer is not a postcopy page server (its first line has server ${JSON.stringify(banner.server)})`);
+      const message = await readJsonLine(socket, 'serve-pages request', REQUEST_TIMEOUT_MS, carry);
       request = checkRequest(message.request, this.fileLength);
       if (!authMatches(this.options.token, nonce, request, message.auth)) throw new PostcopyError('ERR_POSTCOPY_REFUSED', 'request: wrong token');
     } catch (error) {

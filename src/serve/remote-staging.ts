@@ -17,7 +17,7 @@ import { RamBlock, RamList } from '../memory/index.js';
 import { IncomingMigration, type IncomingReport } from '../incoming/index.js';
 import type { GuestBlock } from '../pager/index.js';
 import { IncomingListener, connectSocket, explainTlsError, formatEndpoint, type Endpoint, type TlsSettings } from '../transport/index.js';
-import { ORIGIN_BANNER, readJsonLine, regionBlockName, requestAuth, type OriginRequest } from './origin-request.js';
+import { ORIGIN_BANNER, SERVER_BANNER, readJsonLine, regionBlockName, requestAuth, type OriginRequest } from './origin-request.js';
 import type { GuestRegion } from './regions.js';
 
 const REQUEST_TIMEOUT_MS = 5000;
@@ -79,7 +79,9 @@ export class RemoteStaging extends EventEmitter {
     try {
       await new Promise<void>((resolve, reject) => origin.once(tls ? 'secureConnect' : 'connect', resolve).once('error', (error) =>
         reject(new ProtocolError(`the origin at ${formatEndpoint(from)}: ${(tls && explainTlsError(error, 'the origin')) || error.message}`))));
+      origin.write(`${JSON.stringify({ server: SERVER_BANNER })}\n`);
       const hello = await readJsonLine(origin, `the origin at ${formatEndpoint(from)}`, REQUEST_TIMEOUT_MS);
+      if (typeof hello.error === 'string') throw new ProtocolError(`the origin at ${formatEndpoint(from)} refused: ${hello.error}`);
       if (hello.origin !== ORIGIN_BANNER || typeof hello.nonce !== 'string') throw new ProtocolError(`${formatEndpoint(from)} is not a postcopy serve-pages origin`);
       const listening = await this.listen(origin);
       const request: OriginRequest = {

@@ -5,4 +5,4 @@ export { connectChannel, type ConnectOptions, type ConnectedChannel } from './cl
 export { formatEndpoint, listenOn, parseEndpoint, type Endpoint } from './endpoint.js';
 export { IncomingListener, type AcceptedChannel, type Admission, type ListenOptions } from './server.js';
 export { issueCertificate, throwawayCredentials, type CertificateRequest, type IssuedCertificate } from './certificate.js';
-export { connectSocket, createServerFor, explainTlsError, loadTls, peerRefusal, type TlsFiles, type TlsSettings } from './tls.js';
+export { answerPlaintext, connectSocket, createServerFor, explainTlsError, isPlaintextPeer, loadTls, peerRefusal, type TlsFiles, type TlsSettings } from './tls.js';

@@ -7,7 +7,6 @@
 // or memory. With TLS the challenge and everything after it go inside TLS 1.3.
 import type { Server, Socket } from 'node:net';
 import { EventEmitter } from 'node:events';
-import { writeSync } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import {
   Command,
@@ -24,8 +23,7 @@ import {
 } from '../wire/index.js';
 import { Channel, type ChannelRole } from './channel.js';
 import { formatEndpoint, listenOn, type Endpoint } from './endpoint.js';
-import { socketDescriptor } from '../kernel/socket.js';
-import { createServerFor, explainTlsError, peerRefusal, type TlsSettings } from './tls.js';
+import { answerPlaintext, createServerFor, explainTlsError, isPlaintextPeer, peerRefusal, type TlsSettings } from './tls.js';
 import { PostcopyError } from '../base/index.js';
 
 export interface ListenOptions<B extends BlockShape> {
@@ -94,15 +92,7 @@ export class IncomingListener<B extends BlockShape> extends EventEmitter {
    */
   private refuseTls(error: NodeJS.ErrnoException, socket: TLSSocket): void {
     const reason = explainTlsError(error, 'the source') ?? (error.message.split('\n')[0] || String(error.code));
-    const plaintextPeer = /does not speak TLS/.test(reason);
-    const fd = socketDescriptor(socket);
-    if (plaintextPeer && fd !== undefined) {
-      try {
-        writeSync(fd, encodeRefuse('this listener takes TLS only: run the source with TLS too (--tls-cert, --tls-key, --tls-ca or --tls-psk)'));
-      } catch {
-        // gone already: the reason is logged here all the same
-      }
-    }
+    if (isPlaintextPeer(error)) answerPlaintext(socket, encodeRefuse('this listener takes TLS only: run the source with TLS too (--tls-cert, --tls-key, --tls-ca or --tls-psk)'));
     this.emit('refused', `TLS handshake failed: ${reason}`);
   }
 

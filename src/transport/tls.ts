@@ -3,10 +3,11 @@
 // checks the destination's name, the destination checks that the source's is signed) or a
 // pre-shared key both sides hold. The token stays the authorization (HELLO, inside TLS); TLS
 // keeps the pages secret and unaltered on the way.
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
 import { connect as netConnect, createServer as createNetServer, isIP, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, createServer as createTlsServer, type ConnectionOptions, type SecureContext, type TLSSocket, type TlsOptions } from 'node:tls';
 import { PostcopyError } from '../base/index.js';
+import { socketDescriptor } from '../kernel/socket.js';
 import type { Endpoint } from './endpoint.js';
 
 export type TlsSettings =
@@ -99,6 +100,26 @@ export function createServerFor(tls: TlsSettings | undefined, handshakeSeconds: 
   return createTlsServer(serverTlsOptions(tls, handshakeSeconds), onConnection).on('tlsClientError', onTlsError);
 }
 
+/** Whether a failed handshake's peer sent plaintext (it reads only plaintext: tell it so with `answerPlaintext`). */
+export function isPlaintextPeer(error: NodeJS.ErrnoException): boolean {
+  return PLAINTEXT_PEER.test(error.message);
+}
+
+/**
+ * Writes `bytes` in plaintext on the descriptor of a connection whose handshake failed, before
+ * Node closes it: one small write, the only thing a plaintext peer can read. A peer gone
+ * already is no error.
+ */
+export function answerPlaintext(socket: TLSSocket, bytes: Uint8Array | string): void {
+  const fd = socketDescriptor(socket);
+  if (fd === undefined) return;
+  try {
+    writeSync(fd, typeof bytes === 'string' ? Buffer.from(bytes) : bytes);
+  } catch {
+    // gone already
+  }
+}
+
 /** A connection to `endpoint`, TLS 1.3 when settings are given (writes wait for the handshake), Nagle off. */
 export function connectSocket(endpoint: Endpoint, tls: TlsSettings | undefined): Socket {
   const where = endpoint.kind === 'unix' ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port };
@@ -120,9 +141,12 @@ const CERTIFICATE_PROBLEMS: Record<string, string> = {
   INVALID_CA: 'is signed by a certificate that is no authority',
 };
 
+/** OpenSSL's words for a first record that is no TLS record. */
+const PLAINTEXT_PEER = /wrong version number|packet length too long|http request/i;
+
 /** OpenSSL's messages (Node often codes them only EPROTO), in words. */
 const MESSAGES: [RegExp, string][] = [
-  [/wrong version number|packet length too long|http request/i, 'does not speak TLS (its first bytes are not a TLS record): run both sides with TLS, or neither'],
+  [PLAINTEXT_PEER, 'does not speak TLS (its first bytes are not a TLS record): run both sides with TLS, or neither'],
   [/no shared cipher|no suitable signature algorithm|alert handshake failure|unknown psk identity/i,
     'has no TLS settings in common with this side (certificates on one side and a pre-shared key on the other?)'],
   [/binder does not verify|alert illegal parameter|alert decrypt error/i, 'holds another pre-shared key'],
