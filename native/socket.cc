@@ -128,7 +128,19 @@ static Napi::Value SetSocketBuffers(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// shutdownSocket(fd): shutdown(SHUT_RDWR), which wakes a thread waiting on the socket in
+// poll() or sendmsg() at once (its write fails with EPIPE): how the main thread ends a worker
+// blocked writing to a peer that stopped reading. ENOTCONN (never connected, or already
+// reset) is no error: the socket is as shut as it gets.
+static Napi::Value ShutdownSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ToFd(info[0], "fd");
+  if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN) ThrowErrno(env, errno, "shutdown", "fd " + std::to_string(fd));
+  return env.Undefined();
+}
+
 void DefineSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("shutdownSocket", Napi::Function::New<ShutdownSocket>(env, "shutdownSocket"));
   exports.Set("setSocketBuffers", Napi::Function::New<SetSocketBuffers>(env, "setSocketBuffers"));
   exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
   exports.Set("receiveMessage", Napi::Function::New<ReceiveMessage>(env, "receiveMessage"));

@@ -64,6 +64,7 @@ export interface Addon {
   receiveMessage(fd: number, buffer: ArrayBufferView | ArrayBuffer, maxDescriptors: number): { bytes: number; descriptors: number[]; truncated: boolean };
   peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   socketPair(): [number, number];
+  shutdownSocket(fd: number): void;
   setSocketBuffers(fd: number, sendBytes: number, receiveBytes: number): { send: number; receive: number };
   gettid(): number;
   exitNow(code: number): never;

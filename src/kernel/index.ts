@@ -4,7 +4,7 @@ export { RangePlacer, RangeUnprotector, UnsupportedFeatureError, Userfaultfd, ty
 export { EventBatch, type EventKind } from './events.js';
 export { FileMapping } from './file-mapping.js';
 export type { ForeignRange } from './foreign.js';
-export { peerCredentials, receiveMessage, setSocketBuffers, socketDescriptor, socketPair, type PeerCredentials, type ReceivedMessage } from './socket.js';
+export { peerCredentials, receiveMessage, setSocketBuffers, shutdownSocket, socketDescriptor, socketPair, type PeerCredentials, type ReceivedMessage } from './socket.js';
 export { freeHugePages, hasFeatures, probeFeatures, type FeatureReport } from './features.js';
 export {
   COPY_MODE_DONTWAKE,

@@ -51,6 +51,15 @@ export function socketPair(): [number, number] {
 }
 
 /**
+ * shutdown(SHUT_RDWR): a thread blocked writing to the socket (a worker's writeRuns waiting on a
+ * peer that stopped reading) wakes at once with EPIPE, so it can end now and not at its stall
+ * bound. The descriptor stays open (whoever owns it closes it).
+ */
+export function shutdownSocket(fd: number): void {
+  addon.shutdownSocket(fd);
+}
+
+/**
  * Bounds a socket's kernel buffers (SO_SNDBUF, SO_RCVBUF; 0 leaves one as it is): bytes queued
  * there are bytes a page requested meanwhile waits behind. Returns both sizes as the kernel now
  * has them: it doubles what it is given and clamps it to its limits; setting one ends its

@@ -7,7 +7,7 @@
 import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { setSocketBuffers } from '../kernel/index.js';
+import { setSocketBuffers, shutdownSocket } from '../kernel/index.js';
 import type { ConnectedChannel } from '../transport/index.js';
 import type { BulkSenderTask, FromBulkSender, ToBulkSender } from './bulk-protocol.js';
 import type { GuestBlock } from '../pager/index.js';
@@ -112,10 +112,15 @@ export class BulkSenders {
     });
   }
 
-  /** After a break: the workers go (pages they held are among those the destination lacks). */
+  /**
+   * After a break: the workers go (pages they held are among those the destination lacks). A
+   * worker blocked writing to a peer that stopped reading cannot be terminated until its write
+   * returns: shutting its socket down makes that write fail at once, not at its stall bound.
+   */
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
+    for (const fd of this.descriptors) if (fd !== undefined) shutdownSocket(fd);
     for (const worker of this.workers) void worker.terminate();
     this.room?.();
   }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { markZeroPages, receiveMessage, socketPair, writeRuns } from '../../src/kernel/index.js';
+import { markZeroPages, receiveMessage, shutdownSocket, socketPair, writeRuns } from '../../src/kernel/index.js';
 
 const PAGE = 4096;
 
@@ -108,6 +108,40 @@ test('writeRuns: a peer that reads nothing fails it with ETIMEDOUT after the bou
   assert.ok(elapsed >= 295 && elapsed < 3_000, `${elapsed} ms`);
   closeSync(writer);
   closeSync(reader);
+});
+
+test('writeRuns: a thread blocked on a peer that reads nothing wakes with EPIPE as soon as another thread shuts the socket down, long before its bound', { timeout: 30_000 }, async () => {
+  const [writer, reader] = socketPair();
+  // the writer thread: 8 MiB to a peer that reads nothing, with a 20 s bound
+  const worker = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    const { writeRuns } = require(workerData.kernel);
+    const memory = Buffer.alloc(8 << 20);
+    parentPort.postMessage('writing');
+    try {
+      writeRuns(workerData.fd, Buffer.alloc(0), memory, Float64Array.of(0, memory.length), 20000);
+      parentPort.postMessage('written');
+    } catch (e) {
+      parentPort.postMessage(e.code);
+    }`, { eval: true, workerData: { fd: writer, kernel: require.resolve('../../src/kernel/index.js') } });
+  try {
+    const messages: string[] = [];
+    const next = () => new Promise<string>((resolve) => worker.once('message', (m: string) => resolve(m)));
+    messages.push(await next());
+    const ended = next();
+    await new Promise((resolve) => setTimeout(resolve, 300)); // blocked by now: the socket buffers hold far less than 8 MiB
+    const start = performance.now();
+    shutdownSocket(writer);
+    messages.push(await ended);
+    const elapsed = performance.now() - start;
+    assert.deepEqual(messages, ['writing', 'EPIPE']);
+    assert.ok(elapsed < 2_000, `woke ${elapsed.toFixed(0)} ms after the shutdown`);
+    shutdownSocket(writer); // again: no error (ENOTCONN is as shut as it gets)
+  } finally {
+    await worker.terminate();
+    closeSync(writer);
+    closeSync(reader);
+  }
 });
 
 test('writeRuns: a run outside memory, an odd runs array or a bad fd is refused before a byte is written', () => {
