@@ -84,15 +84,19 @@ export class Switchover {
    * (at most PRE_PAUSE_DISCARD_ROUNDS times). Waiting here costs no downtime; not waiting would
    * only move the destination's work into the pause. A missing PONG (timeout) just means the
    * pause starts without it. Straight to postcopy nothing was sent, so nothing can be stale,
-   * but one sync still takes what the guest wrote so far out of the pause: the final sync then
-   * reports only the last moments' writes (with bulk channels, the guest had written 25k pages
-   * by the pause, and reporting them took 10-20 ms of the downtime).
+   * but the syncs still take what the guest wrote so far out of the pause, until one finds
+   * few pages: the final sync then reports only the last moments' writes (with bulk channels,
+   * the guest had written 25k pages by the pause, and reporting them took 10-20 ms of the
+   * downtime; the first sync itself takes that long, so one more follows).
    */
   private async discardBeforePause(log: DirtyLog): Promise<void> {
     const start = performance.now();
     for (let round = 0; round < PRE_PAUSE_DISCARD_ROUNDS; round++) {
-      log.sync();
-      if (!this.map.anySent) break;
+      const written = log.sync() / TARGET_PAGE_SIZE;
+      if (!this.map.anySent) {
+        if (written <= PRE_PAUSE_DISCARD_ENOUGH) break;
+        continue;
+      }
       const { pages, ranges } = this.sendDiscards();
       this.discards.before_pause_pages += pages;
       this.discards.before_pause_ranges += ranges;
