@@ -457,7 +457,8 @@ export function printTable(rows: Row[], results: RunResults, options: BenchOptio
       `node ${process.version}, linux ${release()}, ${cpus().length} CPUs` +
       (options.cpu !== null ? `, both sides pinned to CPU ${options.cpu}` : ''),
   );
-  out.push(`floor: ${results.floorSource} (cc -O2 -pthread), run in this invocation; 1-min load average ${results.loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after`);
+  const floor = results.floorSource ? `floor: ${results.floorSource} (cc -O2 -pthread), run in this invocation` : 'floor: not run (migrations only)';
+  out.push(`${floor}; 1-min load average ${results.loadBefore.toFixed(2)} before, ${loadavg()[0].toFixed(2)} after`);
   if (results.qemu) out.push(`qemu: ${results.qemu.version}, run in the floor's turn of each whole migration (${results.qemu.anchor})`);
   sameNameTables(rows, out);
   otherFloorTables(rows, out);

@@ -41,7 +41,8 @@ export interface BenchOptions {
 }
 
 export interface RunResults {
-  floorSource: string;
+  /** Undefined when no selected scenario runs the floor (migrations only). */
+  floorSource: string | undefined;
   /** By the table's scenario name: every run of the floor scenario it is compared with, in order. */
   floorRuns: Map<string, Measured[]>;
   /** By scenario name: every run of ours, in order. */
@@ -117,10 +118,9 @@ function runToStderr(cmd: string, args: string[], what: string): string | null {
   return r.status === 0 ? null : `${what} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`})`;
 }
 
-/** Compiles the floor into a fresh temporary directory; its path, or null (said why on stderr). */
+/** Compiles the floor into the temporary directory; its path, or null (said why on stderr). */
 function compileFloor(floorSource: string): string | null {
-  tmp = mkdtempSync(join(tmpdir(), 'postcopy-bench-'));
-  const floorBinary = join(tmp, 'uffd-floor');
+  const floorBinary = join(tmp!, 'uffd-floor');
   if (!existsSync(floorSource)) {
     log(`bench: the floor's source ${floorSource} is missing (set POSTCOPY_FLOOR_SRC)`);
     return null;
@@ -328,9 +328,15 @@ async function otherSide({ options, floorBinary, results }: Session, s: Scenario
  */
 export async function runBench(options: BenchOptions, selected: readonly Scenario[], qemu: QemuSetup | null): Promise<RunResults | null> {
   const floorSource = process.env.POSTCOPY_FLOOR_SRC || join(root, '..', 'shared', 'bench', 'uffd-floor.c');
-  const floorBinary = compileFloor(floorSource);
-  if (!floorBinary) return null;
-  const results: RunResults = { floorSource, floorRuns: new Map(), oursRuns: new Map(), qemu, qemuRuns: new Map(), failed: false, loadBefore: loadavg()[0] };
+  tmp = mkdtempSync(join(tmpdir(), 'postcopy-bench-'));
+  // migrations run beside QEMU (or alone), never beside the floor: it is compiled only when some scenario runs it
+  const needsFloor = selected.some((s) => s.kind !== 'migration' && !s.baseline);
+  const floorBinary = needsFloor ? compileFloor(floorSource) : '';
+  if (floorBinary === null) {
+    cleanup();
+    return null;
+  }
+  const results: RunResults = { floorSource: needsFloor ? floorSource : undefined, floorRuns: new Map(), oursRuns: new Map(), qemu, qemuRuns: new Map(), failed: false, loadBefore: loadavg()[0] };
   for (let run = 1; run <= options.runs; run++) {
     const tag = options.runs > 1 ? ` (run ${run}/${options.runs})` : '';
     for (const s of selected) {
