@@ -9,7 +9,7 @@
 // cleanup of what it sets up (temporary directory, huge-page reservation, the running child)
 // on every way out: exit, SIGINT, SIGTERM, SIGHUP.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseQemuRun, qemuArgs, specArgs, type QemuSetup } from './qemu.js';
@@ -69,6 +69,7 @@ let childGroup = false;
 /**
  * Ends the running child. A group goes at once, by its id, with SIGKILL: Python dies of SIGTERM
  * and SIGHUP without running its `finally`, which would leave both QEMUs (2 GiB of guests) behind.
+ * Nor does it remove its QMP sockets then (/tmp/qa-HHMMSS-PID-src.qmp, -dst.qmp): they go here.
  */
 function killChild(signal: NodeJS.Signals): void {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
@@ -79,6 +80,8 @@ function killChild(signal: NodeJS.Signals): void {
     } catch {
       // ESRCH: the whole group ended already
     }
+    const sockets = new RegExp(`^qa-\\d{6}-${child.pid}-(src|dst)\\.qmp$`);
+    for (const name of readdirSync('/tmp')) if (sockets.test(name)) rmSync(join('/tmp', name), { force: true });
   }
 }
 
