@@ -23,7 +23,7 @@ import { Userfaultfd, type EventBatch, type Feature, type Mapping } from '../ker
 import { SnapshotWriter, readFully, writeFully } from './file.js';
 import type { SnapshotBlock, SnapshotOptions, SnapshotProgress, SnapshotReport, UnpopulatedMode } from './options.js';
 import { foldPresentPages } from './verify.js';
-import { AsideQueue, COUNTERS, Counter, PageState, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+import { AsideQueue, COUNTERS, Counter, PageState, type WalkerMessage, type WalkerStart, type WalkerTask } from './walker-protocol.js';
 import { PostcopyError, round, TARGET_PAGE_SIZE } from '../base/index.js';
 
 const WALKER_PATH = join(__dirname, 'walker.js');
@@ -39,6 +39,8 @@ const MAX_CLAIM_WINDOW = 256;
 const DEFAULT_STALL_SECONDS = 30;
 /** How long a failing snapshot waits for the walker's current write before leaving it behind. */
 const WALKER_STOP_MS = 5000;
+/** How long the walker thread may take to come up before the snapshot gives up (nothing protected yet). */
+const WALKER_READY_MS = 10_000;
 
 function isSnapshotFailure(error: Error): error is PostcopyError {
   return (error as PostcopyError).code === 'ERR_SNAPSHOT_FAILED';
@@ -70,6 +72,8 @@ export class BackgroundSnapshot extends EventEmitter {
   private writer: SnapshotWriter | undefined;
   private walker: Worker | undefined;
   private walkerDone: Promise<void> | undefined;
+  /** The walker has its task. */
+  private walking = false;
   private readonly counters = new Float64Array(new SharedArrayBuffer(COUNTERS * 8));
   private readonly aside: AsideQueue;
   /** Free aside slots taken from the walker's ring, not used yet. */
@@ -133,6 +137,7 @@ export class BackgroundSnapshot extends EventEmitter {
     const failedPromise = new Promise<never>((_, reject) => (this.failed = reject));
     failedPromise.catch(() => undefined);
     try {
+      await this.spawnWalker();
       this.uffd = Userfaultfd.open({ features: plan.features });
       for (const b of this.blocks) this.uffd.register(b.base, b.length, 'wp');
       const { pauseMs, deviceState } = await this.protectInOnePause(plan.unpopulated);
@@ -326,9 +331,39 @@ export class BackgroundSnapshot extends EventEmitter {
 
   // ---- the walker ----------------------------------------------------------------------
 
+  /**
+   * The walker thread, up and waiting for its task (see WalkerStart); `walkerDone` settles when
+   * it has done the task, failed, or gone.
+   */
+  private async spawnWalker(): Promise<void> {
+    const walker = new Worker(WALKER_PATH, { workerData: { postcopySnapshotWalker: 1 } satisfies WalkerStart });
+    this.walker = walker;
+    let ready!: () => void;
+    const readyPromise = new Promise<void>((resolve) => (ready = resolve));
+    this.walkerDone = new Promise<void>((resolve, reject) => {
+      walker.on('message', (m: WalkerMessage) => {
+        if (m.type === 'ready') ready();
+        else if (m.type === 'done') resolve();
+        else reject(snapshotFailed(`the walker failed: ${m.message}`));
+      });
+      walker.once('error', (e) => reject(snapshotFailed(`the walker failed: ${e.message}`, e)));
+      walker.once('exit', (code) => reject(snapshotFailed(`the walker exited (code ${code}) before it finished`)));
+    });
+    this.walkerDone.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(snapshotFailed(`the walker thread did not start within ${WALKER_READY_MS} ms`)), WALKER_READY_MS);
+    });
+    try {
+      await Promise.race([readyPromise, this.walkerDone.then(() => undefined), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Hands the walker its task: the walk begins. */
   private startWalker(): void {
     const task: WalkerTask = {
-      postcopySnapshotWalker: 1,
       uffd: this.uffd!.fd,
       file: this.writer!.fd,
       blocks: this.blocks.map((b, i) => ({
@@ -338,22 +373,14 @@ export class BackgroundSnapshot extends EventEmitter {
       aside: this.aside.shared,
       asideSlotSize: this.aside.slotSize,
     };
-    const walker = new Worker(WALKER_PATH, { workerData: task });
-    this.walker = walker;
-    this.walkerDone = new Promise<void>((resolve, reject) => {
-      walker.once('message', (m: WalkerMessage) => {
-        if (m.type === 'done') resolve();
-        else reject(snapshotFailed(`the walker failed: ${m.message}`));
-      });
-      walker.once('error', (e) => reject(snapshotFailed(`the walker failed: ${e.message}`, e)));
-      walker.once('exit', (code) => reject(snapshotFailed(`the walker exited (code ${code}) before it finished`)));
-    });
-    this.walkerDone.catch(() => undefined);
+    this.walker!.postMessage(task);
+    this.walking = true;
   }
 
   private async stopWalker(): Promise<void> {
     const walker = this.walker;
     if (!walker) return;
+    if (!this.walking) return void (await walker.terminate()); // waiting for a task: nothing to finish
     this.aside.abort();
     const exited = new Promise<void>((resolve) => walker.once('exit', () => resolve()));
     const timer = setTimeout(() => void walker.terminate(), WALKER_STOP_MS);

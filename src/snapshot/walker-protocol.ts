@@ -139,8 +139,17 @@ export interface WalkerBlock {
   state: SharedArrayBuffer;
 }
 
-export interface WalkerTask {
+/**
+ * The walker thread's workerData: it marks the thread, which says 'ready' once loaded and then
+ * waits for its task. The thread starts before the pause (a worker takes 50-130 ms to come up
+ * here, which inside the protected window would be that much more of the guest's write faults);
+ * the task, which needs the file the pause creates, comes as a message right after it.
+ */
+export interface WalkerStart {
   postcopySnapshotWalker: 1;
+}
+
+export interface WalkerTask {
   uffd: number;
   file: number;
   blocks: WalkerBlock[];
@@ -150,5 +159,6 @@ export interface WalkerTask {
 }
 
 export type WalkerMessage =
+  | { type: 'ready' }
   | { type: 'done' }
   | { type: 'error'; message: string; code?: string };

@@ -11,7 +11,7 @@ import { attachMapping } from '../kernel/mapping.js';
 import { isZero } from '../memory/zero.js';
 import { RangeUnprotector } from '../kernel/userfaultfd.js';
 import { writeFully } from './file.js';
-import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerTask } from './walker-protocol.js';
+import { AsideQueue, Counter, PageState, type WalkerBlock, type WalkerMessage, type WalkerStart, type WalkerTask } from './walker-protocol.js';
 import { TARGET_PAGE_SIZE } from '../base/index.js';
 
 /** The walk's unit: pages claimed, written and un-protected together (one TLB flush per chunk). */
@@ -183,15 +183,17 @@ class Walker {
   }
 }
 
-if (!isMainThread && (workerData as WalkerTask | undefined)?.postcopySnapshotWalker === 1) {
-  const task = workerData as WalkerTask;
-  let message: WalkerMessage;
-  try {
-    new Walker(task).run();
-    message = { type: 'done' };
-  } catch (error) {
-    const e = error as NodeJS.ErrnoException;
-    message = { type: 'error', message: e.message, code: e.code };
-  }
-  parentPort!.postMessage(message);
+if (!isMainThread && (workerData as WalkerStart | undefined)?.postcopySnapshotWalker === 1) {
+  parentPort!.once('message', (task: WalkerTask) => {
+    let message: WalkerMessage;
+    try {
+      new Walker(task).run();
+      message = { type: 'done' };
+    } catch (error) {
+      const e = error as NodeJS.ErrnoException;
+      message = { type: 'error', message: e.message, code: e.code };
+    }
+    parentPort!.postMessage(message);
+  });
+  parentPort!.postMessage({ type: 'ready' } satisfies WalkerMessage);
 }
