@@ -64,9 +64,9 @@ export interface OutgoingReport {
   pause_epoch_ms: number;
   /**
    * The discards: most are known before the pause (pages dirtied after they were sent, as of
-   * the last sync) and are applied by the destination while the guest still runs here; only
-   * what the guest dirtied after that goes in the pause. `before_pause_ms` is the time from
-   * that sync to the destination's acknowledgement (not downtime).
+   * the last sync) and are applied by the destination while the guest still runs here (the
+   * last round while it is being parked); only what the guest dirtied after that goes in the
+   * pause. `before_pause_ms` is the time those rounds took (not downtime).
    */
   discards: { before_pause_pages: number; before_pause_ranges: number; before_pause_ms: number; in_pause_pages: number; in_pause_ranges: number };
   precopy_ms: number;
