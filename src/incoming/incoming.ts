@@ -29,7 +29,7 @@ import {
   type StreamEvent,
 } from '../wire/index.js';
 import { StallWatch, type AcceptedChannel, type Channel } from '../transport/index.js';
-import { FaultService, PagePlacer, endGuestSurely, openForMissing, warmUpRegister, type GuestBlock } from '../pager/index.js';
+import { FaultService, PagePlacer, endGuestSurely, openForMissing, type GuestBlock } from '../pager/index.js';
 import { admissionRefusal } from './admission.js';
 import { discardRanges, noTransparentHugePages } from './discard.js';
 import { checkLayout } from './layout.js';
@@ -290,7 +290,6 @@ export class IncomingMigration extends EventEmitter {
     if (pageSizeSummary !== local) throw new ProtocolError(`POSTCOPY_ADVISE: page size summary ${hex(pageSizeSummary)} != local ${hex(local)}`);
     noTransparentHugePages(this.blocks);
     this.uffd = openForMissing(this.blocks);
-    warmUpRegister(this.uffd);
     this.bulk.start(); // bulk workers write precopy pages from now on, never into a THP region
     this.intake.advise(new PagePlacer<GuestBlock>(this.uffd, (block, offset, length, fresh) => this.placed(block, offset, length, fresh)));
   }

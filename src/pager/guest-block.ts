@@ -20,6 +20,10 @@ export type GuestBlock = RamBlock<Mapping>;
 /**
  * A userfaultfd that can serve MISSING faults on these blocks: what their memory needs, thread
  * ids for blocktime, and POISON for a failure (see endGuestSurely) where the kernel has them.
+ * It has registered and unregistered one scratch page: a process's first UFFDIO_REGISTER costs
+ * 0.3-0.5 ms more than the next ones (measured here: the kernel's and cold code's first time),
+ * and a migration opens this at ADVISE, so that LISTEN, inside the guest's downtime, pays only
+ * its own.
  */
 export function openForMissing(blocks: Iterable<GuestBlock>): Userfaultfd {
   const needs = new Set<Feature>();
@@ -29,15 +33,7 @@ export function openForMissing(blocks: Iterable<GuestBlock>): Userfaultfd {
   }
   if (hasFeatures('THREAD_ID')) needs.add('THREAD_ID');
   if (hasFeatures('POISON')) needs.add('POISON');
-  return Userfaultfd.open({ features: [...needs] });
-}
-
-/**
- * Registers one scratch page and unregisters it. A process's first UFFDIO_REGISTER costs
- * 0.3-0.5 ms more than the next ones (measured here: the kernel's and cold code's first time);
- * a migration pays it at ADVISE, so that LISTEN, inside the guest's downtime, pays only its own.
- */
-export function warmUpRegister(uffd: Userfaultfd): void {
+  const uffd = Userfaultfd.open({ features: [...needs] });
   const scratch = new Mapping(TARGET_PAGE_SIZE);
   try {
     uffd.register(scratch.address, scratch.length, 'missing');
@@ -45,6 +41,7 @@ export function warmUpRegister(uffd: Userfaultfd): void {
   } finally {
     scratch.unmap();
   }
+  return uffd;
 }
 
 /** Where a sequential prefetch is: a block and a host page of it. */

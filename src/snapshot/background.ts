@@ -338,8 +338,8 @@ export class BackgroundSnapshot extends EventEmitter {
   private async spawnWalker(): Promise<void> {
     const walker = new Worker(WALKER_PATH, { workerData: { postcopySnapshotWalker: 1 } satisfies WalkerStart });
     this.walker = walker;
-    let ready!: () => void;
-    const readyPromise = new Promise<void>((resolve) => (ready = resolve));
+    let ready!: (error?: Error) => void;
+    const up = new Promise<void>((resolve, reject) => (ready = (error) => (error ? reject(error) : resolve())));
     this.walkerDone = new Promise<void>((resolve, reject) => {
       walker.on('message', (m: WalkerMessage) => {
         if (m.type === 'ready') ready();
@@ -349,16 +349,9 @@ export class BackgroundSnapshot extends EventEmitter {
       walker.once('error', (e) => reject(snapshotFailed(`the walker failed: ${e.message}`, e)));
       walker.once('exit', (code) => reject(snapshotFailed(`the walker exited (code ${code}) before it finished`)));
     });
-    this.walkerDone.catch(() => undefined);
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(snapshotFailed(`the walker thread did not start within ${WALKER_READY_MS} ms`)), WALKER_READY_MS);
-    });
-    try {
-      await Promise.race([readyPromise, this.walkerDone.then(() => undefined), late]);
-    } finally {
-      clearTimeout(timer);
-    }
+    this.walkerDone.catch(ready); // gone before it was up
+    const timer = setTimeout(() => ready(snapshotFailed(`the walker thread did not start within ${WALKER_READY_MS} ms`)), WALKER_READY_MS);
+    await up.finally(() => clearTimeout(timer));
   }
 
   /** Hands the walker its task: the walk begins. */
